@@ -1,0 +1,70 @@
+"""The in-memory dataset every part of flare_core works on."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels, and for every sample its stable index and original source.
+
+    images:  (N, H, W, C) uint8 array, C is 1 (grayscale) or 3 (RGB).
+    labels:  (N,) int64 array of class indices into ``classes``.
+    classes: class names, ``classes[k]`` is the name of label k.
+    sources: per-sample original source: a file path, or ``"<file>#<array index>"`` for array formats.
+    format:  the input's layout: 'imagefolder', 'csv', 'cifar', 'idx', 'npz' (used to export in kind).
+    root:    the path the dataset was loaded from.
+    skipped: (source, reason) for every file that could not be read; never silently dropped.
+    The stable index of a sample is its position 0..N-1 (loaders order deterministically).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list
+    sources: list
+    format: str = "npz"
+    root: str = ""
+    skipped: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be a (N, H, W, C) uint8 array, got shape {self.images.shape} dtype {self.images.dtype}."
+            )
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self.images) or len(self.sources) != len(self.images):
+            raise ValueError("images, labels and sources must have the same length.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple:
+        """(H, W, C) of every image."""
+        return tuple(self.images.shape[1:])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+        """A new dataset of the given samples, in the given order (sources kept)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return replace(
+            self,
+            images=self.images[idx],
+            labels=self.labels[idx],
+            sources=[self.sources[i] for i in idx],
+            skipped=list(self.skipped),
+        )
