@@ -1,0 +1,340 @@
+"""One analysis end to end: load -> features -> detectors -> per-class views -> run folder (-> purified export).
+
+This is the single entry point the CLI (`flare purify`) and the dashboard's Analyse page call.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from flare_core.dataset import ImageDataset
+from flare_core.errors import DataError, FlareError
+from flare_core.hashing import dataset_sha256
+from flare_core.models.loaded import LoadedModel
+from flare_core.progress import ProgressCallback, ensure_progress
+from flare_core.run_folder import RunFolder, write_run
+from flare_core.versions import package_versions
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("load", "features", "pooled", "subspace-search", "umap", "hdbscan", "baselines", "views", "export", "write")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Everything that determines an analysis (small, hashable: the dashboard caches on it)."""
+
+    model: str
+    data: str
+    arch: Optional[str] = None
+    data_format: Optional[str] = None
+    split: str = "train"
+    size: Optional[tuple] = None
+    channels: Optional[int] = None
+    mean: Optional[tuple] = None
+    std: Optional[tuple] = None
+    device: str = "cpu"
+    batch_size: int = 256
+    detector: str = "flare"
+    baselines: tuple = ()
+    ground_truth: Optional[str] = None
+    seed: int = 0
+    views: bool = True
+    params: tuple = ()  # ((key, value), ...) passed to the main detector
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["params"] = dict(self.params)
+        d["baselines"] = list(self.baselines)
+        return d
+
+    def preprocessing_overrides(self) -> dict:
+        return {k: v for k, v in (("size", self.size), ("channels", self.channels), ("mean", self.mean), ("std", self.std)) if v is not None}
+
+
+@dataclass
+class StageTimer:
+    seconds: dict = field(default_factory=dict)
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def load_model_and_data(config: AnalysisConfig) -> tuple:
+    """Load the dataset and the model a config names, and check that they fit each other."""
+    from flare_core.data import load_dataset
+    from flare_core.models import load_model
+
+    dataset = load_dataset(config.data, format=config.data_format, split=config.split)
+    model = load_model(config.model, arch=config.arch, preprocessing=config.preprocessing_overrides() or None,
+                       device=config.device)
+    check_fit(model, dataset)
+    return model, dataset
+
+
+def check_fit(model: LoadedModel, dataset: ImageDataset) -> None:
+    if len(dataset) == 0:
+        raise DataError("The dataset is empty; point FLARE at a folder or file with images.")
+    top = int(dataset.labels.max())
+    if top >= model.num_classes:
+        raise DataError(
+            f"The model has {model.num_classes} outputs but the dataset has labels up to {top}; "
+            "use the dataset the model was trained on, or a model with more classes."
+        )
+
+
+def _detector(name: str, seed: int, params: dict):
+    from flare_core.detectors.registry import DETECTORS
+
+    if name not in DETECTORS:
+        raise FlareError(f"Unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}.")
+    spec = DETECTORS[name]
+    try:
+        return spec, spec.factory(random_state=seed, **params)
+    except TypeError as e:
+        raise FlareError(f"Detector {name!r} does not take these parameters ({e}); check the advanced settings.") from e
+
+
+def run_analysis(
+    config: AnalysisConfig,
+    out_dir: str | os.PathLike,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    overwrite: bool = False,
+    export: bool = False,
+    model: Optional[LoadedModel] = None,
+    dataset: Optional[ImageDataset] = None,
+) -> RunFolder:
+    """Run the whole analysis and write the run folder ``out_dir`` atomically.
+
+    With ``export=True`` the purified dataset is written into ``out_dir/purified`` inside the same atomic
+    step. ``model``/``dataset`` may be passed when already loaded (the dashboard caches them).
+    """
+    from flare_core.features import extract_abnormality_features, extract_pooled_features
+
+    progress = ensure_progress(progress)
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FlareError(f"The output folder {out_dir} already exists and is not empty; choose another or pass --overwrite.")
+    timer = StageTimer()
+    t_start = time.perf_counter()
+
+    progress("load", 0, 1)
+    if model is None or dataset is None:
+        model, dataset = timer.run("load", load_model_and_data, config)
+    else:
+        check_fit(model, dataset)
+    _refuse_output_inside_source(out_dir, dataset)
+    progress("load", 1, 1)
+    n = len(dataset)
+    logger.info("loaded %d samples in %d classes; model kind=%s", n, dataset.num_classes, model.kind)
+
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".scratch", dir=out_dir.parent))
+    try:
+        feats = timer.run(
+            "features", extract_abnormality_features, model, dataset, batch_size=config.batch_size,
+            out=scratch / "features.npy", progress=progress,
+        )
+        X = np.asarray(feats.values)
+
+        main_spec, main = _detector(config.detector, config.seed, dict(config.params))
+        baselines = [b for b in config.baselines if b != config.detector]
+        need_pooled = main_spec.input == "pooled" or any(_spec(b).input == "pooled" for b in baselines)
+        pooled = None
+        pooled_layer = None
+        if need_pooled:
+            pooled, pooled_layer = timer.run(
+                "pooled", extract_pooled_features, model, dataset, batch_size=config.batch_size, progress=progress
+            )
+
+        def inputs_for(spec):
+            return X if spec.input == "abnormality" else pooled
+
+        if hasattr(main, "progress"):
+            main.progress = progress
+        timer.run("detector", main.fit, inputs_for(main_spec), dataset.labels)
+        flagged = np.asarray(main.flagged_, dtype=bool)
+        scores = np.asarray(main.scores_, dtype=float)
+        clusters = np.asarray(getattr(main, "clusters_", np.zeros(n, dtype=int)), dtype=int)
+
+        manifest = pd.DataFrame({
+            "index": np.arange(n),
+            "source": dataset.sources,
+            "label": dataset.labels,
+            "class_name": [dataset.classes[i] for i in dataset.labels],
+            "flagged": flagged.astype(int),
+            "score": np.round(scores, 6),
+            "cluster": clusters,
+        })
+        detector_reports = {config.detector: _report_of(main)}
+        for b in baselines:
+            progress("baselines", baselines.index(b), len(baselines))
+            spec, est = _detector(b, config.seed, {})
+            timer.run(f"baseline:{b}", est.fit, inputs_for(spec), dataset.labels)
+            manifest[f"flagged_{b}"] = np.asarray(est.flagged_, dtype=bool).astype(int)
+            manifest[f"score_{b}"] = np.round(np.asarray(est.scores_, dtype=float), 6)
+            detector_reports[b] = _report_of(est)
+        if baselines:
+            progress("baselines", len(baselines), len(baselines))
+
+        evaluation = None
+        gt_meta = None
+        if config.ground_truth:
+            truth, gt_meta = _load_truth(config.ground_truth, n)
+            manifest["poisoned"] = truth.astype(int)
+            evaluation = _evaluate(manifest, [config.detector] + baselines, config.detector, truth)
+
+        views = None
+        if config.views:
+            from flare_core.detectors.views import class_views
+
+            subspace = int(getattr(main, "subspace_", X.shape[1]) or X.shape[1])
+            view_input = X[:, :subspace] if main_spec.input == "abnormality" else inputs_for(main_spec)
+            views = timer.run("views", class_views, view_input, dataset.labels, flagged=flagged,
+                              random_state=config.seed, progress=progress)
+
+        counts = dataset.class_counts()
+        flagged_per_class = np.bincount(dataset.labels[flagged], minlength=dataset.num_classes)
+        meta = {
+            "format": "flare-run/1",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config.to_dict(),
+            "model": model.describe(),
+            "dataset": {
+                "path": str(dataset.root or config.data), "format": dataset.format, "split": config.split,
+                "n_samples": n, "image_shape": list(dataset.image_shape), "classes": list(dataset.classes),
+                "counts": counts.tolist(), "skipped": [list(s) for s in dataset.skipped[:1000]],
+                "n_skipped": len(dataset.skipped), "sha256": dataset_sha256(dataset.images, dataset.labels),
+            },
+            "features": {
+                "layers": list(feats.layer_names), "layer_kinds": list(getattr(feats, "layer_kinds", [])),
+                "stats_source": getattr(feats, "stats_source", None), "pooled_layer": pooled_layer,
+            },
+            "detector": {"name": config.detector, "params": dict(config.params), "report": detector_reports[config.detector]},
+            "baselines": {b: detector_reports[b] for b in baselines},
+            "result": {
+                "n_flagged": int(flagged.sum()),
+                "flagged_per_class": flagged_per_class.tolist(),
+                "subspace": getattr(main, "subspace_", None),
+                "poison_found": bool(flagged.any()),
+            },
+            "ground_truth": gt_meta,
+            "evaluation": evaluation,
+            "versions": package_versions(),
+        }
+
+        def finish(tmp: Path) -> None:
+            if export:
+                from flare_core.data.writers import export_subset
+
+                progress("export", 0, 1)
+                keep = np.flatnonzero(~flagged)
+                timer.run("export", export_subset, dataset, keep, tmp / "purified")
+                progress("export", 1, 1)
+            meta["timings"] = {**timer.seconds, "total": round(time.perf_counter() - t_start, 3)}
+            meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+        progress("write", 0, 1)
+        run = write_run(out_dir, meta=meta, manifest=manifest, features=None, pooled=pooled,
+                        embedding=getattr(main, "embedding_", None), views=views,
+                        extra_files={"features.npy": scratch / "features.npy"}, overwrite=overwrite,
+                        before_commit=finish)
+        progress("write", 1, 1)
+        return run
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spec(name: str):
+    from flare_core.detectors.registry import DETECTORS
+
+    if name not in DETECTORS:
+        raise FlareError(f"Unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}.")
+    return DETECTORS[name]
+
+
+def _report_of(est) -> dict:
+    rep = getattr(est, "report_", None)
+    if rep is None:
+        rep = getattr(est, "evidence_", None)
+    params = est.get_params() if hasattr(est, "get_params") else {}
+    params = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
+    return {"params": params, "report": rep}
+
+
+def _load_truth(path: str, n: int) -> tuple:
+    from flare_core.attacks import GroundTruth
+
+    gt = GroundTruth.from_json(path)
+    if gt.n_total != n:
+        raise DataError(f"The ground-truth file describes {gt.n_total} samples but the dataset has {n}; "
+                        "use the ground truth written with this poisoned dataset.")
+    meta = {"path": str(path), "attack": gt.attack, "mode": gt.mode, "target": gt.target, "rate": gt.rate,
+            "n_poisoned": int(len(gt.poisoned_indices))}
+    return gt.mask(n), meta
+
+
+def _evaluate(manifest: pd.DataFrame, detectors: list, main: str, truth: np.ndarray) -> dict:
+    from flare_core.metrics import detection_metrics
+
+    out = {}
+    for d in detectors:
+        fcol, scol = ("flagged", "score") if d == main else (f"flagged_{d}", f"score_{d}")
+        out[d] = detection_metrics(manifest[fcol].to_numpy().astype(bool), truth, manifest[scol].to_numpy())
+    return out
+
+
+def _refuse_output_inside_source(out_dir: Path, dataset: ImageDataset) -> None:
+    root = Path(dataset.root).absolute() if dataset.root else None
+    if root is not None and root.is_dir() and (out_dir == root or root in out_dir.parents):
+        raise FlareError(f"The output folder {out_dir} is inside the dataset folder {root}; write it elsewhere so "
+                         "the source data stays untouched.")
+
+
+def export_purified(run: RunFolder, out_dir: str | os.PathLike, *, dataset: Optional[ImageDataset] = None,
+                    detector: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Write the samples the run keeps (detector flags overridden by the analyst's decisions)
+    in the input's own layout. Returns the written path."""
+    from flare_core.data.writers import export_subset
+
+    if dataset is None:
+        dataset = load_dataset_of(run)
+    if len(dataset) != run.n_samples:
+        raise DataError(f"The dataset now has {len(dataset)} samples but the run analysed {run.n_samples}; "
+                        "it changed since the analysis, so re-run it.")
+    keep = np.flatnonzero(~run.removal_mask(detector))
+    return Path(export_subset(dataset, keep, out_dir, overwrite=overwrite))
+
+
+def load_dataset_of(run: RunFolder) -> ImageDataset:
+    """Reload the dataset a run analysed (checks it is unchanged by its hash)."""
+    from flare_core.data import load_dataset
+
+    cfg = run.meta.get("config", {})
+    ds = load_dataset(cfg.get("data"), format=cfg.get("data_format"), split=cfg.get("split", "train"))
+    want = run.meta.get("dataset", {}).get("sha256")
+    if want and dataset_sha256(ds.images, ds.labels) != want:
+        raise DataError(f"The dataset at {cfg.get('data')} changed since this run analysed it; re-run the analysis.")
+    return ds
+
+
+def load_model_of(run: RunFolder) -> LoadedModel:
+    from flare_core.models import load_model
+
+    cfg = run.meta.get("config", {})
+    pre = {k: cfg.get(k) for k in ("size", "channels", "mean", "std") if cfg.get(k) is not None}
+    return load_model(cfg["model"], arch=cfg.get("arch"), preprocessing=pre or None, device=cfg.get("device", "cpu"))

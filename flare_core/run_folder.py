@@ -1,0 +1,209 @@
+"""The run folder: everything one analysis produced, reopened later without recomputing.
+
+Layout (written atomically by :func:`write_run`; only ``decisions.json`` changes afterwards)::
+
+    RUN/run.json          parameters, model/data description, chosen subspace, evidence, counts, timings,
+                          versions, hashes
+    RUN/manifest.csv      one row per sample: index,source,label,class_name,flagged,score,cluster
+                          (+ flagged_<det>,score_<det> per extra detector, + poisoned when ground truth is known)
+    RUN/features.npy      N x L abnormality matrix (the expensive pass), float32
+    RUN/pooled.npy        N x D pooled penultimate features (when computed)
+    RUN/embedding.npy     N x 2 global UMAP embedding of the detector
+    RUN/views/class_<k>.npz   per-class view: indices, embedding (n,2), clusters (n,), cluster_ids, stability
+    RUN/decisions.json    the analyst's keep/remove overrides, saved on every change
+    RUN/purified/         the kept samples in the input's own layout (after export)
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from flare_core.atomic import atomic_dir, write_json, write_npy
+from flare_core.errors import FlareError
+
+MANIFEST_COLUMNS = ["index", "source", "label", "class_name", "flagged", "score", "cluster"]
+DECISIONS = ("keep", "remove")
+
+
+@dataclass
+class ClassViewData:
+    """A per-class 2-D view as stored in the run folder."""
+
+    label: int
+    indices: np.ndarray
+    embedding: np.ndarray
+    clusters: np.ndarray
+    stability: dict
+
+
+class RunFolder:
+    """Read access to a finished run, plus the analyst's decisions (the only thing that changes)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "run.json").is_file() or not (self.path / "manifest.csv").is_file():
+            raise FlareError(
+                f"{self.path} is not a FLARE run folder (it needs run.json and manifest.csv); "
+                "pick a folder written by `flare purify` or the dashboard."
+            )
+        try:
+            self.meta: dict = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise FlareError(f"{self.path / 'run.json'} is not valid JSON ({e.msg}); the run folder is damaged.") from e
+        self._manifest: Optional[pd.DataFrame] = None
+
+    # ---- contents -------------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> pd.DataFrame:
+        if self._manifest is None:
+            df = pd.read_csv(self.path / "manifest.csv", keep_default_na=False)
+            missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+            if missing:
+                raise FlareError(f"{self.path / 'manifest.csv'} lacks the columns {missing}; the run folder is damaged.")
+            self._manifest = df
+        return self._manifest
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def classes(self) -> list:
+        return list(self.meta.get("dataset", {}).get("classes", []))
+
+    def features(self) -> np.ndarray:
+        return np.load(self.path / "features.npy", mmap_mode="r")
+
+    def pooled(self) -> Optional[np.ndarray]:
+        p = self.path / "pooled.npy"
+        return np.load(p, mmap_mode="r") if p.exists() else None
+
+    def embedding(self) -> Optional[np.ndarray]:
+        p = self.path / "embedding.npy"
+        return np.load(p) if p.exists() else None
+
+    def class_labels_with_views(self) -> list:
+        return sorted(int(p.stem.split("_", 1)[1]) for p in (self.path / "views").glob("class_*.npz"))
+
+    def class_view(self, label: int) -> Optional[ClassViewData]:
+        p = self.path / "views" / f"class_{int(label)}.npz"
+        if not p.exists():
+            return None
+        with np.load(p, allow_pickle=False) as z:
+            stability = dict(zip(z["cluster_ids"].tolist(), z["stability"].tolist()))
+            return ClassViewData(int(label), z["indices"], z["embedding"], z["clusters"], stability)
+
+    def detectors(self) -> list:
+        """Names of the detectors whose results are in the manifest (the main one first)."""
+        main = self.meta.get("detector", {}).get("name", "flare")
+        extra = [c[len("flagged_"):] for c in self.manifest.columns if c.startswith("flagged_")]
+        return [main] + [d for d in extra if d != main]
+
+    def flagged(self, detector: Optional[str] = None) -> np.ndarray:
+        df = self.manifest
+        col = "flagged" if detector in (None, self.detectors()[0]) else f"flagged_{detector}"
+        return df[col].to_numpy().astype(bool)
+
+    def scores(self, detector: Optional[str] = None) -> np.ndarray:
+        df = self.manifest
+        col = "score" if detector in (None, self.detectors()[0]) else f"score_{detector}"
+        return df[col].to_numpy().astype(float)
+
+    def ground_truth(self) -> Optional[np.ndarray]:
+        df = self.manifest
+        return df["poisoned"].to_numpy().astype(bool) if "poisoned" in df.columns else None
+
+    # ---- the analyst's decisions ----------------------------------------------------------------------------
+    def decisions(self) -> dict:
+        """{index: 'keep' | 'remove'} overrides of the detector's flags (empty when none)."""
+        p = self.path / "decisions.json"
+        if not p.exists():
+            return {}
+        data = json.loads(p.read_text(encoding="utf-8"))
+        return {int(k): v for k, v in data.get("decisions", {}).items() if v in DECISIONS}
+
+    def set_decisions(self, indices: Iterable[int], decision: Optional[str]) -> dict:
+        """Mark samples 'keep' or 'remove' (None clears the override); saved atomically at once."""
+        if decision is not None and decision not in DECISIONS:
+            raise FlareError(f"A decision must be one of {DECISIONS} or None, not {decision!r}.")
+        current = self.decisions()
+        n = self.n_samples
+        for i in indices:
+            i = int(i)
+            if not 0 <= i < n:
+                raise FlareError(f"Sample index {i} is outside this run (0..{n - 1}).")
+            if decision is None:
+                current.pop(i, None)
+            else:
+                current[i] = decision
+        write_json(
+            self.path / "decisions.json",
+            {"decisions": {str(k): v for k, v in sorted(current.items())}, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        )
+        return current
+
+    def removal_mask(self, detector: Optional[str] = None) -> np.ndarray:
+        """True for samples to remove: the detector's flags, overridden by the analyst's decisions."""
+        mask = self.flagged(detector).copy()
+        for i, d in self.decisions().items():
+            mask[i] = d == "remove"
+        return mask
+
+
+def write_run(
+    path: str | Path,
+    *,
+    meta: Mapping,
+    manifest: pd.DataFrame,
+    features: Optional[np.ndarray] = None,
+    pooled: Optional[np.ndarray] = None,
+    embedding: Optional[np.ndarray] = None,
+    views: Optional[Mapping[int, object]] = None,
+    extra_files: Optional[Mapping[str, Path]] = None,
+    overwrite: bool = False,
+    before_commit: Optional[Callable[[Path], None]] = None,
+) -> RunFolder:
+    """Write a complete run folder atomically (temp folder renamed at the end) and open it.
+
+    ``views`` maps class label -> an object with ``indices, embedding, clusters`` and ``cluster_stability``
+    (dict id -> stability). ``extra_files`` maps a name inside the run folder -> a file to move there
+    (e.g. a features memmap written beside the output while it was computed). ``before_commit(tmp)`` runs
+    last inside the temporary folder (e.g. to export the purified data) before ``run.json`` is written and
+    the folder is renamed into place.
+    """
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}")
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        if features is not None:
+            np.save(tmp / "features.npy", np.asarray(features, dtype=np.float32))
+        if pooled is not None:
+            np.save(tmp / "pooled.npy", np.asarray(pooled, dtype=np.float32))
+        if embedding is not None:
+            np.save(tmp / "embedding.npy", np.asarray(embedding, dtype=np.float32))
+        for name, src in (extra_files or {}).items():
+            Path(src).replace(tmp / name)
+        if views:
+            (tmp / "views").mkdir()
+            for label, v in views.items():
+                stab = dict(getattr(v, "cluster_stability", {}) or {})
+                ids = np.array(sorted(stab), dtype=np.int64)
+                np.savez(
+                    tmp / "views" / f"class_{int(label)}.npz",
+                    indices=np.asarray(v.indices, dtype=np.int64),
+                    embedding=np.asarray(v.embedding, dtype=np.float32),
+                    clusters=np.asarray(v.clusters, dtype=np.int64),
+                    cluster_ids=ids,
+                    stability=np.array([float(stab[i]) for i in ids], dtype=np.float64),
+                )
+        if before_commit is not None:
+            before_commit(tmp)
+        write_json(tmp / "run.json", dict(meta))
+    return RunFolder(path)
