@@ -1,0 +1,165 @@
+"""Which server paths the dashboard may read and write, and where uploads and caches live.
+
+A shared deployment must not expose the whole disk: every path a user types or browses in the
+dashboard goes through :func:`resolve_allowed`, which accepts it only inside an allowed root.
+
+Allowed roots come from the environment variable ``FLARE_ROOTS`` (``os.pathsep``-separated, e.g.
+``/data:/srv/models``); when it is unset, they are the user's home, the current directory and the
+workbench cache (demo data and uploads). The cache folder is ``FLARE_CACHE_DIR`` or
+``~/.cache/flare-workbench``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+from flare_core.errors import FlareError
+
+ROOTS_ENV = "FLARE_ROOTS"
+CACHE_ENV = "FLARE_CACHE_DIR"
+#: Upper bound on what an uploaded zip may expand to (guards against zip bombs).
+MAX_EXTRACTED_BYTES = 4 * 1024**3
+MAX_ZIP_MEMBERS = 500_000
+
+
+def cache_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """The workbench's cache folder (demo data, uploads, analysis runs, the last opened run)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(CACHE_ENV) or Path.home() / ".cache" / "flare-workbench").expanduser().absolute()
+
+
+def allowed_roots(environ: Optional[Mapping[str, str]] = None) -> list[Path]:
+    """The folders inside which server paths may be used (resolved, without duplicates)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ROOTS_ENV, "")
+    if raw.strip():
+        candidates: Iterable[Path] = (Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+    else:
+        candidates = (Path.home(), Path.cwd(), cache_dir(env))
+    roots: list[Path] = []
+    for c in candidates:
+        r = c.resolve()
+        if r not in roots:
+            roots.append(r)
+    return roots
+
+
+def is_allowed(path: str | os.PathLike, roots: Optional[Sequence[Path]] = None) -> bool:
+    """True when ``path`` (symlinks resolved) lies inside one of ``roots``."""
+    p = Path(path).expanduser().resolve()
+    return any(p == r or p.is_relative_to(r) for r in (roots if roots is not None else allowed_roots()))
+
+
+def resolve_allowed(
+    path: str | os.PathLike, roots: Optional[Sequence[Path]] = None, *, must_exist: bool = False
+) -> Path:
+    """The absolute, symlink-resolved ``path``; raises FlareError when it lies outside the allowed roots."""
+    text = str(path).strip()
+    if not text:
+        raise FlareError("Enter a path on the server.")
+    roots = list(roots) if roots is not None else allowed_roots()
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        p = Path.cwd() / p
+    p = p.resolve()
+    if not any(p == r or p.is_relative_to(r) for r in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise FlareError(
+            f"{p} is outside the folders this server may use ({shown}); pick a path inside them "
+            f"or ask the administrator to add it to {ROOTS_ENV}."
+        )
+    if must_exist and not p.exists():
+        raise FlareError(f"{p} does not exist; check the path.")
+    return p
+
+
+def list_folder(path: str | os.PathLike, roots: Optional[Sequence[Path]] = None, *, limit: int = 500) -> list[Path]:
+    """The entries of an allowed folder for browsing: folders first, then files, hidden ones left out."""
+    folder = resolve_allowed(path, roots, must_exist=True)
+    if not folder.is_dir():
+        raise FlareError(f"{folder} is not a folder; pick a folder to browse.")
+    try:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    except PermissionError as e:
+        raise FlareError(f"{folder} cannot be read (permission denied); pick another folder.") from e
+    entries.sort(key=lambda e: (not e.is_dir(), e.name.lower()))
+    return entries[:limit]
+
+
+def _safe_name(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name
+    keep = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in base).lstrip(".")
+    return keep or "upload"
+
+
+def store_upload(name: str, data: bytes, *, base: Optional[Path] = None) -> Path:
+    """Save uploaded bytes under ``<cache>/uploads/<sha256 prefix>/<name>`` atomically; the same bytes reuse one file."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    folder = (base or cache_dir()) / "uploads" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / _safe_name(name)
+    if target.is_file() and target.stat().st_size == len(data):
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a zip into ``dest`` (atomically: a temp folder renamed at the end), refusing unsafe members.
+
+    Absolute paths, ``..`` components, symlinks, too many members or more than
+    :data:`MAX_EXTRACTED_BYTES` uncompressed raise FlareError. An existing ``dest`` is reused as is.
+    """
+    dest = Path(dest)
+    if dest.is_dir() and any(dest.iterdir()):
+        return dest
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FlareError(f"{Path(zip_path).name} is not a readable zip file; upload a .zip archive.") from e
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise FlareError(f"The zip holds {len(members)} files, more than the {MAX_ZIP_MEMBERS} allowed; split it.")
+        total = sum(m.file_size for m in members)
+        if total > MAX_EXTRACTED_BYTES:
+            raise FlareError(
+                f"The zip would expand to {total / 1e9:.1f} GB, more than the {MAX_EXTRACTED_BYTES / 1e9:.0f} GB allowed; "
+                "put the dataset on the server and give its path instead."
+            )
+        for m in members:
+            parts = Path(m.filename.replace("\\", "/")).parts
+            is_link = (m.external_attr >> 16) & 0o170000 == 0o120000
+            if m.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]) or is_link:
+                raise FlareError(f"The zip member {m.filename!r} points outside the archive; the zip is refused.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        try:
+            zf.extractall(tmp)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def dataset_root_of(extracted: Path) -> Path:
+    """The folder to load from an extracted upload: its single top folder when it has only one, else itself."""
+    entries = [e for e in extracted.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return extracted
