@@ -5,7 +5,7 @@ dashboard goes through :func:`resolve_allowed`, which accepts it only inside an 
 
 Allowed roots come from the environment variable ``FLARE_ROOTS`` (``os.pathsep``-separated, e.g.
 ``/data:/srv/models``); when it is unset, they are the user's home, the current directory and the
-workbench cache (demo data and uploads). The cache folder is ``FLARE_CACHE_DIR`` or
+workbench cache (demo data and uploads). The cache folder is ``FLARE_CACHE`` or
 ``~/.cache/flare-workbench``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 from flare_core.errors import FlareError
 
 ROOTS_ENV = "FLARE_ROOTS"
-CACHE_ENV = "FLARE_CACHE_DIR"
+CACHE_ENV = "FLARE_CACHE"  # the same variable flare_core.demo uses
 #: Upper bound on what an uploaded zip may expand to (guards against zip bombs).
 MAX_EXTRACTED_BYTES = 4 * 1024**3
 MAX_ZIP_MEMBERS = 500_000

@@ -26,7 +26,7 @@ def test_roots_from_env_are_resolved_and_deduplicated(tmp_path):
 
 
 def test_default_roots_are_home_cwd_and_cache(tmp_path):
-    env = {"FLARE_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"FLARE_CACHE": str(tmp_path / "cache")}
     roots = allowed_roots(env)
     assert Path.home().resolve() in roots and Path.cwd().resolve() in roots
     assert (tmp_path / "cache").resolve() in roots

@@ -1,0 +1,274 @@
+"""Plotly figure builders and image tiles for the dashboard and the HTML report (pure: arrays in, figures out).
+
+Scatter plots put the sample's stable index first in ``customdata`` so a lasso/box selection maps back to
+samples whatever the trace order. Large point sets are downsampled (every flagged sample is kept) and drawn
+with WebGL (``Scattergl``); the report uses SVG (``webgl=False``) so a page with many plots stays light.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+#: Above this many points a scatter plot is downsampled (flagged samples always kept).
+MAX_POINTS = 20_000
+NOISE_COLOR = "#b0b0b0"
+CLUSTER_COLORS = tuple(qualitative.D3 + qualitative.Dark24 + qualitative.Alphabet)
+CLASS_COLORS = tuple(qualitative.Plotly + qualitative.Dark24 + qualitative.Alphabet)
+FLAGGED_SYMBOL = "x"
+FLAGGED_COLOR = "#d62728"
+
+
+def cluster_color(cluster_id: int) -> str:
+    """A stable colour per cluster id (grey for HDBSCAN noise, id -1)."""
+    return NOISE_COLOR if cluster_id < 0 else CLUSTER_COLORS[int(cluster_id) % len(CLUSTER_COLORS)]
+
+
+def downsample_indices(n: int, max_points: int, keep: Optional[np.ndarray] = None, seed: int = 0) -> np.ndarray:
+    """Sorted positions of at most ``max_points`` of ``n`` points, all ``keep`` points first, the rest at random.
+
+    When ``keep`` alone exceeds ``max_points`` a random subset of it is taken. Deterministic for a seed.
+    """
+    if max_points <= 0:
+        raise ValueError("max_points must be positive.")
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    kept = np.flatnonzero(keep)
+    if len(kept) >= max_points:
+        return np.sort(rng.choice(kept, size=max_points, replace=False))
+    rest = np.flatnonzero(~keep)
+    extra = rng.choice(rest, size=max_points - len(kept), replace=False)
+    return np.sort(np.concatenate([kept, extra]))
+
+
+def _scatter_cls(webgl: bool):
+    return go.Scattergl if webgl else go.Scatter
+
+
+def _marker_arrays(flagged: np.ndarray, base_size: float) -> dict:
+    return dict(
+        symbol=np.where(flagged, FLAGGED_SYMBOL, "circle"),
+        size=np.where(flagged, base_size + 4, base_size),
+        line=dict(width=np.where(flagged, 1.0, 0.0), color="#222222"),
+    )
+
+
+def _legend_flagged(scatter, label: str):
+    return scatter(
+        x=[None], y=[None], mode="markers", name=label, showlegend=True, hoverinfo="skip",
+        marker=dict(symbol=FLAGGED_SYMBOL, size=9, color="#444444", line=dict(width=1, color="#222222")),
+    )
+
+
+def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left"),
+        height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        dragmode="lasso",
+        legend=dict(itemsizing="constant", orientation="v"),
+        xaxis=dict(title="UMAP 1", showgrid=False, zeroline=False),
+        yaxis=dict(title="UMAP 2", showgrid=False, zeroline=False, scaleanchor=None),
+        plot_bgcolor="white",
+        hovermode="closest",
+        uirevision="keep",
+    )
+    return fig
+
+
+def class_scatter(
+    embedding: np.ndarray,
+    clusters: np.ndarray,
+    indices: np.ndarray,
+    flagged: np.ndarray,
+    *,
+    scores: Optional[np.ndarray] = None,
+    sources: Optional[Sequence[str]] = None,
+    stability: Optional[Mapping[int, float]] = None,
+    title: str = "",
+    detector_label: str = "flagged",
+    max_points: int = MAX_POINTS,
+    webgl: bool = True,
+    seed: int = 0,
+    height: int = 540,
+) -> go.Figure:
+    """One class's 2-D embedding, one trace per HDBSCAN cluster (coloured), flagged samples drawn as ✕.
+
+    All arrays are per point of the class (same length). ``customdata`` per point is
+    ``[index, source, cluster, score, 'flagged'|'']`` so a selection maps back to sample indices.
+    """
+    emb = np.asarray(embedding, dtype=np.float32)
+    n = len(emb)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    flagged = np.asarray(flagged, dtype=bool)
+    if emb.ndim != 2 or emb.shape[1] != 2:
+        raise ValueError(f"embedding must be (n, 2), got {emb.shape}.")
+    for name, arr in (("clusters", clusters), ("indices", indices), ("flagged", flagged)):
+        if len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} entries for {n} points.")
+    scores = np.zeros(n) if scores is None else np.asarray(scores, dtype=float)
+    sources_arr = np.asarray(sources if sources is not None else [""] * n, dtype=object)
+    shown = downsample_indices(n, max_points, flagged, seed)
+    scatter = _scatter_cls(webgl)
+    size = 5.0 if n > 3000 else 7.0
+    fig = go.Figure()
+    ids, counts = np.unique(clusters, return_counts=True)
+    for cid in ids[np.argsort(-counts, kind="stable")]:
+        sel = shown[clusters[shown] == cid]
+        if len(sel) == 0:
+            continue
+        total = int(counts[ids == cid][0])
+        name = "noise" if cid < 0 else f"cluster {cid}"
+        extra = f", stability {stability[int(cid)]:.2f}" if stability and int(cid) in stability else ""
+        custom = np.empty((len(sel), 5), dtype=object)
+        custom[:, 0] = indices[sel]
+        custom[:, 1] = sources_arr[sel]
+        custom[:, 2] = clusters[sel]
+        custom[:, 3] = np.round(scores[sel], 4)
+        custom[:, 4] = np.where(flagged[sel], detector_label, "")
+        fig.add_trace(
+            scatter(
+                x=emb[sel, 0], y=emb[sel, 1], mode="markers", name=f"{name} ({total}{extra})",
+                customdata=custom, marker=dict(color=cluster_color(int(cid)), opacity=0.8, **_marker_arrays(flagged[sel], size)),
+                hovertemplate="index %{customdata[0]}<br>%{customdata[1]}<br>cluster %{customdata[2]}"
+                              "<br>score %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
+            )
+        )
+    if flagged.any():
+        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
+    if len(shown) < n:
+        title = f"{title} — showing {len(shown):,} of {n:,} points (all flagged kept)"
+    return _base_layout(fig, title, height)
+
+
+def global_scatter(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    flagged: np.ndarray,
+    *,
+    title: str = "All classes",
+    detector_label: str = "flagged",
+    max_points: int = MAX_POINTS,
+    webgl: bool = True,
+    seed: int = 0,
+    height: int = 600,
+) -> go.Figure:
+    """The whole dataset's 2-D embedding coloured by class, flagged samples as ✕, downsampled past ``max_points``.
+
+    ``customdata`` per point is ``[index, class name, 'flagged'|'']``.
+    """
+    emb = np.asarray(embedding, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    flagged = np.asarray(flagged, dtype=bool)
+    n = len(emb)
+    if emb.ndim != 2 or emb.shape[1] != 2 or len(labels) != n or len(flagged) != n:
+        raise ValueError("embedding must be (N, 2) with one label and one flag per point.")
+    shown = downsample_indices(n, max_points, flagged, seed)
+    scatter = _scatter_cls(webgl)
+    size = 4.0 if len(shown) > 5000 else 6.0
+    fig = go.Figure()
+    for k in np.unique(labels):
+        sel = shown[labels[shown] == k]
+        if len(sel) == 0:
+            continue
+        name = str(classes[k]) if k < len(classes) else str(k)
+        custom = np.empty((len(sel), 3), dtype=object)
+        custom[:, 0] = sel
+        custom[:, 1] = name
+        custom[:, 2] = np.where(flagged[sel], detector_label, "")
+        fig.add_trace(
+            scatter(
+                x=emb[sel, 0], y=emb[sel, 1], mode="markers", name=f"{k}: {name}", customdata=custom,
+                marker=dict(color=CLASS_COLORS[int(k) % len(CLASS_COLORS)], opacity=0.7, **_marker_arrays(flagged[sel], size)),
+                hovertemplate="index %{customdata[0]}<br>class %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
+            )
+        )
+    if flagged.any():
+        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
+    if len(shown) < n:
+        title = f"{title} — showing {len(shown):,} of {n:,} points (all flagged kept)"
+    return _base_layout(fig, title, height)
+
+
+def flagged_bar(
+    classes: Sequence[str],
+    counts: Sequence[int],
+    flagged_counts: Sequence[int],
+    removal_counts: Optional[Sequence[int]] = None,
+    *,
+    detector_label: str = "flagged",
+    height: int = 320,
+) -> go.Figure:
+    """Per class: how many samples the detector flagged (and, if given, how many will be removed after review)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    flagged_counts = np.asarray(flagged_counts, dtype=np.int64)
+    if not len(classes) == len(counts) == len(flagged_counts):
+        raise ValueError("classes, counts and flagged_counts must have one entry per class.")
+    names = [f"{k}: {c}" for k, c in enumerate(classes)]
+    pct = np.divide(flagged_counts * 100.0, counts, out=np.zeros(len(counts)), where=counts > 0)
+    fig = go.Figure(
+        go.Bar(
+            x=names, y=flagged_counts, name=detector_label, marker_color=FLAGGED_COLOR,
+            text=[str(v) for v in flagged_counts], textposition="outside",
+            customdata=np.stack([counts, np.round(pct, 1)], axis=1),
+            hovertemplate="%{x}<br>%{y} of %{customdata[0]} samples (%{customdata[1]} %)<extra>" + detector_label + "</extra>",
+        )
+    )
+    if removal_counts is not None:
+        fig.add_trace(go.Bar(x=names, y=np.asarray(removal_counts, dtype=np.int64), name="to remove (after review)",
+                             marker_color="#7f7f7f"))
+    fig.update_layout(
+        barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text="Flagged samples per class", x=0.0), yaxis=dict(title="samples"), plot_bgcolor="white",
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )
+    return fig
+
+
+def detection_bars(metrics: Mapping[str, Mapping[str, float]], labels: Optional[Mapping[str, str]] = None,
+                   *, height: int = 340) -> go.Figure:
+    """TPR, FPR and F1 per detector side by side (``metrics``: detector -> dict with 'tpr','fpr','f1')."""
+    fig = go.Figure()
+    names = [labels.get(d, d) if labels else d for d in metrics]
+    for key, color in (("tpr", "#2ca02c"), ("fpr", FLAGGED_COLOR), ("f1", "#1f77b4")):
+        vals = [float(m.get(key) or 0.0) for m in metrics.values()]
+        fig.add_trace(go.Bar(x=names, y=vals, name=key.upper(), marker_color=color,
+                             text=[f"{v:.3f}" for v in vals], textposition="outside"))
+    fig.update_layout(barmode="group", height=height, yaxis=dict(range=[0, 1.1], title="rate"),
+                      margin=dict(l=10, r=10, t=40, b=10), title=dict(text="Detection quality per detector", x=0.0),
+                      plot_bgcolor="white")
+    return fig
+
+
+# ---- image tiles ---------------------------------------------------------------------------------------------
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 (H,W), (H,W,1) or (H,W,3) -> (H,W,3)."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return np.ascontiguousarray(img.astype(np.uint8, copy=False))
+
+
+def upscale(image: np.ndarray, min_side: int = 112) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor so the shorter side is at least ``min_side`` (RGB out)."""
+    img = to_rgb(image)
+    factor = max(1, int(np.ceil(min_side / max(1, min(img.shape[:2])))))
+    if factor == 1:
+        return img
+    return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+def heat_rgb(cam: np.ndarray) -> np.ndarray:
+    """A [0,1] map -> uint8 RGB with a perceptual colormap (for the mean CAM)."""
+    from matplotlib import colormaps
+
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    return (colormaps["inferno"](cam)[..., :3] * 255).astype(np.uint8)

@@ -1,0 +1,135 @@
+"""Figure builders: shapes of traces, selection back-mapping via customdata, downsampling, input unchanged."""
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+
+from flare_core import plots
+
+
+def _class_data(rng, n=300):
+    emb = rng.normal(size=(n, 2)).astype(np.float32)
+    clusters = rng.integers(-1, 3, n)
+    indices = np.arange(1000, 1000 + n)
+    flagged = clusters == 2
+    return emb, clusters, indices, flagged
+
+
+def _points(fig):
+    xs = [np.asarray(t.x) for t in fig.data if t.x is not None and t.x[0] is not None]
+    return int(sum(len(x) for x in xs))
+
+
+def test_downsample_keeps_all_flagged_and_is_deterministic():
+    keep = np.zeros(1000, bool)
+    keep[::50] = True
+    a = plots.downsample_indices(1000, 100, keep, seed=3)
+    b = plots.downsample_indices(1000, 100, keep, seed=3)
+    assert len(a) == 100 and np.array_equal(a, b)
+    assert set(np.flatnonzero(keep)) <= set(a.tolist())
+    assert np.all(np.diff(a) > 0)
+
+
+def test_downsample_small_input_untouched_and_too_many_kept():
+    assert np.array_equal(plots.downsample_indices(10, 100), np.arange(10))
+    keep = np.ones(500, bool)
+    assert len(plots.downsample_indices(500, 50, keep)) == 50
+
+
+def test_downsample_rejects_nonpositive():
+    with pytest.raises(ValueError):
+        plots.downsample_indices(10, 0)
+
+
+def test_class_scatter_one_trace_per_cluster_and_legend(rng):
+    emb, clusters, indices, flagged = _class_data(rng)
+    before = emb.copy()
+    fig = plots.class_scatter(emb, clusters, indices, flagged, scores=rng.random(300), title="class 0")
+    assert np.array_equal(emb, before)
+    assert all(isinstance(t, go.Scattergl) for t in fig.data)
+    names = [t.name for t in fig.data]
+    assert sum(n.startswith("cluster") for n in names) == 3 and any(n.startswith("noise") for n in names)
+    assert names[-1].startswith("✕")
+    assert _points(fig) == 300
+
+
+def test_class_scatter_customdata_maps_to_sample_indices_and_flags(rng):
+    emb, clusters, indices, flagged = _class_data(rng)
+    fig = plots.class_scatter(emb, clusters, indices, flagged, detector_label="FLARE")
+    seen = {}
+    for t in fig.data:
+        if t.customdata is None:
+            continue
+        for row in t.customdata:
+            seen[int(row[0])] = row[4]
+    assert sorted(seen) == indices.tolist()
+    flagged_idx = {i for i, f in seen.items() if f == "FLARE"}
+    assert flagged_idx == set(indices[flagged].tolist())
+
+
+def test_class_scatter_noise_is_grey_and_flagged_are_crosses(rng):
+    emb, clusters, indices, flagged = _class_data(rng)
+    fig = plots.class_scatter(emb, clusters, indices, flagged)
+    noise = [t for t in fig.data if t.name.startswith("noise")][0]
+    assert noise.marker.color == plots.NOISE_COLOR
+    c2 = [t for t in fig.data if t.name.startswith("cluster 2")][0]
+    assert set(np.asarray(c2.marker.symbol).tolist()) == {plots.FLAGGED_SYMBOL}
+
+
+def test_class_scatter_downsamples_large_views(rng):
+    emb, clusters, indices, flagged = _class_data(rng, n=3000)
+    fig = plots.class_scatter(emb, clusters, indices, flagged, max_points=500)
+    assert _points(fig) == 500
+    assert "showing 500 of 3,000" in fig.layout.title.text
+
+
+def test_class_scatter_svg_mode(rng):
+    emb, clusters, indices, flagged = _class_data(rng, n=50)
+    fig = plots.class_scatter(emb, clusters, indices, flagged, webgl=False)
+    assert all(isinstance(t, go.Scatter) for t in fig.data)
+
+
+def test_class_scatter_rejects_bad_shapes(rng):
+    emb, clusters, indices, flagged = _class_data(rng, n=20)
+    with pytest.raises(ValueError, match="embedding"):
+        plots.class_scatter(emb[:, :1], clusters, indices, flagged)
+    with pytest.raises(ValueError, match="clusters"):
+        plots.class_scatter(emb, clusters[:5], indices, flagged)
+
+
+def test_global_scatter_colours_by_class_and_serialises(rng):
+    n = 2000
+    emb = rng.normal(size=(n, 2))
+    labels = rng.integers(0, 4, n)
+    flagged = rng.random(n) < 0.05
+    fig = plots.global_scatter(emb, labels, ["a", "b", "c", "d"], flagged, max_points=1000)
+    class_traces = [t for t in fig.data if t.customdata is not None]
+    assert len(class_traces) == 4
+    assert _points(fig) == 1000
+    shown_flagged = sum(int((np.asarray(t.customdata)[:, 2] != "").sum()) for t in class_traces)
+    assert shown_flagged == int(flagged.sum())
+    assert len(pio.to_json(fig, validate=False)) > 1000
+
+
+def test_flagged_bar_values_and_validation():
+    fig = plots.flagged_bar(["a", "b"], [100, 50], [5, 0], removal_counts=[4, 1])
+    assert list(fig.data[0].y) == [5, 0] and list(fig.data[1].y) == [4, 1]
+    with pytest.raises(ValueError):
+        plots.flagged_bar(["a"], [1, 2], [0, 0])
+
+
+def test_detection_bars_three_metrics_per_detector():
+    fig = plots.detection_bars({"flare": {"tpr": 1.0, "fpr": 0.01, "f1": 0.9}, "ac": {"tpr": 0.5, "fpr": 0.2, "f1": None}},
+                               labels={"flare": "FLARE"})
+    assert [t.name for t in fig.data] == ["TPR", "FPR", "F1"]
+    assert list(fig.data[0].x) == ["FLARE", "ac"] and list(fig.data[2].y) == [0.9, 0.0]
+
+
+def test_image_tiles():
+    g = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    up = plots.upscale(g, 112)
+    assert up.shape == (112, 112, 3) and up.dtype == np.uint8
+    assert np.array_equal(up[::4, ::4, 0], g)
+    assert plots.to_rgb(np.zeros((4, 4, 1), np.uint8)).shape == (4, 4, 3)
+    h = plots.heat_rgb(np.linspace(0, 1, 16).reshape(4, 4))
+    assert h.shape == (4, 4, 3) and h.dtype == np.uint8 and not np.array_equal(h[0, 0], h[-1, -1])
