@@ -1,0 +1,284 @@
+"""Summary tables of a run and the self-contained HTML report for a review meeting.
+
+The report is one HTML file that opens offline: plotly's JavaScript is inlined once, images are embedded as
+base64 PNG. It holds the counts per class, the flagged-per-class bar, the global and per-class scatter plots,
+example flagged images (with Grad-CAM overlays when a model is given), detection quality when ground truth is
+known, the analyst's decisions, the parameters and the package versions.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from flare_core import plots
+from flare_core.atomic import write_text
+from flare_core.run_folder import RunFolder
+
+logger = logging.getLogger(__name__)
+
+#: Points per scatter plot in the report (SVG; keeps the file small and the page fast).
+REPORT_MAX_POINTS = 3000
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+def class_table(run: RunFolder, detector: Optional[str] = None) -> pd.DataFrame:
+    """Per class: samples, flagged by the detector, the analyst's overrides, samples to remove (and poisoned)."""
+    df = run.manifest
+    labels = df["label"].to_numpy()
+    classes = run.classes or [str(k) for k in range(int(labels.max()) + 1)]
+    k = len(classes)
+    flagged = run.flagged(detector)
+    removal = run.removal_mask(detector)
+    dec = run.decisions()
+    keep_idx = np.array([i for i, d in dec.items() if d == "keep"], dtype=np.int64)
+    rem_idx = np.array([i for i, d in dec.items() if d == "remove"], dtype=np.int64)
+    out = pd.DataFrame({
+        "label": np.arange(k),
+        "class": classes,
+        "samples": np.bincount(labels, minlength=k),
+        "flagged": np.bincount(labels[flagged], minlength=k),
+        "marked keep": np.bincount(labels[keep_idx], minlength=k),
+        "marked remove": np.bincount(labels[rem_idx], minlength=k),
+        "to remove": np.bincount(labels[removal], minlength=k),
+    })
+    truth = run.ground_truth()
+    if truth is not None:
+        out["poisoned (truth)"] = np.bincount(labels[truth], minlength=k)
+    return out
+
+
+def detection_table(run: RunFolder, *, after_review: bool = False) -> Optional[pd.DataFrame]:
+    """Detection metrics per detector against the ground truth (None when the run has none).
+
+    With ``after_review=True`` the main detector's row uses the analyst's removal mask instead of its flags.
+    """
+    truth = run.ground_truth()
+    if truth is None:
+        return None
+    from flare_core.metrics import detection_metrics
+
+    rows = []
+    dets = run.detectors()
+    for d in dets:
+        flagged = run.removal_mask(d) if after_review and d == dets[0] else run.flagged(d)
+        m = detection_metrics(flagged, truth, run.scores(d))
+        rows.append({"detector": d, **m})
+    return pd.DataFrame(rows).set_index("detector")
+
+
+def per_class_confusion(run: RunFolder, detector: Optional[str] = None) -> Optional[pd.DataFrame]:
+    """Per class TP/FP/FN/TN of a detector's flags against the ground truth, with TPR and FPR (None without truth)."""
+    truth = run.ground_truth()
+    if truth is None:
+        return None
+    labels = run.manifest["label"].to_numpy()
+    flagged = run.flagged(detector)
+    classes = run.classes or [str(k) for k in range(int(labels.max()) + 1)]
+    k = len(classes)
+
+    def count(mask):
+        return np.bincount(labels[mask], minlength=k)
+
+    tp, fp = count(flagged & truth), count(flagged & ~truth)
+    fn, tn = count(~flagged & truth), count(~flagged & ~truth)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
+        fpr = np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), np.nan)
+    return pd.DataFrame({"class": classes, "TP": tp, "FP": fp, "FN": fn, "TN": tn,
+                         "TPR": np.round(tpr, 4), "FPR": np.round(fpr, 4)})
+
+
+def example_indices(run: RunFolder, n: int, detector: Optional[str] = None) -> np.ndarray:
+    """Up to ``n`` samples to show: those to remove, highest score first, taken round-robin over classes."""
+    removal = run.removal_mask(detector)
+    idx = np.flatnonzero(removal)
+    if len(idx) == 0 or n <= 0:
+        return np.array([], dtype=np.int64)
+    labels = run.manifest["label"].to_numpy()
+    order = idx[np.argsort(-run.scores(detector)[idx], kind="stable")]
+    by_class: dict = {}
+    for i in order:
+        by_class.setdefault(int(labels[i]), []).append(int(i))
+    picked: list = []
+    while len(picked) < n and any(by_class.values()):
+        for c in sorted(by_class):
+            if by_class[c] and len(picked) < n:
+                picked.append(by_class[c].pop(0))
+    return np.array(picked, dtype=np.int64)
+
+
+# ---- HTML pieces ---------------------------------------------------------------------------------------------
+def png_data_uri(image: np.ndarray, min_side: int = 96) -> str:
+    """uint8 image -> ``data:image/png;base64,...`` (enlarged with nearest neighbour for small images)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(plots.upscale(image, min_side)).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table_html(df: pd.DataFrame, index: bool = False) -> str:
+    return df.to_html(index=index, border=0, classes="tbl", float_format=lambda v: f"{v:.4g}", na_rep="–")
+
+
+def _fig_html(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+
+
+def _kv_html(d: dict) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}</td></tr>"
+        for k, v in d.items()
+    )
+    return f"<table class='kv'>{rows}</table>"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{margin-bottom:4px} h2{border-bottom:2px solid #eee;padding-bottom:4px;margin-top:32px}
+.muted{color:#666} .tbl,.kv{border-collapse:collapse;font-size:14px;margin:8px 0}
+.tbl th,.tbl td,.kv th,.kv td{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}
+.kv th{text-align:left;color:#555;vertical-align:top} .kv td{text-align:left;font-family:monospace;word-break:break-all}
+.grid{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #ddd;border-radius:6px;padding:6px;text-align:center;font-size:12px}
+.card img{image-rendering:pixelated;display:block;margin:2px auto} .pair{display:flex;gap:4px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:12px;margin:12px 0}
+.metric{background:#f6f6f8;border-radius:8px;padding:10px 14px} .metric b{font-size:22px;display:block}
+"""
+
+
+def _examples_html(run: RunFolder, dataset, model, n_examples: int) -> str:
+    idx = example_indices(run, n_examples)
+    if len(idx) == 0:
+        return "<p>No sample is marked for removal, so there are no examples to show.</p>"
+    if dataset is None:
+        return "<p class='muted'>Example images need the dataset; it was not given when this report was built.</p>"
+    images = dataset.images[idx]
+    cams, preds, cam_note = None, None, ""
+    if model is not None:
+        try:
+            from flare_core.gradcam import gradcam
+
+            cams, preds = gradcam(model, images)
+        except Exception as e:  # the report is still useful without CAMs; say why they are missing
+            logger.warning("Grad-CAM failed for the report: %s", e)
+            cam_note = f"<p class='muted'>Grad-CAM overlays could not be computed ({html.escape(str(e))}).</p>"
+    else:
+        cam_note = "<p class='muted'>Grad-CAM overlays need the model; it was not given when this report was built.</p>"
+    classes = run.classes
+    cards = []
+    for j, i in enumerate(idx):
+        label = int(run.manifest["label"].iat[i])
+        parts = [f"<img src='{png_data_uri(images[j])}' width='96' alt='sample {i}'>"]
+        caption = f"#{i} · {html.escape(str(classes[label]) if label < len(classes) else str(label))}"
+        if cams is not None:
+            from flare_core.gradcam import overlay
+
+            parts.append(f"<img src='{png_data_uri(overlay(images[j], cams[j]))}' width='96' alt='Grad-CAM {i}'>")
+            p = int(preds[j])
+            caption += f"<br>predicted {html.escape(str(classes[p]) if p < len(classes) else str(p))}"
+        cards.append(f"<div class='card'><div class='pair'>{''.join(parts)}</div>{caption}<br>"
+                     f"score {float(run.scores()[i]):.3f}</div>")
+    return cam_note + f"<div class='grid'>{''.join(cards)}</div>"
+
+
+def _scatter_html(run: RunFolder, detector_label: str) -> str:
+    parts = []
+    df = run.manifest
+    emb = run.embedding()
+    flagged = run.flagged()
+    if emb is not None and len(emb) == len(df):
+        fig = plots.global_scatter(emb, df["label"].to_numpy(), run.classes, flagged, webgl=False,
+                                   max_points=REPORT_MAX_POINTS, detector_label=detector_label, height=520)
+        parts.append(_fig_html(fig))
+    sources = df["source"].to_numpy()
+    scores = run.scores()
+    for label in run.class_labels_with_views():
+        v = run.class_view(label)
+        name = run.classes[label] if label < len(run.classes) else str(label)
+        fig = plots.class_scatter(v.embedding, v.clusters, v.indices, flagged[v.indices], scores=scores[v.indices],
+                                  sources=sources[v.indices], stability=v.stability, title=f"Class {label}: {name}",
+                                  detector_label=detector_label, webgl=False, max_points=REPORT_MAX_POINTS, height=420)
+        parts.append(_fig_html(fig))
+    return "".join(parts) or "<p class='muted'>This run has no 2-D views.</p>"
+
+
+def build_report(
+    run: RunFolder,
+    out_path: str | Path,
+    *,
+    dataset=None,
+    model=None,
+    n_examples: int = 12,
+    title: Optional[str] = None,
+) -> Path:
+    """Write the self-contained HTML report of ``run`` to ``out_path`` (atomically) and return its path.
+
+    ``dataset`` (the ImageDataset the run analysed) enables example images; ``model`` (a LoadedModel)
+    adds Grad-CAM overlays to them.
+    """
+    from plotly.offline import get_plotlyjs
+
+    from flare_core.versions import package_versions
+
+    meta = run.meta
+    det = meta.get("detector", {}).get("name", "flare")
+    det_label = det.upper() if det.startswith("flare") else det
+    ds = meta.get("dataset", {})
+    res = meta.get("result", {})
+    counts = class_table(run)
+    dec = run.decisions()
+    removal = run.removal_mask()
+    title = title or f"FLARE report — {Path(str(ds.get('path', run.path))).name}"
+    metrics = [
+        ("samples", f"{run.n_samples:,}"), ("classes", str(len(counts))),
+        (f"flagged by {det_label}", f"{int(run.flagged().sum()):,}"),
+        ("analyst overrides", f"{len(dec):,}"), ("to remove", f"{int(removal.sum()):,}"),
+        ("kept", f"{int((~removal).sum()):,}"),
+    ]
+    bar = plots.flagged_bar(counts["class"].tolist(), counts["samples"], counts["flagged"], counts["to remove"],
+                            detector_label=f"flagged by {det_label}")
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='muted'>Run folder {html.escape(str(run.path))} · analysed {html.escape(str(meta.get('created', '?')))}"
+        f" · report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+        "<div class='cards'>" + "".join(f"<div class='metric'><b>{v}</b>{html.escape(k)}</div>" for k, v in metrics) + "</div>",
+        "<p>" + ("The detector found a separated group of samples." if res.get("poison_found", bool(run.flagged().any()))
+                 else "The detector found no separated group of samples: nothing is flagged.") + "</p>",
+        "<h2>Counts per class</h2>", _table_html(counts), _fig_html(bar),
+    ]
+    det_tbl = detection_table(run) if run.ground_truth() is not None else None
+    if det_tbl is not None:
+        reviewed = detection_table(run, after_review=True).iloc[[0]].rename(index=lambda s: f"{s} after review")
+        cols = [c for c in ("n_flagged", "tp", "fp", "fn", "tn", "tpr", "fpr", "precision", "f1", "auroc") if c in det_tbl.columns]
+        sections += ["<h2>Detection quality (ground truth known)</h2>",
+                     _table_html(pd.concat([det_tbl, reviewed])[cols], index=True),
+                     "<h3>Per class</h3>", _table_html(per_class_confusion(run))]
+    sections += ["<h2>Example samples marked for removal</h2>", _examples_html(run, dataset, model, n_examples),
+                 "<h2>Embeddings</h2><p class='muted'>Each point is a sample; colours are HDBSCAN clusters (per class) "
+                 "or classes (global); ✕ marks flagged samples.</p>", _scatter_html(run, det_label),
+                 "<h2>Parameters</h2>", _kv_html(meta.get("config", {})),
+                 "<h3>Detector</h3>", _kv_html({"name": det, **meta.get("detector", {}).get("params", {}),
+                                               "subspace": res.get("subspace")}),
+                 "<h3>Dataset</h3>", _kv_html({k: v for k, v in ds.items() if k not in ("skipped",)}),
+                 "<h3>Model</h3>", _kv_html(meta.get("model", {})),
+                 "<h2>Versions</h2>", _kv_html({"analysis": meta.get("versions", {}), "report": package_versions()})]
+    doc = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
+    out = Path(out_path)
+    write_text(out, doc)
+    logger.info("report written to %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out

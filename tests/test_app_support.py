@@ -1,0 +1,115 @@
+"""Synthetic run folders (tiny, written with the real ``write_run``) shared by the dashboard/report tests.
+
+Import with ``from test_app_support import make_run`` (pytest puts tests/ on sys.path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flare_core.run_folder import RunFolder, write_run
+
+CLASSES = ["zero", "one", "two"]
+
+
+@dataclass
+class View:
+    indices: np.ndarray
+    embedding: np.ndarray
+    clusters: np.ndarray
+    cluster_stability: dict
+
+
+def make_images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size, size, 1), dtype=np.uint8)
+
+
+def make_run(
+    path: Path,
+    *,
+    per_class: int = 20,
+    classes=CLASSES,
+    truth: bool = True,
+    baselines=("ac",),
+    data_path: str = "synthetic.npz",
+    model_path: str = "model.pt",
+    seed: int = 0,
+) -> RunFolder:
+    """A run over ``per_class * len(classes)`` samples; in every class the last 3 samples form a flagged cluster."""
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    labels = np.repeat(np.arange(k), per_class)
+    n = len(labels)
+    flagged = np.zeros(n, bool)
+    clusters = np.zeros(n, int)
+    views = {}
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        flagged[idx[-3:]] = True
+        clusters[idx[-3:]] = 1
+        emb = rng.normal(size=(len(idx), 2)).astype(np.float32)
+        emb[-3:] += 6.0
+        cl = np.zeros(len(idx), int)
+        cl[-3:] = 1
+        cl[0] = -1
+        views[c] = View(idx, emb, cl, {0: 0.9, 1: 0.7})
+    poisoned = flagged.copy()
+    poisoned[0] = True  # one miss, so metrics are not trivially perfect
+    poisoned[-1] = False  # one false alarm
+    manifest = pd.DataFrame({
+        "index": np.arange(n),
+        "source": [f"{data_path}#{i}" for i in range(n)],
+        "label": labels,
+        "class_name": [classes[i] for i in labels],
+        "flagged": flagged.astype(int),
+        "score": np.round(rng.random(n) + 2 * flagged, 4),
+        "cluster": clusters,
+    })
+    for b in baselines:
+        fb = flagged.copy()
+        fb[1] = True
+        manifest[f"flagged_{b}"] = fb.astype(int)
+        manifest[f"score_{b}"] = rng.random(n).round(4)
+    if truth:
+        manifest["poisoned"] = poisoned.astype(int)
+    meta = {
+        "format": "flare-run/1",
+        "created": "2026-01-01T00:00:00+0000",
+        "config": {"model": model_path, "data": data_path, "arch": None, "data_format": None, "split": "train",
+                   "detector": "flare", "baselines": list(baselines), "seed": 0, "params": {},
+                   "ground_truth": "gt.json" if truth else None},
+        "model": {"kind": "state_dict", "arch": "small-cnn", "num_classes": k, "path": model_path},
+        "dataset": {"path": data_path, "format": "npz", "split": "train", "n_samples": n, "image_shape": [8, 8, 1],
+                    "classes": list(classes), "counts": [per_class] * k, "skipped": [["bad.png", "truncated"]],
+                    "n_skipped": 1},
+        "detector": {"name": "flare", "params": {}, "report": {"params": {"mode": "default"}, "report": {}}},
+        "baselines": {b: {"params": {}, "report": None} for b in baselines},
+        "result": {"n_flagged": int(flagged.sum()), "flagged_per_class": [3] * k, "subspace": 4, "poison_found": True},
+        "ground_truth": {"attack": "badnets", "n_poisoned": int(poisoned.sum())} if truth else None,
+        "versions": {"python": "3.11", "torch": "x"},
+        "timings": {"total": 1.0},
+    }
+    emb = rng.normal(size=(n, 2)).astype(np.float32)
+    return write_run(path, meta=meta, manifest=manifest, features=rng.normal(size=(n, 4)), embedding=emb, views=views)
+
+
+def make_dataset(run: RunFolder):
+    """The ImageDataset matching a synthetic run (same sizes, labels and sources)."""
+    from flare_core.dataset import ImageDataset
+
+    df = run.manifest
+    return ImageDataset(images=make_images(len(df)), labels=df["label"].to_numpy(), classes=run.classes,
+                        sources=df["source"].tolist(), format="npz", root=run.meta["dataset"]["path"])
+
+
+def test_make_run_is_a_valid_run_folder(tmp_path):
+    run = make_run(tmp_path / "run")
+    assert run.n_samples == 60 and run.detectors() == ["flare", "ac"]
+    assert run.flagged().sum() == 9 and run.ground_truth().sum() == 9
+    v = run.class_view(1)
+    assert len(v.indices) == 20 and v.embedding.shape == (20, 2)
+    assert len(make_dataset(run)) == 60

@@ -1,0 +1,90 @@
+"""The HTML report and the summary tables, on tiny synthetic run folders."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from flare_core.report import build_report, class_table, detection_table, example_indices, per_class_confusion
+from test_app_support import make_dataset, make_run
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def test_class_table_counts_and_decisions(run):
+    run.set_decisions([0], "remove")  # class 0, not flagged
+    run.set_decisions([19], "keep")  # class 0, flagged
+    t = class_table(run)
+    assert t["samples"].tolist() == [20, 20, 20]
+    assert t["flagged"].tolist() == [3, 3, 3]
+    assert t["marked keep"].tolist() == [1, 0, 0] and t["marked remove"].tolist() == [1, 0, 0]
+    assert t["to remove"].tolist() == [3, 3, 3]
+    assert t["poisoned (truth)"].tolist() == [4, 3, 2]
+
+
+def test_per_class_confusion_sums_to_class_sizes(run):
+    c = per_class_confusion(run)
+    assert (c[["TP", "FP", "FN", "TN"]].sum(axis=1) == 20).all()
+    assert c.loc[0, "FN"] == 1 and c.loc[2, "FP"] == 1 and c.loc[1, "TPR"] == 1.0
+
+
+def test_tables_without_truth_are_none(tmp_path):
+    r = make_run(tmp_path / "r", truth=False)
+    assert per_class_confusion(r) is None and detection_table(r) is None
+    assert "poisoned (truth)" not in class_table(r).columns
+
+
+def test_detection_table_one_row_per_detector(run):
+    pytest.importorskip("flare_core.metrics")
+    t = detection_table(run)
+    assert list(t.index) == ["flare", "ac"]
+    assert t.loc["flare", "tp"] == 8 and t.loc["flare", "fp"] == 1 and t.loc["flare", "fn"] == 1
+    run.set_decisions([59], "keep")  # the false alarm
+    assert detection_table(run, after_review=True).loc["flare", "fp"] == 0
+
+
+def test_example_indices_round_robin_over_classes(run):
+    idx = example_indices(run, 4)
+    labels = run.manifest["label"].to_numpy()[idx]
+    assert len(idx) == 4 and set(labels[:3].tolist()) == {0, 1, 2}
+    assert run.removal_mask()[idx].all()
+    assert len(example_indices(run, 0)) == 0
+
+
+def test_report_is_self_contained_and_complete(run, tmp_path):
+    pytest.importorskip("flare_core.metrics")
+    ds = make_dataset(run)
+    before = ds.images.copy()
+    out = build_report(run, tmp_path / "out" / "report.html", dataset=ds, n_examples=5)
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert text.count("Plotly.newPlot") == 1 + 1 + 3  # bar + global + 3 classes
+    assert len(re.findall(r"<script type=.text/javascript.>", text)) >= 1
+    assert "cdn.plot.ly" not in text and "src='http" not in text and 'src="http' not in text
+    assert text.count("data:image/png;base64,") == 5
+    assert "Counts per class" in text and "Detection quality" in text and "Versions" in text
+    assert "Grad-CAM overlays need the model" in text
+    assert np.array_equal(ds.images, before)
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp files left
+
+
+def test_report_without_dataset_or_truth(tmp_path):
+    r = make_run(tmp_path / "r", truth=False, baselines=())
+    text = build_report(r, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Example images need the dataset" in text and "Detection quality" not in text
+
+
+def test_report_with_model_has_cam_overlays(run, tmp_path):
+    pytest.importorskip("flare_core.gradcam")
+    pytest.importorskip("flare_core.metrics")
+    from flare_core.models.loaded import LoadedModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    model = LoadedModel(module=net, kind="module", num_classes=3)
+    text = build_report(run, tmp_path / "r.html", dataset=make_dataset(run), model=model, n_examples=3).read_text()
+    assert text.count("data:image/png;base64,") == 6 and "alt='Grad-CAM" in text
