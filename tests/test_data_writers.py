@@ -244,3 +244,11 @@ def test_failed_export_leaves_nothing_behind(tmp_path):
     with pytest.raises(DataError, match="no longer exists"):
         export_subset(ds, [0, 3], tmp_path / "out")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_export_refuses_output_inside_idx_folder_given_as_file(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1], np.uint8))
+    ds = load_dataset(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match="inside the source"):
+        export_subset(ds, [0], tmp_path / "out")

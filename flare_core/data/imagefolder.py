@@ -41,6 +41,8 @@ def has_splits(root: Path) -> bool:
 def resolve_split(root: Path, split: str) -> Path:
     """The folder to load: ``root/<split>`` when ``root`` holds split folders, else ``root``."""
     if not has_splits(root):
+        if split != "train":
+            logger.warning("%s has no train/test split folders; split '%s' is ignored and the whole tree is loaded.", root, split)
         return root
     names = {d.name.lower(): d for d in _class_dirs(root)}
     if split.lower() in names:

@@ -38,9 +38,9 @@ def source_folder(dataset: ImageDataset) -> Optional[Path]:
     if not dataset.root or dataset.root.startswith("builtin:"):
         return None
     root = _real(dataset.root)
-    if dataset.format == "csv":
-        return root.parent
-    return root if root.is_dir() else None
+    if root.is_dir():
+        return root
+    return root.parent if dataset.format in ("csv", "idx", "cifar") else None  # a loose .npz is not a folder
 
 
 def _source_files(dataset: ImageDataset) -> list:
