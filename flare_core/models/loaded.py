@@ -25,6 +25,7 @@ class LoadedModel:
     sha256: Optional[str] = None
     device: str = "cpu"
     exported_program: Optional[object] = None  # the torch.export.ExportedProgram for kind 'export'
+    description: dict = field(default_factory=dict)  # the model's JSON sidecar (classes, trained_on, ...), {} if none
 
     def describe(self) -> dict:
         return {

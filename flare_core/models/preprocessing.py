@@ -25,10 +25,16 @@ class Preprocessing:
     def __call__(self, images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         return self.to_tensor(images, device)
 
-    def to_tensor(self, images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    def to_tensor(self, images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """uint8 (N,H,W,C) images (a numpy array, or a uint8 tensor already on a device) -> float (N,C,H,W)."""
         if images.ndim == 3:
             images = images[..., None]
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        if isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8:
+                raise ValueError(f"images must be uint8, got {images.dtype}.")
+            x = images.to(device)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if self.channels is not None and x.shape[1] != self.channels:
             if self.channels == 3 and x.shape[1] == 1:
