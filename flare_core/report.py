@@ -97,6 +97,15 @@ def per_class_confusion(run: RunFolder, detector: Optional[str] = None) -> Optio
                          "TPR": np.round(tpr, 4), "FPR": np.round(fpr, 4)})
 
 
+def manifest_with_decisions(run: RunFolder, detector: Optional[str] = None) -> pd.DataFrame:
+    """The run's manifest plus the analyst's ``decision`` ('keep' | 'remove' | '') and the final ``removed`` (0/1)."""
+    df = run.manifest.copy()
+    dec = run.decisions()
+    df["decision"] = [dec.get(i, "") for i in range(len(df))]
+    df["removed"] = run.removal_mask(detector).astype(int)
+    return df
+
+
 def example_indices(run: RunFolder, n: int, detector: Optional[str] = None) -> np.ndarray:
     """Up to ``n`` samples to show: those to remove, highest score first, taken round-robin over classes."""
     removal = run.removal_mask(detector)

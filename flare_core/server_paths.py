@@ -163,3 +163,19 @@ def dataset_root_of(extracted: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return extracted
+
+
+def zip_folder(folder: str | os.PathLike) -> bytes:
+    """The files under ``folder`` as an in-memory zip (paths relative to the folder's parent, so it unpacks
+    into one folder named like ``folder``)."""
+    import io
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FlareError(f"{folder} is not a folder; nothing to zip.")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                zf.write(p, p.relative_to(folder.parent).as_posix())
+    return buf.getvalue()

@@ -124,3 +124,18 @@ def test_not_a_zip_raises(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     with pytest.raises(FlareError, match="not a readable zip"):
         safe_extract_zip(tmp_path / "x.zip", tmp_path / "out")
+
+
+def test_zip_folder_round_trip(tmp_path):
+    from flare_core.server_paths import zip_folder
+
+    src = tmp_path / "purified"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.png").write_bytes(b"png")
+    (src / "data.npz").write_bytes(b"npz")
+    (tmp_path / "z.zip").write_bytes(zip_folder(src))
+    out = safe_extract_zip(tmp_path / "z.zip", tmp_path / "out")
+    assert (out / "purified" / "a" / "x.png").read_bytes() == b"png"
+    assert (out / "purified" / "data.npz").read_bytes() == b"npz"
+    with pytest.raises(FlareError):
+        zip_folder(tmp_path / "missing")

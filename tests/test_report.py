@@ -63,8 +63,8 @@ def test_report_is_self_contained_and_complete(run, tmp_path):
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     assert text.count("Plotly.newPlot") == 1 + 1 + 3  # bar + global + 3 classes
     assert len(re.findall(r"<script type=.text/javascript.>", text)) >= 1
-    assert "cdn.plot.ly" not in text and "src='http" not in text and 'src="http' not in text
-    assert text.count("data:image/png;base64,") == 5
+    assert not re.search(r"<script[^>]*\ssrc=", text) and "src='http" not in text and 'src="http' not in text
+    assert text.count("src='data:image/png;base64,") == 5
     assert "Counts per class" in text and "Detection quality" in text and "Versions" in text
     assert "Grad-CAM overlays need the model" in text
     assert np.array_equal(ds.images, before)
@@ -87,4 +87,16 @@ def test_report_with_model_has_cam_overlays(run, tmp_path):
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     model = LoadedModel(module=net, kind="module", num_classes=3)
     text = build_report(run, tmp_path / "r.html", dataset=make_dataset(run), model=model, n_examples=3).read_text()
-    assert text.count("data:image/png;base64,") == 6 and "alt='Grad-CAM" in text
+    assert text.count("src='data:image/png;base64,") == 6 and "alt='Grad-CAM" in text
+
+
+def test_manifest_with_decisions_adds_columns_and_leaves_run_unchanged(run):
+    from flare_core.report import manifest_with_decisions
+
+    run.set_decisions([0], "remove")
+    run.set_decisions([19], "keep")
+    before = run.manifest.copy()
+    m = manifest_with_decisions(run)
+    assert m["decision"].iat[0] == "remove" and m["decision"].iat[19] == "keep" and m["decision"].iat[1] == ""
+    assert m["removed"].iat[0] == 1 and m["removed"].iat[19] == 0 and m["removed"].sum() == 9
+    assert run.manifest.equals(before) and "decision" not in run.manifest.columns

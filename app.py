@@ -1,0 +1,33 @@
+"""FLARE Workbench dashboard: ``streamlit run app.py`` (binds to 127.0.0.1, see .streamlit/config.toml).
+
+Pages: Load → Analyse → Explore → Inspect → Export (→ Evaluate when the ground truth is known).
+All computation lives in ``flare_core``; the pages only call it and show the results.
+"""
+import os
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "flare-workbench" / "numba"))
+
+import streamlit as st  # noqa: E402
+
+from app_pages import _shared as shared  # noqa: E402
+
+st.set_page_config(page_title="FLARE Workbench", page_icon=":material/shield:", layout="wide")
+shared.start_warmup()
+shared.restore_run()
+
+pages = [
+    st.Page(shared.PAGES["load"], title="Load", icon=":material/upload_file:", default=True),
+    st.Page(shared.PAGES["analyse"], title="Analyse", icon=":material/play_circle:"),
+    st.Page(shared.PAGES["explore"], title="Explore", icon=":material/scatter_plot:"),
+    st.Page(shared.PAGES["inspect"], title="Inspect", icon=":material/visibility:"),
+    st.Page(shared.PAGES["export"], title="Export", icon=":material/download:"),
+]
+_run = shared.current_run()
+if _run is not None and _run.ground_truth() is not None:
+    pages.append(st.Page(shared.PAGES["evaluate"], title="Evaluate", icon=":material/fact_check:"))
+
+page = st.navigation(pages)
+shared.sidebar()
+with shared.friendly_errors(f"The {page.title} page"):
+    page.run()

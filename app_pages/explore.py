@@ -1,0 +1,119 @@
+"""Explore: per-class UMAP coloured by HDBSCAN cluster, the global view, flagged counts, lasso selection."""
+import numpy as np
+import streamlit as st
+
+from flare_core import plots
+from app_pages import _shared as shared
+
+ss = st.session_state
+run = shared.require_run()
+det = run.detectors()[0]
+det_label = shared.detector_label(det)
+df = run.manifest
+labels = df["label"].to_numpy()
+flagged = run.flagged()
+removal = run.removal_mask()
+k = len(run.classes)
+
+st.title("Explore")
+c = st.columns(4)
+c[0].metric("samples", f"{run.n_samples:,}")
+c[1].metric(f"flagged by {det_label}", f"{int(flagged.sum()):,}")
+c[2].metric("analyst overrides", f"{len(run.decisions()):,}")
+c[3].metric("to remove", f"{int(removal.sum()):,}")
+st.plotly_chart(
+    plots.flagged_bar(run.classes, np.bincount(labels, minlength=k), np.bincount(labels[flagged], minlength=k),
+                      np.bincount(labels[removal], minlength=k), detector_label=f"flagged by {det_label}", height=280),
+    theme=None, key="ex_bar",
+)
+
+
+def _store_selection(chart_key: str) -> None:
+    event = ss.get(chart_key)
+    points = event.selection.points if event is not None else []
+    ss[shared.SELECTION] = sorted({int(p["customdata"][0]) for p in points if p.get("customdata") is not None})
+
+
+@st.cache_resource(show_spinner=False, max_entries=24)
+def _class_figure(run_path: str, label: int, _run):
+    v = _run.class_view(label)
+    if v is None:
+        return None
+    return plots.class_scatter(
+        v.embedding, v.clusters, v.indices, _run.flagged()[v.indices], scores=_run.scores()[v.indices],
+        sources=_run.manifest["source"].to_numpy()[v.indices], stability=v.stability,
+        title=f"Class {label}: {shared.class_name(_run, label)} — UMAP coloured by HDBSCAN cluster",
+        detector_label=f"flagged by {shared.detector_label(_run.detectors()[0])}",
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _global_figure(run_path: str, _run):
+    emb = _run.embedding()
+    if emb is None:
+        return None
+    return plots.global_scatter(emb, _run.manifest["label"].to_numpy(), _run.classes, _run.flagged(),
+                                title=f"All classes — {shared.detector_label(_run.detectors()[0])} embedding",
+                                detector_label="flagged")
+
+
+view = st.radio("View", ["One class", "All classes"], horizontal=True, key="ex_view", label_visibility="collapsed")
+flag_counts = np.bincount(labels[flagged], minlength=k)
+stamp = f"{run.path}@{run.meta.get('created', '')}"
+if view == "One class":
+    with_views = run.class_labels_with_views()
+    if not with_views:
+        st.warning("This run has no per-class views (it was run without them); use the global view.")
+    else:
+        default = int(np.argmax(flag_counts)) if flag_counts.any() else with_views[0]
+        if ss.get("ex_class") not in with_views:
+            ss["ex_class"] = default if default in with_views else with_views[0]
+        label = st.selectbox("Class", with_views, key="ex_class",
+                             format_func=lambda j: f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged "
+                                                   f"of {(labels == j).sum():,}")
+        fig = _class_figure(stamp, int(label), run)
+        chart_key = f"ex_chart_{label}"
+        st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key),
+                        selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+        st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")
+else:
+    fig = _global_figure(stamp, run)
+    if fig is None:
+        st.warning("This run has no global embedding.")
+    else:
+        st.plotly_chart(fig, key="ex_chart_global", on_select=lambda: _store_selection("ex_chart_global"),
+                        selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+
+# ---- the selection ------------------------------------------------------------------------------------------------
+selection = [i for i in ss.get(shared.SELECTION, []) if 0 <= i < run.n_samples]
+st.subheader(f"Selection ({len(selection):,} samples)")
+if not selection:
+    st.caption("Nothing selected yet.")
+else:
+    def _mark(decision):
+        run.set_decisions(selection, decision)
+        ss["decisions_version"] = ss.get("decisions_version", 0) + 1
+
+    def _inspect():
+        ss["inspect_source"] = "selection"
+        ss["inspect_page"] = 1
+
+    b = st.columns(5)
+    if b[0].button("Inspect with Grad-CAM", type="primary", key="ex_inspect", on_click=_inspect,
+                   icon=":material/visibility:"):
+        st.switch_page(shared.PAGES["inspect"])
+    b[1].button("Mark all: remove", key="ex_remove", on_click=_mark, args=("remove",), icon=":material/delete:")
+    b[2].button("Mark all: keep", key="ex_keep", on_click=_mark, args=("keep",), icon=":material/check:")
+    b[3].button("Clear their marks", key="ex_clear_marks", on_click=_mark, args=(None,))
+    b[4].button("Clear selection", key="ex_clear_sel", on_click=lambda: ss.__setitem__(shared.SELECTION, []))
+    n_rem = int(removal[selection].sum())
+    st.caption(f"{int(flagged[selection].sum()):,} flagged · {n_rem:,} currently to be removed")
+    _, dataset = shared.model_and_data(required=False, need_model=False)
+    if dataset is None:
+        st.caption("The images appear once the dataset is loaded (page Load).")
+    else:
+        shown = selection[:48]
+        caps = [f"#{i} · c{df['cluster'].iat[i]}" + (" ✕" if flagged[i] else "") for i in shown]
+        shared.image_grid(dataset.images[shown], caps, columns=12, min_side=56)
+        if len(selection) > len(shown):
+            st.caption(f"Showing the first {len(shown)}; inspect them all on the Inspect page.")

@@ -1,0 +1,292 @@
+"""Every dashboard page under streamlit.testing.v1.AppTest, with seeded session state and tiny synthetic runs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+from flare_core.models.loaded import LoadedModel
+from test_app_support import make_dataset, make_run
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLARE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLARE_ROOTS", str(tmp_path))
+    monkeypatch.setenv("FLARE_NO_WARMUP", "1")
+    monkeypatch.delenv("FLARE_OPEN_RUN", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return tmp_path
+
+
+@pytest.fixture
+def run(env):
+    return make_run(env / "run")
+
+
+def tiny_model(k: int = 3) -> LoadedModel:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, k)).eval()
+    return LoadedModel(module=net, kind="module", num_classes=k, path="tiny.pt", sha256="tiny")
+
+
+def app(page: str = None, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["_restored"] = True
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+    return at
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def imgs(at: AppTest) -> int:
+    return len(at.get("image"))
+
+
+# ---- Load ----------------------------------------------------------------------------------------------------------
+def test_load_page_starts_clean(env):
+    at = app()
+    no_errors(at)
+    assert at.title[0].value == "Load a model and a dataset"
+    assert at.button(key="start_demo").label == "Start the demo"
+
+
+def test_demo_button_loads_scenario_and_shows_summary(env, monkeypatch, run):
+    from flare_core import demo, pipeline
+
+    ds = make_dataset(run)
+    scenario = demo.DemoScenario(source="digits", title="Tiny poisoned demo", description="for tests",
+                                 model_path=env / "m.pt", data_path=env / "d.npz", ground_truth_path=env / "gt.json",
+                                 test_path=env / "t.npz", poisoned_test_path=env / "pt.npz")
+    monkeypatch.setattr(demo, "prepare_demo", lambda progress=None: scenario)
+    monkeypatch.setattr(pipeline, "load_model_and_data", lambda config: (tiny_model(), ds))
+    at = app()
+    at.button(key="start_demo").click().run()
+    no_errors(at)
+    cfg = at.session_state["config"]
+    assert cfg.model == str(env / "m.pt") and cfg.ground_truth == str(env / "gt.json")
+    assert at.subheader[-1].value == "Tiny poisoned demo"
+    assert [m.value for m in at.metric][:2] == ["60", "3"]
+    assert imgs(at) == 6  # two thumbnails per class
+
+
+def test_load_form_refuses_paths_outside_roots(env):
+    at = app()
+    at.text_input(key="model_path_input").input("/etc/passwd")
+    at.text_input(key="data_path_input").input(str(env))
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert not at.exception
+    assert any("outside the folders" in e.value for e in at.error)
+    assert at.session_state["config"] is None if "config" in at.session_state else True
+
+
+def test_reopen_run_folder_sets_run_and_remembers_it(env, run):
+    at = app()
+    at.text_input(key="reopen_input").input(str(run.path))
+    at.button(key="reopen_button").click().run()
+    assert not at.exception
+    # the synthetic run names a dataset file that does not exist: said plainly, the run still opens
+    assert [e.value for e in at.error] == ["The dataset path synthetic.npz does not exist; check the spelling or pass "
+                                           "the folder or file to load."]
+    assert at.session_state["run_path"] == str(run.path.resolve())
+    assert any("Nothing is recomputed" in s.value for s in at.success)
+    remembered = json.loads((env / "cache" / "last_run.json").read_text())
+    assert remembered["run"] == str(run.path.resolve())
+    # a new session (reload or server restart) reopens it
+    at2 = AppTest.from_file(APP, default_timeout=120)
+    at2.run()
+    assert at2.session_state["run_path"] == str(run.path.resolve())
+
+
+def test_reopen_rejects_a_non_run_folder(env):
+    (env / "empty").mkdir()
+    at = app()
+    at.text_input(key="reopen_input").input(str(env / "empty"))
+    at.button(key="reopen_button").click().run()
+    assert not at.exception and any("not a FLARE run folder" in e.value for e in at.error)
+
+
+# ---- Analyse -------------------------------------------------------------------------------------------------------
+def test_analyse_runs_once_then_reuses_the_cached_result(env, monkeypatch):
+    from flare_core import pipeline
+    from flare_core.pipeline import AnalysisConfig
+
+    calls = []
+
+    def fake_run_analysis(config, out_dir, progress=None, overwrite=False, model=None, dataset=None, **kw):
+        calls.append(config)
+        for stage in ("features", "umap", "hdbscan", "views"):
+            progress(stage, 0, 4)
+            progress(stage, 4, 4)
+        return make_run(Path(out_dir), baselines=config.baselines)
+
+    monkeypatch.setattr(pipeline, "run_analysis", fake_run_analysis)
+    cfg = AnalysisConfig(model=str(env / "m.pt"), data=str(env / "d.npz"))
+    r = make_run(env / "ref")
+    at = app("analyse", config=cfg, model=tiny_model(), dataset=make_dataset(r))
+    no_errors(at)
+    assert at.button(key="an_run").label == "Run the analysis"
+    at.button(key="an_run").click().run()
+    no_errors(at)
+    assert len(calls) == 1 and calls[0].detector == "flare"
+    run_path = Path(at.session_state["run_path"])
+    assert run_path.parent == (env / "cache" / "runs").resolve()
+    assert any(m.label == "flagged" and m.value == "9" for m in at.metric)
+    # navigating away and back, or pressing again, never recomputes
+    at.switch_page("app_pages/explore.py")
+    at.run()
+    at.switch_page("app_pages/analyse.py")
+    at.run()
+    assert at.button(key="an_run").label == "Open the cached result"
+    at.button(key="an_run").click().run()
+    assert len(calls) == 1 and at.session_state["run_path"] == str(run_path)
+
+
+def test_analyse_without_config_points_to_load(env):
+    at = app("analyse")
+    no_errors(at)
+    assert "Load a model and a dataset first" in at.info[0].value
+
+
+# ---- Explore -------------------------------------------------------------------------------------------------------
+def test_explore_class_view_selection_grid_and_bulk_marks(env, run):
+    at = app("explore", run_path=str(run.path), dataset=make_dataset(run), selection=[0, 1, 57])
+    no_errors(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # the per-class bar and the class scatter
+    fig = json.loads(charts[1].proto.spec)
+    assert any(t.get("name", "").startswith("cluster 1") for t in fig["data"])
+    assert at.subheader[0].value == "Selection (3 samples)"
+    assert imgs(at) == 3
+    at.selectbox(key="ex_class").select(2).run()
+    no_errors(at)
+    assert "Class 2: two" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
+    at.button(key="ex_remove").click().run()
+    assert run.decisions() == {0: "remove", 1: "remove", 57: "remove"}
+    at.button(key="ex_clear_sel").click().run()
+    assert at.session_state["selection"] == []
+
+
+def test_explore_global_view(env, run):
+    at = app("explore", run_path=str(run.path))
+    at.radio(key="ex_view").set_value("All classes").run()
+    no_errors(at)
+    fig = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert sum(1 for t in fig["data"] if t.get("customdata")) == 3
+    assert fig["data"][0]["type"] == "scattergl"
+
+
+def test_pages_without_run_explain_what_to_do(env):
+    for page in ("explore", "inspect", "export"):
+        at = app(page)
+        no_errors(at)
+        assert "No analysis is open yet" in at.info[0].value
+
+
+# ---- Inspect -------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def cam_ready():
+    pytest.importorskip("flare_core.gradcam")
+
+
+def test_inspect_flagged_with_cams_and_decisions(env, run, cam_ready):
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model())
+    no_errors(at)
+    assert "9 samples" in at.markdown[0].value or any("**9 samples**" in m.value for m in at.markdown)
+    assert len(at.pagination) == 1  # 9 flagged, 8 per page
+    assert imgs(at) == 2 * 8 + 4  # image + overlay per sample, plus the mean-CAM row
+    radios = [r for r in at.radio if r.key and r.key.startswith("dec_")]
+    assert len(radios) == 8
+    first = int(radios[0].key.split("_")[1])
+    radios[0].set_value("keep").run()
+    assert run.decisions() == {first: "keep"}
+    at.button(key="inspect_bulk_remove").click().run()
+    no_errors(at)
+    assert set(run.decisions().values()) == {"remove"} and len(run.decisions()) == 9
+    # the widgets show the saved decisions after the bulk action
+    assert all(r.value == "remove" for r in at.radio if r.key and r.key.startswith("dec_"))
+
+
+def test_inspect_selection_source(env, run, cam_ready):
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(), selection=[3, 4],
+             inspect_source="selection")
+    no_errors(at)
+    assert len([r for r in at.radio if r.key and r.key.startswith("dec_")]) == 2
+
+
+def test_inspect_dataset_size_mismatch_is_a_readable_error(env, run):
+    ds = make_dataset(run).subset(range(10))
+    at = app("inspect", run_path=str(run.path), dataset=ds, model=tiny_model())
+    assert not at.exception and "analysed 60" in at.error[0].value
+
+
+# ---- Export --------------------------------------------------------------------------------------------------------
+def test_export_writes_purified_and_report(env, run):
+    ds = make_dataset(run)
+    run.set_decisions([19], "keep")
+    at = app("export", run_path=str(run.path), dataset=ds)
+    no_errors(at)
+    assert [m.value for m in at.metric][:3] == ["60", "52", "8"]
+    at.text_input(key="export_path").input(str(env / "out"))
+    at.button(key="export_write").click().run()
+    no_errors(at)
+    from flare_core.data import load_dataset
+
+    out = load_dataset(env / "out")
+    assert len(out) == 52 and np.array_equal(out.images, ds.images[~run.removal_mask()])
+    assert len(at.download_button) == 1  # manifest
+    at.button(key="export_report_build").click().run()
+    no_errors(at)
+    assert (run.path / "report.html").exists() and len(at.download_button) == 2
+    at.button(key="export_zip_prepare").click().run()
+    no_errors(at)
+    assert len(at.download_button) == 3
+
+
+def test_export_refuses_output_outside_roots(env, run):
+    at = app("export", run_path=str(run.path), dataset=make_dataset(run))
+    at.text_input(key="export_path").input("/etc/flare-out")
+    at.button(key="export_write").click().run()
+    assert not at.exception and "outside the folders" in at.error[0].value
+
+
+def test_unexpected_error_is_short_message_with_details(env, run, monkeypatch):
+    import flare_core.report
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(flare_core.report, "build_report", boom)
+    at = app("export", run_path=str(run.path))
+    at.button(key="export_report_build").click().run()
+    assert not at.exception
+    assert "failed unexpectedly: disk on fire" in at.error[0].value
+    assert at.expander[-1].label == "Details"
+
+
+# ---- Evaluate ------------------------------------------------------------------------------------------------------
+def test_evaluate_compares_detectors(env, run):
+    pytest.importorskip("flare_core.metrics")
+    run.set_decisions([59], "keep")  # the false alarm
+    at = app("evaluate", run_path=str(run.path))
+    no_errors(at)
+    values = {m.label: m.value for m in at.metric}
+    assert values["F1 after your review"] != values[[k for k in values if k.endswith("F1") and "after" not in k][0]]
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t["name"] for t in bars["data"]] == ["TPR", "FPR", "F1"]
+    assert len(at.dataframe) == 2
