@@ -1,0 +1,206 @@
+"""Detection matrix: every detector on every zoo model, scored against the lab's ground truth.
+
+For each model the expensive passes are done once and cached in ``benchmarks/cache/<model>/``
+(abnormality features, pooled penultimate features); then FLARE (default and faithful), our Activation
+Clustering and Spectral Signatures, and ART's ActivationDefence and SpectralSignatureDefense run on the
+same model and data. Per cell: TPR, FPR, precision, F1, AUROC (from scores), flagged count, seconds.
+
+    python3 -m benchmarks.detect_matrix                       # the default Fashion-MNIST matrix
+    python3 -m benchmarks.detect_matrix fmnist-badnets-10     # one row
+    python3 -m benchmarks.detect_matrix --force ...           # recompute cached cells
+
+Raw results: ``benchmarks/results/detect/<model>.json`` (one per model) and the aggregated
+``benchmarks/results/detect_matrix.{csv,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from benchmarks.common import CACHE, RESULTS, ZOO, machine, read_json, write_csv, write_json
+from benchmarks.zoo import FMNIST_SPECS, ZooEntry, ZooSpec, build
+
+logger = logging.getLogger(__name__)
+
+OUR_DETECTORS = ("flare", "flare-faithful", "ac", "ss")
+ART_DETECTORS = ("art-ac", "art-ss")
+ALL_DETECTORS = OUR_DETECTORS + ART_DETECTORS
+
+MATRIX_10 = ("fmnist-clean", "fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10",
+             "fmnist-sig-5", "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10")
+MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
+              "fmnist-badnets-0.5", "fmnist-blended-0.5", "fmnist-wanet-0.5")
+
+# Hou et al. (arXiv 2411.19479), CIFAR-10 ResNet-18, FLARE: (TPR %, FPR %). No poison: 2.89 % flagged.
+PUBLISHED = {
+    ("badnets", "all-to-one"): (100.0, 0.00),
+    ("blended", "all-to-one"): (99.97, 0.00),
+    ("trojan", "all-to-one"): (100.0, 0.01),
+    ("wanet", "all-to-one"): (93.68, 0.00),
+    ("badnets", "all-to-all"): (100.0, 0.00),
+    ("blended", "all-to-all"): (99.57, 0.00),
+}
+PUBLISHED_CLEAN_FLAGGED = 2.89
+
+COLUMNS = ["model", "dataset", "arch", "attack", "mode", "rate", "n", "n_poisoned", "detector", "tpr", "fpr",
+           "precision", "f1", "auroc", "n_flagged", "flagged_fraction", "seconds", "subspace", "note", "machine",
+           "command"]
+
+
+def _load(entry: ZooEntry, device: str):
+    from flare_core.data import load_dataset
+    from flare_core.models import load_model
+
+    return load_model(entry.model, device=device), load_dataset(entry.train)
+
+
+def _truth(entry: ZooEntry, n: int) -> np.ndarray:
+    if entry.ground_truth is None:
+        return np.zeros(n, dtype=bool)
+    from flare_core.attacks import GroundTruth
+
+    return GroundTruth.from_json(entry.ground_truth).mask(n)
+
+
+def cached_features(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size: int = 256) -> tuple:
+    """(abnormality (N, L), layer names, pooled (N, D), seconds of each pass); computed once per model."""
+    from flare_core.features import extract_abnormality_features, extract_pooled_features
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fa, fp, meta_p = cache_dir / "abnormality.npy", cache_dir / "pooled.npy", cache_dir / "features.json"
+    meta = read_json(meta_p, None)
+    sha = getattr(model, "sha256", None)
+    if meta and meta.get("model_sha256") == sha and fa.is_file() and fp.is_file():
+        return np.load(fa), meta["layers"], np.load(fp), meta["seconds"]
+    feats = extract_abnormality_features(model, dataset, batch_size=batch_size, out=str(fa))
+    t0 = time.perf_counter()
+    pooled, layer = extract_pooled_features(model, dataset, batch_size=batch_size)
+    pooled_s = time.perf_counter() - t0
+    tmp = cache_dir / f".pooled.{os.getpid()}.npy"
+    np.save(tmp, pooled)
+    os.replace(tmp, fp)
+    meta = {"model_sha256": sha, "layers": list(feats.layer_names), "pooled_layer": layer,
+            "seconds": {"abnormality": round(feats.seconds, 2), "pooled": round(pooled_s, 2)}}
+    write_json(meta_p, meta)
+    return np.asarray(feats.values), meta["layers"], pooled, meta["seconds"]
+
+
+def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
+                     params: Optional[dict] = None) -> dict:
+    """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
+    from flare_core.detectors.registry import DETECTORS
+
+    spec = DETECTORS[name]
+    est = spec.factory(random_state=seed, **(params or {}))
+    inp = X if spec.input == "abnormality" else pooled
+    t0 = time.perf_counter()
+    est.fit(inp, labels)
+    seconds = time.perf_counter() - t0
+    return {"flagged": np.asarray(est.flagged_, dtype=bool), "scores": np.asarray(est.scores_, dtype=float),
+            "seconds": seconds, "subspace": getattr(est, "subspace_", None),
+            "params": {k: v for k, v in (est.get_params() if hasattr(est, "get_params") else {}).items()
+                       if isinstance(v, (int, float, str, bool, type(None)))}}
+
+
+def _row(spec: ZooSpec, n: int, truth: np.ndarray, det: str, res: dict, command: str, mach: str) -> dict:
+    from flare_core.metrics import detection_metrics
+
+    scores = res.get("scores")
+    if scores is not None and not np.all(np.isfinite(scores)):
+        scores = np.nan_to_num(scores, nan=0.0, posinf=1e300, neginf=-1e300)
+    m = detection_metrics(res["flagged"], truth, scores)
+    return {
+        "model": spec.name, "dataset": "fashion-mnist" if spec.data.startswith("builtin:fashion") else spec.data,
+        "arch": spec.arch, "attack": spec.attack or "none", "mode": spec.mode if spec.attack else "-",
+        "rate": spec.rate if spec.attack else 0.0, "n": n, "n_poisoned": int(truth.sum()), "detector": det,
+        "tpr": m["tpr"], "fpr": m["fpr"], "precision": m["precision"], "f1": m["f1"], "auroc": m["auroc"],
+        "n_flagged": m["n_flagged"], "flagged_fraction": m["n_flagged"] / n, "seconds": round(res["seconds"], 2),
+        "subspace": res.get("subspace"), "note": res.get("note", ""), "machine": mach, "command": command,
+    }
+
+
+def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, device: str = "cpu", seed: int = 0,
+              cache: Path = CACHE, out_dir: Path = RESULTS / "detect", force: bool = False,
+              command: Optional[str] = None, machine_label: str = "cpu-2core") -> list:
+    """All detector cells of one zoo model (cached in ``out_dir/<model>.json`` unless ``force``)."""
+    spec = entry.spec
+    out_path = Path(out_dir) / f"{spec.name}.json"
+    done = read_json(out_path, None)
+    have = {r["detector"]: r for r in (done or {}).get("rows", [])}
+    todo = [d for d in detectors if force or d not in have]
+    if not todo:
+        return [have[d] for d in detectors]
+    command = command or f"python3 -m benchmarks.detect_matrix {spec.name} --force"
+    model, dataset = _load(entry, device)
+    truth = _truth(entry, len(dataset))
+    X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)
+    rate = spec.rate if spec.attack else 0.1
+    extra = {}
+    for det in todo:
+        logger.info("%s: %s", spec.name, det)
+        if det in ART_DETECTORS:
+            if det not in extra:
+                from benchmarks.art_baselines import run_art
+
+                # ART's SS removes the top eps_multiplier * expected_pp_poison of each class; given the same
+                # poison-rate guess as our SS (the true rate, 0.1 for the clean control).
+                extra.update(run_art(model, dataset, expected_poison=rate, seed=seed))
+            res = extra[det]
+        else:
+            try:
+                res = run_our_detector(det, X, pooled, dataset.labels, seed=seed)
+            except Exception as e:  # a broken detector must not stop the matrix: record it
+                logger.exception("%s failed on %s", det, spec.name)
+                res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,
+                       "note": f"FAILED: {type(e).__name__}: {e}"}
+        have[det] = _row(spec, len(dataset), truth, det, res, command, machine_label)
+    rows = [have[d] for d in detectors if d in have] + [r for d, r in have.items() if d not in detectors]
+    write_json(out_path, {"model": spec.name, "spec": spec.__dict__, "layers": layers, "feature_seconds": feat_s,
+                          "machine": machine(), "rows": rows})
+    return [have[d] for d in detectors]
+
+
+def collect(out_dir: Path = RESULTS / "detect") -> list:
+    rows = []
+    for p in sorted(Path(out_dir).glob("*.json")):
+        rows += read_json(p, {}).get("rows", [])
+    return rows
+
+
+def write_aggregate(rows: list, results: Path = RESULTS) -> None:
+    write_csv(Path(results) / "detect_matrix.csv", rows, COLUMNS)
+    write_json(Path(results) / "detect_matrix.json", {"rows": rows, "published_flare_cifar10_resnet18": {
+        f"{a}/{m}": {"tpr": t, "fpr": f} for (a, m), (t, f) in PUBLISHED.items()},
+        "published_clean_flagged_percent": PUBLISHED_CLEAN_FLAGGED})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m benchmarks.detect_matrix", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help="zoo entries (default: the 10 %% matrix and the clean control)")
+    p.add_argument("--low-rates", action="store_true", help="also the 1 %% and 0.5 %% rows")
+    p.add_argument("--detectors", default=",".join(ALL_DETECTORS))
+    p.add_argument("--force", action="store_true", help="recompute cells already in the results")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/flare-workbench/numba"))
+    names = args.models or list(MATRIX_10) + (list(MATRIX_LOW) if args.low_rates else [])
+    dets = [d for d in args.detectors.split(",") if d]
+    for n in names:
+        entry = build(FMNIST_SPECS[n])
+        for r in run_model(entry, dets, seed=args.seed, force=args.force):
+            print(f"{n:>24} {r['detector']:>15} TPR {r['tpr']} FPR {r['fpr']:.4f} F1 {r['f1']} AUROC {r['auroc']}"
+                  f" ({r['seconds']}s) {r['note']}")
+    write_aggregate(collect())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

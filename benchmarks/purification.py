@@ -1,0 +1,147 @@
+"""Purification outcome: does retraining on FLARE's purified set remove the backdoor?
+
+For each attack at 10 % (Fashion-MNIST, small CNN): BA/ASR of the poisoned zoo model; FLARE default runs
+through the product's own pipeline (``run_analysis`` = ``flare purify``) and writes ``OUT/purified``; a
+fresh model with the same architecture, epochs and seed is trained on ``OUT/purified``; and one on the
+ground-truth clean subset (every poisoned index removed: the ceiling). The clean zoo model (trained on the
+untouched training set, zoo recipe) is shown too; "BA within 1 point of a clean model" is checked against
+the ceiling, which is a clean model trained with exactly the same recipe as the purified one.
+
+    python3 -m benchmarks.purification                    # every 10 % attack
+    python3 -m benchmarks.purification fmnist-badnets-10  # one
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from benchmarks.common import CACHE, RESULTS, ZOO, read_json, write_csv, write_json
+from benchmarks.zoo import FMNIST_SPECS, ZooEntry, build, train_and_evaluate
+
+logger = logging.getLogger(__name__)
+
+ATTACKS_10 = ("fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10", "fmnist-sig-5",
+              "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10")
+COLUMNS = ["model", "attack", "mode", "rate", "n_train", "n_poisoned", "poisoned_ba", "poisoned_asr",
+           "flare_flagged", "flare_tpr", "flare_fpr", "purified_n", "purified_poison_left", "purified_ba",
+           "purified_asr", "ceiling_n", "ceiling_ba", "ceiling_asr", "retrain_epochs", "clean_model_ba", "ba_gap_to_ceiling_points",
+           "ba_gap_to_clean_zoo_model_points",
+           "meets_issue3", "purify_seconds", "command"]
+
+
+def purify(entry: ZooEntry, out: Path, *, detector: str = "flare", seed: int = 0, views: bool = False):
+    """``flare purify --model M --data D --ground-truth GT --out OUT`` through the library; returns the RunFolder."""
+    from flare_core.pipeline import AnalysisConfig, run_analysis
+
+    cfg = AnalysisConfig(model=str(entry.model), data=str(entry.train), detector=detector,
+                         ground_truth=str(entry.ground_truth) if entry.ground_truth else None, seed=seed, views=views)
+    return run_analysis(cfg, out, overwrite=True, export=True)
+
+
+def clean_subset(entry: ZooEntry, out: Path) -> tuple:
+    """The training set without the ground-truth poisoned (and WaNet cross) samples, as .npz; (path, n)."""
+    from flare_core.attacks import GroundTruth
+    from flare_core.data import load_dataset, save_npz
+
+    if out.is_file():
+        return out, int(np.load(out)["y"].shape[0]) if "y" in np.load(out).files else None
+    ds = load_dataset(entry.train)
+    gt = GroundTruth.from_json(entry.ground_truth)
+    drop = np.zeros(len(ds), bool)
+    drop[gt.poisoned_indices] = True
+    drop[gt.cross_indices] = True
+    keep = np.flatnonzero(~drop)
+    save_npz(ds.subset(keep), out)
+    return out, len(keep)
+
+
+def run_one(entry: ZooEntry, clean_ba: Optional[float], *, zoo: Path = ZOO, cache: Path = CACHE,
+            out_dir: Path = RESULTS / "purification", seed: int = 0, force: bool = False,
+            epochs: Optional[int] = None) -> dict:
+    """Purify one zoo model with FLARE default, retrain on OUT/purified and on the clean subset
+    (``epochs``: default the zoo model's own), and score all three."""
+    spec = entry.spec
+    epochs = epochs or spec.epochs
+    res_path = Path(out_dir) / f"{spec.name}.json"
+    if not force and (prev := read_json(res_path, None)):
+        return prev
+    derived = Path(zoo) / spec.name / "derived"
+    run_dir = Path(cache) / spec.name / "purify-run"
+    t0 = time.perf_counter()
+    run = purify(entry, run_dir, seed=seed)
+    purify_s = time.perf_counter() - t0
+    ev = (run.meta.get("evaluation") or {}).get("flare", {})
+    purified = run_dir / "purified" / "data.npz"
+    from flare_core.attacks import GroundTruth
+
+    gt = GroundTruth.from_json(entry.ground_truth)
+    flagged = run.meta["result"]["n_flagged"]
+    import pandas as pd
+
+    man = pd.read_csv(run_dir / "manifest.csv")
+    kept_idx = man["index"].to_numpy()[man["flagged"].to_numpy() == 0]
+    poison_left = int(np.isin(kept_idx, gt.poisoned_indices).sum())
+
+    pm = train_and_evaluate(purified, entry.test_clean, entry.test_poisoned, derived / "purified" / "model.pt",
+                            derived / "purified" / "metrics.json", arch=spec.arch, epochs=epochs, seed=spec.seed,
+                            extra={"trained_on_desc": "FLARE OUT/purified"})
+    subset, n_clean = clean_subset(entry, Path(cache) / spec.name / "clean_subset.npz")
+    cm = train_and_evaluate(subset, entry.test_clean, entry.test_poisoned, derived / "ceiling" / "model.pt",
+                            derived / "ceiling" / "metrics.json", arch=spec.arch, epochs=epochs, seed=spec.seed,
+                            extra={"trained_on_desc": "ground-truth clean subset"})
+    # "a clean model": the ceiling is one, trained with exactly the same recipe (epochs, seed) on clean data
+    gap = 100 * (cm["benign_accuracy"] - pm["benign_accuracy"])
+    gap_zoo = None if clean_ba is None else 100 * (clean_ba - pm["benign_accuracy"])
+    row = {
+        "model": spec.name, "attack": spec.attack, "mode": spec.mode, "rate": spec.rate,
+        "n_train": run.n_samples, "n_poisoned": gt.n_poisoned,
+        "poisoned_ba": entry.metrics.get("benign_accuracy"), "poisoned_asr": entry.metrics.get("attack_success_rate"),
+        "flare_flagged": flagged, "flare_tpr": ev.get("tpr"), "flare_fpr": ev.get("fpr"),
+        "purified_n": int(len(kept_idx)), "purified_poison_left": poison_left,
+        "purified_ba": pm["benign_accuracy"], "purified_asr": pm["attack_success_rate"],
+        "ceiling_n": n_clean, "ceiling_ba": cm["benign_accuracy"], "ceiling_asr": cm["attack_success_rate"],
+        "retrain_epochs": epochs, "clean_model_ba": clean_ba,
+        "ba_gap_to_ceiling_points": round(gap, 2),
+        "ba_gap_to_clean_zoo_model_points": None if gap_zoo is None else round(gap_zoo, 2),
+        "meets_issue3": bool(pm["attack_success_rate"] < 0.02 and gap <= 1.0),
+        "purify_seconds": round(purify_s, 1),
+        "command": f"python3 -m benchmarks.purification {spec.name} --force"
+                   + (f" --epochs {epochs}" if epochs != spec.epochs else ""),
+    }
+    write_json(res_path, row)
+    shutil.rmtree(run_dir / "purified", ignore_errors=True)  # regenerable; keep the cache small
+    return row
+
+
+def collect(out_dir: Path = RESULTS / "purification") -> list:
+    return [read_json(p) for p in sorted(Path(out_dir).glob("*.json"))]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m benchmarks.purification", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: the zoo model's)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/flare-workbench/numba"))
+    clean = build(FMNIST_SPECS["fmnist-clean"])
+    for n in args.models or ATTACKS_10:
+        row = run_one(build(FMNIST_SPECS[n]), clean.metrics.get("benign_accuracy"), force=args.force,
+                      epochs=args.epochs)
+        print({k: row[k] for k in ("model", "poisoned_asr", "purified_ba", "purified_asr", "ceiling_ba", "meets_issue3")})
+    rows = collect()
+    write_csv(RESULTS / "purification.csv", rows, COLUMNS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

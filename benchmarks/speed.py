@@ -1,0 +1,316 @@
+"""Speed, memory and growth of each stage, plus the feature-pass overhead, numba cold start and a profile.
+
+Every measurement runs in a fresh subprocess (``--worker``) so its peak memory (``ru_maxrss`` of that
+process: imports + data + the stage) is its own; the worker also reports the resident size just before
+the stage, so the stage's own growth is ``peak - before``.
+
+Stages (the product's own functions, as ``flare purify`` calls them):
+  forward   plain forward pass over the data (``predict_logits``): the physical floor for 'features'
+  features  FLARE's abnormality feature pass (``extract_abnormality_features``)
+  detector  FLARE default fit on those features (subspace search + UMAP + HDBSCAN + decision)
+  views     per-class UMAP + HDBSCAN views for the dashboard (``class_views``)
+  export    writing the purified set (``export_subset``)
+
+    python3 -m benchmarks.speed                         # N = 10k, 30k, 60k on fmnist-badnets-10
+    python3 -m benchmarks.speed --sizes 10000 --skip-profile
+    python3 -m benchmarks.speed --cifar ~/.cache/flare-data/cifar10 --cifar-model benchmarks/zoo/cifar-badnets-10/model.pt
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from benchmarks.common import CACHE, REPO, RESULTS, machine, read_json, write_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("forward", "features", "detector", "views", "export")
+DEFAULT_MODEL = "fmnist-badnets-10"
+WARM_NUMBA = os.path.expanduser("~/.cache/flare-workbench/numba")
+
+
+# --------------------------------------------------------------------------- worker side
+def _rss_mb() -> float:
+    """Current resident set size of this process (MB), from /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _subset(train: str, n: int, seed: int = 0):
+    """The first ``n`` of a seeded permutation of the training set (poison share preserved on average)."""
+    import numpy as np
+
+    from flare_core.data import load_dataset
+
+    ds = load_dataset(train)
+    if n >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return ds.subset(idx)
+
+
+def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device: str = "cpu") -> dict:
+    """Run one stage once and return its wall time and memory (called in a fresh process)."""
+    import numpy as np
+    import torch
+
+    from flare_core.models import load_model
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    scratch = Path(scratch)
+    model = load_model(model_path, device=device)
+    ds = _subset(train, n)
+    feats_path = scratch / f"features-{n}.npy"
+    flags_path = scratch / f"flags-{n}.npz"
+    extra = {}
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    if stage == "forward":
+        from flare_core.models.training import predict_logits
+
+        predict_logits(model, ds.images, batch_size=256)
+    elif stage == "features":
+        from flare_core.features import extract_abnormality_features
+
+        f = extract_abnormality_features(model, ds, batch_size=256, out=str(feats_path))
+        extra["layers"] = len(f.layer_names)
+    elif stage == "detector":
+        from flare_core.detectors.registry import DETECTORS
+
+        X = np.load(feats_path)
+        before = _rss_mb()
+        t0 = time.perf_counter()
+        est = DETECTORS["flare"].factory(random_state=0)
+        est.fit(X, ds.labels)
+        extra["subspace"] = getattr(est, "subspace_", None)
+        extra["n_flagged"] = int(np.sum(est.flagged_))
+        for attr in ("timings_", "report_"):
+            rep = getattr(est, attr, None)
+            if isinstance(rep, dict) and "timings" in rep:
+                extra["detector_timings"] = rep["timings"]
+            elif attr == "timings_" and isinstance(rep, dict):
+                extra["detector_timings"] = rep
+        np.savez(flags_path, flagged=np.asarray(est.flagged_, bool), subspace=np.asarray(
+            getattr(est, "subspace_", None) or X.shape[1]))
+    elif stage == "views":
+        from flare_core.detectors.views import class_views
+
+        X = np.load(feats_path)
+        fl = np.load(flags_path)
+        sub = int(fl["subspace"])
+        before = _rss_mb()
+        t0 = time.perf_counter()
+        class_views(X[:, :sub], ds.labels, flagged=fl["flagged"], random_state=0)
+    elif stage == "export":
+        from flare_core.data.writers import export_subset
+
+        fl = np.load(flags_path)
+        out = scratch / f"export-{n}"
+        t0 = time.perf_counter()
+        export_subset(ds, np.flatnonzero(~fl["flagged"]), out, overwrite=True)
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        raise ValueError(stage)
+    seconds = time.perf_counter() - t0
+    return {"stage": stage, "n": len(ds), "seconds": round(seconds, 3), "rss_before_mb": round(before, 1),
+            "peak_rss_mb": round(_peak_mb(), 1), **extra}
+
+
+# --------------------------------------------------------------------------- driver side
+def _env(numba_dir: Optional[str] = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["NUMBA_CACHE_DIR"] = numba_dir or env.get("NUMBA_CACHE_DIR", WARM_NUMBA)
+    return env
+
+
+def measure(stage: str, model: str, train: str, n: int, scratch: Path, device: str = "cpu") -> dict:
+    """One stage in a fresh subprocess; its JSON result."""
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", stage, "--model", model, "--train", train,
+           "--n", str(n), "--scratch", str(scratch), "--device", device]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"speed worker {stage} n={n} failed: {p.stderr[-2000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["process_seconds"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+_NUMBA_SNIPPET = """
+import time, json, numpy as np
+t0 = time.perf_counter(); import umap, hdbscan; t1 = time.perf_counter()
+X = np.random.default_rng(0).normal(size=(2000, 8)).astype('float32')
+umap.UMAP(n_neighbors=40, min_dist=0.0, random_state=0).fit_transform(X); t2 = time.perf_counter()
+hdbscan.HDBSCAN(min_cluster_size=50).fit(X[:, :2]); t3 = time.perf_counter()
+print(json.dumps({"import_s": round(t1 - t0, 2), "umap_first_fit_s": round(t2 - t1, 2), "hdbscan_first_fit_s": round(t3 - t2, 2), "total_s": round(t3 - t0, 2)}))
+"""
+
+
+def numba_cold_warm() -> dict:
+    """UMAP/HDBSCAN import + first fit on 2,000 points with an empty numba cache vs the warm one."""
+    out = {}
+    cold_dir = tempfile.mkdtemp(prefix="numba-cold-")
+    try:
+        for label, d in (("cold", cold_dir), ("warm", WARM_NUMBA)):
+            p = subprocess.run([sys.executable, "-c", _NUMBA_SNIPPET], env=_env(d), capture_output=True, text=True)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr[-2000:])
+            out[label] = json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(cold_dir, ignore_errors=True)
+    return out
+
+
+def profile_full_run(model: str, train: str, n: int, out_dir: Path, top: int = 25) -> dict:
+    """cProfile of one ``run_analysis`` (FLARE default, views on, export on) on ``n`` samples."""
+    from flare_core.data.writers import save_npz
+    from flare_core.pipeline import AnalysisConfig, run_analysis
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="flare-profile-", dir=CACHE))
+    try:
+        data = tmp / "data.npz"
+        save_npz(_subset(train, n), data)
+        cfg = AnalysisConfig(model=model, data=str(data), seed=0, views=True)
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        run = run_analysis(cfg, tmp / "run", export=True)
+        prof.disable()
+        total = time.perf_counter() - t0
+        s = io.StringIO()
+        stats = pstats.Stats(prof, stream=s)
+        stats.sort_stats("cumulative").print_stats(top)
+        cum = s.getvalue()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+        (out_dir / "profile_full_run.txt").write_text(f"# run_analysis on {n} samples, {total:.1f}s\n\n"
+                                                     f"## by cumulative time\n{cum}\n## by own time\n{s.getvalue()}")
+        return {"n": n, "seconds": round(total, 2), "timings": run.meta.get("timings"),
+                "peak_rss_mb": run.meta.get("peak_rss_mb")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(sizes: Sequence[int], model: str, train: str, *, label: str, stages: Sequence[str] = STAGES,
+        device: str = "cpu", scratch_root: Path = CACHE) -> list:
+    """Each stage at each N in a fresh subprocess (stages in order: later ones reuse earlier outputs)."""
+    Path(scratch_root).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="speed-", dir=scratch_root))
+    rows = []
+    try:
+        for n in sizes:
+            for st in stages:
+                logger.info("%s n=%d %s", label, n, st)
+                r = measure(st, model, train, n, scratch, device)
+                r.update({"dataset": label, "model": os.path.relpath(model, REPO) if str(model).startswith(str(REPO)) else model})
+                rows.append(r)
+                print(json.dumps(r))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def plot(rows: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for ds in sorted({r["dataset"] for r in rows}):
+        for st in STAGES:
+            pts = sorted((r["n"], r["seconds"]) for r in rows if r["stage"] == st and r["dataset"] == ds)
+            if pts:
+                ax.loglog([p[0] for p in pts], [max(p[1], 1e-3) for p in pts], "o-" if "fashion" in ds else "s--",
+                          label=f"{st} ({ds})")
+    ax.set_xlabel("N samples")
+    ax.set_ylabel("wall seconds")
+    ax.set_title("Stage time vs N (2-core shared CPU)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m benchmarks.speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None)
+    p.add_argument("--train", default=None)
+    p.add_argument("--n", type=int, default=0)
+    p.add_argument("--scratch", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", default="10000,30000,60000")
+    p.add_argument("--skip-profile", action="store_true")
+    p.add_argument("--skip-numba", action="store_true")
+    p.add_argument("--profile-n", type=int, default=30000)
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the 50k row)")
+    p.add_argument("--cifar-model", default=None)
+    args = p.parse_args(argv)
+    if args.worker:
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(worker(args.worker, args.model, args.train, args.n, args.scratch, args.device)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from benchmarks.zoo import FMNIST_SPECS, build
+
+    out_dir = RESULTS / "speed"
+    entry = build(FMNIST_SPECS[DEFAULT_MODEL])
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    rows = run(sizes, str(entry.model), str(entry.train), label="fashion-mnist")
+    if args.cifar and args.cifar_model:
+        from flare_core.data import load_dataset, save_npz
+
+        cnpz = CACHE / "cifar-train.npz"
+        if not cnpz.is_file():
+            save_npz(load_dataset(args.cifar, split="train"), cnpz)
+        rows += run([50000], args.cifar_model, str(cnpz), label="cifar10")
+    prev = read_json(out_dir / "speed.json", {}) or {}
+    result = {"rows": rows, "machine": machine(), "load_average": os.getloadavg(),
+              "command": "python3 -m benchmarks.speed" + (f" --sizes {args.sizes}" if args.sizes != "10000,30000,60000" else "")}
+    ratio = {}
+    for n in sizes:
+        f = [r["seconds"] for r in rows if r["stage"] == "features" and r["n"] == n and r["dataset"] == "fashion-mnist"]
+        b = [r["seconds"] for r in rows if r["stage"] == "forward" and r["n"] == n and r["dataset"] == "fashion-mnist"]
+        if f and b and b[0] > 0:
+            ratio[str(n)] = round(f[0] / b[0], 2)
+    result["feature_pass_over_forward"] = ratio
+    result["numba"] = prev.get("numba") if args.skip_numba else numba_cold_warm()
+    result["profile"] = prev.get("profile") if args.skip_profile else profile_full_run(
+        str(entry.model), str(entry.train), args.profile_n, out_dir)
+    write_json(out_dir / "speed.json", result)
+    write_csv(out_dir / "speed.csv", rows)
+    plot(rows, RESULTS.parent / "plots" / "speed_loglog.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

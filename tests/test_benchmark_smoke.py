@@ -1,0 +1,113 @@
+"""Smoke test of the benchmark harness (benchmarks/): a tiny end-to-end run on scikit-learn digits.
+
+Not the benchmark itself (that takes hours): 2 small models x 2 detectors, one purification, one speed row.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flare_core.detectors.registry")
+pytest.importorskip("art")
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    from benchmarks.run_all import run_quick
+
+    work = tmp_path_factory.mktemp("bench")
+    md = run_quick(work, detectors=("flare", "art-ss"), speed_stages=("features",))
+    return work, md
+
+
+def test_report_lists_every_model_with_its_command(quick):
+    work, md = quick
+    text = md.read_text()
+    assert "## Detection matrix" in text and "## Purification outcome" in text and "## Model zoo" in text
+    assert "python3 -m benchmarks.zoo digits-badnets-10 --retrain" in text
+    assert "python3 -m benchmarks.run_all --quick" in text
+    assert (work / "plots" / "detect_f1_fmnist.png").stat().st_size > 0
+
+
+def test_matrix_has_one_row_per_cell_with_valid_metrics(quick):
+    work, _ = quick
+    with open(work / "results" / "detect_matrix.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["model"], r["detector"]) for r in rows) == [
+        ("digits-badnets-10", "art-ss"), ("digits-badnets-10", "flare"),
+        ("digits-clean", "art-ss"), ("digits-clean", "flare")]
+    gt = json.loads((work / "zoo" / "digits-badnets-10" / "ground_truth.json").read_text())
+    for r in rows:
+        assert 0.0 <= float(r["fpr"]) <= 1.0
+        if r["model"] == "digits-clean":
+            assert int(r["n_poisoned"]) == 0 and r["tpr"] == ""
+        else:
+            assert int(r["n_poisoned"]) == gt["n_poisoned"] == len(gt["poisoned_indices"]) > 0
+            assert 0.0 <= float(r["tpr"]) <= 1.0
+    art_ss = next(r for r in rows if r["model"] == "digits-badnets-10" and r["detector"] == "art-ss")
+    assert art_ss["auroc"] != ""  # scored with ART's own spectral_signature_scores
+
+
+def test_zoo_manifest_records_how_each_model_was_made(quick):
+    work, _ = quick
+    man = json.loads((work / "zoo" / "MANIFEST.json").read_text())["models"]
+    assert set(man) == {"digits-clean", "digits-badnets-10"}
+    for name, m in man.items():
+        assert m["command"] == f"python3 -m benchmarks.zoo {name} --retrain"
+        assert m["spec"]["seed"] == 0 and m["spec"]["epochs"] >= 1 and m["machine"]["cpu_count"] >= 1
+        assert (work / "zoo" / name / "model.pt").is_file() and (work / "zoo" / name / "model.json").is_file()
+
+
+def test_purification_accounts_for_every_sample(quick):
+    work, _ = quick
+    r = json.loads((work / "results" / "purification" / "digits-badnets-10.json").read_text())
+    assert r["purified_n"] + r["flare_flagged"] == r["n_train"]
+    assert 0 <= r["purified_poison_left"] <= r["n_poisoned"]
+    assert r["ceiling_n"] == r["n_train"] - r["n_poisoned"]
+    for k in ("poisoned_ba", "purified_ba", "ceiling_ba", "purified_asr", "ceiling_asr"):
+        assert 0.0 <= r[k] <= 1.0
+
+
+def test_rerun_reuses_models_and_leaves_the_data_unchanged(quick):
+    from benchmarks.zoo import ZooSpec, build
+
+    work, _ = quick
+    model = work / "zoo" / "digits-badnets-10" / "model.pt"
+    data = work / "cache" / "digits-badnets-10" / "train.npz"
+    before = (_sha(model), _sha(data), model.stat().st_mtime_ns)
+    spec = ZooSpec(name="digits-badnets-10", data="builtin:digits", attack="badnets", rate=0.1, epochs=4)
+    build(spec, zoo=work / "zoo", cache=work / "cache")
+    assert (_sha(model), _sha(data), model.stat().st_mtime_ns) == before
+
+
+def test_speed_row_measured_in_a_subprocess(quick):
+    work, _ = quick
+    sp = json.loads((work / "results" / "speed" / "speed.json").read_text())
+    (row,) = sp["rows"]
+    assert row["stage"] == "features" and row["n"] == 500 and row["seconds"] > 0
+    assert row["peak_rss_mb"] >= row["rss_before_mb"] > 0
+
+
+def test_art_wrapper_keeps_logits_and_exposes_penultimate_features():
+    import torch
+
+    from benchmarks.art_baselines import PenultimateLast
+    from flare_core.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("small-cnn", 3, 1, (16, 16)).eval()
+    w = PenultimateLast(m).eval()
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(w(x), m(x))
+        assert list(dict(w.named_children())) == ["body"]
+        assert w.body(x).shape == (4, m.classifier.in_features)
+    assert not np.shares_memory(x.numpy(), w(x).detach().numpy())
