@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("flare_core.detectors.registry")
 pytest.importorskip("art")
 
 
@@ -21,6 +20,7 @@ def _sha(path) -> str:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    pytest.importorskip("flare_core.detectors.registry")
     from benchmarks.run_all import run_quick
 
     work = tmp_path_factory.mktemp("bench")
