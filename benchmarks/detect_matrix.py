@@ -169,9 +169,9 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,
                        "note": f"FAILED: {type(e).__name__}: {e}"}
         have[det] = _row(spec, len(dataset), truth, det, res, command, machine_label)
-    rows = [have[d] for d in detectors if d in have] + [r for d, r in have.items() if d not in detectors]
-    write_json(out_path, {"model": spec.name, "spec": spec.__dict__, "layers": layers, "feature_seconds": feat_s,
-                          "machine": machine(), "rows": rows})
+        rows = [have[d] for d in detectors if d in have] + [r for d, r in have.items() if d not in detectors]
+        write_json(out_path, {"model": spec.name, "spec": spec.__dict__, "layers": layers,
+                              "feature_seconds": feat_s, "machine": machine(), "rows": rows})  # after every cell
     return [have[d] for d in detectors]
 
 
