@@ -1,0 +1,219 @@
+"""Batched feature extraction over a dataset: FLARE abnormality features and pooled hidden features."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from flare_core.dataset import ImageDataset
+from flare_core.errors import DataError, ModelError
+from flare_core.features.abnormal import ChannelMoments, abnormality
+from flare_core.features.hooks import ActivationRecorder, unknown_name_error
+from flare_core.features.layers import feature_points
+from flare_core.features.view import ModelView, Point, model_view, module_device, unwrap
+from flare_core.models.loaded import LoadedModel
+from flare_core.progress import ProgressCallback, ensure_progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureMatrix:
+    """values: (N, L) float32, one column per layer (``np.memmap`` opened read-only when written to a
+    file); layer_names/layer_kinds: per column; stats_source: 'running' | 'data' | 'mixed'."""
+
+    values: np.ndarray
+    layer_names: list
+    layer_kinds: list
+    stats_source: str
+    seconds: float
+    path: Optional[str] = None
+
+
+def _check_args(dataset: ImageDataset, batch_size: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if len(dataset) == 0:
+        raise DataError("The dataset is empty; load a dataset with at least one image.")
+
+
+def _device(view: ModelView, device) -> torch.device:
+    have = module_device(view.module)
+    if device is None:
+        return have
+    want = torch.device(device)
+    if want.type != have.type or (want.index is not None and have.index is not None and want.index != have.index):
+        raise ModelError(f"The model is on {have} but {want} was requested; load the model on {want}.")
+    return have
+
+
+def _batches(model: LoadedModel, images: np.ndarray, batch_size: int, device) -> Iterator:
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        yield start, stop, model.preprocessing.to_tensor(images[start:stop], device)
+
+
+def _prepare(model: LoadedModel, dataset: ImageDataset, device) -> tuple:
+    example = model.preprocessing.to_tensor(dataset.images[:2], module_device(unwrap(model)[0]))
+    view = model_view(model, example)
+    return view, _device(view, device)
+
+
+def _select(model: LoadedModel, view: ModelView, layers: Optional[Sequence[str]]) -> list:
+    if layers is None:
+        points = feature_points(model)
+    else:
+        points = []
+        for name in layers:
+            point = view.find(name, ("bn", "block"))
+            if point is None:
+                raise unknown_name_error(name, [p.name for p in view.points if p.kind in ("bn", "block")])
+            points.append(point)
+    if not points:
+        raise ModelError("The model has no BatchNorm, convolution or normalisation layer FLARE can read.")
+    return points
+
+
+def _run(view: ModelView, model: LoadedModel, images: np.ndarray, specs: list, reduce, batch_size: int,
+         device, progress: ProgressCallback, stage: str) -> Iterator:
+    """Yields (start, stop, [reduced value per spec]) for every batch."""
+    total = len(images)
+    progress(stage, 0, total)
+    with torch.inference_mode(), ActivationRecorder(view.module, specs, reduce=reduce) as rec:
+        for start, stop, x in _batches(model, images, batch_size, device):
+            rec.activations.clear()
+            view.module(x)
+            missing = [s for s in specs if s not in rec.activations]
+            if missing:
+                raise ModelError(f"Layer(s) {missing} did not run in the forward pass; choose other layers.")
+            yield start, stop, [rec.activations[s] for s in specs]
+            progress(stage, stop, total)
+
+
+def _data_statistics(view, model, images, points, batch_size, device, progress) -> dict:
+    moments = {p.spec: ChannelMoments(p.channel_dim) for p in points if p.running_mean is None}
+    specs = list(moments)
+
+    def reduce(spec, act):
+        moments[spec].update(act)
+
+    for _ in _run(view, model, images, specs, reduce, batch_size, device, progress, "feature-stats"):
+        pass
+    return {spec: m.result() for spec, m in moments.items()}
+
+
+def _open_output(out: Optional[str], shape: tuple) -> tuple:
+    if out is None:
+        return np.empty(shape, dtype=np.float32), None
+    out = os.fspath(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape), tmp
+
+
+def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, batch_size: int = 256,
+                                 device=None, out: Optional[str] = None,
+                                 progress: Optional[ProgressCallback] = None,
+                                 layers: Optional[Sequence[str]] = None) -> FeatureMatrix:
+    """FLARE's (N, L) abnormality features: per sample and layer, the lowest log-density of any
+    activation element under the layer's per-channel Gaussian (see :mod:`.abnormal`).
+
+    BatchNorm layers use their running statistics (one pass, stage 'features'); block layers use
+    statistics estimated from this dataset in a first pass (stage 'feature-stats'). Eval mode, no
+    augmentation, ``torch.inference_mode``; the statistic is computed on-device inside the hook, so
+    only (B,) values per layer leave the device. ``out``: path of a ``.npy`` file written batch by
+    batch (atomically) and returned memory-mapped read-only. ``layers``: names from ``list_layers``.
+    """
+    t0 = time.perf_counter()
+    _check_args(dataset, batch_size)
+    progress = ensure_progress(progress)
+    view, dev = _prepare(model, dataset, device)
+    points = _select(model, view, layers)
+    stats = {p.spec: (p.running_mean, p.running_var) for p in points if p.running_mean is not None}
+    if len(stats) < len(points):
+        stats.update(_data_statistics(view, model, dataset.images, points, batch_size, dev, progress))
+    by_spec = {p.spec: p for p in points}
+    stats = {spec: (m.to(dev), v.to(dev)) for spec, (m, v) in stats.items()}
+
+    def reduce(spec, act):
+        p = by_spec[spec]
+        mean, var = stats[spec]
+        return abnormality(act, mean, var, p.eps, p.channel_dim)
+
+    specs = [p.spec for p in points]
+    values, tmp = _open_output(out, (len(dataset), len(points)))
+    try:
+        for start, stop, scores in _run(view, model, dataset.images, specs, reduce, batch_size, dev,
+                                        progress, "features"):
+            values[start:stop] = torch.stack(scores, dim=1).float().cpu().numpy()
+        if tmp is not None:
+            values.flush()
+            del values
+            os.replace(tmp, out)
+            values = np.load(out, mmap_mode="r")
+    except BaseException:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    kinds = {p.running_mean is not None for p in points}
+    source = "mixed" if len(kinds) == 2 else ("running" if True in kinds else "data")
+    seconds = time.perf_counter() - t0
+    logger.info("Abnormality features %s for %d samples in %.2fs.", values.shape, len(dataset), seconds)
+    return FeatureMatrix(values, [p.name for p in points], [p.kind for p in points], source, seconds,
+                         os.fspath(out) if out is not None else None)
+
+
+def _pool(act: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    if act.dim() <= 2:
+        return act.reshape(act.shape[0], -1).float()
+    if channel_dim % act.dim() == act.dim() - 1:
+        return act.flatten(1, -2).mean(dim=1).float()
+    return act.flatten(2).mean(dim=2).float()
+
+
+def _pooling_point(view: ModelView, layer: Optional[str]) -> Point:
+    if layer is None:
+        linears = view.of_kind("linear")
+        if linears:
+            return linears[-1]
+        cams = view.of_kind("cam")
+        if not cams:
+            raise ModelError("The model has no Linear or convolution layer to take features from; pass a layer.")
+        logger.info("No Linear layer found; pooling the last convolutional block %r.", cams[-1].name)
+        return cams[-1]
+    point = view.find(layer, ("linear", "bn", "block")) or view.find(layer, ("cam",))
+    if point is not None:
+        return point
+    if view.is_graph:
+        raise unknown_name_error(layer, [p.name for p in view.points])
+    return Point(layer, "module", layer, "output", 1)  # an eager submodule name; checked by the recorder
+
+
+def extract_pooled_features(model: LoadedModel, dataset: ImageDataset, layer: Optional[str] = None, *,
+                            batch_size: int = 256, device=None,
+                            progress: Optional[ProgressCallback] = None) -> tuple:
+    """(N, D) float32 globally average-pooled activations of one layer, and the layer's name.
+
+    Default layer: the input of the model's last Linear layer (the penultimate features, named
+    ``'<linear>:input'``). Progress stage 'pooled-features'.
+    """
+    _check_args(dataset, batch_size)
+    progress = ensure_progress(progress)
+    view, dev = _prepare(model, dataset, device)
+    point = _pooling_point(view, layer)
+    spec = point.target if point.kind == "module" else point.spec
+    chunks = []
+
+    def reduce(_spec, act):
+        return _pool(act, point.channel_dim)
+
+    for _, _, (pooled,) in _run(view, model, dataset.images, [spec], reduce, batch_size, dev, progress,
+                                "pooled-features"):
+        chunks.append(pooled.cpu().numpy())
+    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False), point.name
