@@ -1,8 +1,12 @@
 """Safe loading of model files, checkpoints with a JSON description, and refusal of pickled objects."""
+import copy
 import hashlib
+import io
 import json
 import pickle
+import shutil
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,8 +19,8 @@ from flare_core.models import Preprocessing, build_model, load_model, read_sidec
 SIZE = 16
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(scope="module")
+def base_model():
     torch.manual_seed(0)
     m = build_model("small-cnn", 4, 1, SIZE)
     # non-trivial BN statistics so a wrong eval/train mode would show in the outputs
@@ -25,6 +29,11 @@ def model():
         for _ in range(3):
             m(torch.rand(8, 1, SIZE, SIZE) * 2)
     return m.eval()
+
+
+@pytest.fixture
+def model(base_model):
+    return copy.deepcopy(base_model)
 
 
 @pytest.fixture
@@ -224,11 +233,11 @@ def test_export_file_dynamic_batch(tmp_path, model, x):
     torch.testing.assert_close(_out(loaded.module, x[:2]), _out(model, x[:2]))
 
 
-def test_export_file_static_batch_runs_any_batch(tmp_path, model, x):
-    path = tmp_path / "static.pt2"
-    torch.export.save(torch.export.export(model, (x[:2],)), str(path))
-    loaded = load_model(path)
-    torch.testing.assert_close(_out(loaded.module, x), _out(model, x))  # 5 = 2 + 2 + 1 (padded)
+def test_export_file_static_batch_runs_any_batch(exported, model):
+    loaded = load_model(exported)  # exported for batch size 5
+    x = torch.rand(7, 1, SIZE, SIZE)
+    torch.testing.assert_close(_out(loaded.module, x), _out(model, x))  # 7 = 5 + 2 (padded)
+    torch.testing.assert_close(_out(loaded.module, x[:1]), _out(model, x[:1]))
 
 
 def test_export_in_training_mode_is_refused(tmp_path, model, x):
@@ -277,6 +286,80 @@ def test_pickled_object_is_refused_and_no_code_runs(tmp_path, how, model):
     assert not marker.exists()
     msg = str(e.value)
     assert "refuses" in msg and "torch.jit" in msg and "state_dict" in msg and "\n" not in msg
+
+
+def _rewrite_zip(src, dst, replace: dict) -> None:
+    """Copy a zip archive, replacing members whose name ends with a key of ``replace``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            for suffix, new in replace.items():
+                if info.filename.endswith(suffix):
+                    data = new(data) if callable(new) else new
+            zout.writestr(info, data)
+
+
+def _pickle_bytes(obj, legacy=False) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue()
+
+
+def _mark_first_weight_pickled(data: bytes) -> bytes:
+    config = json.loads(data)
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    return json.dumps(config).encode()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, base_model):
+    path = tmp_path_factory.mktemp("export") / "clean.pt2"
+    x = torch.rand(5, 1, SIZE, SIZE)
+    torch.export.save(torch.export.export(base_model, (x,)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("attack", ["pickled-weight", "sample-inputs"])
+def test_export_archive_with_pickles_is_refused_and_no_code_runs(tmp_path, exported, attack):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt2"
+    payload = _pickle_bytes(_Payload(marker))
+    if attack == "pickled-weight":  # torch.export.load would torch.load(weights_only=False) this weight
+        _rewrite_zip(exported, evil, {"_weights_config.json": _mark_first_weight_pickled, "/weight_0": payload})
+    else:  # torch.export.load falls back to weights_only=False when the sample inputs fail to load
+        _rewrite_zip(exported, evil, {"sample_inputs/model.pt": payload})
+    with pytest.raises(ModelError, match="arbitrary code"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_export_payload_is_live_for_torch(tmp_path, exported):
+    # guards the test above: torch itself would run the payload
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt2"
+    _rewrite_zip(exported, evil, {"sample_inputs/model.pt": _pickle_bytes(_Payload(marker))})
+    try:
+        torch.export.load(str(evil))
+    except Exception:
+        pass
+    assert marker.exists()
+
+
+def test_export_archive_with_compiled_code_is_refused(tmp_path, exported):
+    evil = tmp_path / "aoti.pt2"
+    shutil.copy(exported, evil)
+    with zipfile.ZipFile(evil, "a") as z:
+        root = z.namelist()[0].split("/")[0]
+        z.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
+    with pytest.raises(ModelError, match="compiled code"):
+        load_model(evil)
+
+
+def test_clean_export_archive_passes_the_check(exported):
+    from flare_core.models.loading import check_export_archive
+
+    check_export_archive(exported)  # must not raise
 
 
 def test_pickled_module_is_refused(tmp_path, model):

@@ -13,6 +13,7 @@ Explicit arguments to :func:`load_model` override it.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -290,7 +291,45 @@ class FixedBatchAdapter(nn.Module):
         return torch.cat(outs)
 
 
+def check_export_archive(path: PathLike) -> None:
+    """Refuse a torch.export archive that ``torch.export.load`` could not load without running code.
+
+    ``torch.export.load`` unpickles weights/constants marked ``use_pickle``, opaque objects, and ``.pt``
+    payloads it cannot read with ``weights_only`` (falling back to full pickle), and it loads compiled
+    AOTInductor libraries. A plain ``torch.export.save`` of a classifier has none of these, so any of them
+    is refused before torch sees the file.
+    """
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename.replace("\\", "/")
+            rel = name.split("/", 1)[1] if "/" in name else name
+            if rel.startswith(("data/aotinductor/", "data/executorch/", "data/mtia")) or \
+                    name.endswith((".so", ".dll", ".dylib", ".pyd")):
+                raise ModelError(
+                    f"{path.name} contains compiled code (an AOTInductor or other native package), and loading it "
+                    f"could execute arbitrary code, so FLARE refuses it; save the program with "
+                    f"torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2') instead.")
+            if rel.endswith(("_weights_config.json", "_constants_config.json")):
+                try:
+                    config = json.loads(zf.read(info)).get("config") or {}
+                except (ValueError, AttributeError) as e:
+                    raise _unreadable(path, "a torch.export program", e) from None
+                for meta in config.values():
+                    if not isinstance(meta, Mapping) or meta.get("use_pickle") or \
+                            str(meta.get("path_name", "")).startswith(("custom_obj_", "opaque_obj_")):
+                        raise _refuse_pickle(path)
+            elif rel.endswith(".pt"):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        torch.load(io.BytesIO(zf.read(info)), map_location="cpu", weights_only=True)
+                except Exception:
+                    raise _refuse_pickle(path) from None
+
+
 def _load_export(path: Path, device: str):
+    check_export_archive(path)
     try:
         ep = torch.export.load(str(path))
     except Exception as e:
