@@ -21,7 +21,6 @@ import pickle
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
