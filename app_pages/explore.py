@@ -57,63 +57,69 @@ def _global_figure(run_path: str, _run):
                                 detector_label="flagged")
 
 
-view = st.radio("View", ["One class", "All classes"], horizontal=True, key="ex_view", label_visibility="collapsed")
-flag_counts = np.bincount(labels[flagged], minlength=k)
-stamp = f"{run.path}@{run.meta.get('created', '')}"
-if view == "One class":
-    with_views = run.class_labels_with_views()
-    if not with_views:
-        st.warning("This run has no per-class views (it was run without them); use the global view.")
+@st.fragment
+def views_and_selection() -> None:
+    """The scatter views and the selection grid: a class switch or a selection reruns only this part."""
+    view = st.radio("View", ["One class", "All classes"], horizontal=True, key="ex_view", label_visibility="collapsed")
+    flag_counts = np.bincount(labels[flagged], minlength=k)
+    stamp = f"{run.path}@{run.meta.get('created', '')}"
+    if view == "One class":
+        with_views = run.class_labels_with_views()
+        if not with_views:
+            st.warning("This run has no per-class views (it was run without them); use the global view.")
+        else:
+            default = int(np.argmax(flag_counts)) if flag_counts.any() else with_views[0]
+            if ss.get("ex_class") not in with_views:
+                ss["ex_class"] = default if default in with_views else with_views[0]
+            label = st.selectbox("Class", with_views, key="ex_class",
+                                 format_func=lambda j: f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged "
+                                                       f"of {(labels == j).sum():,}")
+            fig = _class_figure(stamp, int(label), run)
+            chart_key = f"ex_chart_{label}"
+            st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key),
+                            selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+            st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")
     else:
-        default = int(np.argmax(flag_counts)) if flag_counts.any() else with_views[0]
-        if ss.get("ex_class") not in with_views:
-            ss["ex_class"] = default if default in with_views else with_views[0]
-        label = st.selectbox("Class", with_views, key="ex_class",
-                             format_func=lambda j: f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged "
-                                                   f"of {(labels == j).sum():,}")
-        fig = _class_figure(stamp, int(label), run)
-        chart_key = f"ex_chart_{label}"
-        st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key),
-                        selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
-        st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")
-else:
-    fig = _global_figure(stamp, run)
-    if fig is None:
-        st.warning("This run has no global embedding.")
+        fig = _global_figure(stamp, run)
+        if fig is None:
+            st.warning("This run has no global embedding.")
+        else:
+            st.plotly_chart(fig, key="ex_chart_global", on_select=lambda: _store_selection("ex_chart_global"),
+                            selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+
+    # ---- the selection ------------------------------------------------------------------------------------------------
+    selection = [i for i in ss.get(shared.SELECTION, []) if 0 <= i < run.n_samples]
+    st.subheader(f"Selection ({len(selection):,} samples)")
+    if not selection:
+        st.caption("Nothing selected yet.")
     else:
-        st.plotly_chart(fig, key="ex_chart_global", on_select=lambda: _store_selection("ex_chart_global"),
-                        selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+        def _inspect():
+            ss["inspect_source"] = "selection"
+            ss["inspect_page"] = 1
 
-# ---- the selection ------------------------------------------------------------------------------------------------
-selection = [i for i in ss.get(shared.SELECTION, []) if 0 <= i < run.n_samples]
-st.subheader(f"Selection ({len(selection):,} samples)")
-if not selection:
-    st.caption("Nothing selected yet.")
-else:
-    def _mark(decision):
-        run.set_decisions(selection, decision)
-        ss["decisions_version"] = ss.get("decisions_version", 0) + 1
+        b = st.columns(5)
+        if b[0].button("Inspect with Grad-CAM", type="primary", key="ex_inspect", on_click=_inspect,
+                       icon=":material/visibility:"):
+            st.switch_page(shared.PAGES["inspect"])
+        for col, label_, key, decision, icon in ((b[1], "Mark all: remove", "ex_remove", "remove", ":material/delete:"),
+                                                 (b[2], "Mark all: keep", "ex_keep", "keep", ":material/check:"),
+                                                 (b[3], "Clear their marks", "ex_clear_marks", None, None)):
+            if col.button(label_, key=key, icon=icon):
+                run.set_decisions(selection, decision)
+                ss["decisions_version"] = ss.get("decisions_version", 0) + 1
+                st.rerun()  # the whole page: the counts above change
+        b[4].button("Clear selection", key="ex_clear_sel", on_click=lambda: ss.__setitem__(shared.SELECTION, []))
+        n_rem = int(run.removal_mask()[selection].sum())
+        st.caption(f"{int(flagged[selection].sum()):,} flagged · {n_rem:,} currently to be removed")
+        _, dataset = shared.model_and_data(required=False, need_model=False)
+        if dataset is None:
+            st.caption("The images appear once the dataset is loaded (page Load).")
+        else:
+            shown = selection[:48]
+            caps = [f"#{i} · c{df['cluster'].iat[i]}" + (" ✕" if flagged[i] else "") for i in shown]
+            shared.image_grid(dataset.images[shown], caps, columns=12, min_side=56)
+            if len(selection) > len(shown):
+                st.caption(f"Showing the first {len(shown)}; inspect them all on the Inspect page.")
 
-    def _inspect():
-        ss["inspect_source"] = "selection"
-        ss["inspect_page"] = 1
 
-    b = st.columns(5)
-    if b[0].button("Inspect with Grad-CAM", type="primary", key="ex_inspect", on_click=_inspect,
-                   icon=":material/visibility:"):
-        st.switch_page(shared.PAGES["inspect"])
-    b[1].button("Mark all: remove", key="ex_remove", on_click=_mark, args=("remove",), icon=":material/delete:")
-    b[2].button("Mark all: keep", key="ex_keep", on_click=_mark, args=("keep",), icon=":material/check:")
-    b[3].button("Clear their marks", key="ex_clear_marks", on_click=_mark, args=(None,))
-    b[4].button("Clear selection", key="ex_clear_sel", on_click=lambda: ss.__setitem__(shared.SELECTION, []))
-    n_rem = int(removal[selection].sum())
-    st.caption(f"{int(flagged[selection].sum()):,} flagged · {n_rem:,} currently to be removed")
-    _, dataset = shared.model_and_data(required=False, need_model=False)
-    if dataset is None:
-        st.caption("The images appear once the dataset is loaded (page Load).")
-    else:
-        shown = selection[:48]
-        caps = [f"#{i} · c{df['cluster'].iat[i]}" + (" ✕" if flagged[i] else "") for i in shown]
-        shared.image_grid(dataset.images[shown], caps, columns=12, min_side=56)
-        if len(selection) > len(shown):
-            st.caption(f"Showing the first {len(shown)}; inspect them all on the Inspect page.")
+views_and_selection()

@@ -47,7 +47,7 @@ def _browse_pick(target_key: str, value: str) -> None:
     ss[target_key] = value
 
 
-with st.expander("Your own model and dataset", expanded=ss.get(shared.DEMO) is None and ss.get(shared.CONFIG) is None):
+if st.toggle("Use my own model and dataset", key="own_toggle"):
     st.caption("Server paths must lie inside: " + ", ".join(f"`{r}`" for r in roots))
     with st.form("load_form", border=False):
         mc, dc = st.columns(2)
@@ -150,7 +150,9 @@ with st.expander("Reopen an earlier analysis (a run folder)"):
                        "Nothing is recomputed.")
 
 # ---- what is loaded ---------------------------------------------------------------------------------------------
-model, dataset = shared.model_and_data(required=False)
+# Only what this session loaded is summarised here (a reopened run loads its model and data when a page needs
+# them), so the first page after a restart appears without waiting for torch and the data.
+model, dataset = ss.get(shared.MODEL), ss.get(shared.DATASET)
 if dataset is not None:
     st.divider()
     demo = ss.get(shared.DEMO)
@@ -186,3 +188,6 @@ if dataset is not None:
 elif shared.current_run() is not None:
     st.info("An analysis is open (see the sidebar); its model and data are loaded when a page needs them.",
             icon=":material/info:")
+    if st.button("Load its model and data now", key="load_run_inputs"):
+        if shared.model_and_data()[1] is not None:
+            st.rerun()

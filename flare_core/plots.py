@@ -6,6 +6,7 @@ with WebGL (``Scattergl``); the report uses SVG (``webgl=False``) so a page with
 """
 from __future__ import annotations
 
+from html import escape as html_escape
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -49,12 +50,27 @@ def _scatter_cls(webgl: bool):
     return go.Scattergl if webgl else go.Scatter
 
 
-def _marker_arrays(flagged: np.ndarray, base_size: float) -> dict:
-    return dict(
-        symbol=np.where(flagged, FLAGGED_SYMBOL, "circle"),
-        size=np.where(flagged, base_size + 4, base_size),
-        line=dict(width=np.where(flagged, 1.0, 0.0), color="#222222"),
-    )
+def _marker(color: str, size: float, flagged: bool, opacity: float) -> dict:
+    if flagged:
+        return dict(color=color, size=size + 4, symbol=FLAGGED_SYMBOL, opacity=1.0, line=dict(width=1.0, color="#222222"))
+    return dict(color=color, size=size, symbol="circle", opacity=opacity)
+
+
+def short_sources(sources: Sequence[str]) -> np.ndarray:
+    """Sources without their common folder (hover text stays short: ``cat/img01.png``, ``train.npz#12``)."""
+    arr = np.asarray(sources, dtype=object)
+    if len(arr) == 0:
+        return arr
+    import os.path
+
+    try:
+        common = os.path.commonpath([str(x) for x in arr[:: max(1, len(arr) // 200)]] + [str(arr[-1])])
+    except ValueError:  # mixed absolute/relative
+        return arr
+    if not common or common == "/" or any(not str(x).startswith(common) for x in arr):
+        return arr
+    cut = len(common) + (0 if common.endswith("/") else 1)
+    return np.array([str(x)[cut:] for x in arr], dtype=object)
 
 
 def _legend_flagged(scatter, label: str):
@@ -68,11 +84,11 @@ def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left"),
         height=height,
-        margin=dict(l=10, r=10, t=50, b=10),
+        margin=dict(l=60, r=10, t=50, b=50),
         dragmode="lasso",
         legend=dict(itemsizing="constant", orientation="v"),
-        xaxis=dict(title="UMAP 1", showgrid=False, zeroline=False),
-        yaxis=dict(title="UMAP 2", showgrid=False, zeroline=False, scaleanchor=None),
+        xaxis=dict(title="UMAP 1", showgrid=False, zeroline=False, automargin=True),
+        yaxis=dict(title="UMAP 2", showgrid=False, zeroline=False, automargin=True),
         plot_bgcolor="white",
         hovermode="closest",
         uirevision="keep",
@@ -96,10 +112,11 @@ def class_scatter(
     seed: int = 0,
     height: int = 540,
 ) -> go.Figure:
-    """One class's 2-D embedding, one trace per HDBSCAN cluster (coloured), flagged samples drawn as ✕.
+    """One class's 2-D embedding coloured by HDBSCAN cluster; flagged samples drawn as ✕ in their cluster's colour.
 
-    All arrays are per point of the class (same length). ``customdata`` per point is
-    ``[index, source, cluster, score, 'flagged'|'']`` so a selection maps back to sample indices.
+    All arrays are per point of the class (same length). Each cluster has a trace of unflagged points and, when
+    any, a trace of flagged ones (same legend group). ``customdata`` per point is the numeric row
+    ``[index, cluster, score]`` (so a selection maps back to sample indices); the hover shows the source too.
     """
     emb = np.asarray(embedding, dtype=np.float32)
     n = len(emb)
@@ -112,33 +129,35 @@ def class_scatter(
         if len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} entries for {n} points.")
     scores = np.zeros(n) if scores is None else np.asarray(scores, dtype=float)
-    sources_arr = np.asarray(sources if sources is not None else [""] * n, dtype=object)
+    hover_src = short_sources(sources) if sources is not None else np.full(n, "", dtype=object)
     shown = downsample_indices(n, max_points, flagged, seed)
     scatter = _scatter_cls(webgl)
     size = 5.0 if n > 3000 else 7.0
     fig = go.Figure()
     ids, counts = np.unique(clusters, return_counts=True)
     for cid in ids[np.argsort(-counts, kind="stable")]:
-        sel = shown[clusters[shown] == cid]
-        if len(sel) == 0:
-            continue
         total = int(counts[ids == cid][0])
         name = "noise" if cid < 0 else f"cluster {cid}"
         extra = f", stability {stability[int(cid)]:.2f}" if stability and int(cid) in stability else ""
-        custom = np.empty((len(sel), 5), dtype=object)
-        custom[:, 0] = indices[sel]
-        custom[:, 1] = sources_arr[sel]
-        custom[:, 2] = clusters[sel]
-        custom[:, 3] = np.round(scores[sel], 4)
-        custom[:, 4] = np.where(flagged[sel], detector_label, "")
-        fig.add_trace(
-            scatter(
-                x=emb[sel, 0], y=emb[sel, 1], mode="markers", name=f"{name} ({total}{extra})",
-                customdata=custom, marker=dict(color=cluster_color(int(cid)), opacity=0.8, **_marker_arrays(flagged[sel], size)),
-                hovertemplate="index %{customdata[0]}<br>%{customdata[1]}<br>cluster %{customdata[2]}"
-                              "<br>score %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
+        color = cluster_color(int(cid))
+        in_cluster = shown[clusters[shown] == cid]
+        first = True
+        for is_flagged in (False, True):
+            sel = in_cluster[flagged[in_cluster] == is_flagged]
+            if len(sel) == 0:
+                continue
+            custom = np.stack([indices[sel], clusters[sel], np.round(scores[sel], 4)], axis=1).astype(np.float32)
+            fig.add_trace(
+                scatter(
+                    x=emb[sel, 0], y=emb[sel, 1], mode="markers", customdata=custom, text=hover_src[sel],
+                    name=f"{name} ({total}{extra})" + (f" — {detector_label}" if is_flagged else ""),
+                    legendgroup=name, showlegend=first,
+                    marker=_marker(color, size, is_flagged, 0.8),
+                    hovertemplate="index %{customdata[0]}<br>%{text}<br>" + name + "<br>score %{customdata[2]:.3f}"
+                                  + (f"<br><b>{detector_label}</b>" if is_flagged else "") + "<extra></extra>",
+                )
             )
-        )
+            first = False
     if flagged.any():
         fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
     if len(shown) < n:
@@ -161,7 +180,7 @@ def global_scatter(
 ) -> go.Figure:
     """The whole dataset's 2-D embedding coloured by class, flagged samples as ✕, downsampled past ``max_points``.
 
-    ``customdata`` per point is ``[index, class name, 'flagged'|'']``.
+    ``customdata`` per point is ``[index]``; each class has a trace of unflagged and one of flagged points.
     """
     emb = np.asarray(embedding, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
@@ -174,21 +193,24 @@ def global_scatter(
     size = 4.0 if len(shown) > 5000 else 6.0
     fig = go.Figure()
     for k in np.unique(labels):
-        sel = shown[labels[shown] == k]
-        if len(sel) == 0:
-            continue
         name = str(classes[k]) if k < len(classes) else str(k)
-        custom = np.empty((len(sel), 3), dtype=object)
-        custom[:, 0] = sel
-        custom[:, 1] = name
-        custom[:, 2] = np.where(flagged[sel], detector_label, "")
-        fig.add_trace(
-            scatter(
-                x=emb[sel, 0], y=emb[sel, 1], mode="markers", name=f"{k}: {name}", customdata=custom,
-                marker=dict(color=CLASS_COLORS[int(k) % len(CLASS_COLORS)], opacity=0.7, **_marker_arrays(flagged[sel], size)),
-                hovertemplate="index %{customdata[0]}<br>class %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
+        in_class = shown[labels[shown] == k]
+        first = True
+        for is_flagged in (False, True):
+            sel = in_class[flagged[in_class] == is_flagged]
+            if len(sel) == 0:
+                continue
+            fig.add_trace(
+                scatter(
+                    x=emb[sel, 0], y=emb[sel, 1], mode="markers", customdata=sel.astype(np.float32)[:, None],
+                    name=f"{k}: {name}" + (f" — {detector_label}" if is_flagged else ""),
+                    legendgroup=f"class {k}", showlegend=first,
+                    marker=_marker(CLASS_COLORS[int(k) % len(CLASS_COLORS)], size, is_flagged, 0.7),
+                    hovertemplate="index %{customdata[0]}<br>class " + html_escape(name)
+                                  + (f"<br><b>{detector_label}</b>" if is_flagged else "") + "<extra></extra>",
+                )
             )
-        )
+            first = False
     if flagged.any():
         fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
     if len(shown) < n:
@@ -215,7 +237,7 @@ def flagged_bar(
     fig = go.Figure(
         go.Bar(
             x=names, y=flagged_counts, name=detector_label, marker_color=FLAGGED_COLOR,
-            text=[str(v) for v in flagged_counts], textposition="outside",
+            text=[str(v) for v in flagged_counts], textposition="outside", cliponaxis=False,
             customdata=np.stack([counts, np.round(pct, 1)], axis=1),
             hovertemplate="%{x}<br>%{y} of %{customdata[0]} samples (%{customdata[1]} %)<extra>" + detector_label + "</extra>",
         )
@@ -224,8 +246,9 @@ def flagged_bar(
         fig.add_trace(go.Bar(x=names, y=np.asarray(removal_counts, dtype=np.int64), name="to remove (after review)",
                              marker_color="#7f7f7f"))
     fig.update_layout(
-        barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10),
-        title=dict(text="Flagged samples per class", x=0.0), yaxis=dict(title="samples"), plot_bgcolor="white",
+        barmode="group", height=height, margin=dict(l=60, r=10, t=50, b=50),
+        title=dict(text="Flagged samples per class", x=0.0), plot_bgcolor="white",
+        yaxis=dict(title="samples", automargin=True, gridcolor="#eeeeee"), xaxis=dict(automargin=True),
         legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
     )
     return fig
@@ -239,9 +262,9 @@ def detection_bars(metrics: Mapping[str, Mapping[str, float]], labels: Optional[
     for key, color in (("tpr", "#2ca02c"), ("fpr", FLAGGED_COLOR), ("f1", "#1f77b4")):
         vals = [float(m.get(key) or 0.0) for m in metrics.values()]
         fig.add_trace(go.Bar(x=names, y=vals, name=key.upper(), marker_color=color,
-                             text=[f"{v:.3f}" for v in vals], textposition="outside"))
+                             text=[f"{v:.3f}" for v in vals], textposition="outside", cliponaxis=False))
     fig.update_layout(barmode="group", height=height, yaxis=dict(range=[0, 1.1], title="rate"),
-                      margin=dict(l=10, r=10, t=40, b=10), title=dict(text="Detection quality per detector", x=0.0),
+                      margin=dict(l=60, r=10, t=50, b=50), title=dict(text="Detection quality per detector", x=0.0),
                       plot_bgcolor="white")
     return fig
 

@@ -41,39 +41,47 @@ def test_downsample_rejects_nonpositive():
         plots.downsample_indices(10, 0)
 
 
-def test_class_scatter_one_trace_per_cluster_and_legend(rng):
+def test_class_scatter_traces_per_cluster_and_legend(rng):
     emb, clusters, indices, flagged = _class_data(rng)
     before = emb.copy()
     fig = plots.class_scatter(emb, clusters, indices, flagged, scores=rng.random(300), title="class 0")
     assert np.array_equal(emb, before)
     assert all(isinstance(t, go.Scattergl) for t in fig.data)
-    names = [t.name for t in fig.data]
-    assert sum(n.startswith("cluster") for n in names) == 3 and any(n.startswith("noise") for n in names)
-    assert names[-1].startswith("✕")
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert sum(n.startswith("cluster") for n in legend) == 3 and any(n.startswith("noise") for n in legend)
+    assert legend[-1].startswith("✕")
     assert _points(fig) == 300
 
 
 def test_class_scatter_customdata_maps_to_sample_indices_and_flags(rng):
     emb, clusters, indices, flagged = _class_data(rng)
-    fig = plots.class_scatter(emb, clusters, indices, flagged, detector_label="FLARE")
+    fig = plots.class_scatter(emb, clusters, indices, flagged, detector_label="FLARE",
+                              sources=[f"/data/set/{'a' if i % 2 else 'b'}/{i}.png" for i in indices])
     seen = {}
     for t in fig.data:
         if t.customdata is None:
             continue
-        for row in t.customdata:
-            seen[int(row[0])] = row[4]
+        for row in np.asarray(t.customdata):
+            seen[int(row[0])] = t.marker.symbol == plots.FLAGGED_SYMBOL
+        assert all(txt[:2] in ("a/", "b/") for txt in t.text)  # common folder stripped from the hover text
     assert sorted(seen) == indices.tolist()
-    flagged_idx = {i for i, f in seen.items() if f == "FLARE"}
-    assert flagged_idx == set(indices[flagged].tolist())
+    assert {i for i, f in seen.items() if f} == set(indices[flagged].tolist())
 
 
-def test_class_scatter_noise_is_grey_and_flagged_are_crosses(rng):
+def test_class_scatter_noise_is_grey_and_flagged_share_cluster_colour(rng):
     emb, clusters, indices, flagged = _class_data(rng)
     fig = plots.class_scatter(emb, clusters, indices, flagged)
     noise = [t for t in fig.data if t.name.startswith("noise")][0]
     assert noise.marker.color == plots.NOISE_COLOR
-    c2 = [t for t in fig.data if t.name.startswith("cluster 2")][0]
-    assert set(np.asarray(c2.marker.symbol).tolist()) == {plots.FLAGGED_SYMBOL}
+    c2 = [t for t in fig.data if t.legendgroup == "cluster 2"]
+    assert len(c2) == 1 and c2[0].marker.symbol == plots.FLAGGED_SYMBOL  # cluster 2 is all flagged
+    assert c2[0].marker.color == plots.cluster_color(2)
+
+
+def test_short_sources():
+    assert list(plots.short_sources(["/a/b/c.png", "/a/b/d/e.png"])) == ["c.png", "d/e.png"]
+    assert list(plots.short_sources(["/x/t.npz#1", "/x/t.npz#2"])) == ["t.npz#1", "t.npz#2"]
+    assert list(plots.short_sources(["a.png", "/b.png"])) == ["a.png", "/b.png"]
 
 
 def test_class_scatter_downsamples_large_views(rng):
@@ -104,9 +112,11 @@ def test_global_scatter_colours_by_class_and_serialises(rng):
     flagged = rng.random(n) < 0.05
     fig = plots.global_scatter(emb, labels, ["a", "b", "c", "d"], flagged, max_points=1000)
     class_traces = [t for t in fig.data if t.customdata is not None]
-    assert len(class_traces) == 4
+    assert len({t.legendgroup for t in class_traces}) == 4
     assert _points(fig) == 1000
-    shown_flagged = sum(int((np.asarray(t.customdata)[:, 2] != "").sum()) for t in class_traces)
+    shown = np.concatenate([np.asarray(t.customdata)[:, 0] for t in class_traces]).astype(int)
+    assert len(set(shown.tolist())) == 1000 and set(np.flatnonzero(flagged)) <= set(shown.tolist())
+    shown_flagged = sum(len(t.x) for t in class_traces if t.marker.symbol == plots.FLAGGED_SYMBOL)
     assert shown_flagged == int(flagged.sum())
     assert len(pio.to_json(fig, validate=False)) > 1000
 

@@ -1,0 +1,247 @@
+"""Dashboard timings on a Fashion-MNIST-sized run (60,000 samples, 10 classes of 6,000), written to
+benchmarks/dashboard_timings.json.
+
+Measured:
+  * in-process: building + serialising the per-class scatter (6,000 points) and the global scatter (60,000
+    points, downsampled to 20,000 for the browser) — what a class switch costs on the server;
+  * in a real browser (headless Chromium via Playwright, skipped when missing): warm app start to a usable
+    page, the Explore page's first render, switching the class view, showing the global view, and a zoom on
+    the global view (how interactive 60,000 points stay).
+
+The run folder is synthetic (random clustered embeddings) but has exactly the shapes a real analysis writes;
+the timings depend on point counts, not on what the points mean.
+
+    python3 benchmarks/dashboard_timings.py [--no-browser] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flare_core import plots  # noqa: E402
+from flare_core.run_folder import write_run  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@dataclass
+class View:
+    indices: np.ndarray
+    embedding: np.ndarray
+    clusters: np.ndarray
+    cluster_stability: dict
+
+
+def synthetic_run(path: Path, per_class: int = 6000, k: int = 10, seed: int = 0):
+    """A run folder shaped like Fashion-MNIST's: k classes of ``per_class``, 2-4 clusters each, 1 % flagged."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(k), per_class)
+    n = len(labels)
+    flagged = np.zeros(n, bool)
+    clusters = np.zeros(n, int)
+    views = {}
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        n_cl = 2 + c % 3
+        cl = rng.integers(0, n_cl, len(idx))
+        cl[rng.random(len(idx)) < 0.03] = -1
+        centres = rng.normal(scale=6.0, size=(n_cl, 2))
+        emb = rng.normal(size=(len(idx), 2)) + np.where(cl[:, None] >= 0, centres[np.maximum(cl, 0)], 0.0)
+        small = cl == n_cl - 1
+        flagged[idx[small][: per_class // 100]] = True
+        clusters[idx] = cl
+        views[c] = View(idx, emb.astype(np.float32), cl, {i: 0.5 + 0.1 * i for i in range(n_cl)})
+    manifest = pd.DataFrame({
+        "index": np.arange(n), "source": [f"/data/fashion-mnist/train.npz#{i}" for i in range(n)], "label": labels,
+        "class_name": [f"class-{i}" for i in labels], "flagged": flagged.astype(int),
+        "score": rng.random(n).round(4), "cluster": clusters,
+    })
+    meta = {"format": "flare-run/1", "created": "benchmark", "config": {"model": "", "data": ""},
+            "dataset": {"path": "/data/fashion-mnist/train.npz", "classes": [f"class-{i}" for i in range(k)]},
+            "detector": {"name": "flare", "params": {}}, "result": {"n_flagged": int(flagged.sum())}}
+    emb = rng.normal(scale=8, size=(n, 2)).astype(np.float32) + labels[:, None] * 3
+    return write_run(path, meta=meta, manifest=manifest, embedding=emb, views=views)
+
+
+def _median_ms(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1), "repeats": repeats}
+
+
+def in_process(run, repeats: int) -> dict:
+    import plotly.io as pio
+
+    df = run.manifest
+    flagged, scores, sources = run.flagged(), run.scores(), df["source"].to_numpy()
+
+    def class_view(label):
+        v = run.class_view(label)
+        fig = plots.class_scatter(v.embedding, v.clusters, v.indices, flagged[v.indices], scores=scores[v.indices],
+                                  sources=sources[v.indices], stability=v.stability, title=f"class {label}")
+        return pio.to_json(fig, validate=False)
+
+    def global_view():
+        fig = plots.global_scatter(run.embedding(), df["label"].to_numpy(), run.classes, flagged)
+        return pio.to_json(fig, validate=False)
+
+    labels = iter(range(10**6))
+    return {
+        "class_view_6000_points_build_and_serialise": {**_median_ms(lambda: class_view(next(labels) % 10), repeats),
+                                                       "json_bytes": len(class_view(0))},
+        "global_view_60000_points_build_and_serialise": {**_median_ms(global_view, repeats),
+                                                         "json_bytes": len(global_view()),
+                                                         "points_sent": plots.MAX_POINTS},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+READY_JS = """() => !!document.querySelector('h1') && !document.querySelector('[data-testid="stStatusWidget"]')
+ && !document.querySelector('[data-testid="stSkeleton"]')
+ && document.querySelectorAll('[data-testid="stPlotlyChart"]').length
+    == document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot').length"""
+
+
+def wait_ready(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_timeout(150)
+    page.wait_for_function(READY_JS, timeout=timeout_ms, polling=50)
+
+
+def in_browser(run, tmp: Path, repeats: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {**os.environ, "FLARE_ROOTS": str(tmp), "FLARE_CACHE": str(tmp / "cache"), "FLARE_OPEN_RUN": str(run.path),
+           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(Path.home() / ".cache/flare-workbench/numba"))}
+    out: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        starts = []
+        for attempt in range(2):  # the first start warms the OS file cache and numba's cache; the second is "warm"
+            t0 = time.perf_counter()
+            server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
+                                       str(port), "--server.headless", "true"], cwd=REPO, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                while True:
+                    try:
+                        page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
+                        break
+                    except Exception:
+                        if time.perf_counter() - t0 > 120:
+                            raise
+                        time.sleep(0.1)
+                wait_ready(page)
+                starts.append(round(time.perf_counter() - t0, 2))
+                if attempt == 0:
+                    server.terminate()
+                    server.wait(30)
+                    continue
+                out["app_start_to_usable_page_s"] = {"cold_first": starts[0], "warm": starts[1]}
+
+                t0 = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/explore")
+                wait_ready(page)
+                out["explore_first_render_s"] = round(time.perf_counter() - t0, 2)
+
+                switches = []
+                for j in range(repeats):
+                    target = (j + 1) % 10
+                    page.locator('[data-testid="stSelectbox"]').first.click()
+                    option = page.locator('[role="option"]').nth(target)
+                    t0 = time.perf_counter()
+                    option.click()
+                    page.wait_for_function(
+                        f"() => [...document.querySelectorAll('.gtitle')].some(t => t.textContent.startsWith('Class {target}:'))",
+                        timeout=60_000, polling=20)
+                    wait_ready(page)
+                    switches.append(1000 * (time.perf_counter() - t0))
+                out["class_switch_6000_points_in_browser"] = {"median_ms": round(statistics.median(switches), 1),
+                                                              "max_ms": round(max(switches), 1), "repeats": repeats}
+
+                t0 = time.perf_counter()
+                page.get_by_text("All classes", exact=True).click()
+                page.wait_for_function("() => [...document.querySelectorAll('.gtitle')].some(t => t.textContent.startsWith('All classes'))",
+                                       timeout=60_000, polling=20)
+                wait_ready(page)
+                out["global_view_60000_points_first_render_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+                zooms = []
+                for j in range(repeats):
+                    ms = page.evaluate("""async (j) => {
+                        const gd = [...document.querySelectorAll('.js-plotly-plot')].pop();
+                        const t0 = performance.now();
+                        await Plotly.relayout(gd, {'xaxis.range': [-10 - j, 30 + j], 'yaxis.range': [-10 - j, 40 + j]});
+                        await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+                        return performance.now() - t0; }""", j) if page.evaluate("typeof Plotly !== 'undefined'") else None
+                    if ms is not None:
+                        zooms.append(ms)
+                if zooms:
+                    out["global_view_zoom_redraw_ms"] = {"median_ms": round(statistics.median(zooms), 1),
+                                                         "max_ms": round(max(zooms), 1), "repeats": len(zooms)}
+                else:
+                    out["global_view_zoom_redraw_ms"] = "not measured (Plotly is not exposed as a page global)"
+            finally:
+                server.terminate()
+                server.wait(30)
+        browser.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("dashboard_timings.json")))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flare-dash-bench-") as d:
+        tmp = Path(d).resolve()
+        run = synthetic_run(tmp / "run")
+        result = {
+            "what": "dashboard timings on a synthetic 60,000-sample run (10 classes x 6,000), see dashboard_timings.py",
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "targets": {"class_switch_s": 1.0, "warm_start_s": 5.0},
+            "in_process": in_process(run, args.repeats),
+        }
+        has_browser = Path(CHROMIUM).exists()
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            has_browser = False
+        if args.no_browser or not has_browser:
+            result["browser"] = "skipped (no --browser, chromium or playwright)"
+        else:
+            result["browser"] = in_browser(run, tmp, args.repeats)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
