@@ -91,6 +91,22 @@ def cached_features(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size
     return np.asarray(feats.values), meta["layers"], pooled, meta["seconds"]
 
 
+def _direct(name: str, seed: int, params: dict):
+    if name in ("flare", "flare-faithful"):
+        from flare_core.detectors.flare import FlareDetector
+
+        return FlareDetector(mode="faithful" if name == "flare-faithful" else "default", random_state=seed, **params)
+    if name == "ac":
+        from flare_core.detectors.activation_clustering import ActivationClustering
+
+        return ActivationClustering(random_state=seed, **params)
+    if name == "ss":
+        from flare_core.detectors.spectral import SpectralSignatures
+
+        return SpectralSignatures(**params)
+    raise KeyError(name)
+
+
 def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
                      params: Optional[dict] = None) -> dict:
     """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
@@ -100,14 +116,8 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
         spec = DETECTORS[name]
         est = spec.factory(random_state=seed, **(params or {}))
         inp = X if spec.input == "abnormality" else pooled
-    except ImportError:  # registry not there yet: FLARE's estimator directly (same class the registry wraps)
-        from flare_core.detectors.flare import FlareDetector
-
-        if name not in ("flare", "flare-faithful"):
-            raise
-        est = FlareDetector(mode="faithful" if name == "flare-faithful" else "default", random_state=seed,
-                            **(params or {}))
-        inp = X
+    except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
+        est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
     t0 = time.perf_counter()
     est.fit(inp, labels)
     seconds = time.perf_counter() - t0

@@ -282,12 +282,12 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     sp = read_json(results / "speed" / "speed.json", None)
     if sp:
         rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r["rss_before_mb"], 0),
-                 fmt_num(r["peak_rss_mb"], 0)] for r in sp["rows"]]
+                 fmt_num(r["peak_rss_mb"], 0), r.get("note", "")] for r in sp["rows"]]
         parts += ["## Speed and memory (2-core shared CPU)",
                   f"Command: `{sp.get('command')}`. Each stage runs in a fresh process; peak RSS is that process's "
                   "`ru_maxrss` (interpreter + torch + data + the stage), 'before' its resident size just before the "
                   f"stage. Load average during the run: {sp.get('load_average')}.",
-                  md_table(["dataset", "N", "stage", "wall s", "RSS before MB", "peak RSS MB"], rows),
+                  md_table(["dataset", "N", "stage", "wall s", "RSS before MB", "peak RSS MB", "note"], rows),
                   f"![time vs N]({rel(plots / 'speed_loglog.png')})",
                   f"**Feature pass / plain forward pass** (same data, batch 256): "
                   + ", ".join(f"N={k}: x{v}" for k, v in (sp.get("feature_pass_over_forward") or {}).items())]
