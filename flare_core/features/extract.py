@@ -12,7 +12,7 @@ import torch
 
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError, ModelError
-from flare_core.features.abnormal import ChannelMoments, abnormality
+from flare_core.features.abnormal import ChannelMoments, abnormality_from_constants, gaussian_constants
 from flare_core.features.hooks import ActivationRecorder, unknown_name_error
 from flare_core.features.layers import feature_points
 from flare_core.features.view import ModelView, Point, model_view, module_device, unwrap
@@ -81,18 +81,34 @@ def _select(model: LoadedModel, view: ModelView, layers: Optional[Sequence[str]]
 
 def _run(view: ModelView, model: LoadedModel, images: np.ndarray, specs: list, reduce, batch_size: int,
          device, progress: ProgressCallback, stage: str) -> Iterator:
-    """Yields (start, stop, [reduced value per spec]) for every batch."""
+    """Yields (start, stop, [reduced value per spec]) for every batch; ``reduce`` sees only real samples
+    (graphs with a fixed batch size run padded chunks, see ``ModelView.run_chunks``)."""
     total = len(images)
+    valid = [0]
+
+    def sliced(spec, act):
+        return reduce(spec, act[:valid[0]])
+
     progress(stage, 0, total)
-    with torch.inference_mode(), ActivationRecorder(view.module, specs, reduce=reduce) as rec:
+    with torch.inference_mode(), ActivationRecorder(view.module, specs, reduce=sliced) as rec:
         for start, stop, x in _batches(model, images, batch_size, device):
-            rec.activations.clear()
-            view.module(x)
-            missing = [s for s in specs if s not in rec.activations]
-            if missing:
-                raise ModelError(f"Layer(s) {missing} did not run in the forward pass; choose other layers.")
-            yield start, stop, [rec.activations[s] for s in specs]
+            parts: dict = {s: [] for s in specs}
+            for chunk, valid[0] in view.run_chunks(x):
+                rec.activations.clear()
+                view.module(chunk)
+                missing = [s for s in specs if s not in rec.activations]
+                if missing:
+                    raise ModelError(f"Layer(s) {missing} did not run in the forward pass; choose other layers.")
+                for s in specs:
+                    parts[s].append(rec.activations[s])
+            yield start, stop, [_join(parts[s]) for s in specs]
             progress(stage, stop, total)
+
+
+def _join(values: list):
+    if len(values) > 1 and isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return values[0]
 
 
 def _data_statistics(view, model, images, points, batch_size, device, progress) -> dict:
@@ -139,12 +155,10 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
     if len(stats) < len(points):
         stats.update(_data_statistics(view, model, dataset.images, points, batch_size, dev, progress))
     by_spec = {p.spec: p for p in points}
-    stats = {spec: (m.to(dev), v.to(dev)) for spec, (m, v) in stats.items()}
+    constants = {spec: gaussian_constants(m, v, by_spec[spec].eps, dev) for spec, (m, v) in stats.items()}
 
     def reduce(spec, act):
-        p = by_spec[spec]
-        mean, var = stats[spec]
-        return abnormality(act, mean, var, p.eps, p.channel_dim)
+        return abnormality_from_constants(act, constants[spec], by_spec[spec].channel_dim)
 
     specs = [p.spec for p in points]
     values, tmp = _open_output(out, (len(dataset), len(points)))

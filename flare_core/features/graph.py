@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -45,8 +45,12 @@ class TapPoint:
 
 @dataclass
 class TappedModel:
+    """``module`` runs the tapped copy; ``bind(user_module)``, when set, builds a new such runner (so a
+    cache can keep the recipe without a strong reference to the user's module)."""
+
     module: nn.Module
     points: list = field(default_factory=list)
+    bind: Optional[Callable] = None
 
 
 def op_packet(node: fx.Node) -> str:

@@ -116,6 +116,11 @@ def extract_activations(model, x: torch.Tensor, layer_names: Sequence[str]) -> d
             raise unknown_name_error(name, [p.name for p in view.points])
         else:
             specs[name] = name
-    with torch.no_grad(), ActivationRecorder(view.module, list(specs.values())) as rec:
-        view.module(x)
-    return {name: rec.activations[spec] for name, spec in specs.items()}
+    parts: dict = {spec: [] for spec in specs.values()}
+    with torch.no_grad(), ActivationRecorder(view.module, list(parts)) as rec:
+        for chunk, n in view.run_chunks(x):
+            view.module(chunk)
+            for spec in parts:
+                parts[spec].append(rec.activations[spec][:n])
+    return {name: torch.cat(parts[spec]) if len(parts[spec]) > 1 else parts[spec][0]
+            for name, spec in specs.items()}

@@ -12,6 +12,7 @@ check, which ``torch._export.converter.TS2EPConverter`` rejects) are supported.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sys
@@ -189,4 +190,5 @@ def build_tapped_script(script: torch.jit.ScriptModule) -> TappedModel:
 
     graph.lint()
     function = torch._C._create_function_from_graph(f"flare_tapped_{id(graph)}", graph)
-    return TappedModel(module=ScriptTapRunner(script, function, taps), points=points)
+    bind = functools.partial(ScriptTapRunner, function=function, taps=taps)
+    return TappedModel(module=bind(script), points=points, bind=bind)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -67,6 +67,17 @@ class ModelView:
     module: nn.Module
     is_graph: bool
     points: list = field(default_factory=list)
+    fixed_batch: Optional[int] = None  # a graph that only runs with this batch size (run_chunks pads)
+    bind: Optional[Callable] = None  # user module -> runnable module (cached views keep no strong ref)
+
+    def run_chunks(self, x: torch.Tensor) -> Iterator:
+        """(chunk, n_valid) pairs covering ``x``: ``x`` itself, or fixed-size chunks padded by repetition."""
+        if self.fixed_batch is None:
+            yield x, len(x)
+            return
+        for start in range(0, len(x), self.fixed_batch):
+            chunk = x[start:start + self.fixed_batch]
+            yield repeat_batch(chunk, self.fixed_batch), len(chunk)
 
     def of_kind(self, kind: str) -> list:
         return [p for p in self.points if p.kind == kind]
@@ -109,17 +120,32 @@ def _infer_channels(module: nn.Module) -> int:
     return 3
 
 
-def _placeholder_shape(module: nn.Module) -> Optional[tuple]:
-    graph = getattr(module, "graph", None)
-    if isinstance(module, torch.fx.GraphModule) and graph is not None:
-        for node in graph.nodes:
+def _placeholder_val(module: nn.Module):
+    """The example value recorded for a graph module's (B, C, H, W) input, if any."""
+    if isinstance(module, torch.fx.GraphModule):
+        for node in module.graph.nodes:
             val = node.meta.get("val") if node.op == "placeholder" else None
-            if val is not None and getattr(val, "dim", lambda: 0)() == 4:
-                try:
-                    return tuple(int(s) for s in val.shape[1:])
-                except (TypeError, ValueError):  # symbolic sizes
-                    return None
+            if isinstance(val, torch.Tensor) and val.dim() == 4:
+                return val
     return None
+
+
+def _placeholder_shape(module: nn.Module) -> Optional[tuple]:
+    val = _placeholder_val(module)
+    if val is None or not all(isinstance(s, int) for s in val.shape[1:]):
+        return None  # unknown or symbolic sizes
+    return tuple(val.shape[1:])
+
+
+def static_batch(module: nn.Module) -> Optional[int]:
+    """The batch size a graph module was exported with, when it is static."""
+    val = _placeholder_val(module)
+    return val.shape[0] if val is not None and isinstance(val.shape[0], int) else None
+
+
+def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A batch of exactly ``n`` samples: ``x`` cut or cycled."""
+    return x[torch.arange(n, device=x.device) % len(x)]
 
 
 def example_inputs(module: nn.Module, preprocessing: Optional[Preprocessing]) -> list:
@@ -161,6 +187,10 @@ def _training_flags(module: nn.Module) -> dict:
 def _restore_training(flags: dict) -> None:
     for m, flag in flags.items():
         m.training = flag
+
+
+def _identity(module: nn.Module) -> nn.Module:
+    return module
 
 
 def _eager_view(module: nn.Module, example: torch.Tensor) -> ModelView:
@@ -215,7 +245,23 @@ def _eager_view(module: nn.Module, example: torch.Tensor) -> ModelView:
         shape = out_shapes[name]
         if calls[name] == 1 and shape and len(shape) == 3 and shape[1] * shape[2] > 1:
             points.append(Point(name, "cam", name, "output", 1, shape=shape))
-    return ModelView(module=module, is_graph=False, points=points)
+    return ModelView(module=module, is_graph=False, points=points, bind=_identity)
+
+
+def _fixed_batch(module: nn.Module, example: torch.Tensor, exported: Optional[int]) -> Optional[int]:
+    """``exported`` when the graph fails on any other batch size (e.g. a reshape with a baked-in batch)."""
+    if exported is None:
+        return None
+    flags = _training_flags(module)
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(repeat_batch(example, exported + 1))
+        return None
+    except Exception:  # sizes baked into the graph
+        return exported
+    finally:
+        _restore_training(flags)
 
 
 def _graph_view(module: nn.Module, candidates: list) -> ModelView:
@@ -224,6 +270,11 @@ def _graph_view(module: nn.Module, candidates: list) -> ModelView:
     else:
         tapped = build_tapped_graph(module)
     example = _first_working(tapped.module, candidates)
+    fixed = _fixed_batch(tapped.module, example, static_batch(module))
+    if fixed is not None:
+        logger.info("The graph only runs with batch size %d (exported with a static batch); "
+                    "inputs are run in padded chunks of that size.", fixed)
+        example = repeat_batch(example, fixed)
     points = [Point(p.name, p.kind, p.tap, "output", p.channel_dim, p.running_mean, p.running_var, p.eps)
               for p in tapped.points]
     shapes: dict = {}
@@ -234,7 +285,9 @@ def _graph_view(module: nn.Module, candidates: list) -> ModelView:
 
     names = {m: n for n, m in tapped.module.named_modules() if n in taps}
     handles = [m.register_forward_hook(hook) for m in names]
+    flags = _training_flags(tapped.module)
     try:
+        tapped.module.eval()
         with torch.no_grad():
             tapped.module(example)
     except Exception as exc:
@@ -245,6 +298,7 @@ def _graph_view(module: nn.Module, candidates: list) -> ModelView:
     finally:
         for h in handles:
             h.remove()
+        _restore_training(flags)
     kept = []
     for p in points:
         p.shape = shapes.get(p.target) or ()
@@ -252,7 +306,7 @@ def _graph_view(module: nn.Module, candidates: list) -> ModelView:
             continue
         if p.shape or p.kind != "cam":
             kept.append(p)
-    return ModelView(module=tapped.module, is_graph=True, points=kept)
+    return ModelView(module=tapped.module, is_graph=True, points=kept, fixed_batch=fixed, bind=tapped.bind)
 
 
 def is_graph_model(module: nn.Module, kind: Optional[str] = None) -> bool:
@@ -263,15 +317,16 @@ def model_view(model: ModelLike, example_input: Optional[torch.Tensor] = None) -
     """The (cached) view of ``model``; ``example_input`` is a (B, C, H, W) batch it accepts."""
     module, preprocessing, kind = unwrap(model)
     with _LOCK:
-        view = _VIEWS.get(module)
-        if view is not None:
-            return view
-        graph = is_graph_model(module, kind)
-        if example_input is not None:
-            candidates = [example_input[:2]]
-        else:
-            candidates = example_inputs(module, preprocessing)
-        view = _graph_view(module, candidates) if graph else _eager_view(module, _first_working(module, candidates))
-        logger.debug("Built %s view with %d points.", "graph" if graph else "eager", len(view.points))
-        _VIEWS[module] = view
-        return view
+        cached = _VIEWS.get(module)
+        if cached is None:
+            graph = is_graph_model(module, kind)
+            if example_input is not None:
+                candidates = [example_input[:2]]
+            else:
+                candidates = example_inputs(module, preprocessing)
+            view = _graph_view(module, candidates) if graph else _eager_view(module, _first_working(module, candidates))
+            logger.debug("Built %s view with %d points.", "graph" if graph else "eager", len(view.points))
+            # the cache must not hold the key strongly: keep the binder, not a module built on the key
+            cached = replace(view, module=None) if view.bind is not None else view
+            _VIEWS[module] = cached
+    return cached if cached.bind is None else replace(cached, module=cached.bind(module))
