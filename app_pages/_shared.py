@@ -57,8 +57,12 @@ def friendly_errors(action: str) -> Iterator[None]:
 
 
 # ---- warm-up -------------------------------------------------------------------------------------------------
-def warm_numba() -> None:
-    """Compile (or load from NUMBA_CACHE_DIR) UMAP's and HDBSCAN's numba code on a tiny problem."""
+def warm_numba(delay_s: float = 3.0) -> None:
+    """Compile (or load from NUMBA_CACHE_DIR) UMAP's and HDBSCAN's numba code on a tiny problem.
+
+    Starts after ``delay_s`` so the first page is served before the warm-up competes for the CPU.
+    """
+    time.sleep(delay_s)
     try:
         import numpy as np
         import umap
@@ -97,11 +101,12 @@ LOAD_FIELDS = ("model", "data", "arch", "data_format", "split", "size", "channel
 
 
 def config_key(config, *, load_only: bool = False) -> str:
-    """A short key for a config, changing when the model or data file changes on disk.
+    """A short key for a config (an AnalysisConfig or its dict, as in run.json), changing when the model or
+    data file changes on disk.
 
     ``load_only`` keys only what loading the model and data depends on (not the detector's settings).
     """
-    d = config.to_dict()
+    d = dict(config) if isinstance(config, dict) else config.to_dict()
     if load_only:
         d = {k: d.get(k) for k in LOAD_FIELDS}
     for name in ("model", "data", "ground_truth"):
@@ -152,13 +157,12 @@ def model_and_data(required: bool = True, *, need_model: bool = True) -> tuple:
     ss = st.session_state
     if ss.get(DATASET) is not None and (ss.get(MODEL) is not None or not need_model):
         return ss.get(MODEL), ss[DATASET]
-    config = ss.get(CONFIG)
-    if config is None:
+    if ss.get(CONFIG) is None and current_run() is None:
         if required:
             st.info("Load a model and a dataset first (page Load).", icon=":material/info:")
         return None, None
     with friendly_errors("Loading the model and the dataset"):
-        model, dataset = load_config(config)
+        model, dataset = load_config(session_config())
         run = current_run()
         if run is not None and len(dataset) != run.n_samples:
             raise FlareError(f"The dataset now has {len(dataset)} samples but the run analysed {run.n_samples}; "
@@ -190,15 +194,14 @@ def set_run(path: str | Path, *, config=None) -> RunFolder:
     resolved = resolve_allowed(path, must_exist=True)
     run = open_run(resolved)
     ss = st.session_state
-    old_config = ss.get(CONFIG)
-    if config is None:
-        try:
-            config = config_from_meta(run.meta)
-        except FlareError:
-            config = None
-    if config is None or old_config is None or config_key(config, load_only=True) != config_key(old_config, load_only=True):
+    old = ss.get(CONFIG)
+    meta_cfg = dict(run.meta.get("config") or {})
+    new = config if config is not None else (meta_cfg if meta_cfg.get("model") and meta_cfg.get("data") else None)
+    same = new is not None and old is not None and config_key(new, load_only=True) == config_key(old, load_only=True)
+    if not same:
         ss[MODEL] = ss[DATASET] = None
-    ss[CONFIG] = config if config is not None else old_config
+    # without a given config, the run's own is built from run.json when a page needs the model (no torch import here)
+    ss[CONFIG] = config if config is not None else (old if same else None)
     ss[RUN] = str(resolved)
     ss[SELECTION] = []
     st.query_params["run"] = str(resolved)
@@ -237,6 +240,19 @@ def restore_run() -> None:
             set_run(candidate)
         except FlareError as e:
             logger.info("not reopening %s: %s", candidate, e)
+
+
+def session_config():
+    """The session's AnalysisConfig: the loaded one, else the current run's (from run.json); FlareError if none."""
+    config = st.session_state.get(CONFIG)
+    if config is not None:
+        return config
+    run = current_run()
+    if run is None:
+        raise FlareError("Load a model and a dataset first (page Load).")
+    config = config_from_meta(run.meta)
+    st.session_state[CONFIG] = config
+    return config
 
 
 def current_run() -> Optional[RunFolder]:
@@ -296,8 +312,10 @@ def sidebar() -> None:
                 st.rerun()
         demo = st.session_state.get(DEMO)
         cfg = st.session_state.get(CONFIG)
-        if cfg is not None:
-            st.caption(f"Model: `{Path(cfg.model).name}`  \nData: `{Path(cfg.data).name if not cfg.data.startswith('builtin:') else cfg.data}`"
+        d = cfg.to_dict() if cfg is not None else (dict(run.meta.get("config") or {}) if run is not None else {})
+        if d.get("model") and d.get("data"):
+            data = str(d["data"])
+            st.caption(f"Model: `{Path(str(d['model'])).name}`  \nData: `{data if data.startswith('builtin:') else Path(data).name}`"
                        + (f"  \nScenario: {demo.title}" if demo is not None else ""))
 
 
@@ -330,10 +348,7 @@ def use_config(config) -> tuple:
     model, dataset = load_config(config)
     run = current_run()
     if run is not None:
-        try:
-            same = config_key(config_from_meta(run.meta), load_only=True) == config_key(config, load_only=True)
-        except FlareError:
-            same = False
+        same = config_key(dict(run.meta.get("config") or {}), load_only=True) == config_key(config, load_only=True)
         if not same:
             close_run()
     return model, dataset

@@ -21,6 +21,9 @@ HIDDEN_PARAMS = {"random_state", "progress", "n_jobs", "verbose", "mode"}
 
 st.title("Analyse")
 config = ss.get(shared.CONFIG)
+if config is None and shared.current_run() is not None:
+    with shared.friendly_errors("Reading the run's settings"):
+        config = shared.session_config()
 if config is None:
     st.info("Load a model and a dataset first, or start the built-in demo.", icon=":material/info:")
     st.page_link(shared.PAGES["load"], label="Go to Load", icon=":material/upload_file:")

@@ -275,7 +275,7 @@ def test_unexpected_error_is_short_message_with_details(env, run, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(flare_core.report, "build_report", boom)
-    at = app("export", run_path=str(run.path))
+    at = app("export", run_path=str(run.path), dataset=make_dataset(run))
     at.button(key="export_report_build").click().run()
     assert not at.exception
     assert "failed unexpectedly: disk on fire" in at.error[0].value
