@@ -1,0 +1,96 @@
+"""Per-class 2-D views (UMAP + HDBSCAN) for the dashboard's scatter plots.
+
+These views are for looking, not for deciding: each class is embedded on its own (coordinates are
+comparable only within a class) and clustered with HDBSCAN's default excess-of-mass selection.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from flare_core.detectors import _validation as V
+from flare_core.detectors.clustering import run_hdbscan
+from flare_core.detectors.embedding import MIN_UMAP_SAMPLES, umap_2d
+from flare_core.detectors.sizes import auto_min_cluster_size
+from flare_core.errors import FlareError
+from flare_core.progress import ProgressCallback, ensure_progress
+
+logger = logging.getLogger(__name__)
+
+#: UMAP epochs for views: enough for a readable picture, about twice as fast as UMAP's default.
+VIEW_EPOCHS = 200
+
+
+@dataclass
+class ClassView:
+    """One class's picture.
+
+    indices:           (n,) positions of the class's samples in the full dataset.
+    embedding:         (n, 2) coordinates (UMAP; PCA or zeros for classes under 10 samples).
+    clusters:          (n,) HDBSCAN labels, -1 = noise; all 0 for classes too small to cluster.
+    cluster_stability: {label: HDBSCAN persistence in [0, 1]} (1 = stable across all density levels).
+    cluster_sizes:     {label: number of samples}, noise (-1) included when present.
+    flagged:           (n,) bool, the given flags restricted to the class (all False when none given).
+    method:            'umap', 'pca' or 'constant'.
+    """
+
+    indices: np.ndarray
+    embedding: np.ndarray
+    clusters: np.ndarray
+    cluster_stability: dict[int, float]
+    cluster_sizes: dict[int, int]
+    flagged: np.ndarray
+    method: str
+
+
+def _class_view(X: np.ndarray, idx: np.ndarray, flagged: np.ndarray, n_total: int, n_neighbors: int,
+                min_cluster_size: Optional[int], random_state: Optional[int]) -> ClassView:
+    n = len(idx)
+    emb, method = umap_2d(X[idx], n_neighbors=n_neighbors, min_dist=0.0, random_state=random_state,
+                          n_epochs=VIEW_EPOCHS)
+    if method != "umap" or n < MIN_UMAP_SAMPLES:
+        clusters = np.zeros(n, dtype=np.int64)
+        return ClassView(idx, emb, clusters, {0: 1.0} if n else {}, {0: n} if n else {}, flagged[idx], method)
+    m = min_cluster_size if min_cluster_size is not None else auto_min_cluster_size(n_total, n)
+    clusterer, _ = run_hdbscan(emb, m)
+    clusters = clusterer.labels_.astype(np.int64)
+    persistence = np.asarray(clusterer.cluster_persistence_, dtype=np.float64)
+    stability = {int(k): float(persistence[k]) for k in range(len(persistence))}
+    labels, counts = np.unique(clusters, return_counts=True)
+    sizes = {int(k): int(c) for k, c in zip(labels, counts)}
+    return ClassView(idx, emb, clusters, stability, sizes, flagged[idx], method)
+
+
+def class_views(X: Any, y: Any, *, flagged: Any = None, n_neighbors: int = 15, min_cluster_size: Optional[int] = None,
+                random_state: Optional[int] = 0, classes: Optional[Iterable[int]] = None,
+                progress: Optional[ProgressCallback] = None) -> dict[int, ClassView]:
+    """``{class: ClassView}`` for every class in ``classes`` (default: every class present in ``y``).
+
+    ``X`` is any N x D matrix (abnormality columns or features); it is not modified.  A class with no
+    samples gets an empty view.  ``min_cluster_size=None`` uses :func:`.sizes.auto_min_cluster_size`
+    (the dataset size, capped by a quarter of the class).  ``progress('views', done, total)``.
+    """
+    X = V.check_matrix(X, "X", min_rows=1)
+    y = V.check_labels(y, len(X))
+    V.check_int(n_neighbors, "n_neighbors", 2)
+    V.check_int(min_cluster_size, "min_cluster_size", 2, allow_none=True)
+    V.check_random_state(random_state)
+    if flagged is None:
+        flags = np.zeros(len(X), dtype=bool)
+    else:
+        flags = np.asarray(flagged)
+        if flags.shape != (len(X),) or flags.dtype.kind != "b":
+            raise FlareError(f"flagged must be a boolean array with one value per sample ({len(X)}), got shape {flags.shape}.")
+    wanted = [int(c) for c in (np.unique(y) if classes is None else classes)]
+    report = ensure_progress(progress)
+    views: dict[int, ClassView] = {}
+    for i, c in enumerate(wanted):
+        report("views", i, len(wanted))
+        idx = np.flatnonzero(y == c)
+        views[c] = _class_view(X, idx, flags, len(X), n_neighbors, min_cluster_size, random_state)
+        logger.debug("view of class %s: %d samples, %s", c, len(idx), views[c].method)
+    report("views", len(wanted), len(wanted))
+    return views
