@@ -33,7 +33,7 @@ def _cell(r: Optional[dict]) -> str:
         return "n/a"
     if r.get("attack") == "none":
         return f"{fmt_pct(r.get('flagged_fraction'))} % fl."
-    return f"{fmt_pct(r.get('tpr'), 1)} / {fmt_pct(r.get('fpr'))}"
+    return f"{fmt_pct(r.get('tpr'), 1)} / {fmt_pct(r.get('fpr'), 3)}"
 
 
 def _by_model(rows: list) -> dict:
@@ -234,8 +234,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         if not any(r["detector"] == "flare" for r in rows):
             notes.insert(0, "FLARE default has no results in this matrix (not run).")
         parts += ["### Where FLARE default loses or misses a target (automatic checks)",
-                  "\n".join(f"- {n}" for n in notes) if notes else "- none: FLARE default meets every target and "
-                  "no baseline has a better F1 in any cell."]
+                  "\n".join(f"- {n}" for n in notes) if notes else "- none in the cells measured: FLARE default meets "
+                  "every target there and no baseline has a better F1. Cells not in the table were not run."]
 
     # ---- GPU CIFAR
     gdir = results / "gpu_cifar"
@@ -281,8 +281,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     # ---- speed
     sp = read_json(results / "speed" / "speed.json", None)
     if sp:
-        rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r["rss_before_mb"], 0),
-                 fmt_num(r["peak_rss_mb"], 0), r.get("note", "")] for r in sp["rows"]]
+        rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r.get("rss_before_mb"), 0),
+                 fmt_num(r.get("peak_rss_mb"), 0), r.get("note", "")] for r in sp["rows"]]
         parts += ["## Speed and memory (2-core shared CPU)",
                   f"Command: `{sp.get('command')}`. Each stage runs in a fresh process; peak RSS is that process's "
                   "`ru_maxrss` (interpreter + torch + data + the stage), 'before' its resident size just before the "
