@@ -114,7 +114,10 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
         from flare_core.detectors.registry import DETECTORS
 
         spec = DETECTORS[name]
-        est = spec.factory(random_state=seed, **(params or {}))
+        try:
+            est = spec.factory(random_state=seed, **(params or {}))
+        except TypeError:  # a deterministic detector without random_state (SpectralSignatures)
+            est = spec.factory(**(params or {}))
         inp = X if spec.input == "abnormality" else pooled
     except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
         est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
@@ -179,6 +182,9 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,
                        "note": f"FAILED: {type(e).__name__}: {e}"}
         have[det] = _row(spec, len(dataset), truth, det, res, command, machine_label)
+        mine = set(todo[:todo.index(det) + 1])  # cells this call computed; others may come from other processes
+        now = {r["detector"]: r for r in (read_json(out_path, None) or {}).get("rows", [])}
+        have = {**now, **{d: have[d] for d in mine}, **{d: r for d, r in have.items() if d not in now and d not in mine}}
         rows = [have[d] for d in detectors if d in have] + [r for d, r in have.items() if d not in detectors]
         write_json(out_path, {"model": spec.name, "spec": spec.__dict__, "layers": layers,
                               "feature_seconds": feat_s, "machine": machine(), "rows": rows})  # after every cell
