@@ -104,9 +104,12 @@ def _detector(name: str, seed: int, params: dict):
         raise FlareError(f"Unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}.")
     spec = DETECTORS[name]
     try:
-        return spec, spec.factory(random_state=seed, **params)
+        est = spec.factory(**params)
     except TypeError as e:
         raise FlareError(f"Detector {name!r} does not take these parameters ({e}); check the advanced settings.") from e
+    if hasattr(est, "get_params") and "random_state" in est.get_params() and "random_state" not in params:
+        est.set_params(random_state=seed)
+    return spec, est
 
 
 def run_analysis(
@@ -164,9 +167,7 @@ def run_analysis(
         def inputs_for(spec):
             return X if spec.input == "abnormality" else pooled
 
-        if hasattr(main, "progress"):
-            main.progress = progress
-        timer.run("detector", main.fit, inputs_for(main_spec), dataset.labels)
+        timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress)
         flagged = np.asarray(main.flagged_, dtype=bool)
         scores = np.asarray(main.scores_, dtype=float)
         clusters = np.asarray(getattr(main, "clusters_", np.zeros(n, dtype=int)), dtype=int)
@@ -184,7 +185,7 @@ def run_analysis(
         for b in baselines:
             progress("baselines", baselines.index(b), len(baselines))
             spec, est = _detector(b, config.seed, {})
-            timer.run(f"baseline:{b}", est.fit, inputs_for(spec), dataset.labels)
+            timer.run(f"baseline:{b}", _fit, est, inputs_for(spec), dataset.labels, None)
             manifest[f"flagged_{b}"] = np.asarray(est.flagged_, dtype=bool).astype(int)
             manifest[f"score_{b}"] = np.round(np.asarray(est.scores_, dtype=float), 6)
             detector_reports[b] = _report_of(est)
@@ -257,6 +258,14 @@ def run_analysis(
         return run
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fit(est, X, y, progress):
+    import inspect
+
+    if progress is not None and "progress" in inspect.signature(est.fit).parameters:
+        return est.fit(X, y, progress=progress)
+    return est.fit(X, y)
 
 
 def _spec(name: str):
