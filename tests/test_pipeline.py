@@ -1,0 +1,133 @@
+"""The whole pipeline and the CLI on tiny data: run folder contents, export round-trip, atomicity, errors."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flare_core.cli import main as cli_main
+from flare_core.data import load_dataset
+from flare_core.errors import FlareError
+from flare_core.models import build_model, save_checkpoint
+from flare_core.models.preprocessing import Preprocessing
+from flare_core.pipeline import AnalysisConfig, export_purified, run_analysis
+from flare_core.run_folder import RunFolder
+
+N_PER_CLASS = 40
+
+
+def _tree_hash(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """An ImageFolder of 3 classes x 40 grayscale 12x12 images and a small-cnn state_dict with its description."""
+    root = tmp_path_factory.mktemp("lab")
+    rng = np.random.default_rng(0)
+    data = root / "data"
+    for k, name in enumerate(["cat", "dog", "eel"]):
+        (data / name).mkdir(parents=True)
+        for i in range(N_PER_CLASS):
+            img = (rng.random((12, 12)) * 60 + 60 * k).astype(np.uint8)
+            Image.fromarray(img, mode="L").save(data / name / f"{i:03d}.png")
+    torch.manual_seed(0)
+    model = build_model("small-cnn", num_classes=3, in_channels=1, image_size=(12, 12)).eval()
+    save_checkpoint(model, root / "model.pt", arch="small-cnn", num_classes=3, in_channels=1, image_size=(12, 12),
+                    preprocessing=Preprocessing(), classes=["cat", "dog", "eel"])
+    return root
+
+
+def _config(lab, **kw):
+    return AnalysisConfig(model=str(lab / "model.pt"), data=str(lab / "data"), batch_size=32,
+                          params=(("n_neighbors", 10),), **kw)
+
+
+def test_run_folder_contents_and_export_round_trip(lab, tmp_path):
+    before = _tree_hash(lab / "data")
+    run = run_analysis(_config(lab, baselines=("ss",)), tmp_path / "run", export=True)
+    n = 3 * N_PER_CLASS
+    assert run.n_samples == n
+    for f in ("run.json", "manifest.csv", "features.npy", "embedding.npy"):
+        assert (run.path / f).is_file()
+    df = run.manifest
+    assert list(df["index"]) == list(range(n))
+    assert {"flagged_ss", "score_ss"} <= set(df.columns)
+    assert run.features().shape[0] == n
+    assert run.meta["dataset"]["n_samples"] == n and run.meta["model"]["arch"] == "small-cnn"
+    assert len(run.meta["features"]["layers"]) == run.features().shape[1]
+    # purified + flagged == source, files byte-identical, source untouched
+    purified = run.path / "purified"
+    kept = {str(p.relative_to(purified)) for p in purified.rglob("*.png")}
+    flagged = {str(Path(s).relative_to(lab / "data")) for s, f in zip(df["source"], df["flagged"]) if f}
+    assert len(kept) + int(df["flagged"].sum()) == n
+    assert not kept & flagged
+    for p in (run.path / "purified").rglob("*.png"):
+        src = lab / "data" / p.parent.name / p.name
+        assert p.read_bytes() == src.read_bytes()
+    assert _tree_hash(lab / "data") == before
+
+
+def test_decisions_override_flags_in_export(lab, tmp_path):
+    run = run_analysis(_config(lab, views=False), tmp_path / "run")
+    run.set_decisions([0, 1], "remove")
+    run.set_decisions([2], "keep")
+    reopened = RunFolder(run.path)  # survives a restart
+    assert reopened.decisions() == {0: "remove", 1: "remove", 2: "keep"}
+    mask = reopened.removal_mask()
+    assert mask[0] and mask[1] and not mask[2]
+    out = export_purified(reopened, tmp_path / "purified")
+    exported = load_dataset(out)
+    assert len(exported) == len(mask) - int(mask.sum())
+
+
+def test_existing_output_is_refused_and_left_alone(lab, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FlareError, match="already exists"):
+        run_analysis(_config(lab, views=False), out)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no partial folders left behind
+
+
+def test_output_inside_the_source_is_refused(lab):
+    with pytest.raises(FlareError, match="inside the dataset folder"):
+        run_analysis(_config(lab, views=False), lab / "data" / "out")
+
+
+def test_unknown_detector_is_one_clear_error(lab, tmp_path):
+    with pytest.raises(FlareError, match="Unknown detector"):
+        run_analysis(_config(lab, detector="nope"), tmp_path / "run")
+
+
+def test_cli_error_is_one_line(lab, tmp_path, capsys):
+    rc = cli_main(["-q", "purify", "--model", str(lab / "missing.pt"), "--data", str(lab / "data"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("flare: error:") and "missing.pt" in err.splitlines()[-1]
+
+
+def test_cli_refuses_pickled_module_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "evil.pt"
+    code = (
+        "import os, torch\n"
+        "class Evil(torch.nn.Module):\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save(Evil(), {str(payload)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    rc = cli_main(["layers", "--model", str(payload)])
+    assert rc == 2 and not marker.exists()
+
+
+def test_cli_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "flare_core", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("purify", "attack", "train", "evaluate", "layers", "demo", "report", "dashboard"):
+        assert cmd in out
