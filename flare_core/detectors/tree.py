@@ -257,8 +257,8 @@ def labels_at_lambda(tree: CondensedTree, lam: float) -> tuple[np.ndarray, list[
 
     Each point gets the index (into the returned node list) of the cluster that holds it at ``lam``:
     the deepest cluster on its path born at or before ``lam``.  A point that fell out of that cluster
-    before ``lam`` is noise (-1).  Nodes are listed in id order; labels of nodes that end up with no
-    points are simply unused.
+    before ``lam`` is noise (-1).  Returns ``(labels, nodes)``: label ``i`` is cluster node
+    ``nodes[i]``; only nodes holding at least one point are listed, in id order.
     """
     births = cluster_births(tree)
     parents = cluster_parents(tree)
@@ -267,13 +267,12 @@ def labels_at_lambda(tree: CondensedTree, lam: float) -> tuple[np.ndarray, list[
     alive: dict[int, int] = {tree.root: tree.root}
     for c in sorted(parents, key=lambda c: depths[c]):
         alive[c] = c if births[c] <= lam else alive[parents[c]]
-    nodes = sorted(set(alive.values()))
-    index = {c: i for i, c in enumerate(nodes)}
     owner, fall = point_parents(tree)
-    labels = np.empty(tree.n_points, dtype=np.int64)
-    for i, (c, l) in enumerate(zip(owner.tolist(), fall.tolist())):
-        a = alive[c]
-        labels[i] = -1 if (a == c and l < lam) else index[a]
+    holder = np.array([-1 if (alive[c] == c and l < lam) else alive[c]
+                       for c, l in zip(owner.tolist(), fall.tolist())], dtype=np.int64)
+    nodes = sorted(set(holder[holder >= 0].tolist()))
+    index = {c: i for i, c in enumerate(nodes)}
+    labels = np.array([index[h] if h >= 0 else -1 for h in holder.tolist()], dtype=np.int64)
     return labels, nodes
 
 
