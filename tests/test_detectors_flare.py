@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from flare_core.detectors import FlareDetector, flare_detect
 from flare_core.detectors.clustering import run_hdbscan
-from flare_core.detectors.decision import assign_to_nearest, decide_default, decide_faithful
+from flare_core.detectors.decision import (assign_to_nearest, benign_overlap, decide_default, decide_faithful,
+                                           tail_excess)
 from flare_core.detectors.preprocess import robust_standardize
 from flare_core.detectors.scoring import benign_distance_scores
 from flare_core.detectors.sizes import auto_min_cluster_size
@@ -85,6 +86,26 @@ def test_clean_data_flags_nothing_but_keeps_evidence():
     assert unit["n_cluster_nodes"] > 0 and "groups" in unit and "near_misses" in unit
     assert np.isfinite(det.scores_).all() and det.scores_.std() > 0  # still a ranking
     json.dumps(det.report_, allow_nan=False)
+
+
+def test_torn_one_dimensional_gaussian_is_not_flagged():
+    # UMAP tears a 1-D Gaussian into separate islands; the feature-space tests must reject them.
+    X = np.random.default_rng(0).normal(size=(400, 1))
+    det = FlareDetector().fit(X)
+    assert not det.flagged_.any()
+    groups = det.evidence_["units"][0]["groups"]
+    assert len(groups) > 1 and all(g["status"].startswith(("benign", "not flagged")) for g in groups)
+
+
+def test_feature_space_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 1))
+    tail = x[:, 0] > 1.5
+    assert tail_excess(x, tail, ~tail) == pytest.approx(1.0, abs=0.3)
+    assert benign_overlap(x, tail, ~tail) == 0.0  # a tail is linearly separable, hence the excess test
+    blob = np.r_[x[:, 0], rng.normal(size=50) + 8][:, None]
+    group = np.r_[np.zeros(2000, bool), np.ones(50, bool)]
+    assert tail_excess(blob, group, ~group) > 100
 
 
 def test_adaptive_subspace_drops_deep_columns():
@@ -212,6 +233,7 @@ X_OK = np.zeros((30, 3))
     {"standardize": "zscore"},
     {"min_persistence": 1.0},
     {"max_overlap": 2.0},
+    {"min_excess": -1.0},
     {"max_fraction": 0.0},
     {"n_epochs": 0},
     {"random_state": -1},

@@ -18,9 +18,9 @@ Two modes:
   included), everything else flagged.
 * ``mode='default'`` (ours): robust z-scored columns, an adaptive ``min_cluster_size``
   (:func:`.sizes.auto_min_cluster_size`), the separation tests of :func:`.decision.decide_default`
-  (persistence in the tree >= ``min_persistence`` and benign overlap in the feature space <=
-  ``max_overlap``; noise never a group; nothing flagged when no cluster is clearly separated; flagged
-  groups must be smaller than ``max_fraction``).
+  (persistence in the tree >= ``min_persistence``; in the feature space, benign overlap <=
+  ``max_overlap`` and tail excess >= ``min_excess``; noise never a group; nothing flagged when no
+  cluster is clearly separated; flagged groups must be smaller than ``max_fraction``).
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
@@ -71,6 +71,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "standardize": None,
     "min_persistence": 3.0,
     "max_overlap": 0.02,
+    "min_excess": 5.0,
     "max_fraction": 0.5,
     "n_epochs": None,
     "random_state": 0,
@@ -94,7 +95,8 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` and fill the mode-dependent defaults; unknown names raise."""
     unknown = sorted(set(params) - set(DEFAULT_PARAMS))
     if unknown:
-        raise FlareError(f"Unknown FLARE parameter(s) {', '.join(unknown)}; valid ones are {', '.join(DEFAULT_PARAMS)}.")
+        raise FlareError(f"Unknown FLARE parameter(s) {', '.join(unknown)}; "
+                         f"valid ones are {', '.join(DEFAULT_PARAMS)}.")
     p = {**DEFAULT_PARAMS, **params}
     V.check_choice(p["mode"], "mode", MODES)
     V.check_choice(p["scope"], "scope", SCOPES)
@@ -109,6 +111,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         V.check_choice(p["standardize"], "standardize", STANDARDIZE)
     V.check_float(p["min_persistence"], "min_persistence", 1.0, low_open=True)
     V.check_float(p["max_overlap"], "max_overlap", 0.0, 1.0)
+    V.check_float(p["min_excess"], "min_excess", 0.0)
     V.check_float(p["max_fraction"], "max_fraction", 0.0, 1.0, low_open=True)
     V.check_int(p["n_epochs"], "n_epochs", 1, allow_none=True)
     V.check_random_state(p["random_state"])
@@ -151,7 +154,8 @@ def _run_unit(Z: np.ndarray, index: np.ndarray, label: Optional[int], n_total: i
         decision = decide_faithful(tree, xi=p["xi"], max_depth=p["max_depth"])
     else:
         decision = decide_default(tree, emb, Z[index], min_persistence=p["min_persistence"],
-                                  max_overlap=p["max_overlap"], max_fraction=p["max_fraction"], xi=p["xi"],
+                                  max_overlap=p["max_overlap"], min_excess=p["min_excess"],
+                                  max_fraction=p["max_fraction"], xi=p["xi"],
                                   max_depth=p["max_depth"])
     info.update(min_cluster_size=int(m), embedding_method=method, found=decision.found,
                 n_flagged=int(decision.flagged.sum()))
@@ -291,7 +295,8 @@ class FlareDetector(BaseEstimator):
     def __init__(self, mode: str = "default", scope: str = "global", n_neighbors: int = 40, min_dist: float = 0.0,
                  min_cluster_size: Optional[int] = None, min_samples: Optional[int] = None, xi: float = 0.02,
                  max_depth: int = 3, min_layers: int = 2, standardize: Optional[str] = None,
-                 min_persistence: float = 3.0, max_overlap: float = 0.02, max_fraction: float = 0.5,
+                 min_persistence: float = 3.0, max_overlap: float = 0.02, min_excess: float = 5.0,
+                 max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None,
                  random_state: Optional[int] = 0):
         self.mode = mode
@@ -306,6 +311,7 @@ class FlareDetector(BaseEstimator):
         self.standardize = standardize
         self.min_persistence = min_persistence
         self.max_overlap = max_overlap
+        self.min_excess = min_excess
         self.max_fraction = max_fraction
         self.n_epochs = n_epochs
         self.random_state = random_state
