@@ -28,6 +28,9 @@ if _run is not None and _run.ground_truth() is not None:
     pages.append(st.Page(shared.PAGES["evaluate"], title="Evaluate", icon=":material/fact_check:"))
 
 page = st.navigation(pages)
-shared.sidebar()
-with shared.friendly_errors(f"The {page.title} page"):
-    page.run()
+try:
+    with shared.friendly_errors(f"The {page.title} page"):
+        page.run()
+except shared.PageStop:
+    pass
+shared.sidebar()  # after the page (also when it stopped early), so it shows what the page just changed

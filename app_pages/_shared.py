@@ -40,11 +40,21 @@ PAGES = {
 
 
 # ---- errors --------------------------------------------------------------------------------------------------
+class PageStop(Exception):
+    """Ends the current page early (like ``st.stop()``, but app.py still draws the sidebar afterwards)."""
+
+
+def stop_page() -> None:
+    raise PageStop()
+
+
 @contextlib.contextmanager
 def friendly_errors(action: str) -> Iterator[None]:
     """Show any error raised inside as a readable message (FlareError: its sentence; others: short + details)."""
     try:
         yield
+    except PageStop:
+        raise
     except FlareError as e:
         st.error(str(e), icon=":material/error:")
     except Exception as e:  # never a raw traceback on the page
@@ -162,7 +172,9 @@ def model_and_data(required: bool = True, *, need_model: bool = True) -> tuple:
             st.info("Load a model and a dataset first (page Load).", icon=":material/info:")
         return None, None
     with friendly_errors("Loading the model and the dataset"):
-        model, dataset = load_config(session_config())
+        with st.spinner("Reading the analysis settings…"):
+            config = session_config()
+        model, dataset = load_config(config)
         run = current_run()
         if run is not None and len(dataset) != run.n_samples:
             raise FlareError(f"The dataset now has {len(dataset)} samples but the run analysed {run.n_samples}; "
@@ -273,17 +285,21 @@ def require_run() -> RunFolder:
         st.info("No analysis is open yet: run one on the Analyse page, or reopen a run folder on the Load page.",
                 icon=":material/info:")
         st.page_link(PAGES["analyse"], label="Go to Analyse", icon=":material/play_arrow:")
-        st.stop()
+        stop_page()
     return run
 
 
-def detector_label(name: str) -> str:
-    try:
-        from flare_core.detectors.registry import DETECTORS
+def detector_label(name: str, *, long: bool = False) -> str:
+    """A detector's display name: short ('FLARE', 'AC') from its key, or the registry's label with ``long``
+    (the registry imports scikit-learn, so pages that do not need it stay fast)."""
+    if long:
+        try:
+            from flare_core.detectors.registry import DETECTORS
 
-        return DETECTORS[name].label if name in DETECTORS else name
-    except Exception:
-        return name
+            return DETECTORS[name].label if name in DETECTORS else name
+        except Exception:
+            return name
+    return str(name).upper()
 
 
 def class_name(run: RunFolder, label: int) -> str:

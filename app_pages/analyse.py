@@ -27,7 +27,7 @@ if config is None and shared.current_run() is not None:
 if config is None:
     st.info("Load a model and a dataset first, or start the built-in demo.", icon=":material/info:")
     st.page_link(shared.PAGES["load"], label="Go to Load", icon=":material/upload_file:")
-    st.stop()
+    shared.stop_page()
 
 from flare_core.detectors.registry import DETECTORS  # noqa: E402
 
@@ -119,26 +119,32 @@ if st.button(label, type="primary", icon=":material/play_arrow:", key="an_run"):
     with shared.friendly_errors("The analysis"):
         if cached and not recompute:
             shared.set_run(out_dir, config=analysis)
-            st.toast("Opened the cached result: nothing was recomputed.", icon=":material/bolt:")
+            ss["an_message"] = "Opened the cached result of this exact analysis: nothing was recomputed."
+            st.rerun()  # the page list changes (Evaluate) when the run has a ground truth
         else:
             from flare_core import pipeline
 
             model, dataset = shared.model_and_data()
             if dataset is None:
-                st.stop()
+                shared.stop_page()
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
             box = st.status("Running the analysis…", expanded=True)
             t0 = time.perf_counter()
             run = pipeline.run_analysis(analysis, out_dir, progress=StageProgress(box), overwrite=True,
                                         model=model, dataset=dataset)
             box.update(label=f"Analysis finished in {time.perf_counter() - t0:.1f} s", state="complete", expanded=False)
             shared.set_run(run.path, config=analysis)
+            ss["an_message"] = f"Analysis finished in {time.perf_counter() - t0:.1f} s."
+            st.rerun()  # the page list changes (Evaluate) when the run has a ground truth
 
 run = shared.current_run()
 if run is not None:
     st.divider()
+    if ss.get("an_message"):
+        st.success(ss.pop("an_message"), icon=":material/check_circle:")
     det = run.meta.get("detector", {}).get("name", "flare")
     res = run.meta.get("result", {})
-    st.subheader(f"Result: {shared.detector_label(det)}")
+    st.subheader(f"Result: {shared.detector_label(det, long=True)}")
     flagged = run.flagged()
     c = st.columns(4)
     c[0].metric("samples", f"{run.n_samples:,}")

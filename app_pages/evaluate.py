@@ -10,7 +10,7 @@ st.title("Evaluate")
 if run.ground_truth() is None:
     st.info("This run has no ground truth, so detection quality cannot be measured. Load a ground-truth file "
             "(made by the backdoor lab) with the data and analyse again.", icon=":material/info:")
-    st.stop()
+    shared.stop_page()
 
 gt = run.meta.get("ground_truth") or {}
 truth = run.ground_truth()
@@ -20,12 +20,13 @@ st.caption(f"Ground truth: {int(truth.sum()):,} poisoned of {run.n_samples:,} sa
 table = detection_table(run)
 reviewed = detection_table(run, after_review=True)
 main = run.detectors()[0]
-labels = {d: shared.detector_label(d) for d in table.index}
+labels = {d: shared.detector_label(d, long=True) for d in table.index}
 c = st.columns(4)
 m = table.loc[main]
-c[0].metric(f"{labels[main]} TPR", f"{100 * (m['tpr'] or 0):.1f} %", help="Share of poisoned samples flagged.")
-c[1].metric(f"{labels[main]} FPR", f"{100 * (m['fpr'] or 0):.2f} %", help="Share of clean samples flagged.")
-c[2].metric(f"{labels[main]} F1", f"{(m['f1'] or 0):.3f}")
+short = shared.detector_label(main)
+c[0].metric(f"{short} TPR", f"{100 * (m['tpr'] or 0):.1f} %", help="Share of poisoned samples flagged.")
+c[1].metric(f"{short} FPR", f"{100 * (m['fpr'] or 0):.2f} %", help="Share of clean samples flagged.")
+c[2].metric(f"{short} F1", f"{(m['f1'] or 0):.3f}")
 r = reviewed.loc[main]
 c[3].metric("F1 after your review", f"{(r['f1'] or 0):.3f}", delta=f"{(r['f1'] or 0) - (m['f1'] or 0):+.3f}",
             help="Using the analyst's keep/remove decisions on top of the detector's flags.")

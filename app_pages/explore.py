@@ -28,10 +28,10 @@ st.plotly_chart(
 )
 
 
-def _store_selection(chart_key: str) -> None:
+def _store_selection(chart_key: str, fig) -> None:
     event = ss.get(chart_key)
     points = event.selection.points if event is not None else []
-    ss[shared.SELECTION] = sorted({int(p["customdata"][0]) for p in points if p.get("customdata") is not None})
+    ss[shared.SELECTION] = plots.selected_indices(fig, points)
 
 
 @st.cache_resource(show_spinner=False, max_entries=24)
@@ -76,7 +76,7 @@ def views_and_selection() -> None:
                                                        f"of {(labels == j).sum():,}")
             fig = _class_figure(stamp, int(label), run)
             chart_key = f"ex_chart_{label}"
-            st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key),
+            st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key, fig),
                             selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
             st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")
     else:
@@ -84,7 +84,7 @@ def views_and_selection() -> None:
         if fig is None:
             st.warning("This run has no global embedding.")
         else:
-            st.plotly_chart(fig, key="ex_chart_global", on_select=lambda: _store_selection("ex_chart_global"),
+            st.plotly_chart(fig, key="ex_chart_global", on_select=lambda: _store_selection("ex_chart_global", fig),
                             selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
 
     # ---- the selection ------------------------------------------------------------------------------------------------

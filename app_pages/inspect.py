@@ -13,11 +13,11 @@ run = shared.require_run()
 st.title("Inspect")
 model, dataset = shared.model_and_data()
 if model is None or dataset is None:
-    st.stop()
+    shared.stop_page()
 if len(dataset) != run.n_samples:
     st.error(f"The loaded dataset has {len(dataset):,} samples but this run analysed {run.n_samples:,}; "
              "load the dataset the run was made from.")
-    st.stop()
+    shared.stop_page()
 
 from flare_core.gradcam import METHODS, default_target_layer, gradcam, list_cam_layers, overlay  # noqa: E402
 
@@ -93,7 +93,7 @@ with shared.friendly_errors("Listing the model's layers"):
 if len(idx) == 0:
     st.info("No samples in this set." + (" Select points on the Explore page first." if source == "selection" else ""),
             icon=":material/info:")
-    st.stop()
+    shared.stop_page()
 
 # ---- bulk decisions for the whole set ----------------------------------------------------------------------------
 n_rem = int(run.removal_mask()[idx].sum())

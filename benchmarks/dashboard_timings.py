@@ -122,7 +122,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-READY_JS = """() => !!document.querySelector('h1') && !document.querySelector('[data-testid="stStatusWidget"]')
+READY_JS = """() => !!document.querySelector('h1') && !document.querySelector('[data-test-script-state="running"]')
+ && !document.querySelector('[data-testid="stStatusWidget"]') && !document.querySelector('[data-testid="stSpinner"]')
  && !document.querySelector('[data-testid="stSkeleton"]')
  && document.querySelectorAll('[data-testid="stPlotlyChart"]').length
     == document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot').length"""

@@ -150,7 +150,7 @@ def class_scatter(
             fig.add_trace(
                 scatter(
                     x=emb[sel, 0], y=emb[sel, 1], mode="markers", customdata=custom, text=hover_src[sel],
-                    name=f"{name} ({total}{extra})" + (f" — {detector_label}" if is_flagged else ""),
+                    name=f"{name} ({total}{extra})",
                     legendgroup=name, showlegend=first,
                     marker=_marker(color, size, is_flagged, 0.8),
                     hovertemplate="index %{customdata[0]}<br>%{text}<br>" + name + "<br>score %{customdata[2]:.3f}"
@@ -203,7 +203,7 @@ def global_scatter(
             fig.add_trace(
                 scatter(
                     x=emb[sel, 0], y=emb[sel, 1], mode="markers", customdata=sel.astype(np.float32)[:, None],
-                    name=f"{k}: {name}" + (f" — {detector_label}" if is_flagged else ""),
+                    name=f"{k}: {name}",
                     legendgroup=f"class {k}", showlegend=first,
                     marker=_marker(CLASS_COLORS[int(k) % len(CLASS_COLORS)], size, is_flagged, 0.7),
                     hovertemplate="index %{customdata[0]}<br>class " + html_escape(name)
@@ -216,6 +216,22 @@ def global_scatter(
     if len(shown) < n:
         title = f"{title} — showing {len(shown):,} of {n:,} points (all flagged kept)"
     return _base_layout(fig, title, height)
+
+
+def selected_indices(fig: go.Figure, points: Sequence[Mapping]) -> list:
+    """Sample indices of the points of a plotly selection event (as Streamlit reports it), looked up in the
+    figure that was shown: ``customdata[0]`` of point ``point_index`` of trace ``curve_number``."""
+    out = set()
+    for p in points or []:
+        curve = p.get("curve_number", p.get("curveNumber"))
+        pos = p.get("point_index", p.get("point_number", p.get("pointIndex")))
+        if curve is None or pos is None or not 0 <= int(curve) < len(fig.data):
+            continue
+        custom = fig.data[int(curve)].customdata
+        if custom is None or not 0 <= int(pos) < len(custom):
+            continue
+        out.add(int(np.asarray(custom[int(pos)]).ravel()[0]))
+    return sorted(out)
 
 
 def flagged_bar(

@@ -199,6 +199,14 @@ def test_pages_without_run_explain_what_to_do(env):
         at = app(page)
         no_errors(at)
         assert "No analysis is open yet" in at.info[0].value
+        assert at.sidebar.markdown[0].value == "### Current analysis"  # drawn although the page stopped early
+
+
+def test_sidebar_shows_the_run_the_page_just_opened(env, run):
+    at = app()
+    at.text_input(key="reopen_input").input(str(run.path))
+    at.button(key="reopen_button").click().run()
+    assert [m.value for m in at.sidebar.metric] == ["9", "9"]
 
 
 # ---- Inspect -------------------------------------------------------------------------------------------------------

@@ -143,3 +143,16 @@ def test_image_tiles():
     assert plots.to_rgb(np.zeros((4, 4, 1), np.uint8)).shape == (4, 4, 3)
     h = plots.heat_rgb(np.linspace(0, 1, 16).reshape(4, 4))
     assert h.shape == (4, 4, 3) and h.dtype == np.uint8 and not np.array_equal(h[0, 0], h[-1, -1])
+
+
+def test_selected_indices_maps_event_points_back_through_the_figure(rng):
+    emb, clusters, indices, flagged = _class_data(rng)
+    fig = plots.class_scatter(emb, clusters, indices, flagged)
+    t0 = fig.data[0]
+    points = [{"curve_number": 0, "point_index": 2, "customdata": {"0": -1}},  # customdata as a browser may send it
+              {"curve_number": 0, "point_number": 0},
+              {"curve_number": len(fig.data) - 1, "point_index": 0},  # the legend-only trace: ignored
+              {"curve_number": 99, "point_index": 0}]
+    got = plots.selected_indices(fig, points)
+    assert got == sorted({int(t0.customdata[2][0]), int(t0.customdata[0][0])})
+    assert plots.selected_indices(fig, []) == []

@@ -1,0 +1,260 @@
+"""End to end in a real browser: the real Streamlit server driven by headless Chromium (Playwright).
+
+load demo -> analyse -> explore a class -> select points (lasso) -> inspect Grad-CAM -> mark decisions -> export,
+then the exported files are checked. A screenshot of every page goes to assets/screenshots/<page>.png.
+
+Skips cleanly when /usr/bin/chromium or playwright is missing. Uses the small demo (FLARE_DEMO_SIZE=small:
+200 images per class) so it finishes in a few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "assets" / "screenshots"
+READY_JS = """() => !!document.querySelector('h1') && !document.querySelector('[data-test-script-state="running"]')
+ && !document.querySelector('[data-testid="stStatusWidget"]') && !document.querySelector('[data-testid="stSpinner"]')
+ && !document.querySelector('[data-testid="stSkeleton"]')
+ && document.querySelectorAll('[data-testid="stPlotlyChart"]').length
+    == document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot').length"""
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium')", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The dashboard as users start it, with its cache and allowed roots inside tmp_path."""
+    port = _free_port()
+    cache = Path(os.environ.get("FLARE_E2E_CACHE", tmp_path / "cache"))  # reuse a demo cache when given
+    env = {**os.environ, "FLARE_CACHE": str(cache), "FLARE_ROOTS": os.pathsep.join([str(tmp_path), str(cache)]),
+           "FLARE_DEMO_SIZE": "small", "PYTHONUNBUFFERED": "1"}
+    env.pop("FLARE_OPEN_RUN", None)
+    env.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "flare-workbench" / "numba"))
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the dashboard did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+                time.sleep(0.2)
+        yield url, tmp_path, cache
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def wait_idle(page, timeout_s: float = 120) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function(READY_JS, timeout=timeout_s * 1000, polling=100)
+    page.wait_for_timeout(300)
+
+
+def no_error_on_page(page) -> None:
+    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    assert not errors, errors
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def wait_for(page, locator, timeout_s: float) -> None:
+    """Wait until ``locator`` shows, failing at once with the page's message when an error shows instead."""
+    error = page.locator('[data-testid="stAlertContentError"]')
+    locator.or_(error).first.wait_for(timeout=timeout_s * 1000)
+    no_error_on_page(page)
+
+
+def go(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.locator("h1", has_text=title).first.wait_for(timeout=60_000)
+    wait_idle(page)
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page (the viewport grows to the content's height for it)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1440, "height": int(min(max(height + 40, 900), 4000))})
+    page.wait_for_timeout(800)
+    wait_idle(page)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+FLAGGED_BOX_JS = """(gd) => {
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const xs = [], ys = [];
+  for (const t of gd._fullData) {
+    if (!t.marker || t.marker.symbol !== 'x' || !t.x) continue;
+    for (let i = 0; i < t.x.length; i++) if (t.x[i] !== null) { xs.push(xa.d2p(t.x[i])); ys.push(ya.d2p(t.y[i])); }
+  }
+  if (!xs.length) return null;
+  return [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+}"""
+
+
+def lasso(page, chart) -> None:
+    """Draw a lasso (the plot's drag mode) around the flagged samples (✕), or the whole plot when none are shown."""
+    chart.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    area = chart.locator(".nsewdrag").first
+    box = area.bounding_box()
+    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+    flagged = chart.locator(".js-plotly-plot").first.evaluate(FLAGGED_BOX_JS)
+    if flagged:  # pixel box inside the plotting area, padded
+        left, top = max(x0 + 2, x0 + flagged[0] - 12), max(y0 + 2, y0 + flagged[1] - 12)
+        right, bottom = min(x0 + w - 2, x0 + flagged[2] + 12), min(y0 + h - 2, y0 + flagged[3] + 12)
+    else:
+        left, top, right, bottom = x0 + 3, y0 + 3, x0 + w - 3, y0 + h - 3
+    pts = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top + 2)]
+    page.mouse.move(*pts[0])
+    page.mouse.down()
+    for x, y in pts[1:]:
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+
+
+@pytest.mark.timeout(1500)
+def test_demo_flow_in_a_real_browser(server):
+    from flare_core.data import load_dataset
+    from flare_core.run_folder import RunFolder
+
+    url, tmp, cache = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        try:
+            # ---- Load: the demo in one click -----------------------------------------------------------------
+            page.goto(url)
+            wait_idle(page)
+            page.get_by_role("button", name="Start the demo").click()
+            wait_for(page, page.get_by_text("Next: run the analysis"), 600)
+            wait_idle(page)
+            no_error_on_page(page)
+            assert page.get_by_text("samples", exact=True).count() >= 1
+            shot(page, "load")
+
+            # ---- Analyse --------------------------------------------------------------------------------------
+            go(page, "Analyse")
+            # "Open the cached result" when FLARE_E2E_CACHE points at a cache that already holds this analysis
+            page.get_by_role("button", name=re.compile("Run the analysis|Open the cached result")).click()
+            wait_for(page, page.get_by_text("Next: explore the classes"), 1200)
+            wait_idle(page)
+            no_error_on_page(page)
+            run_path = Path(json.loads((cache / "last_run.json").read_text())["run"])
+            run = RunFolder(run_path)
+            assert run.n_samples == 2000 and run.ground_truth() is not None
+            run.set_decisions(list(run.decisions()), None)  # a reused cache may hold an earlier test's marks
+            shot(page, "analyse")
+
+            # ---- Explore a class, select points ---------------------------------------------------------------
+            go(page, "Explore")
+            no_error_on_page(page)
+            charts = page.locator('[data-testid="stPlotlyChart"]')
+            assert charts.count() == 2
+            assert page.locator(".gtitle", has_text=re.compile(r"^Class \d+: ")).count() == 1
+            lasso(page, charts.nth(1))
+            page.get_by_role("heading", name="Selection (").filter(has_not_text="(0 samples)").first.wait_for()
+            wait_idle(page)
+            heading = page.get_by_role("heading", name="Selection (").first.inner_text()
+            n_selected = int(heading.split("(")[1].split()[0].replace(",", ""))
+            assert n_selected >= 10, heading
+            assert page.locator('[data-testid="stImage"]').count() >= 10
+            shot(page, "explore")
+
+            # ---- Inspect the selection with Grad-CAM, mark decisions ------------------------------------------
+            page.get_by_role("button", name="Inspect with Grad-CAM").click()
+            page.locator("h1", has_text="Inspect").wait_for()
+            wait_idle(page, 300)
+            no_error_on_page(page)
+            assert page.get_by_text(f"{n_selected:,} samples").count() >= 1
+            overlays = page.locator('[data-testid="stImage"]')
+            assert overlays.count() >= 2 * 8  # image + Grad-CAM overlay per sample on the first page
+            decisions = page.locator('[data-testid="stRadio"]').filter(has=page.get_by_text("keep", exact=True))
+            decisions.nth(0).get_by_text("remove", exact=True).click()
+            wait_idle(page)
+            decisions.nth(1).get_by_text("keep", exact=True).click()
+            wait_idle(page)
+            assert sorted(run.decisions().values()) == ["keep", "remove"]  # saved to the run folder at once
+            shot(page, "inspect")
+
+            # ---- Export ---------------------------------------------------------------------------------------
+            go(page, "Export")
+            out = tmp / "purified-demo"
+            box = page.get_by_label("Output folder on the server")
+            box.fill(str(out))
+            box.press("Enter")
+            wait_idle(page)
+            page.get_by_role("button", name="Write the purified dataset").click()
+            wait_for(page, page.get_by_text("Wrote "), 300)
+            no_error_on_page(page)
+            with page.expect_download() as dl:
+                page.get_by_role("button", name="Download manifest.csv").click()
+            dl.value.save_as(tmp / "manifest.csv")
+            page.get_by_role("button", name="Build the HTML report").click()
+            wait_for(page, page.get_by_role("button", name="Download report.html"), 300)
+            with page.expect_download() as dl:
+                page.get_by_role("button", name="Download report.html").click()
+            dl.value.save_as(tmp / "report.html")
+            wait_idle(page)
+            shot(page, "export")
+
+            # ---- Evaluate (ground truth known) ----------------------------------------------------------------
+            go(page, "Evaluate")
+            no_error_on_page(page)
+            assert page.get_by_text("F1 after your review").count() == 1
+            shot(page, "evaluate")
+        except Exception:
+            page.screenshot(path=str(tmp / "failure.png"), full_page=True)
+            print(f"screenshot of the failure: {tmp / 'failure.png'}; server log: {tmp / 'server.log'}")
+            raise
+        finally:
+            browser.close()
+
+    # ---- the exported files ---------------------------------------------------------------------------------------
+    removal = run.removal_mask()
+    purified = load_dataset(out)
+    source = load_dataset(run.meta["config"]["data"])
+    assert len(purified) == run.n_samples - int(removal.sum())
+    assert np.array_equal(purified.images, source.images[~removal])
+    assert np.array_equal(purified.labels, source.labels[~removal])
+    import pandas as pd
+
+    manifest = pd.read_csv(tmp / "manifest.csv", keep_default_na=False)
+    assert len(manifest) == run.n_samples and int(manifest["removed"].sum()) == int(removal.sum())
+    assert sorted(v for v in manifest["decision"] if v) == ["keep", "remove"]
+    report = (tmp / "report.html").read_text(encoding="utf-8")
+    assert "Counts per class" in report and "src='data:image/png;base64," in report
+    assert "<script src=" not in report
