@@ -75,7 +75,7 @@ def views_and_selection() -> None:
                                  format_func=lambda j: f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged "
                                                        f"of {(labels == j).sum():,}")
             fig = _class_figure(stamp, int(label), run)
-            chart_key = f"ex_chart_{label}"
+            chart_key = "ex_chart_class"  # one chart updated in place (Plotly.react) when the class changes
             st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key, fig),
                             selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
             st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")

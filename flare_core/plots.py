@@ -91,7 +91,7 @@ def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
         yaxis=dict(title="UMAP 2", showgrid=False, zeroline=False, automargin=True),
         plot_bgcolor="white",
         hovermode="closest",
-        uirevision="keep",
+        uirevision=title,  # zoom/pan survive reruns of the same view, and reset when the view changes
     )
     return fig
 

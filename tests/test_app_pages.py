@@ -301,3 +301,33 @@ def test_evaluate_compares_detectors(env, run):
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [t["name"] for t in bars["data"]] == ["TPR", "FPR", "F1"]
     assert len(at.dataframe) == 2
+
+
+def test_load_own_model_path_and_uploaded_zip_dataset(env):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in ("cat", "dog", "eel"):
+            for i in range(4):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(png, format="PNG")
+                z.writestr(f"pets/{c}/{i}.png", png.getvalue())
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="data_upload").upload("pets.zip", buf.getvalue(), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    cfg = at.session_state["config"]
+    assert Path(cfg.data).name == "pets" and (env / "cache" / "uploads") in Path(cfg.data).parents
+    assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
+    assert imgs(at) == 6
