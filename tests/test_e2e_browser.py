@@ -1,7 +1,7 @@
 """End to end in a real browser: the real Streamlit server driven by headless Chromium (Playwright).
 
 load demo -> analyse -> explore a class -> select points (lasso) -> inspect Grad-CAM -> mark decisions -> export,
-then the exported files are checked. A screenshot of every page goes to assets/screenshots/<page>.png.
+then the exported files are checked. A screenshot of every page goes to assets/screenshots/<page>.png when FLARE_UPDATE_SCREENSHOTS=1.
 
 Skips cleanly when /usr/bin/chromium or playwright is missing. Uses the small demo (FLARE_DEMO_SIZE=small:
 200 images per class) so it finishes in a few minutes on 2 CPU cores.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import re
 import socket
 import subprocess
@@ -25,7 +26,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).resolve().parent.parent
-SHOTS = REPO / "assets" / "screenshots"
+# README screenshots are refreshed only on request (FLARE_UPDATE_SCREENSHOTS=1); otherwise the test writes its
+# screenshots to a temporary folder so a test run never modifies tracked files.
+SHOTS = (REPO / "assets" / "screenshots" if os.environ.get("FLARE_UPDATE_SCREENSHOTS") == "1"
+         else Path(tempfile.gettempdir()) / "flare-e2e-screenshots")
 READY_JS = """() => !!document.querySelector('h1') && !document.querySelector('[data-test-script-state="running"]')
  && !document.querySelector('[data-testid="stStatusWidget"]') && !document.querySelector('[data-testid="stSpinner"]')
  && !document.querySelector('[data-testid="stSkeleton"]')
