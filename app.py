@@ -14,7 +14,8 @@ from app_pages import _shared as shared  # noqa: E402
 
 st.set_page_config(page_title="FLARE Workbench", page_icon=":material/shield:", layout="wide")
 shared.start_warmup()
-shared.restore_run()
+if shared.restore_run():  # a fresh session with nothing to reopen opens on the built-in demo
+    shared.autoload_demo()
 
 pages = [
     st.Page(shared.PAGES["load"], title="Load", icon=":material/upload_file:", default=True),

@@ -234,15 +234,18 @@ def close_run() -> None:
         last_run_file().unlink()
 
 
-def restore_run() -> None:
+def restore_run() -> bool:
     """On a new session: reopen the run named in the URL (``?run=``), else ``FLARE_OPEN_RUN`` (set by
-    ``flare dashboard --run``), else the last one opened on this server."""
+    ``flare dashboard --run``), else the last one opened on this server.
+
+    Returns True only for a new session that found nothing to reopen (then the built-in demo is loaded).
+    """
     ss = st.session_state
     if ss.get("_restored"):
-        return
+        return False
     ss["_restored"] = True
-    if ss.get(RUN):
-        return
+    if ss.get(RUN) or ss.get(CONFIG) is not None:
+        return False
     candidate = st.query_params.get("run") or os.environ.get("FLARE_OPEN_RUN")
     if not candidate and last_run_file().exists():
         with contextlib.suppress(OSError, ValueError, json.JSONDecodeError):
@@ -250,8 +253,42 @@ def restore_run() -> None:
     if candidate:
         try:
             set_run(candidate)
+            return False
         except FlareError as e:
             logger.info("not reopening %s: %s", candidate, e)
+    return True
+
+
+# ---- the built-in demo ---------------------------------------------------------------------------------------
+DEMO_AUTO = "demo_auto"  # session flag: the demo was loaded automatically (nothing else was open)
+
+
+def start_demo(*, auto: bool = False) -> None:
+    """Prepare (or reuse) the built-in demo scenario and load its model and data into the session."""
+    from flare_core.demo import prepare_demo
+    from flare_core.pipeline import AnalysisConfig
+
+    with st.spinner("Preparing the built-in demo (the first time takes a little longer)…"):
+        scenario = prepare_demo()
+    config = AnalysisConfig(model=str(scenario.model_path), data=str(scenario.data_path),
+                            ground_truth=str(scenario.ground_truth_path))
+    use_config(config)
+    st.session_state[DEMO] = scenario
+    st.session_state[DEMO_AUTO] = auto
+
+
+def autoload_demo() -> None:
+    """Load the built-in demo for a fresh session that has nothing to reopen (FLARE_NO_DEMO=1 turns this off),
+    so the dashboard opens on something to analyse. A failure is a warning: the Load page still works."""
+    if os.environ.get("FLARE_NO_DEMO"):
+        return
+    try:
+        start_demo(auto=True)
+    except Exception as e:  # not fatal: the user can still load data or retry the demo on the Load page
+        logger.warning("could not load the built-in demo", exc_info=True)
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        st.warning(f"The built-in demo could not be loaded ({first}). Load a model and a dataset on the Load page.",
+                   icon=":material/warning:")
 
 
 def session_config():

@@ -13,18 +13,12 @@ st.title("Load a model and a dataset")
 st.caption("FLARE finds backdoor-poisoned training samples from a model's hidden-layer statistics. "
            "Start with the built-in demo, bring your own model and data, or reopen an earlier analysis.")
 
-
-def _start_demo() -> None:
-    from flare_core.demo import prepare_demo
-    from flare_core.pipeline import AnalysisConfig
-
-    with st.spinner("Preparing the demo scenario (the first time takes a little longer)…"):
-        scenario = prepare_demo()
-    config = AnalysisConfig(model=str(scenario.model_path), data=str(scenario.data_path),
-                            ground_truth=str(scenario.ground_truth_path))
-    shared.use_config(config)
-    ss[shared.DEMO] = scenario
-
+if ss.get(shared.DEMO_AUTO) and ss.get(shared.DEMO) is not None and ss.get(shared.DATASET) is not None:
+    with st.container(border=True, key="demo_note"):
+        st.info("**The built-in demo is loaded** (nothing else was open), so you can go straight to Analyse. "
+                "To work on your own data, switch on **Use my own model and dataset** below (a model file and a "
+                "dataset, as server paths or uploads), or reopen an earlier run folder.", icon=":material/info:")
+        st.page_link(shared.PAGES["analyse"], label="Analyse the demo", icon=":material/play_arrow:")
 
 # ---- 1. the demo -----------------------------------------------------------------------------------------------
 with st.container(border=True):
@@ -36,7 +30,7 @@ with st.container(border=True):
              "check what FLARE finds.")
     if c2.button("Start the demo", type="primary", key="start_demo", icon=":material/rocket_launch:"):
         with shared.friendly_errors("Preparing the demo"):
-            _start_demo()
+            shared.start_demo()
             st.toast("Demo loaded: go to Analyse to run FLARE.", icon=":material/check_circle:")
 
 # ---- 2. your own model and data ------------------------------------------------------------------------------------
@@ -115,6 +109,7 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             )
             shared.use_config(config)
             ss.pop(shared.DEMO, None)
+            ss.pop(shared.DEMO_AUTO, None)
             st.toast("Model and dataset loaded.", icon=":material/check_circle:")
 
     with st.popover("Browse server folders", icon=":material/folder_open:"):

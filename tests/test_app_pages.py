@@ -85,6 +85,75 @@ def test_demo_button_loads_scenario_and_shows_summary(env, monkeypatch, run):
     assert imgs(at) == 6  # two thumbnails per class
 
 
+def _fake_demo(env, monkeypatch, run):
+    """prepare_demo and the loader replaced by a tiny scenario (no Fashion-MNIST, no torch training)."""
+    from flare_core import demo, pipeline
+
+    ds = make_dataset(run)
+    scenario = demo.DemoScenario(source="digits", title="Tiny poisoned demo", description="for tests",
+                                 model_path=env / "m.pt", data_path=env / "d.npz", ground_truth_path=env / "gt.json",
+                                 test_path=env / "t.npz", poisoned_test_path=env / "pt.npz")
+    calls = []
+
+    def prepare(progress=None):
+        calls.append(1)
+        return scenario
+
+    monkeypatch.setattr(demo, "prepare_demo", prepare)
+    monkeypatch.setattr(pipeline, "load_model_and_data", lambda config: (tiny_model(), ds))
+    return calls
+
+
+def test_fresh_start_with_nothing_to_reopen_opens_on_the_demo(env, monkeypatch, run):
+    calls = _fake_demo(env, monkeypatch, run)
+    at = AppTest.from_file(APP, default_timeout=120)  # a new session: no ?run=, no FLARE_OPEN_RUN, no last run
+    at.run()
+    no_errors(at)
+    assert calls == [1] and at.session_state["config"].model == str(env / "m.pt")
+    assert at.session_state["demo_auto"] is True and "run_path" not in at.session_state
+    assert "built-in demo is loaded" in at.info[0].value and "Use my own model and dataset" in at.info[0].value
+    assert at.subheader[-1].value == "Tiny poisoned demo" and imgs(at) == 6
+    # go straight to Analyse: the demo's model and data are the ones to analyse
+    at.switch_page("app_pages/analyse.py")
+    at.run()
+    no_errors(at)
+    assert at.button(key="an_run").label == "Run the analysis" and str(env / "d.npz") in at.caption[0].value
+    # a rerun of the same session does not load it again
+    assert calls == [1]
+
+
+def test_fresh_start_reopens_a_run_instead_of_the_demo(env, monkeypatch, run):
+    calls = _fake_demo(env, monkeypatch, run)
+    monkeypatch.setenv("FLARE_OPEN_RUN", str(run.path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    no_errors(at)
+    assert calls == [] and at.session_state["run_path"] == str(run.path.resolve())
+    assert "demo_auto" not in at.session_state
+
+
+def test_demo_autoload_can_be_turned_off_and_failures_are_a_warning(env, monkeypatch, run):
+    calls = _fake_demo(env, monkeypatch, run)
+    monkeypatch.setenv("FLARE_NO_DEMO", "1")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    no_errors(at)
+    assert calls == [] and at.button(key="start_demo").label == "Start the demo"
+    from flare_core import demo
+    from flare_core.errors import DataError
+
+    def broken(progress=None):
+        raise DataError("Fashion-MNIST is missing.")
+
+    monkeypatch.delenv("FLARE_NO_DEMO")
+    monkeypatch.setattr(demo, "prepare_demo", broken)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error
+    assert "could not be loaded (Fashion-MNIST is missing.)" in at.warning[0].value
+    assert at.title[0].value == "Load a model and a dataset"
+
+
 def test_load_form_refuses_paths_outside_roots(env):
     at = app()
     at.toggle(key="own_toggle").set_value(True).run()

@@ -55,6 +55,8 @@ def server(tmp_path):
     env = {**os.environ, "FLARE_CACHE": str(cache), "FLARE_ROOTS": os.pathsep.join([str(tmp_path), str(cache)]),
            "FLARE_DEMO_SIZE": "small", "PYTHONUNBUFFERED": "1"}
     env.pop("FLARE_OPEN_RUN", None)
+    env.pop("FLARE_NO_DEMO", None)
+    (cache / "last_run.json").unlink(missing_ok=True)  # a fresh start with nothing to reopen (a reused cache too)
     env.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "flare-workbench" / "numba"))
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
@@ -160,15 +162,19 @@ def test_demo_flow_in_a_real_browser(server):
         page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
         page.set_default_timeout(60_000)
         try:
-            # ---- Load: the demo in one click -----------------------------------------------------------------
+            # ---- Load: a fresh start with nothing to reopen opens on the built-in demo ------------------------
             page.goto(url)
-            wait_idle(page)
-            page.get_by_role("button", name="Start the demo").click()
             wait_for(page, page.get_by_text("Next: run the analysis"), 600)
             wait_idle(page)
             no_error_on_page(page)
+            assert page.get_by_text("The built-in demo is loaded").count() >= 1
             assert page.get_by_text("samples", exact=True).count() >= 1
             shot(page, "load")
+            # ... and the demo is still one click away (reloaded from its cache)
+            page.get_by_role("button", name="Start the demo").click()
+            wait_idle(page)
+            no_error_on_page(page)
+            assert page.get_by_text("Next: run the analysis").count() == 1
 
             # ---- Analyse --------------------------------------------------------------------------------------
             go(page, "Analyse")
