@@ -1,7 +1,11 @@
-"""Evaluate (ground truth known): TPR/FPR/F1 per detector side by side, per-class confusion."""
+"""Evaluate (ground truth known): TPR/FPR/F1 per detector side by side, per-class confusion, and BA/ASR before and
+after retraining on the purified set (on request)."""
+import time
+
 import streamlit as st
 
-from flare_core import plots
+from flare_core import plots, retrain
+from flare_core.errors import FlareError
 from flare_core.report import detection_table, per_class_confusion
 from app_pages import _shared as shared
 
@@ -42,5 +46,104 @@ st.subheader("Per class")
 det = st.selectbox("Detector", list(table.index), format_func=labels.get, key="ev_detector")
 st.dataframe(per_class_confusion(run, det), hide_index=True)
 st.caption("TP: poisoned and flagged · FP: clean but flagged · FN: poisoned but missed · TN: clean and not flagged.")
-st.caption("Retraining on the purified set and measuring benign accuracy / attack success rate is available from "
-           "the command line (`flare train` on the exported data, then `flare evaluate`).")
+
+# ---- retraining on the purified set ---------------------------------------------------------------------------------
+st.subheader("Retraining on the purified set")
+st.caption("Does removing the samples remove the backdoor? A fresh model of the same architecture is trained on the "
+           "samples kept (the detector's flags with your decisions), with the recipe the model file records (else the "
+           "architecture's defaults), then **BA** (benign accuracy, clean test set) and **ASR** (attack success rate, "
+           "triggered test set) are measured before (the analysed model) and after.")
+stored = retrain.load_result(run)
+found_clean, found_poisoned = retrain.find_test_sets(run)
+with st.expander("Retraining settings", expanded=stored is None and found_clean is None):
+    r1, r2 = st.columns(2)
+    test_txt = r1.text_input("Clean test set (for BA)", value=str(found_clean or ""), key="rt_test",
+                             help="Written by `flare attack` as test_clean.npz; any dataset path works.")
+    ptest_txt = r2.text_input("Triggered test set (for ASR, optional)", value=str(found_poisoned or ""), key="rt_ptest",
+                              help="Written by `flare attack` as test_poisoned.npz.")
+    r3, r4 = st.columns(2)
+    epochs = r3.number_input("Epochs", min_value=1, value=None, step=1, placeholder="as the model was trained",
+                             key="rt_epochs")
+    arch_txt = r4.text_input("Architecture (only for TorchScript/.pt2 models)", placeholder="the model's own",
+                             key="rt_arch", help="A built-in name (small-cnn, small-cnn-gn, narrow-resnet, "
+                                                 "resnet18-cifar) or torchvision:<name>.")
+
+STAGES = {"retrain-before": "Measuring the analysed model", "train": "Training on the purified set",
+          "retrain-after": "Measuring the retrained model"}
+
+
+class _Bar:
+    """One progress bar for the three stages (updated at most every 0.2 s)."""
+
+    def __init__(self):
+        self.bar, self.last = st.progress(0.0, text="Preparing the retraining…"), 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.2:
+            return
+        self.last = now
+        base, span = {"retrain-before": (0.0, 0.05), "train": (0.05, 0.9), "retrain-after": (0.95, 0.05)}.get(stage, (0, 0))
+        frac = min(1.0, base + span * (done / total if total else 0.0))
+        label = STAGES.get(stage, stage)
+        self.bar.progress(frac, text=f"{label} — {done:,}/{total:,}" if stage == "train" and total else label)
+
+
+n_keep = int((~run.removal_mask()).sum())
+if st.button("Retrain on the purified set" if stored is None else "Retrain again", key="ev_retrain",
+             type="primary" if stored is None else "secondary", icon=":material/model_training:",
+             help=f"Trains on the {n_keep:,} samples kept; minutes on a CPU for the demo."):
+    with shared.friendly_errors("Retraining"):
+        from flare_core.server_paths import resolve_allowed
+
+        test_path = resolve_allowed(test_txt, must_exist=True) if test_txt.strip() else None
+        ptest_path = resolve_allowed(ptest_txt, must_exist=True) if ptest_txt.strip() else None
+        if test_path is None:
+            raise FlareError("Give a clean test set (for example test_clean.npz from `flare attack`) to measure BA.")
+        model, dataset = shared.model_and_data()
+        if model is None or dataset is None:
+            shared.stop_page()
+        bar = _Bar()
+        stored = retrain.retrain_purified(run, dataset, model, test_data=test_path, poisoned_test_data=ptest_path,
+                                          arch=arch_txt.strip() or None, epochs=int(epochs) if epochs else None,
+                                          progress=bar)
+        bar.bar.empty()
+        st.success(f"Retrained in {stored['seconds']:.0f} s; the result is saved in the run folder.",
+                   icon=":material/check_circle:")
+
+if stored is not None:
+    if not retrain.is_current(stored, run):
+        st.warning(f"The samples to remove changed since this retraining ({stored['n_removed']:,} were removed then, "
+                   f"{run.n_samples - n_keep:,} now); retrain to update it.", icon=":material/update:")
+
+    def _pct(v):
+        return "–" if v is None else f"{100 * v:.2f} %"
+
+    def _delta(a, b):
+        return None if a is None or b is None else f"{100 * (b - a):+.2f} pts"
+
+    b, a = stored["before"], stored["after"]
+    left, right = st.columns(2)
+    with left.container(border=True):
+        st.markdown(f"**Before**: the analysed model ({stored['n_train_before']:,} training samples)")
+        m = st.columns(2)
+        m[0].metric("BA", _pct(b["benign_accuracy"]), help="Benign accuracy on the clean test set.")
+        m[1].metric("ASR", _pct(b["attack_success_rate"]), help="Attack success rate on the triggered test set.")
+    with right.container(border=True):
+        st.markdown(f"**After**: retrained on the purified set ({stored['n_train_after']:,} samples)")
+        m = st.columns(2)
+        m[0].metric("BA after retraining", _pct(a["benign_accuracy"]), delta=_delta(b["benign_accuracy"], a["benign_accuracy"]))
+        m[1].metric("ASR after retraining", _pct(a["attack_success_rate"]),
+                    delta=_delta(b["attack_success_rate"], a["attack_success_rate"]), delta_color="inverse")
+    recipe = stored.get("recipe") or {}
+    st.caption(
+        f"{stored['arch']}, {recipe.get('epochs', '?')} epochs ({recipe.get('optimizer', '?')}, lr {recipe.get('lr', '?')}, "
+        f"seed {recipe.get('seed', '?')}), trained in {stored['train_seconds']:.0f} s · {stored['n_removed']:,} samples "
+        "removed" + (f", of which the ground truth says {stored['poisoned_left']:,} poisoned samples were kept"
+                     if stored.get("poisoned_left") is not None else "")
+        + f" · test sets: {stored['n_test']:,} clean" + (f", {stored['n_poisoned_test']:,} triggered"
+                                                          if stored.get("n_poisoned_test") else "")
+        + f" · saved as `{stored.get('model_file')}` in the run folder ({stored['created']})."
+    )
+elif found_clean is None:
+    st.caption("No test sets were found next to the data; give their paths in the settings above.")

@@ -372,6 +372,61 @@ def test_evaluate_compares_detectors(env, run):
     assert len(at.dataframe) == 2
 
 
+def _retrain_fixture(env):
+    """A run over a lab folder with test sets, its dataset and a small-cnn recording a 1-epoch recipe."""
+    from flare_core.data.writers import save_npz
+    from flare_core.dataset import ImageDataset
+    from flare_core.models import build_model
+    from test_app_support import make_images
+
+    lab = env / "lab"
+    lab.mkdir()
+    r = make_run(env / "run", data_path=str(lab / "train.npz"))
+    save_npz(ImageDataset(make_images(30, seed=1), np.arange(30) % 3, r.classes, [f"t{i}" for i in range(30)]),
+             lab / "test_clean.npz")
+    save_npz(ImageDataset(make_images(20, seed=2), np.zeros(20, dtype=np.int64), r.classes, [f"p{i}" for i in range(20)]),
+             lab / "test_poisoned.npz")
+    torch.manual_seed(0)
+    model = LoadedModel(module=build_model("small-cnn", 3, 1, (8, 8)).eval(), kind="state_dict", num_classes=3,
+                        arch="small-cnn", path="m.pt", sha256="m",
+                        description={"history": {"config": {"epochs": 1, "batch_size": 16, "seed": 0}}})
+    return r, make_dataset(r), model
+
+
+def test_evaluate_retrains_on_request_and_shows_before_after(env):
+    from flare_core import retrain
+
+    r, ds, model = _retrain_fixture(env)
+    at = app("evaluate", run_path=str(r.path), dataset=ds, model=model)
+    no_errors(at)
+    assert at.text_input(key="rt_test").value == str(env / "lab" / "test_clean.npz")  # found next to the data
+    assert at.button(key="ev_retrain").label == "Retrain on the purified set"
+    assert not (r.path / retrain.RESULT_FILE).exists()  # nothing is retrained until asked
+    at.button(key="ev_retrain").click().run()
+    no_errors(at)
+    stored = retrain.load_result(r)
+    assert stored is not None and stored["n_train_after"] == 51 and stored["recipe"]["epochs"] == 1
+    values = {m.label: m.value for m in at.metric}
+    assert values["BA"].endswith("%") and values["ASR after retraining"].endswith("%")
+    assert values["BA after retraining"] == f"{100 * stored['after']['benign_accuracy']:.2f} %"
+    assert any("saved in the run folder" in s.value for s in at.success)
+    # a reload shows the stored result without retraining; a new decision marks it stale
+    r.set_decisions([3], "remove")
+    at2 = app("evaluate", run_path=str(r.path))
+    no_errors(at2)
+    assert at2.button(key="ev_retrain").label == "Retrain again"
+    assert "changed since this retraining" in at2.warning[0].value
+    assert {m.label: m.value for m in at2.metric}["BA after retraining"] == values["BA after retraining"]
+
+
+def test_evaluate_retrain_refuses_test_sets_outside_roots(env):
+    r, ds, model = _retrain_fixture(env)
+    at = app("evaluate", run_path=str(r.path), dataset=ds, model=model)
+    at.text_input(key="rt_test").input("/etc/passwd")
+    at.button(key="ev_retrain").click().run()
+    assert not at.exception and "outside the folders" in at.error[0].value
+
+
 def test_load_own_model_path_and_uploaded_zip_dataset(env):
     import io
     import zipfile

@@ -1,7 +1,7 @@
 """End to end in a real browser: the real Streamlit server driven by headless Chromium (Playwright).
 
-load demo -> analyse -> explore a class -> select points (lasso) -> inspect Grad-CAM -> mark decisions -> export,
-then the exported files are checked. A screenshot of every page goes to assets/screenshots/<page>.png when FLARE_UPDATE_SCREENSHOTS=1.
+fresh start (the demo loads by itself) -> analyse -> explore a class -> select points (lasso) -> inspect Grad-CAM ->
+mark decisions -> export -> evaluate (retrain on the purified set), then the exported files are checked. A screenshot of every page goes to assets/screenshots/<page>.png when FLARE_UPDATE_SCREENSHOTS=1.
 
 Skips cleanly when /usr/bin/chromium or playwright is missing. Uses the small demo (FLARE_DEMO_SIZE=small:
 200 images per class) so it finishes in a few minutes on 2 CPU cores.
@@ -245,6 +245,12 @@ def test_demo_flow_in_a_real_browser(server):
             go(page, "Evaluate")
             no_error_on_page(page)
             assert page.get_by_text("F1 after your review").count() == 1
+            # BA/ASR before and after retraining on the purified set, on request
+            page.get_by_role("button", name=re.compile("Retrain on the purified set|Retrain again")).click()
+            wait_for(page, page.get_by_text("saved in the run folder"), 900)
+            wait_idle(page)
+            no_error_on_page(page)
+            assert page.get_by_text("ASR after retraining").count() == 1
             shot(page, "evaluate")
         except Exception:
             page.screenshot(path=str(tmp / "failure.png"), full_page=True)
@@ -265,6 +271,9 @@ def test_demo_flow_in_a_real_browser(server):
     manifest = pd.read_csv(tmp / "manifest.csv", keep_default_na=False)
     assert len(manifest) == run.n_samples and int(manifest["removed"].sum()) == int(removal.sum())
     assert sorted(v for v in manifest["decision"] if v) == ["keep", "remove"]
+    retrained = json.loads((run_path / "retrain.json").read_text(encoding="utf-8"))
+    assert retrained["n_train_after"] == run.n_samples - int(removal.sum())
+    assert 0.0 <= retrained["after"]["benign_accuracy"] <= 1.0 and retrained["after"]["attack_success_rate"] is not None
     report = (tmp / "report.html").read_text(encoding="utf-8")
     assert "Counts per class" in report and "src='data:image/png;base64," in report
     assert "<script src=" not in report
