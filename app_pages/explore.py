@@ -34,17 +34,33 @@ def _store_selection(chart_key: str, fig) -> None:
     ss[shared.SELECTION] = plots.selected_indices(fig, points)
 
 
-@st.cache_resource(show_spinner=False, max_entries=24)
-def _class_figure(run_path: str, label: int, _run):
-    v = _run.class_view(label)
+def _build_class_figure(run_, label: int):
+    v = run_.class_view(label)
     if v is None:
         return None
     return plots.class_scatter(
-        v.embedding, v.clusters, v.indices, _run.flagged()[v.indices], scores=_run.scores()[v.indices],
-        sources=_run.manifest["source"].to_numpy()[v.indices], stability=v.stability,
-        title=f"Class {label}: {shared.class_name(_run, label)} — UMAP coloured by HDBSCAN cluster",
-        detector_label=f"flagged by {shared.detector_label(_run.detectors()[0])}",
+        v.embedding, v.clusters, v.indices, run_.flagged()[v.indices], scores=run_.scores()[v.indices],
+        sources=run_.manifest["source"].to_numpy()[v.indices], stability=v.stability,
+        title=f"Class {label}: {shared.class_name(run_, label)} — UMAP coloured by HDBSCAN cluster",
+        detector_label=f"flagged by {shared.detector_label(run_.detectors()[0])}",
     )
+
+
+@st.cache_resource(show_spinner=False, max_entries=24)
+def _class_figure(run_path: str, label: int, _run):
+    return _build_class_figure(_run, label)
+
+
+def _class_label(j: int, flag_counts) -> str:
+    return f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged of {(labels == j).sum():,}"
+
+
+@st.cache_resource(show_spinner="Drawing every class's view…", max_entries=4)
+def _class_menu_figure(run_path: str, with_views: tuple, default: int, _run):
+    """Every class's view in one figure, switched by the plot's own menu (in the browser, without a rerun)."""
+    flag_counts = np.bincount(labels[_run.flagged()], minlength=k)
+    figs = [(_class_label(j, flag_counts), _build_class_figure(_run, j)) for j in with_views]
+    return plots.class_menu([(lab, f) for lab, f in figs if f is not None], default=list(with_views).index(default))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -59,7 +75,16 @@ def _global_figure(run_path: str, _run):
 
 @st.fragment
 def views_and_selection() -> None:
-    """The scatter views and the selection grid: a class switch or a selection reruns only this part."""
+    """The scatter views and the selection grid: a selection (or a server-side class switch) reruns only this
+    part; its errors are shown like the page's own, also when only the fragment reruns."""
+    try:
+        with shared.friendly_errors("The Explore page"):
+            _views_and_selection()
+    except shared.PageStop:
+        pass
+
+
+def _views_and_selection() -> None:
     view = st.radio("View", ["One class", "All classes"], horizontal=True, key="ex_view", label_visibility="collapsed")
     flag_counts = np.bincount(labels[flagged], minlength=k)
     stamp = f"{run.path}@{run.meta.get('created', '')}"
@@ -69,16 +94,27 @@ def views_and_selection() -> None:
             st.warning("This run has no per-class views (it was run without them); use the global view.")
         else:
             default = int(np.argmax(flag_counts)) if flag_counts.any() else with_views[0]
-            if ss.get("ex_class") not in with_views:
-                ss["ex_class"] = default if default in with_views else with_views[0]
-            label = st.selectbox("Class", with_views, key="ex_class",
-                                 format_func=lambda j: f"{j}: {shared.class_name(run, j)} — {flag_counts[j]:,} flagged "
-                                                       f"of {(labels == j).sum():,}")
-            fig = _class_figure(stamp, int(label), run)
-            chart_key = "ex_chart_class"  # one chart updated in place (Plotly.react) when the class changes
+            default = default if default in with_views else with_views[0]
+            in_browser = (run.n_samples <= plots.CLASS_MENU_MAX_POINTS
+                          and len(with_views) <= plots.CLASS_MENU_MAX_CLASSES)
+            if in_browser:
+                # every class is sent once and the plot's own menu switches between them in the browser: no rerun,
+                # and the plot (with its WebGL context) is kept, so a switch costs a fraction of a new plot
+                fig = _class_menu_figure(stamp, tuple(with_views), default, run)
+                chart_key = "ex_chart_classes"
+                hint = "Pick the class with the menu at the top right of the plot. "
+            else:  # too many points to send at once: the server draws the chosen class
+                if ss.get("ex_class") not in with_views:
+                    ss["ex_class"] = default
+                label = st.selectbox("Class", with_views, key="ex_class",
+                                     format_func=lambda j: _class_label(j, flag_counts))
+                fig = _class_figure(stamp, int(label), run)
+                chart_key = "ex_chart_class"
+                hint = ""
             st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key, fig),
                             selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
-            st.caption("Drag a box or a lasso (tools at the top right of the plot) to select samples; ✕ marks flagged ones.")
+            st.caption(hint + "Drag a box or a lasso (tools at the top right of the plot) to select samples; "
+                              "✕ marks flagged ones.")
     else:
         fig = _global_figure(stamp, run)
         if fig is None:

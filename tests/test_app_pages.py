@@ -243,15 +243,36 @@ def test_explore_class_view_selection_grid_and_bulk_marks(env, run):
     assert len(charts) == 2  # the per-class bar and the class scatter
     fig = json.loads(charts[1].proto.spec)
     assert any(t.get("name", "").startswith("cluster 1") for t in fig["data"])
+    # every class is in the figure, one shown at a time; the plot's own menu switches them in the browser
+    menu = fig["layout"]["updatemenus"][0]
+    assert [b["label"] for b in menu["buttons"]] == ["0: zero — 3 flagged of 20", "1: one — 3 flagged of 20",
+                                                      "2: two — 3 flagged of 20"]
+    assert menu["active"] == 0 and fig["layout"]["title"]["text"].startswith("Class 0: zero")
+    assert {t["meta"] for t in fig["data"] if t["visible"]} == {0} and {t["meta"] for t in fig["data"]} == {0, 1, 2}
+    visible, relayout = menu["buttons"][2]["args"]
+    assert [v for v, t in zip(visible["visible"], fig["data"]) if v] and all(
+        t["meta"] == 2 for v, t in zip(visible["visible"], fig["data"]) if v)
+    assert relayout["title.text"].startswith("Class 2: two")
+    assert not at.selectbox  # no server-side class selector: switching needs no rerun
     assert at.subheader[0].value == "Selection (3 samples)"
     assert imgs(at) == 3
-    at.selectbox(key="ex_class").select(2).run()
-    no_errors(at)
-    assert "Class 2: two" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
     at.button(key="ex_remove").click().run()
     assert run.decisions() == {0: "remove", 1: "remove", 57: "remove"}
     at.button(key="ex_clear_sel").click().run()
     assert at.session_state["selection"] == []
+
+
+def test_explore_switches_class_on_the_server_past_the_browser_limit(env, run, monkeypatch):
+    from flare_core import plots
+
+    monkeypatch.setattr(plots, "CLASS_MENU_MAX_POINTS", 10)  # pretend 60 samples are too many to send at once
+    at = app("explore", run_path=str(run.path))
+    no_errors(at)
+    fig = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert "updatemenus" not in fig["layout"] and "Class 0: zero" in fig["layout"]["title"]["text"]
+    at.selectbox(key="ex_class").select(2).run()
+    no_errors(at)
+    assert "Class 2: two" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
 
 
 def test_explore_global_view(env, run):

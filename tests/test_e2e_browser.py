@@ -122,7 +122,7 @@ FLAGGED_BOX_JS = """(gd) => {
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   const xs = [], ys = [];
   for (const t of gd._fullData) {
-    if (!t.marker || t.marker.symbol !== 'x' || !t.x) continue;
+    if (t.visible !== true || !t.marker || t.marker.symbol !== 'x' || !t.x) continue;
     for (let i = 0; i < t.x.length; i++) if (t.x[i] !== null) { xs.push(xa.d2p(t.x[i])); ys.push(ya.d2p(t.y[i])); }
   }
   if (!xs.length) return null;

@@ -156,3 +156,31 @@ def test_selected_indices_maps_event_points_back_through_the_figure(rng):
     got = plots.selected_indices(fig, points)
     assert got == sorted({int(t0.customdata[2][0]), int(t0.customdata[0][0])})
     assert plots.selected_indices(fig, []) == []
+
+
+def test_class_menu_shows_one_class_and_switches_in_the_browser(rng):
+    figs = []
+    for k in range(3):
+        emb, clusters, indices, flagged = _class_data(np.random.default_rng(k), n=50 + 10 * k)
+        figs.append((f"class {k}", plots.class_scatter(emb, clusters, indices + 1000 * k, flagged, title=f"Class {k}")))
+    n_traces = [len(f.data) for _, f in figs]
+    fig = plots.class_menu(figs, default=1)
+    assert len(fig.data) == sum(n_traces)
+    assert all(len(f.data) == n for (_, f), n in zip(figs, n_traces))  # the inputs are left alone
+    assert [t.meta for t in fig.data] == [j for j, n in enumerate(n_traces) for _ in range(n)]
+    assert [t.visible for t in fig.data] == [t.meta == 1 for t in fig.data]
+    assert fig.layout.title.text == "Class 1" and fig.layout.meta["menu_labels"] == ["class 0", "class 1", "class 2"]
+    menu = fig.layout.updatemenus[0]
+    assert menu.active == 1 and [b.label for b in menu.buttons] == ["class 0", "class 1", "class 2"]
+    vis, relayout = menu.buttons[2].args
+    assert vis["visible"] == [t.meta == 2 for t in fig.data] and relayout["title.text"] == "Class 2"
+    assert relayout["selections"] == [] and relayout["xaxis.autorange"] is True
+    # legend groups are per class, so a legend click never reaches another class's hidden traces
+    groups = {t.legendgroup for t in fig.data}
+    assert all(g.split(":", 1)[0] in {"0", "1", "2"} for g in groups)
+    # a selection maps back to samples through the merged figure
+    t = next(i for i, tr in enumerate(fig.data) if tr.meta == 2 and tr.customdata is not None)
+    assert plots.selected_indices(fig, [{"curve_number": t, "point_index": 0}]) == [int(fig.data[t].customdata[0][0])]
+    pio.to_json(fig, validate=True)
+    with pytest.raises(ValueError):
+        plots.class_menu([])
