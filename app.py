@@ -1,6 +1,8 @@
 """FLARE Workbench dashboard: ``streamlit run app.py`` (binds to 127.0.0.1, see .streamlit/config.toml).
 
-Pages: Load → Analyse → Explore → Inspect → Export (→ Evaluate when the ground truth is known).
+Pages: Load → Analyse → Explore → Inspect → Export (→ Evaluate when the ground truth is known), one script each
+in ``pages/``, routed by ``st.navigation`` below (each page first calls ``shared.require_app_router()``, so a page is
+never run on its own by Streamlit's legacy ``pages/`` discovery; see there).
 All computation lives in ``flare_core``; the pages only call it and show the results.
 """
 import os
@@ -10,14 +12,14 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "flare-wor
 
 import streamlit as st  # noqa: E402
 
-from app_pages import _shared as shared  # noqa: E402
+from pages import _shared as shared  # noqa: E402
 
 st.set_page_config(page_title="FLARE Workbench", page_icon=":material/shield:", layout="wide")
 shared.start_warmup()
 if shared.restore_run():  # a fresh session with nothing to reopen opens on the built-in demo
     shared.autoload_demo()
 
-pages = [
+nav_pages = [
     st.Page(shared.PAGES["load"], title="Load", icon=":material/upload_file:", default=True),
     st.Page(shared.PAGES["analyse"], title="Analyse", icon=":material/play_circle:"),
     st.Page(shared.PAGES["explore"], title="Explore", icon=":material/scatter_plot:"),
@@ -26,9 +28,9 @@ pages = [
 ]
 _run = shared.current_run()
 if _run is not None and _run.ground_truth() is not None:
-    pages.append(st.Page(shared.PAGES["evaluate"], title="Evaluate", icon=":material/fact_check:"))
+    nav_pages.append(st.Page(shared.PAGES["evaluate"], title="Evaluate", icon=":material/fact_check:"))
 
-page = st.navigation(pages)
+page = st.navigation(nav_pages)
 try:
     with shared.friendly_errors(f"The {page.title} page"):
         page.run()

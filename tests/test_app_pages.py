@@ -44,7 +44,7 @@ def app(page: str = None, **state) -> AppTest:
         at.session_state[k] = v
     at.run()
     if page:
-        at.switch_page(f"app_pages/{page}.py")
+        at.switch_page(f"pages/{page}.py")
         at.run()
     return at
 
@@ -114,7 +114,7 @@ def test_fresh_start_with_nothing_to_reopen_opens_on_the_demo(env, monkeypatch, 
     assert "built-in demo is loaded" in at.info[0].value and "Use my own model and dataset" in at.info[0].value
     assert at.subheader[-1].value == "Tiny poisoned demo" and imgs(at) == 6
     # go straight to Analyse: the demo's model and data are the ones to analyse
-    at.switch_page("app_pages/analyse.py")
+    at.switch_page("pages/analyse.py")
     at.run()
     no_errors(at)
     assert at.button(key="an_run").label == "Run the analysis" and str(env / "d.npz") in at.caption[0].value
@@ -220,9 +220,9 @@ def test_analyse_runs_once_then_reuses_the_cached_result(env, monkeypatch):
     assert run_path.parent == (env / "cache" / "runs").resolve()
     assert any(m.label == "flagged" and m.value == "9" for m in at.metric)
     # navigating away and back, or pressing again, never recomputes
-    at.switch_page("app_pages/explore.py")
+    at.switch_page("pages/explore.py")
     at.run()
-    at.switch_page("app_pages/analyse.py")
+    at.switch_page("pages/analyse.py")
     at.run()
     assert at.button(key="an_run").label == "Open the cached result"
     at.button(key="an_run").click().run()
@@ -290,6 +290,17 @@ def test_pages_without_run_explain_what_to_do(env):
         no_errors(at)
         assert "No analysis is open yet" in at.info[0].value
         assert at.sidebar.markdown[0].value == "### Current analysis"  # drawn although the page stopped early
+
+
+def test_a_sub_page_runs_inside_app_py_not_as_a_legacy_page(env, run):
+    """AppTest turns Streamlit's legacy pages/ discovery on before every run (as a fresh server does); the page
+    still runs inside app.py: its sidebar and navigation are there."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    at = app("explore", run_path=str(run.path))
+    no_errors(at)
+    assert at.title[0].value == "Explore" and at.sidebar.markdown[0].value == "### Current analysis"
+    assert PagesManager.uses_pages_directory is False
 
 
 def test_sidebar_shows_the_run_the_page_just_opened(env, run):

@@ -8,6 +8,7 @@ Skips cleanly when /usr/bin/chromium or playwright is missing. Uses the small de
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -47,16 +48,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """The dashboard as users start it, with its cache and allowed roots inside tmp_path."""
+@contextlib.contextmanager
+def serve(tmp_path: Path, cache: Path, **extra_env):
+    """Start the dashboard as users do (``streamlit run app.py``); yields its URL."""
     port = _free_port()
-    cache = Path(os.environ.get("FLARE_E2E_CACHE", tmp_path / "cache"))  # reuse a demo cache when given
     env = {**os.environ, "FLARE_CACHE": str(cache), "FLARE_ROOTS": os.pathsep.join([str(tmp_path), str(cache)]),
            "FLARE_DEMO_SIZE": "small", "PYTHONUNBUFFERED": "1"}
     env.pop("FLARE_OPEN_RUN", None)
     env.pop("FLARE_NO_DEMO", None)
-    (cache / "last_run.json").unlink(missing_ok=True)  # a fresh start with nothing to reopen (a reused cache too)
+    env.update(extra_env)
     env.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "flare-workbench" / "numba"))
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
@@ -72,7 +72,7 @@ def server(tmp_path):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("the dashboard did not start: " + (tmp_path / "server.log").read_text()[-2000:])
                 time.sleep(0.2)
-        yield url, tmp_path, cache
+        yield url
     finally:
         proc.terminate()
         try:
@@ -80,6 +80,15 @@ def server(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The dashboard as users start it, with its cache and allowed roots inside tmp_path."""
+    cache = Path(os.environ.get("FLARE_E2E_CACHE", tmp_path / "cache"))  # reuse a demo cache when given
+    (cache / "last_run.json").unlink(missing_ok=True)  # a fresh start with nothing to reopen (a reused cache too)
+    with serve(tmp_path, cache) as url:
+        yield url, tmp_path, cache
 
 
 def wait_idle(page, timeout_s: float = 120) -> None:
@@ -277,3 +286,27 @@ def test_demo_flow_in_a_real_browser(server):
     report = (tmp / "report.html").read_text(encoding="utf-8")
     assert "Counts per class" in report and "src='data:image/png;base64," in report
     assert "<script src=" not in report
+
+
+@pytest.mark.timeout(300)
+def test_a_sub_page_is_the_first_request_after_a_server_start(tmp_path):
+    """Reloading e.g. /explore right after a server start runs the page inside app.py's navigation, not as a
+    legacy ``pages/`` page (Streamlit's legacy discovery is on until some session calls st.navigation)."""
+    from test_app_support import make_run
+
+    run = make_run(tmp_path / "run")
+    with serve(tmp_path, tmp_path / "cache", FLARE_OPEN_RUN=str(run.path), FLARE_NO_DEMO="1") as url, \
+            sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        try:
+            for _ in range(2):  # the first request, then a reload
+                page.goto(f"{url}/explore")
+                page.locator("h1", has_text="Explore").first.wait_for(timeout=60_000)
+                wait_idle(page)
+                no_error_on_page(page)
+                nav = [t.split()[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+                assert nav == ["Load", "Analyse", "Explore", "Inspect", "Export", "Evaluate"]
+                assert page.get_by_text("Current analysis").count() == 1  # app.py's sidebar: the page ran inside it
+        finally:
+            browser.close()

@@ -8,7 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from flare_core import plots, server_paths
-from app_pages import _shared as shared
+from pages import _shared as shared
+
+shared.require_app_router()  # before anything else: never run as a legacy pages/ page
 
 ss = st.session_state
 STAGE_LABELS = {

@@ -34,9 +34,34 @@ logger = logging.getLogger(__name__)
 
 RUN, CONFIG, MODEL, DATASET, SELECTION, DEMO = "run_path", "config", "model", "dataset", "selection", "demo"
 PAGES = {
-    "load": "app_pages/load.py", "analyse": "app_pages/analyse.py", "explore": "app_pages/explore.py",
-    "inspect": "app_pages/inspect.py", "export": "app_pages/export.py", "evaluate": "app_pages/evaluate.py",
+    "load": "pages/load.py", "analyse": "pages/analyse.py", "explore": "pages/explore.py",
+    "inspect": "pages/inspect.py", "export": "pages/export.py", "evaluate": "pages/evaluate.py",
 }
+
+
+# ---- routing -------------------------------------------------------------------------------------------------
+def require_app_router() -> None:
+    """Called first by every page: make sure it runs inside app.py's ``st.navigation``, never as a legacy page.
+
+    Streamlit still knows the legacy multipage layout, in which every ``pages/*.py`` is a page of its own, and
+    switches it off only once some session has called ``st.navigation`` (Streamlit 1.67:
+    ``PagesManager.uses_pages_directory`` is set when the first session starts and cleared by ``st.navigation``;
+    ``AppTest`` sets it again before every run). Until then a request for a page (``/explore`` reloaded right after
+    a server start) runs the page script alone, without app.py: no page config, no reopened run, no readable
+    errors, and a navigation listing every file. A page run that way switches the legacy mode off and runs app.py
+    in its place, in the same script run (so the widget values of this run, a click included, are kept); app.py
+    then runs this page inside its frame.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if not getattr(PagesManager, "uses_pages_directory", False):
+        return
+    PagesManager.uses_pages_directory = False
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    exec(compile(app.read_text(encoding="utf-8"), str(app), "exec"), {"__name__": "__main__", "__file__": str(app)})
+    st.stop()  # this legacy run of the page ends here: app.py has drawn the page
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ import numpy as np
 import streamlit as st
 
 from flare_core import plots
-from app_pages import _shared as shared
+from pages import _shared as shared
+
+shared.require_app_router()  # before anything else: never run as a legacy pages/ page
 
 ss = st.session_state
 PAGE_SIZE = 8

@@ -7,7 +7,9 @@ import streamlit as st
 
 from flare_core import server_paths
 from flare_core.report import build_report, manifest_with_decisions
-from app_pages import _shared as shared
+from pages import _shared as shared
+
+shared.require_app_router()  # before anything else: never run as a legacy pages/ page
 
 ss = st.session_state
 run = shared.require_run()

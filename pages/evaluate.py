@@ -7,7 +7,9 @@ import streamlit as st
 from flare_core import plots, retrain
 from flare_core.errors import FlareError
 from flare_core.report import detection_table, per_class_confusion
-from app_pages import _shared as shared
+from pages import _shared as shared
+
+shared.require_app_router()  # before anything else: never run as a legacy pages/ page
 
 run = shared.require_run()
 st.title("Evaluate")
