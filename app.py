@@ -16,8 +16,8 @@ from pages import _shared as shared  # noqa: E402
 
 st.set_page_config(page_title="FLARE Workbench", page_icon=":material/shield:", layout="wide")
 shared.start_warmup()
-if shared.restore_run():  # a fresh session with nothing to reopen opens on the built-in demo
-    shared.autoload_demo()
+shared.restore_run()  # a new session: reopen a run, or else mark the built-in demo to be loaded below
+notice = st.empty()  # where the demo's loading (or its failure) is shown, above the page
 
 nav_pages = [
     st.Page(shared.PAGES["load"], title="Load", icon=":material/upload_file:", default=True),
@@ -37,3 +37,5 @@ try:
 except shared.PageStop:
     pass
 shared.sidebar()  # after the page (also when it stopped early), so it shows what the page just changed
+if shared.autoload_demo(notice):  # after the page is drawn, so the first page shows at once; then show the demo
+    st.rerun()

@@ -240,6 +240,7 @@ def set_run(path: str | Path, *, config=None) -> RunFolder:
     # without a given config, the run's own is built from run.json when a page needs the model (no torch import here)
     ss[CONFIG] = config if config is not None else (old if same else None)
     ss[RUN] = str(resolved)
+    ss.pop(DEMO_PENDING, None)
     ss[SELECTION] = []
     st.query_params["run"] = str(resolved)
     try:
@@ -263,7 +264,8 @@ def restore_run() -> bool:
     """On a new session: reopen the run named in the URL (``?run=``), else ``FLARE_OPEN_RUN`` (set by
     ``flare dashboard --run``), else the last one opened on this server.
 
-    Returns True only for a new session that found nothing to reopen (then the built-in demo is loaded).
+    A new session that finds nothing to reopen is marked to load the built-in demo (unless FLARE_NO_DEMO=1):
+    see :func:`autoload_demo`. Returns True for that case.
     """
     ss = st.session_state
     if ss.get("_restored"):
@@ -281,6 +283,9 @@ def restore_run() -> bool:
             return False
         except FlareError as e:
             logger.info("not reopening %s: %s", candidate, e)
+    if os.environ.get("FLARE_NO_DEMO"):
+        return False
+    ss[DEMO_PENDING] = True
     return True
 
 
@@ -302,18 +307,28 @@ def start_demo(*, auto: bool = False) -> None:
     st.session_state[DEMO_AUTO] = auto
 
 
-def autoload_demo() -> None:
+DEMO_PENDING = "_demo_pending"  # session flag: load the built-in demo once this run has drawn the page
+
+
+def autoload_demo(notice) -> bool:
     """Load the built-in demo for a fresh session that has nothing to reopen (FLARE_NO_DEMO=1 turns this off),
-    so the dashboard opens on something to analyse. A failure is a warning: the Load page still works."""
-    if os.environ.get("FLARE_NO_DEMO"):
-        return
+    so the dashboard opens on something to analyse. Called by app.py after the page is drawn (so the page shows
+    at once and says the demo is on its way); returns True when it loaded (app.py then reruns to show it). A
+    failure is a warning in ``notice`` (a placeholder at the top of the page): the Load page still works."""
+    ss = st.session_state
+    if not ss.get(DEMO_PENDING):
+        return False
     try:
-        start_demo(auto=True)
+        with notice.container():
+            start_demo(auto=True)
+        return True
     except Exception as e:  # not fatal: the user can still load data or retry the demo on the Load page
+        ss.pop(DEMO_PENDING, None)  # (a rerun interrupting the load leaves it pending: the next run loads it)
         logger.warning("could not load the built-in demo", exc_info=True)
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        st.warning(f"The built-in demo could not be loaded ({first}). Load a model and a dataset on the Load page.",
-                   icon=":material/warning:")
+        notice.warning(f"The built-in demo could not be loaded ({first}). Load a model and a dataset on the Load "
+                       "page.", icon=":material/warning:")
+        return False
 
 
 def session_config():
@@ -422,7 +437,9 @@ def parse_numbers(text: str, what: str, *, count: Optional[tuple] = None, kind=f
 
 
 def use_config(config) -> tuple:
-    """Load a config's model and data; an open run made from other inputs is closed."""
+    """Load a config's model and data; an open run made from other inputs is closed (and a pending automatic
+    demo is not loaded any more)."""
+    st.session_state.pop(DEMO_PENDING, None)
     model, dataset = load_config(config)
     run = current_run()
     if run is not None:

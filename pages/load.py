@@ -15,7 +15,9 @@ st.title("Load a model and a dataset")
 st.caption("FLARE finds backdoor-poisoned training samples from a model's hidden-layer statistics. "
            "Start with the built-in demo, bring your own model and data, or reopen an earlier analysis.")
 
-if ss.get(shared.DEMO_AUTO) and ss.get(shared.DEMO) is not None and ss.get(shared.DATASET) is not None:
+if ss.get(shared.DEMO_PENDING):
+    st.info("Loading the built-in demo (nothing else was open)…", icon=":material/hourglass_top:")
+elif ss.get(shared.DEMO_AUTO) and ss.get(shared.DEMO) is not None and ss.get(shared.DATASET) is not None:
     with st.container(border=True, key="demo_note"):
         st.info("**The built-in demo is loaded** (nothing else was open), so you can go straight to Analyse. "
                 "To work on your own data, switch on **Use my own model and dataset** below (a model file and a "
