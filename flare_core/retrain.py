@@ -126,6 +126,7 @@ def retrain_purified(
     seed: Optional[int] = None,
     device: Optional[str] = None,
     num_threads: Optional[int] = None,
+    control: bool = False,
     save: bool = True,
     progress: Optional[ProgressCallback] = None,
 ) -> dict:
@@ -135,9 +136,11 @@ def retrain_purified(
     ("before"). Test sets: paths or datasets; by default the lab's files found by :func:`find_test_sets`.
     A clean test set is required (BA), the triggered one is optional (ASR is None without it).
     ``arch`` is needed only when the model file does not name its architecture (TorchScript, ``.pt2``).
-    ``epochs``/``seed`` override the recorded recipe. With ``save`` the result (and the retrained model)
-    is written into the run folder atomically. Progress stages: ``retrain-before``, ``train``,
-    ``retrain-after``. Returns the result dict (also what ``retrain.json`` holds).
+    ``epochs``/``seed`` override the recorded recipe. With ``control`` a second model is trained the same way
+    on the whole analysed set (nothing removed), for a like-for-like comparison: the analysed model may have
+    been trained otherwise (another recipe, more data). With ``save`` the result (and the retrained model) is
+    written into the run folder atomically. Progress stages: ``retrain-before``, ``train``, ``retrain-after``
+    (and ``train-control``, ``retrain-control``). Returns the result dict (also what ``retrain.json`` holds).
     """
     from flare_core.models.preprocessing import Preprocessing
     from flare_core.models.training import train_model
@@ -191,6 +194,16 @@ def retrain_purified(
     after = _metrics(net, clean, poisoned, pre, device=device)
     progress("retrain-after", 1, 1)
 
+    control_result = None
+    if control:
+        full, _ = train_model(dataset, arch=arch, device=device, preprocessing=pre, num_threads=num_threads,
+                              progress=lambda s, d, t: progress("train-control" if s == "train" else s, d, t),
+                              **recipe)
+        progress("retrain-control", 0, 1)
+        control_result = {**_metrics(full, clean, poisoned, pre, device=device), "n_train": int(len(dataset))}
+        progress("retrain-control", 1, 1)
+        del full
+
     truth = run.ground_truth()
     result = {
         "format": FORMAT,
@@ -210,6 +223,7 @@ def retrain_purified(
         "n_poisoned_test": int(len(poisoned)) if poisoned is not None else None,
         "before": before,
         "after": after,
+        "control": control_result,
         "train_loss": [round(float(x), 5) for x in history.get("train_loss", [])],
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1),

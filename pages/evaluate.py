@@ -69,26 +69,34 @@ with st.expander("Retraining settings", expanded=stored is None and found_clean 
     arch_txt = r4.text_input("Architecture (only for TorchScript/.pt2 models)", placeholder="the model's own",
                              key="rt_arch", help="A built-in name (small-cnn, small-cnn-gn, narrow-resnet, "
                                                  "resnet18-cifar) or torchvision:<name>.")
+    control = st.checkbox("Also train the same way on the whole set, nothing removed (a like-for-like control; "
+                          "twice the time)", key="rt_control",
+                          help="The analysed model may have been trained with another recipe or on more data; the "
+                               "control shows what the same recipe gives without the purification.")
 
 STAGES = {"retrain-before": "Measuring the analysed model", "train": "Training on the purified set",
-          "retrain-after": "Measuring the retrained model"}
+          "retrain-after": "Measuring the retrained model", "train-control": "Training the control (whole set)",
+          "retrain-control": "Measuring the control"}
 
 
 class _Bar:
     """One progress bar for the three stages (updated at most every 0.2 s)."""
 
-    def __init__(self):
+    def __init__(self, control: bool):
         self.bar, self.last = st.progress(0.0, text="Preparing the retraining…"), 0.0
+        self.spans = ({"retrain-before": (0.0, 0.04), "train": (0.04, 0.44), "retrain-after": (0.48, 0.04),
+                       "train-control": (0.52, 0.44), "retrain-control": (0.96, 0.04)} if control else
+                      {"retrain-before": (0.0, 0.05), "train": (0.05, 0.9), "retrain-after": (0.95, 0.05)})
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         now = time.monotonic()
         if done < total and now - self.last < 0.2:
             return
         self.last = now
-        base, span = {"retrain-before": (0.0, 0.05), "train": (0.05, 0.9), "retrain-after": (0.95, 0.05)}.get(stage, (0, 0))
+        base, span = self.spans.get(stage, (0.0, 0.0))
         frac = min(1.0, base + span * (done / total if total else 0.0))
         label = STAGES.get(stage, stage)
-        self.bar.progress(frac, text=f"{label} — {done:,}/{total:,}" if stage == "train" and total else label)
+        self.bar.progress(frac, text=f"{label} — {done:,}/{total:,}" if stage.startswith("train") and total else label)
 
 
 n_keep = int((~run.removal_mask()).sum())
@@ -105,14 +113,17 @@ if st.button("Retrain on the purified set" if stored is None else "Retrain again
         model, dataset = shared.model_and_data()
         if model is None or dataset is None:
             shared.stop_page()
-        bar = _Bar()
-        stored = retrain.retrain_purified(run, dataset, model, test_data=test_path, poisoned_test_data=ptest_path,
-                                          arch=arch_txt.strip() or None, epochs=int(epochs) if epochs else None,
-                                          progress=bar)
-        bar.bar.empty()
-        st.success(f"Retrained in {stored['seconds']:.0f} s; the result is saved in the run folder.",
-                   icon=":material/check_circle:")
+        bar = _Bar(control)
+        done = retrain.retrain_purified(run, dataset, model, test_data=test_path, poisoned_test_data=ptest_path,
+                                        arch=arch_txt.strip() or None, epochs=int(epochs) if epochs else None,
+                                        control=control, progress=bar)
+        st.session_state["rt_message"] = (str(run.path), f"Retrained in {done['seconds']:.0f} s; the result is saved "
+                                                         "in the run folder.")
+        st.rerun()  # the button and the stored result below show the new state
 
+msg = st.session_state.pop("rt_message", None)
+if msg and msg[0] == str(run.path):
+    st.success(msg[1], icon=":material/check_circle:")
 if stored is not None:
     if not retrain.is_current(stored, run):
         st.warning(f"The samples to remove changed since this retraining ({stored['n_removed']:,} were removed then, "
@@ -124,19 +135,25 @@ if stored is not None:
     def _delta(a, b):
         return None if a is None or b is None else f"{100 * (b - a):+.2f} pts"
 
-    b, a = stored["before"], stored["after"]
-    left, right = st.columns(2)
-    with left.container(border=True):
-        st.markdown(f"**Before**: the analysed model ({stored['n_train_before']:,} training samples)")
+    b, a, ctrl = stored["before"], stored["after"], stored.get("control")
+    cols = st.columns(3 if ctrl else 2)
+    with cols[0].container(border=True):
+        st.markdown("**Before**: the analysed model, as loaded")
         m = st.columns(2)
         m[0].metric("BA", _pct(b["benign_accuracy"]), help="Benign accuracy on the clean test set.")
         m[1].metric("ASR", _pct(b["attack_success_rate"]), help="Attack success rate on the triggered test set.")
-    with right.container(border=True):
+    with cols[1].container(border=True):
         st.markdown(f"**After**: retrained on the purified set ({stored['n_train_after']:,} samples)")
         m = st.columns(2)
         m[0].metric("BA after retraining", _pct(a["benign_accuracy"]), delta=_delta(b["benign_accuracy"], a["benign_accuracy"]))
         m[1].metric("ASR after retraining", _pct(a["attack_success_rate"]),
                     delta=_delta(b["attack_success_rate"], a["attack_success_rate"]), delta_color="inverse")
+    if ctrl:
+        with cols[2].container(border=True):
+            st.markdown(f"**Control**: the same recipe on the whole set ({ctrl['n_train']:,} samples)")
+            m = st.columns(2)
+            m[0].metric("BA of the control", _pct(ctrl["benign_accuracy"]))
+            m[1].metric("ASR of the control", _pct(ctrl["attack_success_rate"]))
     recipe = stored.get("recipe") or {}
     st.caption(
         f"{stored['arch']}, {recipe.get('epochs', '?')} epochs ({recipe.get('optimizer', '?')}, lr {recipe.get('lr', '?')}, "
@@ -145,7 +162,10 @@ if stored is not None:
                      if stored.get("poisoned_left") is not None else "")
         + f" · test sets: {stored['n_test']:,} clean" + (f", {stored['n_poisoned_test']:,} triggered"
                                                           if stored.get("n_poisoned_test") else "")
-        + f" · saved as `{stored.get('model_file')}` in the run folder ({stored['created']})."
+        + f" · saved as `{stored.get('model_file')}` in the run folder ({stored['created']}). The analysed model "
+          "may have been trained with another recipe or on more data"
+        + ("; the control is trained exactly like the purified one." if ctrl else
+           " (the control in the settings trains the same recipe without removing anything).")
     )
 elif found_clean is None:
     st.caption("No test sets were found next to the data; give their paths in the settings above.")

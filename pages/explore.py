@@ -104,7 +104,7 @@ def _views_and_selection() -> None:
                 # and the plot (with its WebGL context) is kept, so a switch costs a fraction of a new plot
                 fig = _class_menu_figure(stamp, tuple(with_views), default, run)
                 chart_key = "ex_chart_classes"
-                hint = "Pick the class with the menu at the top right of the plot. "
+                hint = "Pick the class with the menu above the plot. "
             else:  # too many points to send at once: the server draws the chosen class
                 if ss.get("ex_class") not in with_views:
                     ss["ex_class"] = default

@@ -434,11 +434,15 @@ def test_evaluate_retrains_on_request_and_shows_before_after(env):
     assert at.text_input(key="rt_test").value == str(env / "lab" / "test_clean.npz")  # found next to the data
     assert at.button(key="ev_retrain").label == "Retrain on the purified set"
     assert not (r.path / retrain.RESULT_FILE).exists()  # nothing is retrained until asked
+    at.checkbox(key="rt_control").check()
     at.button(key="ev_retrain").click().run()
     no_errors(at)
     stored = retrain.load_result(r)
     assert stored is not None and stored["n_train_after"] == 51 and stored["recipe"]["epochs"] == 1
+    assert stored["control"]["n_train"] == 60
     values = {m.label: m.value for m in at.metric}
+    assert values["BA of the control"] == f"{100 * stored['control']['benign_accuracy']:.2f} %"
+    assert at.button(key="ev_retrain").label == "Retrain again"
     assert values["BA"].endswith("%") and values["ASR after retraining"].endswith("%")
     assert values["BA after retraining"] == f"{100 * stored['after']['benign_accuracy']:.2f} %"
     assert any("saved in the run folder" in s.value for s in at.success)

@@ -77,8 +77,14 @@ def test_retrain_purified_measures_before_after_and_stores_the_result(tmp_path):
 def test_retrain_is_deterministic_and_save_false_writes_nothing(tmp_path):
     run, ds, model, _ = _lab(tmp_path)
     a = retrain.retrain_purified(run, ds, model, epochs=1, num_threads=1, save=False)
-    b = retrain.retrain_purified(run, ds, model, epochs=1, num_threads=1, save=False)
+    stages = []
+    b = retrain.retrain_purified(run, ds, model, epochs=1, num_threads=1, save=False, control=True,
+                                 progress=lambda s, d, t: stages.append(s))
     assert a["after"] == b["after"] and a["train_loss"] == b["train_loss"]
+    assert a["control"] is None
+    # the control: the same recipe on the whole set (nothing removed)
+    assert b["control"]["n_train"] == 60 and 0.0 <= b["control"]["benign_accuracy"] <= 1.0
+    assert {"train-control", "retrain-control"} <= set(stages)
     assert not (run.path / retrain.RESULT_FILE).exists() and not (run.path / retrain.MODEL_FILE).exists()
 
 
