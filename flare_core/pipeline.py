@@ -148,13 +148,16 @@ def run_analysis(
 
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".scratch", dir=out_dir.parent))
     try:
+        main_spec, main = _detector(config.detector, config.seed, dict(config.params))
+        # the opt-in per-channel stage of FLARE default needs the per-channel view of the same pass
+        want_channels = getattr(main, "use_channels", "off") == "auto" and getattr(main, "mode", "") == "default"
         feats = timer.run(
             "features", extract_abnormality_features, model, dataset, batch_size=config.batch_size,
-            out=scratch / "features.npy", progress=progress,
+            out=scratch / "features.npy", progress=progress, channels=want_channels,
         )
         X = np.asarray(feats.values)
+        channel_inputs = {"channels": feats.channels, "channel_layer": feats.channel_layer} if want_channels else {}
 
-        main_spec, main = _detector(config.detector, config.seed, dict(config.params))
         baselines = [b for b in config.baselines if b != config.detector]
         need_pooled = main_spec.input == "pooled" or any(_spec(b).input == "pooled" for b in baselines)
         pooled = None
@@ -167,7 +170,7 @@ def run_analysis(
         def inputs_for(spec):
             return X if spec.input == "abnormality" else pooled
 
-        timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress)
+        timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs)
         flagged = np.asarray(main.flagged_, dtype=bool)
         scores = np.asarray(main.scores_, dtype=float)
         clusters = np.asarray(getattr(main, "clusters_", np.zeros(n, dtype=int)), dtype=int)
@@ -260,12 +263,12 @@ def run_analysis(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fit(est, X, y, progress):
+def _fit(est, X, y, progress, **extra):
     import inspect
 
     if progress is not None and "progress" in inspect.signature(est.fit).parameters:
-        return est.fit(X, y, progress=progress)
-    return est.fit(X, y)
+        return est.fit(X, y, progress=progress, **extra)
+    return est.fit(X, y, **extra)
 
 
 def _spec(name: str):

@@ -131,3 +131,22 @@ def test_cli_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "flare_core", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("purify", "attack", "train", "evaluate", "layers", "demo", "report", "dashboard"):
         assert cmd in out
+
+
+def test_brightness_separated_classes_are_not_flagged_as_poison(lab, tmp_path):
+    """Regression: an untrained model on 3 classes of different brightness gives 3 islands; one of them
+    used to be flagged whole. A group that is a whole class is now refused (evidence says why)."""
+    run = run_analysis(_config(lab, views=False), tmp_path / "run")
+    df = run.manifest
+    per_class = df.groupby("label")["flagged"].mean()
+    assert per_class.max() < 0.5, per_class.to_dict()
+
+
+def test_channel_stage_runs_through_the_pipeline_when_asked(lab, tmp_path):
+    cfg = AnalysisConfig(model=str(lab / "model.pt"), data=str(lab / "data"), batch_size=32, views=False,
+                         params=(("n_neighbors", 10), ("use_channels", "auto")))
+    run = run_analysis(cfg, tmp_path / "run")
+    report = run.meta["detectors"]["flare"] if "detectors" in run.meta else None
+    text = json.dumps(run.meta)
+    assert "channels (" in text  # the per-channel attempt is recorded with its column count
+    assert report is None or report["params"]["use_channels"] == "auto"

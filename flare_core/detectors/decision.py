@@ -31,7 +31,11 @@ feature space, along the line ``w`` joining the benign and the group medians:
   normal distribution fitted robustly (median, MAD) to all samples along ``w`` puts there.  The tail
   of one Gaussian cloud, however UMAP cut it, gives about 1; a sub-population gives far more;
 
-and it holds fewer than ``max_fraction`` of the points.  When nothing passes, nothing is flagged
+and it holds fewer than ``max_fraction`` of the points.  With more than 8 columns (the per-channel
+view) the median line is swamped by the columns without signal, so both tests are measured along a
+Fisher direction (Ledoit-Wolf shrunk covariance) fitted on one random half of the rows and measured on
+the other half, both ways round (:func:`heldout_separation`).  Given the class labels, a group that
+holds ``max_label_share`` of its majority class is a class, not poison, and is not flagged.  When nothing passes, nothing is flagged
 ("no poison found") and the statistics are kept as evidence.
 
 The thresholds (``min_persistence=3``, ``max_overlap=0.02``, ``min_excess=5``) were chosen on
@@ -44,7 +48,7 @@ a genuine clump of outliers that passes all three tests (about 1% of the samples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from scipy import special
@@ -52,6 +56,10 @@ from scipy.spatial import cKDTree
 
 from flare_core.detectors import tree as T
 
+#: Up to this many columns the median line is used (the thresholds were calibrated on it, 1-8 columns).
+FISHER_MIN_COLUMNS = 8
+#: A group needs this many rows in each half for a held-out Fisher direction; else the median line.
+FISHER_MIN_ROWS = 20
 #: Non-separated nodes reported as evidence (those closest to the threshold).
 EVIDENCE_NEAR_MISSES = 5
 
@@ -117,13 +125,42 @@ def assign_to_nearest(embedding: np.ndarray, labels: np.ndarray, unassigned: np.
 
 # --------------------------------------------------------------------------- default rule
 
-def benign_overlap(features: np.ndarray, group: np.ndarray, benign: np.ndarray, quantile: float = 0.05) -> float:
-    """Fraction of ``benign`` rows past the ``group``'s ``quantile`` along the benign->group median line.
+def median_direction(features: np.ndarray, group: np.ndarray, benign: np.ndarray) -> np.ndarray:
+    """The line joining the benign and the group medians (not normalised)."""
+    return np.median(features[group], axis=0) - np.median(features[benign], axis=0)
+
+
+def fisher_direction(features: np.ndarray, group: np.ndarray, benign: np.ndarray) -> np.ndarray:
+    """Fisher's discriminant ``S^-1 (m_group - m_benign)`` with medians for the means and the pooled
+    within-group covariance shrunk by Ledoit-Wolf (well defined for any number of columns).
+
+    In many columns the median line is swamped by the columns that carry no signal; Fisher's direction
+    weights each column by how well it separates, which a linear classifier would find.
+    """
+    diff = median_direction(features, group, benign)
+    if features.shape[1] == 1:
+        return diff
+    from sklearn.covariance import LedoitWolf
+
+    g, b = features[group], features[benign]
+    centred = np.vstack([g - g.mean(axis=0), b - b.mean(axis=0)])
+    cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    try:
+        return np.linalg.solve(cov, diff)
+    except np.linalg.LinAlgError:
+        return diff
+
+
+def benign_overlap(features: np.ndarray, group: np.ndarray, benign: np.ndarray, quantile: float = 0.05,
+                   direction: Optional[np.ndarray] = None) -> float:
+    """Fraction of ``benign`` rows past the ``group``'s ``quantile`` along ``direction`` (default: the
+    benign->group median line).
 
     0 means a single linear cut separates the group from every benign sample (with ``quantile`` of the
     group's own samples allowed on the wrong side); fragments of one cloud give large values.
     """
-    direction = np.median(features[group], axis=0) - np.median(features[benign], axis=0)
+    if direction is None:
+        direction = median_direction(features, group, benign)
     norm = float(np.linalg.norm(direction))
     if norm == 0:
         return 1.0
@@ -132,14 +169,17 @@ def benign_overlap(features: np.ndarray, group: np.ndarray, benign: np.ndarray, 
     return float(np.mean(t_benign >= np.quantile(t_group, quantile)))
 
 
-def tail_excess(features: np.ndarray, group: np.ndarray, benign: np.ndarray, quantile: float = 0.05) -> float:
-    """Samples past the ``group``'s ``quantile`` along the benign->group median line, over a normal model's count.
+def tail_excess(features: np.ndarray, group: np.ndarray, benign: np.ndarray, quantile: float = 0.05,
+                direction: Optional[np.ndarray] = None) -> float:
+    """Samples past the ``group``'s ``quantile`` along ``direction`` (default: the benign->group median
+    line), over a normal model's count.
 
     The normal model is fitted robustly (median, 1.4826 * MAD) to *all* rows projected on that line,
     so a minority sub-population barely moves it.  ~1 for a tail of a single Gaussian cloud, large for
     a separate sub-population; ``inf`` when the model puts (numerically) nothing there.
     """
-    direction = np.median(features[group], axis=0) - np.median(features[benign], axis=0)
+    if direction is None:
+        direction = median_direction(features, group, benign)
     norm = float(np.linalg.norm(direction))
     if norm == 0:
         return 1.0
@@ -154,12 +194,51 @@ def tail_excess(features: np.ndarray, group: np.ndarray, benign: np.ndarray, qua
     return observed / expected if expected > 0 else float("inf")
 
 
+def heldout_separation(features: np.ndarray, group: np.ndarray, benign: np.ndarray,
+                       random_state: Optional[int] = 0) -> tuple[float, float]:
+    """(benign overlap, tail excess) along a Fisher direction fitted on one random half of the rows
+    and measured on the other half, both ways round; the worse value of each is returned.
+
+    Fitting and measuring on different rows keeps a direction chosen among many columns from
+    separating two halves of one cloud by chance.  With one column (or too few rows to split) the
+    median line on all rows is used (also up to ``FISHER_MIN_COLUMNS`` columns, where the thresholds
+    were calibrated on it, and for groups too small to split).
+    """
+    if features.shape[1] <= FISHER_MIN_COLUMNS or min(int(group.sum()), int(benign.sum())) < 2 * FISHER_MIN_ROWS:
+        return benign_overlap(features, group, benign), tail_excess(features, group, benign)
+    rng = np.random.default_rng(random_state)
+    half = rng.random(len(features)) < 0.5
+    overlaps, excesses = [], []
+    for fit, test in ((half, ~half), (~half, half)):
+        if min(int((group & fit).sum()), int((group & test).sum())) < FISHER_MIN_ROWS:
+            return benign_overlap(features, group, benign), tail_excess(features, group, benign)
+        w = fisher_direction(features, group & fit, benign & fit)
+        f = features[test]
+        overlaps.append(benign_overlap(f, group[test], benign[test], direction=w))
+        excesses.append(tail_excess(f, group[test], benign[test], direction=w))
+    return max(overlaps), min(excesses)
+
+
+def label_share(labels: Optional[np.ndarray], group: np.ndarray) -> Optional[tuple[int, float]]:
+    """(majority label of ``group``, share of all rows with that label that lie in ``group``)."""
+    if labels is None or not group.any():
+        return None
+    values, counts = np.unique(labels[group], return_counts=True)
+    top = int(values[np.argmax(counts)])
+    return top, float(counts.max() / np.sum(labels == top))
+
+
 def decide_default(tree: T.CondensedTree, embedding: np.ndarray, features: np.ndarray, *,
                    min_persistence: float = 3.0, max_overlap: float = 0.02, min_excess: float = 5.0,
-                   max_fraction: float = 0.5, xi: float = 0.02, max_depth: int = 3) -> Decision:
+                   max_fraction: float = 0.5, xi: float = 0.02, max_depth: int = 3,
+                   labels: Optional[np.ndarray] = None, max_label_share: float = 0.9,
+                   random_state: Optional[int] = 0) -> Decision:
     """Our rule (see the module docstring) on the embedding of ``features`` (the rows clustered).
 
-    ``xi``/``max_depth`` only feed the informational reference walk kept in the evidence.
+    ``xi``/``max_depth`` only feed the informational reference walk kept in the evidence.  With the
+    rows' class ``labels``, a group that holds at least ``max_label_share`` of all rows of its majority
+    class is a class, not poison (poisoned samples join a class that keeps its genuine samples), and
+    is not flagged.
     """
     n = tree.n_points
     ratios = persistence_ratios(tree)
@@ -188,9 +267,12 @@ def decide_default(tree: T.CondensedTree, embedding: np.ndarray, features: np.nd
         if g == 0:
             status = "benign (largest group)"
         else:
-            overlap = benign_overlap(features, clusters == g, benign_rows)
-            excess = tail_excess(features, clusters == g, benign_rows)
-            if overlap > max_overlap:
+            overlap, excess = heldout_separation(features, clusters == g, benign_rows, random_state)
+            share = label_share(labels, clusters == g)
+            if share is not None and share[1] >= max_label_share:
+                status = (f"not flagged: holds {share[1]:.0%} of class {share[0]} "
+                          f"(>= max_label_share {max_label_share:g}), a class rather than poison")
+            elif overlap > max_overlap:
                 status = f"not flagged: benign overlap {overlap:.3f} > max_overlap {max_overlap:g}"
             elif excess < min_excess:
                 status = f"not flagged: tail excess {excess:.2f} < min_excess {min_excess:g}"

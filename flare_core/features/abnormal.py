@@ -49,6 +49,23 @@ def abnormality_from_constants(act: torch.Tensor, constants: tuple, channel_dim:
     return (log_norm - half_precision * dist.square()).amin(dim=1)
 
 
+def abnormality_with_channels(act: torch.Tensor, constants: tuple, channel_dim: int = 1) -> torch.Tensor:
+    """(B, 1 + C): column 0 is :func:`abnormality_from_constants` (the layer's lowest log-density);
+    columns 1.. are, per channel, the largest ``|z|`` of any of its elements (the channel's own most
+    abnormal activation in standard units: its lowest log-density is a decreasing function of it).
+
+    One reduction serves both: the layer value is the minimum over channels of the channel values.
+    """
+    mean, half_precision, log_norm = constants
+    flat = _channels_first(act, channel_dim)
+    if flat.shape[1] != mean.numel():
+        raise ValueError(f"Activation has {flat.shape[1]} channels but statistics have {mean.numel()}.")
+    lo, hi = flat.amin(dim=2), flat.amax(dim=2)
+    dist = torch.maximum(hi - mean, mean - lo)
+    layer = (log_norm - half_precision * dist.square()).amin(dim=1, keepdim=True)
+    return torch.cat([layer, dist * torch.sqrt(2.0 * half_precision)], dim=1)
+
+
 def abnormality(act: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float = 1e-5,
                 channel_dim: int = 1) -> torch.Tensor:
     """(B,) min over all elements of the Gaussian log-density of ``act`` (B, C, ...) under (mean, var)."""
