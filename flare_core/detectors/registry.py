@@ -37,7 +37,8 @@ DETECTORS: dict[str, DetectorSpec] = {
     "flare": DetectorSpec(
         "flare", "FLARE (workbench default)", _flare, "abnormality",
         "FLARE with our fixes: robust-scaled layers, adaptive cluster size, noise never benign, "
-        "flags only clearly separated clusters (so a clean set can come back clean), per-sample scores."),
+        "flags only clearly separated clusters (so a clean set can come back clean), never a whole class, "
+        "per-sample scores; clusters a 20,000-sample stratified subset and places the rest by neighbours."),
     "flare-faithful": DetectorSpec(
         "flare-faithful", "FLARE (as published)", _flare_faithful, "abnormality",
         "FLARE as described by Hou et al.: UMAP + HDBSCAN(min_cluster_size=100), stable-split tree walk, "
