@@ -26,6 +26,25 @@ def pca_2d(X: np.ndarray) -> np.ndarray:
     return out
 
 
+#: UMAP computes exact neighbours itself below this size; above it, it would build an NNDescent index.
+UMAP_EXACT_BELOW = 4096
+
+
+def exact_knn(X: np.ndarray, k: int) -> tuple:
+    """``(indices, distances, None)`` of every row's ``k`` nearest rows (itself first), for UMAP's
+    ``precomputed_knn``.
+
+    Why not UMAP's own NNDescent: its numba kernels are compiled in every fresh process (not cached to
+    disk), which was ~45 % of a whole ``flare purify`` run on 60k samples (benchmarks/results/profile/);
+    scikit-learn's tree/brute-force search needs no compilation, is exact, and takes seconds at the
+    sizes FLARE clusters (a sample of <= 20,000 rows).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+    return idx.astype(np.int32), dist.astype(np.float32), None
+
+
 def umap_2d(X: np.ndarray, *, n_neighbors: int = 40, min_dist: float = 0.0, random_state: Optional[int] = 0,
             n_epochs: Optional[int] = None) -> tuple[np.ndarray, str]:
     """Embed ``X`` in 2-D with UMAP (euclidean); returns ``(embedding, method)``.
@@ -42,10 +61,13 @@ def umap_2d(X: np.ndarray, *, n_neighbors: int = 40, min_dist: float = 0.0, rand
         return pca_2d(X), "pca"
     import umap  # imported lazily: slow import (numba)
 
+    k = int(min(n_neighbors, n - 1))
+    knn = exact_knn(X, k) if n >= UMAP_EXACT_BELOW else (None, None, None)
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=int(min(n_neighbors, n - 1)),
+        n_neighbors=k,
         min_dist=float(min_dist),
+        precomputed_knn=knn,
         metric="euclidean",
         random_state=random_state,
         n_epochs=n_epochs,
@@ -56,5 +78,6 @@ def umap_2d(X: np.ndarray, *, n_neighbors: int = 40, min_dist: float = 0.0, rand
         warnings.filterwarnings("ignore", message=".*n_jobs.*")
         warnings.filterwarnings("ignore", message=".*[Ss]pectral initialisation failed.*")
         warnings.filterwarnings("ignore", message=".*disconnected.*")
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         emb = reducer.fit_transform(X)
     return np.asarray(emb, dtype=np.float64), "umap"
