@@ -213,7 +213,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         parts += ["## Issue 2: attack + train on the 2-core CPU (Fashion-MNIST, 10 %, all-to-one, small-cnn, 4 epochs)",
                   md_table(["attack", "BA %", "ASR %", "attack + train wall s", "train CPU s", "load avg (start, end)",
                             "target BA / ASR / time", "met", "command"], rows),
-                  "Wall time was measured on a 2-core machine shared with ~6 other jobs (see the load average); "
+                  "Wall time on the 2-core machine; the load average at the start and end of each training says how busy it was "
+                  "(about 2 = the training itself on both cores); "
                   "the CPU seconds of the training process are the load-independent cost."]
 
     # ---- detection matrix
@@ -300,6 +301,49 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
             parts.append(f"**Profile of one full run** (`run_analysis`, FLARE default, views and export on, "
                          f"N={pr['n']}): {pr['seconds']} s; stage timings {json.dumps(pr.get('timings'))}. "
                          "Top functions: `benchmarks/results/speed/profile_full_run.txt`.")
+    # ---- profile of one full run (benchmarks/profile_run.py)
+    prof = sorted((Path(results) / "profile").glob("*.json")) if (Path(results) / "profile").is_dir() else []
+    if prof:
+        rows = []
+        for f in prof:
+            r = read_json(f, {})
+            t = r.get("timings", {})
+            rows.append([f.stem, r.get("wall_seconds"), t.get("features"), t.get("detector"), t.get("views"),
+                         fmt_num((r.get("load_average") or [None])[0], 1), f"`{r.get('command')}`"])
+        parts += ["## Where the time of one full run goes (cProfile of `run_analysis`, FLARE default + views)",
+                  md_table(["profile", "wall s", "features s", "detector s", "views s", "load", "command"], rows),
+                  "Top functions by cumulative and own time: the `.txt` file beside each JSON in "
+                  "`benchmarks/results/profile/`. What changed because of it: see the notes below."]
+    # ---- separability upper bound (benchmarks/separability.py)
+    sep = read_json(Path(results) / "separability.json", None)
+    if sep:
+        rows = [[r["model"], r["n_subset"], fmt_num(r["auroc_layers"], 4), fmt_num(r["auroc_channels"], 4),
+                 fmt_num(r["auroc_pooled_target_class"], 4), f"`{r['command']}`"] for r in sep["rows"]]
+        parts += ["## Is the poison in the representation at all? (supervised upper bound)",
+                  "Held-out (3-fold) logistic-regression AUROC for 'poisoned' from each representation; the "
+                  "detectors are unsupervised, this only says whether the signal exists.",
+                  md_table(["model", "samples", "FLARE per-layer columns", "per-channel view",
+                            "penultimate, target class", "command"], rows)]
+    # ---- dashboard timings (benchmarks/dashboard_timings.py)
+    dash = read_json(BENCH / "dashboard_timings.json", None)
+    if dash:
+        b = dash.get("browser", {})
+        cs = b.get("class_switch_6000_points_in_browser", {})
+        st_ = b.get("app_start_to_usable_page_s", {})
+        demo = b.get("app_start_on_the_builtin_demo_s", {})
+        zoom = b.get("global_view_zoom_redraw_ms", {})
+        rows = [["class switch, 6,000 points (median / max ms)", f"{cs.get('new_class_drawn_median_ms')} / "
+                 f"{cs.get('new_class_drawn_max_ms')}", "< 1,000 ms"],
+                ["global view 60,000 points: first render / zoom redraw (ms)",
+                 f"{b.get('global_view_60000_points_first_render_ms')} / {zoom.get('median_ms')}", "interactive"],
+                ["warm start to a usable page, run reopened (s)", st_.get("warm_median"), "< 5 s"],
+                ["start with nothing to reopen: Load page shown / demo loaded (s)",
+                 f"{demo.get('load_page_shown_warm_median')} / {demo.get('demo_loaded_warm_median')}", "< 5 s"],
+                ["Explore first render (s)", b.get("explore_first_render_s"), "-"]]
+        parts += ["## Dashboard timings (headless Chromium, software WebGL, 2-core CPU)",
+                  f"Command: `python3 benchmarks/dashboard_timings.py`; raw: `benchmarks/dashboard_timings.json` "
+                  f"(machine: {json.dumps(dash.get('machine', {}))}).",
+                  md_table(["what", "measured", "target"], rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())
