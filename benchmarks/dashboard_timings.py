@@ -163,6 +163,22 @@ Object.assign(window.WebSocket, _FlareWS);
 """
 
 
+def start_server(port: int, env: dict, t0: float, limit_s: float = 120) -> subprocess.Popen:
+    """``streamlit run app.py`` on ``port``; returns once its health endpoint answers (``t0``: the start time)."""
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
+                               str(port), "--server.headless", "true"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return server
+        except OSError:
+            if time.perf_counter() - t0 > limit_s:
+                server.terminate()
+                raise
+            time.sleep(0.05)
+
+
 def wait_ready(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_timeout(100)
     page.wait_for_function(READY_JS, timeout=timeout_ms, polling=20)
@@ -182,18 +198,8 @@ def in_browser(run, tmp: Path, repeats: int) -> dict:
         n_starts = 4  # the first start is "cold" (OS file cache, numba cache); the rest are warm restarts
         for attempt in range(n_starts):
             t0 = time.perf_counter()
-            server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
-                                       str(port), "--server.headless", "true"], cwd=REPO, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = start_server(port, env, t0)
             try:
-                while True:
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                        break
-                    except OSError:
-                        if time.perf_counter() - t0 > 120:
-                            raise
-                        time.sleep(0.05)
                 page.goto(f"http://127.0.0.1:{port}/")
                 wait_ready(page)
                 starts.append(round(time.perf_counter() - t0, 2))
@@ -282,18 +288,8 @@ def demo_starts(page, tmp: Path, port: int, n_starts: int = 3) -> dict:
     for _ in range(n_starts):
         (tmp / "cache-demo" / "last_run.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
-                                   str(port), "--server.headless", "true"], cwd=REPO, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = start_server(port, env, t0)
         try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    if time.perf_counter() - t0 > 120:
-                        raise
-                    time.sleep(0.05)
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("h1", has_text="Load a model and a dataset").wait_for(timeout=600_000)
             paints.append(round(time.perf_counter() - t0, 2))

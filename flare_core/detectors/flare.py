@@ -234,7 +234,7 @@ def _run_unit(Z: np.ndarray, index: np.ndarray, label: Optional[int], n_total: i
                                   max_depth=p["max_depth"], labels=labels,
                                   max_label_share=p["max_label_share"], random_state=p["random_state"])
     if n_fit < n:
-        flagged_groups = [g["group"] for g in decision.evidence.get("groups", []) if g["status"] == "flagged"]
+        flagged_groups = np.unique(decision.clusters[decision.flagged])
         emb, clusters = _extend(Z[index], sampled, emb, decision.clusters)
         flagged = np.isin(clusters, flagged_groups)
         decision = Decision(clusters, flagged, ~flagged, decision.found,
