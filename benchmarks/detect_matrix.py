@@ -107,8 +107,23 @@ def _direct(name: str, seed: int, params: dict):
     raise KeyError(name)
 
 
+def cached_logits(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size: int = 256) -> np.ndarray:
+    """(N, K) logits of the training set (FLARE default's latent stage reads them), cached per model."""
+    from flare_core.features import extract_latent_features
+
+    path = cache_dir / "logits.npy"
+    meta = read_json(cache_dir / "features.json", {}) or {}
+    if path.is_file() and meta.get("model_sha256") == getattr(model, "sha256", None):
+        return np.load(path)
+    logits = extract_latent_features(model, dataset, batch_size=batch_size).logits
+    tmp = cache_dir / f".logits.{os.getpid()}.npy"
+    np.save(tmp, logits)
+    os.replace(tmp, path)
+    return logits
+
+
 def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
-                     params: Optional[dict] = None) -> dict:
+                     params: Optional[dict] = None, logits: Optional[np.ndarray] = None) -> dict:
     """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
     try:
         from flare_core.detectors.registry import DETECTORS
@@ -119,10 +134,12 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
         except TypeError:  # a deterministic detector without random_state (SpectralSignatures)
             est = spec.factory(**(params or {}))
         inp = X if spec.input == "abnormality" else pooled
+        extra = {"latent": pooled, "logits": logits} if (spec.uses_latent and logits is not None) else {}
     except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
         est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
+        extra = {}
     t0 = time.perf_counter()
-    est.fit(inp, labels)
+    est.fit(inp, labels, **extra)
     seconds = time.perf_counter() - t0
     return {"flagged": np.asarray(est.flagged_, dtype=bool), "scores": np.asarray(est.scores_, dtype=float),
             "seconds": seconds, "subspace": getattr(est, "subspace_", None),
@@ -162,6 +179,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     model, dataset = _load(entry, device)
     truth = _truth(entry, len(dataset))
     X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)
+    logits = cached_logits(entry, model, dataset, Path(cache) / spec.name) if "flare" in todo else None
     rate = spec.rate if spec.attack else 0.1
     extra = {}
     for det in todo:
@@ -176,7 +194,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
             res = extra[det]
         else:
             try:
-                res = run_our_detector(det, X, pooled, dataset.labels, seed=seed)
+                res = run_our_detector(det, X, pooled, dataset.labels, seed=seed, logits=logits)
             except Exception as e:  # a broken detector must not stop the matrix: record it
                 logger.exception("%s failed on %s", det, spec.name)
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,

@@ -127,7 +127,7 @@ def run_analysis(
     With ``export=True`` the purified dataset is written into ``out_dir/purified`` inside the same atomic
     step. ``model``/``dataset`` may be passed when already loaded (the dashboard caches them).
     """
-    from flare_core.features import extract_abnormality_features, extract_pooled_features
+    from flare_core.features import extract_abnormality_features, extract_latent_features, extract_pooled_features
 
     progress = ensure_progress(progress)
     out_dir = Path(out_dir).absolute()
@@ -160,9 +160,18 @@ def run_analysis(
 
         baselines = [b for b in config.baselines if b != config.detector]
         need_pooled = main_spec.input == "pooled" or any(_spec(b).input == "pooled" for b in baselines)
+        # FLARE default's latent stage reads the penultimate features and logits (one more forward pass)
+        want_latent = (main_spec.uses_latent and getattr(main, "use_latent", "off") == "auto"
+                       and getattr(main, "mode", "") == "default")
         pooled = None
         pooled_layer = None
-        if need_pooled:
+        latent_inputs = {}
+        if want_latent:
+            lat = timer.run("pooled", extract_latent_features, model, dataset, batch_size=config.batch_size,
+                            progress=progress)
+            pooled, pooled_layer = lat.pooled, lat.layer
+            latent_inputs = {"latent": lat.pooled, "logits": lat.logits}
+        elif need_pooled:
             pooled, pooled_layer = timer.run(
                 "pooled", extract_pooled_features, model, dataset, batch_size=config.batch_size, progress=progress
             )
@@ -170,7 +179,8 @@ def run_analysis(
         def inputs_for(spec):
             return X if spec.input == "abnormality" else pooled
 
-        timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs)
+        timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs,
+                  **latent_inputs)
         flagged = np.asarray(main.flagged_, dtype=bool)
         scores = np.asarray(main.scores_, dtype=float)
         clusters = np.asarray(getattr(main, "clusters_", np.zeros(n, dtype=int)), dtype=int)
@@ -203,11 +213,16 @@ def run_analysis(
             evaluation = _evaluate(manifest, [config.detector] + baselines, config.detector, truth)
 
         views = None
+        views_on = None
         if config.views:
             from flare_core.detectors.views import class_views
 
             subspace = int(getattr(main, "subspace_", X.shape[1]) or X.shape[1])
             view_input = X[:, :subspace] if main_spec.input == "abnormality" else inputs_for(main_spec)
+            representation = (getattr(main, "report_", None) or {}).get("representation", "")
+            if "latent" in representation and pooled is not None:  # show the space the poison was found in
+                view_input = pooled
+            views_on = "penultimate" if (pooled is not None and view_input is pooled) else main_spec.input
             views = timer.run("views", class_views, view_input, dataset.labels, flagged=flagged,
                               random_state=config.seed, progress=progress)
 
@@ -227,6 +242,7 @@ def run_analysis(
             "features": {
                 "layers": list(feats.layer_names), "layer_kinds": list(getattr(feats, "layer_kinds", [])),
                 "stats_source": getattr(feats, "stats_source", None), "pooled_layer": pooled_layer,
+                "views_on": views_on,
             },
             "detector": {"name": config.detector, "params": dict(config.params), "report": detector_reports[config.detector]},
             "baselines": {b: detector_reports[b] for b in baselines},

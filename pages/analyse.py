@@ -15,7 +15,8 @@ shared.require_app_router()  # before anything else: never run as a legacy pages
 ss = st.session_state
 STAGE_LABELS = {
     "load": "Loading model and data", "features": "Hidden-layer statistics (features)",
-    "pooled": "Penultimate features (for baselines)", "subspace-search": "Subspace search",
+    "pooled": "Penultimate features and logits", "subspace-search": "Subspace search",
+    "latent": "Latent stage (per class, penultimate features)",
     "umap": "UMAP embedding", "hdbscan": "HDBSCAN clustering", "baselines": "Baseline detectors",
     "views": "Per-class views", "export": "Export", "write": "Writing the run folder",
 }

@@ -38,6 +38,14 @@ Default mode also (ours):
   Blended the per-channel view separates the poison linearly (held-out logistic AUROC 0.99999) but
   UMAP + HDBSCAN found it only in some samples of the data; see benchmarks/NOTES.md.
 
+* with ``use_latent='auto'`` (the default) and the penultimate features and logits of
+  ``extract_latent_features`` (``fit(..., latent=, logits=)``), also runs the per-class **latent stage**
+  (:mod:`.latent`): a class that splits into two far-apart populations in its penultimate features
+  (held-out d' >= ``latent_separation``) has its minority parts, or the half the model fits
+  ``latent_loss_ratio`` times better, flagged.  It is what finds blended and warping triggers at high
+  poison rates, whose activations are not abnormal in range (Fashion-MNIST Blended 10 %: 0 % -> 100 %
+  TPR).  Without those inputs (or with ``use_latent='off'``) it does not run and the report says so.
+
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
 Every result carries a continuous suspicion score (:func:`.scoring.benign_distance_scores`) and a
@@ -93,6 +101,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "use_channels": "off",
     "sample_size": 20000,
     "max_label_share": 0.9,
+    "use_latent": "auto",
+    "latent_separation": 6.5,
+    "latent_loss_ratio": 10.0,
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -139,6 +150,9 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["use_channels"], "use_channels", CHANNELS)
     V.check_int(p["sample_size"], "sample_size", 100, allow_none=True)
     V.check_float(p["max_label_share"], "max_label_share", 0.0, 1.0, low_open=True)
+    V.check_choice(p["use_latent"], "use_latent", CHANNELS)
+    V.check_float(p["latent_separation"], "latent_separation", 0.0, low_open=True)
+    V.check_float(p["latent_loss_ratio"], "latent_loss_ratio", 1.0)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -306,15 +320,32 @@ def _channel_matrix(channels: Any, channel_layer: Any, n: int, L: int) -> tuple:
     return Zc, layer
 
 
+def _latent_inputs(latent: Any, logits: Any, y: Optional[np.ndarray], n: int) -> tuple:
+    P = V.check_matrix(latent, "latent", min_rows=2)
+    if len(P) != n:
+        raise FlareError(f"latent has {len(P)} rows but X has {n}; pass the penultimate features of the same samples.")
+    if logits is None:
+        raise FlareError("latent needs logits (the model's outputs for the same samples) for the loss test.")
+    Lg = V.check_matrix(logits, "logits", min_rows=2)
+    if len(Lg) != n:
+        raise FlareError(f"logits has {len(Lg)} rows but X has {n}; pass the logits of the same samples.")
+    if y is None:
+        raise FlareError("The latent stage works class by class and needs the labels y; pass them or set use_latent='off'.")
+    if int(y.max()) >= Lg.shape[1]:
+        raise FlareError(f"logits has {Lg.shape[1]} columns but the labels go up to {int(y.max())}; pass the model's logits.")
+    return P, Lg
+
+
 def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] = None, channels: Any = None,
-                 channel_layer: Any = None, **params: Any) -> FlareResult:
+                 channel_layer: Any = None, latent: Any = None, logits: Any = None, **params: Any) -> FlareResult:
     """Run FLARE on the abnormality matrix ``X`` (N x L, shallow -> deep columns); see the module docstring.
 
     ``y`` (class labels) is required for ``scope='per-class'``; in global scope it is used to count
     flags per class, to stratify the clustered sample and to refuse a "poison" group that is a whole
     class.  ``channels`` (N x sum C, per channel its largest ``|z|``, from
     ``extract_abnormality_features(channels=True)``) with ``channel_layer`` (its layer per column)
-    enables the per-channel stage of the default mode.  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
+    enables the per-channel stage of the default mode; ``latent`` (N x D penultimate features) with
+    ``logits`` (N x K) the latent stage (:mod:`.latent`).  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
     'subspace-search' (prefixes tried), 'umap' and 'hdbscan' (units of the current prefix).
     """
     p = resolve_params(params)
@@ -366,6 +397,28 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                          "units": [_summary(r.info, r.decision) for r in channel_runs]})
         logger.info("FLARE: per-channel columns -> %s", "split found" if channel_found else "no split")
     report_progress("subspace-search", len(prefixes), len(prefixes))
+    latent_flagged = None
+    latent_report: dict[str, Any] = {"used": False}
+    if p["mode"] == "faithful":
+        latent_report["why_not"] = "faithful mode reproduces the published method, which has no latent stage"
+    elif p["use_latent"] == "off":
+        latent_report["why_not"] = "use_latent='off'"
+    else:
+        if latent is None:
+            latent_report["why_not"] = "no penultimate features/logits were passed (fit(..., latent=, logits=))"
+        else:
+            from flare_core.detectors.latent import latent_detect, sample_loss
+
+            P, Lg = _latent_inputs(latent, logits, y, n)
+            report_progress("latent", 0, 1)
+            latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
+                P, y, sample_loss(Lg, y), min_separation=p["latent_separation"], loss_ratio=p["latent_loss_ratio"],
+                random_state=p["random_state"])
+            report_progress("latent", 1, 1)
+            latent_report = {"used": True, "found": bool(latent_flagged.any()), "n_flagged": int(latent_flagged.sum()),
+                             "classes": latent_evidence}
+            logger.info("FLARE: latent stage -> %d flagged", int(latent_flagged.sum()))
+    latent_found = latent_flagged is not None and bool(latent_flagged.any())
     found = layer_found or channel_found
     if layer_found and channel_found:
         representation = "layers+channels"
@@ -373,6 +426,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         representation = "channels"
     else:
         representation = "layers"
+    if latent_found:
+        representation = representation + "+latent" if found else "latent"
     # the picture (embedding, clusters) comes from the per-layer run unless only the channels found poison
     main_runs = channel_runs if (channel_found and not layer_found) else layer_runs
     flagged, scores, clusters, embedding, unit_evidence = _collect(main_runs, n, found)
@@ -381,6 +436,16 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         flagged |= flagged_c
         scores = np.maximum(scores, scores_c)
         unit_evidence = [{**u, "channel_stage": c} for u, c in zip(unit_evidence, evidence_c)]
+    if latent_found:  # flag what the latent stage separates too; its parts get cluster ids of their own
+        new = latent_flagged & ~flagged
+        flagged = flagged | latent_flagged
+        scores = np.maximum(scores, latent_scores)
+        base = int(clusters.max()) + 1 if clusters.size else 0
+        pairs = sorted({(int(c), int(k)) for c, k in zip(y[new], latent_leaf[new])})
+        ids = {pair: base + i for i, pair in enumerate(pairs)}
+        for (c, k), cid in ids.items():
+            clusters[new & (y == c) & (latent_leaf == k)] = cid
+        found = True
 
     evidence = {
         "mode": p["mode"],
@@ -389,12 +454,14 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "subspace": chosen_k,
         "representation": representation,
         "columns_tried": [a["columns"] for a in attempts],
+        "latent": latent_report,
         "units": unit_evidence,
         "attempts": attempts,
     }
     if not found:
         evidence["conclusion"] = ("no poison found: no prefix of the columns gave a separated cluster"
-                                  + (" and neither did the per-channel columns" if channel_runs is not None else ""))
+                                  + (" and neither did the per-channel columns" if channel_runs is not None else "")
+                                  + (" and no class split in its penultimate features" if latent_report["used"] else ""))
     per_class = None
     if y is not None:
         classes, counts = np.unique(y[flagged], return_counts=True)
@@ -406,6 +473,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "n_columns": L,
         "subspace": chosen_k,
         "representation": representation,
+        "latent": {k: v for k, v in latent_report.items() if k != "classes"},
         "columns_used": list(range(chosen_k)),
         "found": found,
         "n_flagged": int(flagged.sum()),
@@ -432,7 +500,8 @@ class FlareDetector(BaseEstimator):
                  min_persistence: float = 3.0, max_overlap: float = 0.02, min_excess: float = 5.0,
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
-                 max_label_share: float = 0.9,
+                 max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
+                 latent_loss_ratio: float = 10.0,
                  random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
@@ -452,14 +521,17 @@ class FlareDetector(BaseEstimator):
         self.use_channels = use_channels
         self.sample_size = sample_size
         self.max_label_share = max_label_share
+        self.use_latent = use_latent
+        self.latent_separation = latent_separation
+        self.latent_loss_ratio = latent_loss_ratio
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
-            channel_layer: Any = None) -> "FlareDetector":
-        """``X``: the N x L per-layer matrix; ``channels``/``channel_layer``: the optional per-channel view
-        (see :func:`flare_detect`)."""
+            channel_layer: Any = None, latent: Any = None, logits: Any = None) -> "FlareDetector":
+        """``X``: the N x L per-layer matrix; ``channels``/``channel_layer``: the optional per-channel view;
+        ``latent``/``logits``: penultimate features and logits for the latent stage (see :func:`flare_detect`)."""
         result = flare_detect(X, y, progress=progress, channels=channels, channel_layer=channel_layer,
-                              **self.get_params())
+                              latent=latent, logits=logits, **self.get_params())
         self.flagged_ = result.flagged
         self.scores_ = result.scores
         self.clusters_ = result.clusters

@@ -3,7 +3,9 @@
 Every factory returns an unfitted sklearn-style estimator with ``fit(X, y, progress=None)``; after
 fitting it has ``flagged_`` (bool N), ``scores_`` (float N, higher = more suspicious) and ``report_``
 (JSON-serialisable dict).  ``input`` says which matrix ``X`` must be: 'abnormality' (N x L, one column
-per BatchNorm layer, shallow -> deep) or 'pooled' (N x D penultimate features).
+per BatchNorm layer, shallow -> deep) or 'pooled' (N x D penultimate features).  ``uses_latent``: the
+estimator's ``fit`` also takes ``latent=`` (penultimate features) and ``logits=`` and uses them when its
+``use_latent`` parameter is 'auto' (FLARE default's latent stage); callers pass them when they have them.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class DetectorSpec:
     factory: Callable[..., Any]
     input: Literal["abnormality", "pooled"]
     description: str
+    uses_latent: bool = False
 
 
 def _flare(**params: Any) -> FlareDetector:
@@ -38,7 +41,9 @@ DETECTORS: dict[str, DetectorSpec] = {
         "flare", "FLARE (workbench default)", _flare, "abnormality",
         "FLARE with our fixes: robust-scaled layers, adaptive cluster size, noise never benign, "
         "flags only clearly separated clusters (so a clean set can come back clean), never a whole class, "
-        "per-sample scores; clusters a 20,000-sample stratified subset and places the rest by neighbours."),
+        "per-sample scores; clusters a 20,000-sample stratified subset and places the rest by neighbours; "
+        "plus a per-class latent stage on the penultimate features for blended/warping triggers at high rates.",
+        uses_latent=True),
     "flare-faithful": DetectorSpec(
         "flare-faithful", "FLARE (as published)", _flare_faithful, "abnormality",
         "FLARE as described by Hou et al.: UMAP + HDBSCAN(min_cluster_size=100), stable-split tree walk, "

@@ -85,9 +85,10 @@ def _select(model: LoadedModel, view: ModelView, layers: Optional[Sequence[str]]
 
 
 def _run(view: ModelView, model: LoadedModel, images: np.ndarray, specs: list, reduce, batch_size: int,
-         device, progress: ProgressCallback, stage: str) -> Iterator:
-    """Yields (start, stop, [reduced value per spec]) for every batch; ``reduce`` sees only real samples
-    (graphs with a fixed batch size run padded chunks, see ``ModelView.run_chunks``)."""
+         device, progress: ProgressCallback, stage: str, keep_output: bool = False) -> Iterator:
+    """Yields (start, stop, [reduced value per spec]) for every batch -- with ``keep_output`` also the
+    model's (first) output of the batch as a fourth item; ``reduce`` sees only real samples (graphs with
+    a fixed batch size run padded chunks, see ``ModelView.run_chunks``)."""
     total = len(images)
     valid = [0]
 
@@ -98,15 +99,24 @@ def _run(view: ModelView, model: LoadedModel, images: np.ndarray, specs: list, r
     with torch.inference_mode(), ActivationRecorder(view.module, specs, reduce=sliced) as rec:
         for start, stop, x in _batches(model, images, batch_size, device):
             parts: dict = {s: [] for s in specs}
+            outputs = []
             for chunk, valid[0] in view.run_chunks(x):
                 rec.activations.clear()
-                view.module(chunk)
+                out = view.module(chunk)
                 missing = [s for s in specs if s not in rec.activations]
                 if missing:
                     raise ModelError(f"Layer(s) {missing} did not run in the forward pass; choose other layers.")
                 for s in specs:
                     parts[s].append(rec.activations[s])
-            yield start, stop, [_join(parts[s]) for s in specs]
+                if keep_output:
+                    if isinstance(out, (tuple, list)):
+                        out = out[0]
+                    outputs.append(out[:valid[0]].float())
+            values = [_join(parts[s]) for s in specs]
+            if keep_output:
+                yield start, stop, values, _join(outputs)
+            else:
+                yield start, stop, values
             progress(stage, stop, total)
 
 
@@ -226,6 +236,39 @@ def _pooling_point(view: ModelView, layer: Optional[str]) -> Point:
     return Point(layer, "module", layer, "output", 1)  # an eager submodule name; checked by the recorder
 
 
+@dataclass
+class LatentFeatures:
+    """pooled: (N, D) float32 pooled activations of ``layer`` (default: the penultimate features);
+    logits: (N, K) float32 model outputs of the same forward pass."""
+
+    pooled: np.ndarray
+    logits: np.ndarray
+    layer: str
+    seconds: float
+
+
+def _pooled_pass(model: LoadedModel, dataset: ImageDataset, layer: Optional[str], batch_size: int, device,
+                 progress: Optional[ProgressCallback], keep_output: bool) -> tuple:
+    _check_args(dataset, batch_size)
+    progress = ensure_progress(progress)
+    view, dev = _prepare(model, dataset, device)
+    point = _pooling_point(view, layer)
+    spec = point.target if point.kind == "module" else point.spec
+    chunks, outputs = [], []
+
+    def reduce(_spec, act):
+        return _pool(act, point.channel_dim)
+
+    for item in _run(view, model, dataset.images, [spec], reduce, batch_size, dev, progress, "pooled-features",
+                     keep_output=keep_output):
+        chunks.append(item[2][0].cpu().numpy())
+        if keep_output:
+            outputs.append(item[3].reshape(len(item[3]), -1).cpu().numpy())
+    pooled = np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+    logits = np.concatenate(outputs, axis=0).astype(np.float32, copy=False) if keep_output else None
+    return pooled, logits, point.name
+
+
 def extract_pooled_features(model: LoadedModel, dataset: ImageDataset, layer: Optional[str] = None, *,
                             batch_size: int = 256, device=None,
                             progress: Optional[ProgressCallback] = None) -> tuple:
@@ -234,17 +277,17 @@ def extract_pooled_features(model: LoadedModel, dataset: ImageDataset, layer: Op
     Default layer: the input of the model's last Linear layer (the penultimate features, named
     ``'<linear>:input'``). Progress stage 'pooled-features'.
     """
-    _check_args(dataset, batch_size)
-    progress = ensure_progress(progress)
-    view, dev = _prepare(model, dataset, device)
-    point = _pooling_point(view, layer)
-    spec = point.target if point.kind == "module" else point.spec
-    chunks = []
+    pooled, _, name = _pooled_pass(model, dataset, layer, batch_size, device, progress, keep_output=False)
+    return pooled, name
 
-    def reduce(_spec, act):
-        return _pool(act, point.channel_dim)
 
-    for _, _, (pooled,) in _run(view, model, dataset.images, [spec], reduce, batch_size, dev, progress,
-                                "pooled-features"):
-        chunks.append(pooled.cpu().numpy())
-    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False), point.name
+def extract_latent_features(model: LoadedModel, dataset: ImageDataset, layer: Optional[str] = None, *,
+                            batch_size: int = 256, device=None,
+                            progress: Optional[ProgressCallback] = None) -> LatentFeatures:
+    """The pooled features of :func:`extract_pooled_features` and the model's logits, from one forward
+    pass (what FLARE default's latent stage reads). Progress stage 'pooled-features'."""
+    t0 = time.perf_counter()
+    pooled, logits, name = _pooled_pass(model, dataset, layer, batch_size, device, progress, keep_output=True)
+    if logits.ndim != 2 or len(logits) != len(pooled):
+        raise ModelError(f"The model's output has shape {logits.shape}; FLARE needs (N, classes) logits.")
+    return LatentFeatures(pooled, logits, name, time.perf_counter() - t0)

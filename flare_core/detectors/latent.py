@@ -1,0 +1,307 @@
+"""FLARE default's latent stage: per class, split the penultimate features where a class holds two populations.
+
+Why it exists.  FLARE's per-layer abnormality (one number per BatchNorm layer) catches triggers that
+drive some activation far out of range (patches).  A blended or warping trigger at a high poison rate
+does not: at 10 % all-to-one the poisoned samples are as many as a whole class and their activations
+are ordinary in range (benchmarks/NOTES.md).  They are, however, a population of their own inside
+the target class: in the penultimate features the target class splits into its genuine samples and the
+poisoned ones, far apart (held-out d' 8-11 on Fashion-MNIST), while a clean class's halves lie close
+(d' 3.3-6.1).  This stage looks for exactly that.
+
+Per class (pure functions, no state):
+
+1. robust-standardise the class's penultimate features, PCA to ``n_components`` (20);
+2. **bisect**: 2-means, refined by a two-component Gaussian mixture with a shared covariance (the
+   unsupervised counterpart of a linear discriminant); the split stands when the two sides are
+   ``min_separation`` apart in held-out d' (:func:`heldout_dprime`: a Fisher direction fitted on one
+   random half of the rows, d' measured on the other half, both ways round, the smaller value);
+   recurse into both sides (``max_depth`` levels; parts under ``min_split`` rows are not split);
+3. **decide** which leaves are poison (:func:`poisoned_leaves`): leaves holding at least ``minority``
+   (35 %) of the class are *major*; the major leaf the model fits worst (highest median loss) is the
+   reference, genuine; every minor leaf is flagged (the class's majority is genuine, as Activation
+   Clustering assumes, here only behind a separation test AC does not have), and another major leaf
+   is flagged only when its median loss is ``loss_ratio`` (10) times lower than the reference's: a
+   class split into two halves is either a bimodal class (bags with and without handles) or a class
+   half made of poison, and a backdoor is a shortcut the model fits far better than genuine samples
+   (the observation behind Anti-Backdoor Learning, Li et al., NeurIPS 2021).  When neither side
+   qualifies, the split is reported and nothing is flagged;
+4. **peel** (only in a class where step 3 flagged parts the model fits ``loss_ratio`` times better than
+   the reference, the backdoor's signature in that class): split the reference leaf again and flag its
+   smaller side when it is ``peel_separation`` (4.5) apart *and* its median loss is ``loss_ratio``
+   times lower than the other side's; repeat on the larger side until a split fails.  Some poisoned
+   samples sit closer to the genuine ones (WaNet: 3,140 samples at d' 5.2, median loss 110x lower);
+   genuine sub-populations split off this way were always the *harder* part (loss ratio <= 2.1 in
+   every all-to-one poisoned class of the calibration models), so the loss test, not the distance,
+   carries it.  Without the signature there is no peeling: in Blended all-to-all a genuine sub-population
+   of sandals was fitted 23x better than the rest of its class.
+
+Calibration (benchmarks/results/latent_calibration.json, ``python3 -m benchmarks.latent_calibration``):
+on nine Fashion-MNIST small-CNN models (clean, seven attacks, a low rate) every split of a class made of
+genuine samples only had held-out d' <= 6.06 (the bag class, every model: 5.4-6.1; all others <= 5.1)
+and every split separating poison from genuine had d' >= 6.7 (SIG; the required attacks 8.1-18); the
+threshold 6.5 sits between.  It was set on these models, so it is a measured choice, not a law: other
+datasets can hold a class whose two sub-populations are further apart, which is why the loss test
+guards balanced splits, why each split's d' is kept as evidence, and why ``use_latent='off'`` exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+#: A split stands when its held-out d' reaches this (see the module docstring for the calibration).
+DEFAULT_MIN_SEPARATION = 6.5
+#: Leaves holding at least this share of their class are "major" (the rest are flagged).
+DEFAULT_MINORITY = 0.35
+#: A second major leaf is flagged only when its median loss is this many times below the reference's.
+DEFAULT_LOSS_RATIO = 10.0
+#: Peeling inside a class already found poisoned: the smaller side must be this far apart (held-out d').
+DEFAULT_PEEL_SEPARATION = 4.5
+#: PCA components the class is split in.
+DEFAULT_COMPONENTS = 20
+#: Levels of bisection.
+DEFAULT_MAX_DEPTH = 3
+#: Parts with fewer rows are not split further.
+MIN_SPLIT_ROWS = 200
+#: Each side of a split needs this many rows in each random half for the held-out d'.
+MIN_HALF_ROWS = 20
+
+
+@dataclass
+class ClassSplit:
+    """The latent stage's outcome for one class (indices are positions within the class)."""
+
+    label: int
+    leaves: list
+    flagged_leaves: list
+    splits: list
+    leaf_loss: list
+    reason: str
+    scores: np.ndarray
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_loss(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy of the given label, from the (N, K) logits (float64, stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return log_norm - z[np.arange(len(z)), np.asarray(y)]
+
+
+def _robust_standardize(X: np.ndarray) -> np.ndarray:
+    center = np.median(X, axis=0)
+    scale = 1.4826 * np.median(np.abs(X - center), axis=0)
+    std = X.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
+    return (X - center) / scale
+
+
+def _fisher(F: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from sklearn.covariance import LedoitWolf
+
+    centred = np.concatenate([F[a] - F[a].mean(0), F[b] - F[b].mean(0)])
+    cov = LedoitWolf().fit(centred).covariance_
+    w = np.linalg.solve(cov, F[a].mean(0) - F[b].mean(0))
+    norm = np.linalg.norm(w)
+    return w / norm if norm > 0 else w
+
+
+def heldout_dprime(F: np.ndarray, a: np.ndarray, random_state: Optional[int] = 0) -> float:
+    """d' between rows ``a`` and the others of ``F`` along a Fisher direction fitted on one random half
+    of the rows and measured on the other, both ways round; the smaller of the two (0.0 when a side has
+    too few rows).  d' = |mean difference| / sqrt(mean of the two variances)."""
+    a = np.asarray(a, dtype=bool)
+    b = ~a
+    half = np.random.default_rng(random_state).random(len(F)) < 0.5
+    values = []
+    for fit, test in ((half, ~half), (~half, half)):
+        if min(int((a & fit).sum()), int((b & fit).sum()), int((a & test).sum()), int((b & test).sum())) < MIN_HALF_ROWS:
+            return 0.0
+        w = _fisher(F, a & fit, b & fit)
+        pa, pb = F[a & test] @ w, F[b & test] @ w
+        spread = np.sqrt((pa.var() + pb.var()) / 2)
+        values.append(float(abs(pa.mean() - pb.mean()) / spread) if spread > 0 else float("inf"))
+    return min(values)
+
+
+def bisect_once(Z: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
+                random_state: Optional[int] = 0) -> tuple[np.ndarray, float]:
+    """Split rows of ``Z`` in two (2-means refined by a tied-covariance Gaussian mixture in PCA space);
+    returns (bool mask of one side, held-out d' of the split)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    seed = 0 if random_state is None else int(random_state)
+    k = int(min(n_components, Z.shape[1], len(Z) - 1))
+    F = PCA(k, random_state=seed).fit_transform(Z) if k < Z.shape[1] else Z
+    start = KMeans(2, n_init=5, random_state=seed).fit_predict(F)
+    side = start == 0
+    if side.all() or not side.any():
+        return side, 0.0
+    means = np.stack([F[side].mean(0), F[~side].mean(0)])
+    try:
+        gm = GaussianMixture(2, covariance_type="tied", means_init=means, random_state=seed, max_iter=200,
+                             reg_covar=1e-4).fit(F)
+        refined = gm.predict(F) == 0
+        if refined.any() and not refined.all():
+            side = refined
+    except (ValueError, np.linalg.LinAlgError):  # degenerate covariance: keep the 2-means split
+        pass
+    return side, heldout_dprime(F, side, seed)
+
+
+def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATION, max_depth: int = DEFAULT_MAX_DEPTH,
+                 n_components: int = DEFAULT_COMPONENTS, min_split: int = MIN_SPLIT_ROWS,
+                 random_state: Optional[int] = 0, keep_rows: bool = False) -> tuple[list, list]:
+    """Leaves (arrays of row positions) of the recursive bisection of ``Z`` and a record of every split
+    tried: ``{"depth", "rows", "sizes", "dprime", "accepted"}`` (plus ``"sides"``, the two arrays of row
+    positions, with ``keep_rows=True``: the calibration benchmark needs them)."""
+    leaves: list = []
+    splits: list = []
+
+    def visit(rows: np.ndarray, depth: int) -> None:
+        if len(rows) < min_split or depth >= max_depth:
+            leaves.append(rows)
+            return
+        side, d = bisect_once(_robust_standardize(Z[rows]), n_components, random_state)
+        accepted = bool(d >= min_separation)
+        splits.append({"depth": depth, "rows": int(len(rows)), "sizes": [int(side.sum()), int((~side).sum())],
+                       "dprime": round(float(d), 3), "accepted": accepted})
+        if keep_rows:
+            splits[-1]["sides"] = (rows[side], rows[~side])
+        if not accepted:
+            leaves.append(rows)
+            return
+        visit(rows[side], depth + 1)
+        visit(rows[~side], depth + 1)
+
+    visit(np.arange(len(Z)), 0)
+    return leaves, splits
+
+
+def poisoned_leaves(sizes: list, losses: list, *, minority: float = DEFAULT_MINORITY,
+                    loss_ratio: float = DEFAULT_LOSS_RATIO) -> tuple[list, Optional[int], str]:
+    """(flagged leaf positions, reference leaf position, reason) -- the rule of step 3 in the module
+    docstring.  One leaf: nothing flagged."""
+    n = float(sum(sizes))
+    if len(sizes) < 2 or n == 0:
+        return [], (0 if sizes else None), "the class did not split"
+    major = [i for i, s in enumerate(sizes) if s >= minority * n] or [int(np.argmax(sizes))]
+    ref = max(major, key=lambda i: (losses[i], sizes[i]))
+    flagged = [i for i in range(len(sizes)) if i not in major]
+    low_loss = [i for i in major if i != ref and losses[i] * loss_ratio <= losses[ref]]
+    flagged += low_loss
+    other_major = [i for i in major if i != ref and i not in low_loss]
+    if flagged:
+        reason = (f"split into {len(sizes)} parts; the largest part the model fits worst is genuine, "
+                  f"{len(flagged)} part(s) flagged")
+    else:
+        reason = ("split into parts of comparable size and loss (median loss ratio below "
+                  f"{loss_ratio:g}): no side can be called poison, nothing flagged")
+    if other_major and flagged:
+        reason += f"; {len(other_major)} other large part(s) kept (loss not {loss_ratio:g}x lower)"
+    return sorted(flagged), ref, reason
+
+
+def _leaf_scores(Zc: np.ndarray, ref_rows: np.ndarray, flagged_rows: np.ndarray) -> np.ndarray:
+    """Distance from the reference leaf along the Fisher direction reference -> flagged leaves, in units
+    of the reference leaf's robust spread along it (reference samples ~0-2, flagged ones ~d')."""
+    ref = np.zeros(len(Zc), dtype=bool)
+    ref[ref_rows] = True
+    fl = np.zeros(len(Zc), dtype=bool)
+    fl[flagged_rows] = True
+    w = _fisher(Zc, fl, ref)
+    proj = Zc @ w
+    med = np.median(proj[ref])
+    mad = 1.4826 * np.median(np.abs(proj[ref] - med))
+    spread = mad if mad > 0 else (proj[ref].std() or 1.0)
+    return np.abs(proj - med) / spread
+
+
+def peel(Z: np.ndarray, rows: np.ndarray, loss: np.ndarray, *, peel_separation: float = DEFAULT_PEEL_SEPARATION,
+         loss_ratio: float = DEFAULT_LOSS_RATIO, max_rounds: int = DEFAULT_MAX_DEPTH, n_components: int = DEFAULT_COMPONENTS,
+         min_split: int = MIN_SPLIT_ROWS, random_state: Optional[int] = 0) -> tuple[list, np.ndarray, list]:
+    """Step 4 of the module docstring on the reference leaf ``rows`` of ``Z``: (peeled parts, the rows
+    left as reference, a record of every round)."""
+    peeled: list = []
+    record: list = []
+    for _ in range(max_rounds):
+        if len(rows) < min_split:
+            break
+        side, d = bisect_once(_robust_standardize(Z[rows]), n_components, random_state)
+        small, large = (rows[side], rows[~side]) if side.sum() <= (~side).sum() else (rows[~side], rows[side])
+        l_small, l_large = float(np.median(loss[small])), float(np.median(loss[large]))
+        ok = bool(d >= peel_separation and l_small * loss_ratio <= l_large)
+        record.append({"rows": int(len(rows)), "sizes": [int(len(small)), int(len(large))], "dprime": round(float(d), 3),
+                       "median_loss": [float(f"{l_small:.4g}"), float(f"{l_large:.4g}")], "peeled": ok})
+        if not ok:
+            break
+        peeled.append(small)
+        rows = large
+    return peeled, rows, record
+
+
+def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: float = DEFAULT_MIN_SEPARATION,
+                minority: float = DEFAULT_MINORITY, loss_ratio: float = DEFAULT_LOSS_RATIO,
+                peel_separation: float = DEFAULT_PEEL_SEPARATION,
+                max_depth: int = DEFAULT_MAX_DEPTH, n_components: int = DEFAULT_COMPONENTS,
+                random_state: Optional[int] = 0) -> ClassSplit:
+    """The latent stage for one class: ``P`` its (n, D) penultimate features, ``loss`` its per-sample loss."""
+    Z = _robust_standardize(np.asarray(P, dtype=np.float64))
+    leaves, splits = bisect_class(Z, min_separation=min_separation, max_depth=max_depth,
+                                  n_components=n_components, random_state=random_state)
+    sizes = [int(len(leaf)) for leaf in leaves]
+    losses = [float(np.median(loss[leaf])) for leaf in leaves]
+    flagged, ref, reason = poisoned_leaves(sizes, losses, minority=minority, loss_ratio=loss_ratio)
+    peel_record: list = []
+    flagged_loss = float(np.median(loss[np.concatenate([leaves[i] for i in flagged])])) if flagged else np.inf
+    if flagged and flagged_loss * loss_ratio <= losses[ref]:
+        peeled, rest, peel_record = peel(Z, leaves[ref], loss, peel_separation=peel_separation, loss_ratio=loss_ratio,
+                                         max_rounds=max_depth, n_components=n_components, random_state=random_state)
+        if peeled:
+            leaves = leaves[:ref] + [rest] + leaves[ref + 1:] + peeled
+            flagged = flagged + list(range(len(sizes), len(sizes) + len(peeled)))
+            sizes = [int(len(leaf)) for leaf in leaves]
+            losses = [float(np.median(loss[leaf])) for leaf in leaves]
+            reason += f"; {len(peeled)} more part(s) peeled off the genuine part (far better fitted)"
+    scores = np.zeros(len(P))
+    if flagged:
+        flagged_rows = np.concatenate([leaves[i] for i in flagged])
+        scores = _leaf_scores(Z, leaves[ref], flagged_rows)
+    evidence = {"class": int(label), "n": int(len(P)), "splits": splits, "peel": peel_record,
+                "leaves": [{"size": s, "median_loss": float(f"{l_:.4g}"), "flagged": i in flagged,
+                            "reference": i == ref} for i, (s, l_) in enumerate(zip(sizes, losses))],
+                "reason": reason, "n_flagged": int(sum(sizes[i] for i in flagged))}
+    return ClassSplit(int(label), leaves, flagged, splits, losses, reason, scores, evidence)
+
+
+def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any) -> tuple:
+    """Run :func:`split_class` on every class with at least ``MIN_SPLIT_ROWS`` samples.
+
+    Returns (flagged (N,) bool, scores (N,) float, leaf id (N,) int: 0 = the class's reference leaf,
+    1.. others, per class; evidence list).
+    """
+    n = len(P)
+    flagged = np.zeros(n, dtype=bool)
+    scores = np.zeros(n)
+    leaf_id = np.zeros(n, dtype=np.int64)
+    evidence = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < MIN_SPLIT_ROWS:
+            evidence.append({"class": int(c), "n": int(len(idx)), "reason": f"fewer than {MIN_SPLIT_ROWS} samples",
+                             "splits": [], "leaves": [], "n_flagged": 0})
+            continue
+        res = split_class(P[idx], loss[idx], int(c), **params)
+        ref = next((i for i, e in enumerate(res.evidence["leaves"]) if e["reference"]), 0)
+        order = [ref] + [i for i in range(len(res.leaves)) if i != ref]
+        for rank, i in enumerate(order):
+            leaf_id[idx[res.leaves[i]]] = rank
+        for i in res.flagged_leaves:
+            flagged[idx[res.leaves[i]]] = True
+        scores[idx] = res.scores
+        evidence.append(res.evidence)
+    return flagged, scores, leaf_id, evidence
