@@ -68,14 +68,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "kind": kind_of(pa, pb)})
         print(name, "done", flush=True)
     summary = {}
-    for kind in ("genuine-only", "poison-vs-genuine", "mixed", "poison-only"):
-        d = [r["dprime"] for r in rows if r["kind"] == kind]
+    groups = {kind: [r for r in rows if r["kind"] == kind]
+              for kind in ("genuine-only", "poison-vs-genuine", "mixed", "poison-only")}
+    # what the threshold meets in a real run: every first split of a class (deeper splits are only tried
+    # below an accepted one), and among them the unbalanced ones, which only the d' test guards
+    groups["genuine-only, first split of a class"] = [r for r in groups["genuine-only"] if r["depth"] == 0]
+    groups["genuine-only, first split, smaller side < 35 %"] = [
+        r for r in groups["genuine-only"] if r["depth"] == 0 and min(r["sizes"]) < 0.35 * sum(r["sizes"])]
+    for kind, members in groups.items():
+        d = [r["dprime"] for r in members]
         if d:
             summary[kind] = {"count": len(d), "min": min(d), "max": max(d), "median": float(np.median(d))}
     write_json(RESULTS / "latent_calibration.json", {"command": "python3 -m benchmarks.latent_calibration",
                                                       "machine": machine(), "summary": summary, "splits": rows})
     for k, v in summary.items():
-        print(f"{k:18s} n={v['count']:3d} d' min {v['min']:.2f} median {v['median']:.2f} max {v['max']:.2f}")
+        print(f"{k:48s} n={v['count']:3d} d' min {v['min']:.2f} median {v['median']:.2f} max {v['max']:.2f}")
     return 0
 
 

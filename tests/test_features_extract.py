@@ -12,6 +12,7 @@ from flare_core.features import (
     abnormality,
     extract_abnormality_features,
     extract_activations,
+    extract_latent_features,
     extract_pooled_features,
     list_layers,
 )
@@ -183,3 +184,22 @@ def test_pooled_features_of_a_named_layer():
     assert name == "block" and pooled.shape == (10, 4)
     with pytest.raises(ValueError):
         extract_pooled_features(model, ds, layer="blok")
+
+
+def test_latent_features_equal_pooled_features_and_a_plain_forward_pass():
+    model, ds = _bn_model(), _dataset()
+    lat = extract_latent_features(model, ds, batch_size=3)
+    pooled, name = extract_pooled_features(model, ds, batch_size=4)
+    assert lat.layer == name and lat.pooled.shape == (10, 4) and lat.logits.dtype == np.float32
+    np.testing.assert_allclose(lat.pooled, pooled, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        want = model.module(model.preprocessing.to_tensor(ds.images)).numpy()
+    np.testing.assert_allclose(lat.logits, want, rtol=1e-5, atol=1e-6)
+
+
+def test_latent_features_leave_mode_and_hooks_untouched():
+    model = _bn_model()
+    model.module.train()
+    extract_latent_features(model, _dataset())
+    assert all(m.training for m in model.module.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())

@@ -10,6 +10,7 @@ from flare_core.dataset import ImageDataset
 from flare_core.features import (
     extract_abnormality_features,
     extract_activations,
+    extract_latent_features,
     extract_pooled_features,
     list_layers,
 )
@@ -83,6 +84,8 @@ def test_graph_models_match_eager(cls, tmp_path):
     ref_layers = list_layers(models["module"])
     ref = extract_abnormality_features(models["module"], ds, batch_size=3)
     ref_pooled, ref_name = extract_pooled_features(models["module"], ds)
+    with torch.no_grad():
+        ref_logits = models["module"].module(models["module"].preprocessing.to_tensor(ds.images)).numpy()
     for kind in ("torchscript", "export"):
         assert list_layers(models[kind]) == ref_layers, kind
         got = extract_abnormality_features(models[kind], ds, batch_size=3)  # batch 3 != exported batch 2
@@ -91,6 +94,9 @@ def test_graph_models_match_eager(cls, tmp_path):
         pooled, name = extract_pooled_features(models[kind], ds)
         assert name == ref_name
         np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-5, atol=1e-6, err_msg=kind)
+        lat = extract_latent_features(models[kind], ds, batch_size=3)  # logits of padded chunks sliced back
+        np.testing.assert_allclose(lat.pooled, ref_pooled, rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(lat.logits, ref_logits, rtol=1e-5, atol=1e-5, err_msg=kind)
 
 
 def test_graph_activations_equal_eager(tmp_path):

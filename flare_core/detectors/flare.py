@@ -356,6 +356,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     elif p["scope"] == "per-class":
         raise FlareError("scope='per-class' needs the class labels y; pass them or use scope='global'.")
     report_progress = ensure_progress(progress)
+    run_latent = p["mode"] == "default" and p["use_latent"] == "auto" and latent is not None
+    if run_latent:  # checked before the (slow) layer stage, so a bad input fails at once
+        P, Lg = _latent_inputs(latent, logits, y, n)
 
     if p["standardize"] == "robust":
         Z, center, scale = robust_standardize(X)
@@ -409,7 +412,6 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         else:
             from flare_core.detectors.latent import latent_detect, sample_loss
 
-            P, Lg = _latent_inputs(latent, logits, y, n)
             report_progress("latent", 0, 1)
             latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
                 P, y, sample_loss(Lg, y), min_separation=p["latent_separation"], loss_ratio=p["latent_loss_ratio"],

@@ -1,0 +1,271 @@
+"""FLARE default's latent stage (flare_core.detectors.latent) and its wiring into flare_detect.
+
+Synthetic penultimate features: a class is a Gaussian cloud; a planted poison group is a second cloud
+far away in a few directions.  Losses are drawn per group (genuine ~1e-2, poison ~1e-4, as on the
+benchmark models) so the loss test has something to read.
+"""
+import numpy as np
+import pytest
+import torch
+
+from flare_core.detectors import latent as LT
+from flare_core.detectors.flare import FlareDetector, flare_detect
+from flare_core.errors import FlareError
+
+D = 16
+
+
+def cloud(rng, n, shift=0.0, dims=4, scale=1.0):
+    X = rng.normal(size=(n, D)) * scale
+    X[:, :dims] += shift
+    return X
+
+
+def losses(rng, n, median):
+    return median * np.exp(rng.normal(scale=0.5, size=n))
+
+
+def two_class_set(rng, n_genuine=800, n_poison=0, shift=12.0, poison_loss=1e-4, genuine_loss=1e-2):
+    """Class 0: genuine (+ planted poison at the end); class 1: genuine only."""
+    X0 = np.vstack([cloud(rng, n_genuine), cloud(rng, n_poison, shift)]) if n_poison else cloud(rng, n_genuine)
+    l0 = np.concatenate([losses(rng, n_genuine, genuine_loss), losses(rng, n_poison, poison_loss)])
+    X1 = cloud(rng, n_genuine) + 3.0
+    l1 = losses(rng, n_genuine, genuine_loss)
+    X = np.vstack([X0, X1])
+    y = np.concatenate([np.zeros(len(X0), int), np.ones(len(X1), int)])
+    truth = np.zeros(len(X), bool)
+    truth[n_genuine:n_genuine + n_poison] = True
+    return X, y, np.concatenate([l0, l1]), truth
+
+
+def logits_for(loss, y, k=2):
+    """Logits whose cross-entropy for label y is exactly ``loss`` (two classes)."""
+    p = np.exp(-loss)
+    z = np.zeros((len(y), k))
+    z[np.arange(len(y)), y] = np.log(p / (1 - p + 1e-300) + 1e-300)
+    return z
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def test_sample_loss_equals_torch_cross_entropy():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 7)) * 5
+    y = rng.integers(0, 7, 50)
+    want = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(y), reduction="none").numpy()
+    np.testing.assert_allclose(LT.sample_loss(z, y), want, rtol=1e-10, atol=1e-12)
+
+
+def test_heldout_dprime_large_for_a_gap_small_for_a_cut_cloud():
+    rng = np.random.default_rng(1)
+    F = np.vstack([cloud(rng, 400), cloud(rng, 400, shift=8.0)])
+    a = np.arange(800) < 400
+    assert LT.heldout_dprime(F, a) > 10
+    one = cloud(rng, 800)
+    cut = one[:, 0] > 0  # the best cut of one Gaussian cloud
+    assert LT.heldout_dprime(one, cut) < 4
+
+
+def test_heldout_dprime_is_zero_when_a_side_is_too_small():
+    rng = np.random.default_rng(2)
+    F = cloud(rng, 300)
+    a = np.zeros(300, bool)
+    a[:10] = True
+    assert LT.heldout_dprime(F, a) == 0.0
+
+
+def test_poisoned_leaves_minority_is_flagged_whatever_its_loss():
+    flagged, ref, _ = LT.poisoned_leaves([900, 100], [0.01, 0.5])
+    assert flagged == [1] and ref == 0
+
+
+def test_poisoned_leaves_balanced_split_needs_the_loss_ratio():
+    flagged, ref, reason = LT.poisoned_leaves([500, 500], [0.01, 0.005])
+    assert flagged == [] and "nothing flagged" in reason
+    flagged, ref, _ = LT.poisoned_leaves([500, 500], [0.01, 0.0005])
+    assert flagged == [1] and ref == 0
+
+
+def test_poisoned_leaves_one_leaf_flags_nothing():
+    assert LT.poisoned_leaves([1000], [0.01])[0] == []
+
+
+# ----------------------------------------------------------------------------- one class
+
+def test_planted_half_of_a_class_is_found_by_its_loss():
+    rng = np.random.default_rng(3)
+    P = np.vstack([cloud(rng, 600), cloud(rng, 600, shift=12.0)])
+    loss = np.concatenate([losses(rng, 600, 1e-2), losses(rng, 600, 1e-4)])
+    res = LT.split_class(P, loss, 0)
+    flagged = np.zeros(1200, bool)
+    for i in res.flagged_leaves:
+        flagged[res.leaves[i]] = True
+    assert flagged[600:].mean() >= 0.99 and flagged[:600].mean() <= 0.01
+    assert res.scores[600:].min() > res.scores[:600].max() * 0.5
+    assert res.evidence["splits"][0]["accepted"] and res.evidence["splits"][0]["dprime"] >= 6.5
+
+
+def test_balanced_split_with_equal_loss_flags_nothing():
+    """Two far-apart halves the model fits equally well: a bimodal class, not poison."""
+    rng = np.random.default_rng(4)
+    P = np.vstack([cloud(rng, 600), cloud(rng, 600, shift=12.0)])
+    loss = losses(rng, 1200, 1e-2)
+    res = LT.split_class(P, loss, 0)
+    assert res.flagged_leaves == []
+    assert res.evidence["splits"][0]["accepted"]  # the split is reported as evidence
+
+
+def test_a_single_cloud_is_not_split():
+    rng = np.random.default_rng(5)
+    P = cloud(rng, 1500, scale=1.0) * np.linspace(0.5, 3, D)  # anisotropic, one population
+    res = LT.split_class(P, losses(rng, 1500, 1e-2), 0)
+    assert res.flagged_leaves == [] and len(res.leaves) == 1
+    assert res.evidence["splits"][0]["dprime"] < 6.5
+
+
+def test_close_subpopulations_are_not_split():
+    """Two sub-styles 3 sigma apart (like a clean class's modes) stay one leaf."""
+    rng = np.random.default_rng(6)
+    P = np.vstack([cloud(rng, 700), cloud(rng, 300, shift=3.0)])
+    res = LT.split_class(P, np.concatenate([losses(rng, 700, 1e-2), losses(rng, 300, 1e-4)]), 0)
+    assert res.flagged_leaves == []
+
+
+def test_peel_takes_a_closer_low_loss_part_only_with_the_signature():
+    rng = np.random.default_rng(7)
+    genuine = cloud(rng, 1000)
+    far = cloud(rng, 400, shift=12.0)
+    near = cloud(rng, 400, shift=1.9, dims=8)  # closer: d' ~5.4, below the first-level threshold
+    P = np.vstack([genuine, far, near])
+    # the far part is fitted 100x better (the backdoor signature) and so is the near part: peeled
+    loss = np.concatenate([losses(rng, 1000, 1e-2), losses(rng, 400, 1e-4), losses(rng, 400, 1e-4)])
+    res = LT.split_class(P, loss, 0)
+    flagged = np.zeros(len(P), bool)
+    for i in res.flagged_leaves:
+        flagged[res.leaves[i]] = True
+    assert flagged[1000:1400].all()
+    assert flagged[1400:].mean() > 0.9 and flagged[:1000].mean() < 0.02
+    assert any(r["peeled"] for r in res.evidence["peel"])
+    # no signature (the far part fitted worse, flagged as the minority): no peeling at all
+    loss2 = np.concatenate([losses(rng, 1000, 1e-2), losses(rng, 400, 1e-1), losses(rng, 400, 1e-4)])
+    res2 = LT.split_class(P, loss2, 0)
+    assert res2.evidence["peel"] == []
+
+
+def test_latent_detect_leaves_inputs_unchanged_and_is_deterministic():
+    rng = np.random.default_rng(8)
+    X, y, loss, truth = two_class_set(rng, n_poison=400)
+    X0, y0, l0 = X.copy(), y.copy(), loss.copy()
+    a = LT.latent_detect(X, y, loss)
+    b = LT.latent_detect(X, y, loss)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(loss, l0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0][truth].mean() >= 0.99 and a[0][~truth].mean() <= 0.01
+    assert a[0].shape == a[1].shape == a[2].shape == (len(X),)
+
+
+def test_latent_detect_skips_tiny_classes():
+    rng = np.random.default_rng(9)
+    X = cloud(rng, 120)
+    y = np.zeros(120, int)
+    flagged, scores, leaf, ev = LT.latent_detect(X, y, losses(rng, 120, 1e-2))
+    assert not flagged.any() and "fewer than" in ev[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- inside flare_detect
+
+def abnormality_noise(rng, n, L=2):  # two columns: one prefix, one UMAP per fit
+    return rng.normal(size=(n, L))
+
+
+def test_flare_detect_flags_what_only_the_latent_stage_sees():
+    rng = np.random.default_rng(10)
+    P, y, loss, truth = two_class_set(rng, n_genuine=500, n_poison=300)
+    X = abnormality_noise(rng, len(P))  # per-layer columns without any signal
+    res = flare_detect(X, y, latent=P, logits=logits_for(loss, y), n_epochs=50)
+    assert res.report["representation"] == "latent"
+    assert res.report["latent"]["used"] and res.report["latent"]["found"]
+    assert res.flagged[truth].mean() >= 0.99 and res.flagged[~truth].mean() <= 0.01
+    # flagged samples get a cluster id of their own and rank above the genuine ones
+    assert set(np.unique(res.clusters[truth])).isdisjoint(np.unique(res.clusters[~truth]))
+    assert np.median(res.scores[truth]) > np.percentile(res.scores[~truth], 99)
+    assert res.evidence["latent"]["classes"][0]["n_flagged"] >= 300
+
+
+def test_flare_detect_latent_clean_set_comes_back_clean():
+    rng = np.random.default_rng(11)
+    P, y, loss, _ = two_class_set(rng, n_genuine=500, n_poison=0)
+    res = flare_detect(abnormality_noise(rng, len(P)), y, latent=P, logits=logits_for(loss, y), n_epochs=50)
+    assert not res.flagged.any()
+    assert res.report["latent"] == {"used": True, "found": False, "n_flagged": 0}
+    assert "no class split" in res.evidence["conclusion"]
+
+
+def test_use_latent_off_and_faithful_mode_ignore_the_latent_inputs():
+    rng = np.random.default_rng(12)
+    P, y, loss, truth = two_class_set(rng, n_genuine=300, n_poison=200)
+    X = abnormality_noise(rng, len(P))
+    off = flare_detect(X, y, latent=P, logits=logits_for(loss, y), use_latent="off", n_epochs=50)
+    assert not off.report["latent"]["used"] and "off" in off.report["latent"]["why_not"]
+    faithful = flare_detect(X, y, latent=P, logits=logits_for(loss, y), mode="faithful", n_epochs=50)
+    assert not faithful.report["latent"]["used"] and "faithful" in faithful.report["latent"]["why_not"]
+    none = flare_detect(X, y, n_epochs=50)
+    assert not none.report["latent"]["used"] and "no penultimate" in none.report["latent"]["why_not"]
+
+
+def test_flare_detector_fit_takes_latent_and_logits():
+    rng = np.random.default_rng(13)
+    P, y, loss, truth = two_class_set(rng, n_genuine=500, n_poison=300)
+    det = FlareDetector(n_epochs=50).fit(abnormality_noise(rng, len(P)), y, latent=P, logits=logits_for(loss, y))
+    assert det.flagged_[truth].all()
+    assert det.get_params()["use_latent"] == "auto" and det.get_params()["latent_separation"] == 6.5
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(14)
+    P, y, loss, _ = two_class_set(rng, n_genuine=300)
+    return abnormality_noise(rng, len(P)), y, P, logits_for(loss, y)
+
+
+def test_latent_with_wrong_rows_raises(small):
+    X, y, P, Lg = small
+    with pytest.raises(FlareError, match="latent has"):
+        flare_detect(X, y, latent=P[:-1], logits=Lg)
+
+
+def test_latent_without_logits_raises(small):
+    X, y, P, _ = small
+    with pytest.raises(FlareError, match="needs logits"):
+        flare_detect(X, y, latent=P)
+
+
+def test_logits_with_wrong_rows_raises(small):
+    X, y, P, Lg = small
+    with pytest.raises(FlareError, match="logits has"):
+        flare_detect(X, y, latent=P, logits=Lg[:-1])
+
+
+def test_latent_without_labels_raises(small):
+    X, _, P, Lg = small
+    with pytest.raises(FlareError, match="needs the labels"):
+        flare_detect(X, None, latent=P, logits=Lg)
+
+
+def test_logits_with_too_few_columns_raises(small):
+    X, y, P, Lg = small
+    with pytest.raises(FlareError, match="columns"):
+        flare_detect(X, y, latent=P, logits=Lg[:, :1])
+
+
+def test_bad_latent_parameters_raise(small):
+    X, y, P, Lg = small
+    with pytest.raises(FlareError):
+        flare_detect(X, y, use_latent="yes")
+    with pytest.raises(FlareError):
+        flare_detect(X, y, latent_separation=0)
+    with pytest.raises(FlareError):
+        flare_detect(X, y, latent_loss_ratio=0.5)
