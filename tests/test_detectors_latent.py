@@ -90,6 +90,19 @@ def test_poisoned_leaves_one_leaf_flags_nothing():
     assert LT.poisoned_leaves([1000], [0.01])[0] == []
 
 
+def test_join_takes_unflagged_members_of_a_flagged_blob_and_nothing_else():
+    rng = np.random.default_rng(15)
+    Z = np.vstack([cloud(rng, 300), cloud(rng, 300, shift=10.0)])
+    flagged = np.zeros(600, bool)
+    flagged[300:] = True
+    flagged[[310, 350, 420]] = False  # three poisoned samples the split left behind
+    before = flagged.copy()
+    joined = LT.join_neighbours(Z, flagged)
+    np.testing.assert_array_equal(np.flatnonzero(joined), [310, 350, 420])
+    np.testing.assert_array_equal(flagged, before)
+    assert not LT.join_neighbours(Z, np.zeros(600, bool)).any()
+
+
 # ----------------------------------------------------------------------------- one class
 
 def test_planted_half_of_a_class_is_found_by_its_loss():

@@ -33,7 +33,11 @@ Per class (pure functions, no state):
    genuine sub-populations split off this way were always the *harder* part (loss ratio <= 2.1 in
    every all-to-one poisoned class of the calibration models), so the loss test, not the distance,
    carries it.  Without the signature there is no peeling: in Blended all-to-all a genuine sub-population
-   of sandals was fitted 23x better than the rest of its class.
+   of sandals was fitted 23x better than the rest of its class;
+5. **join** (in a class with flagged parts): a sample whose ``JOIN_NEIGHBOURS`` (10) nearest samples of
+   its class are mostly flagged is flagged too, repeated until nothing changes (label propagation by
+   majority vote): poisoned samples left at the border of a flagged part (WaNet: 95.4 % -> 97.9 % TPR,
+   FPR 0.02 % -> 0.04 %).
 
 Calibration (benchmarks/results/latent_calibration.json, ``python3 -m benchmarks.latent_calibration``):
 on nine Fashion-MNIST small-CNN models (clean, seven attacks, BadNets 0.5 %), the first split of every
@@ -60,6 +64,10 @@ DEFAULT_MINORITY = 0.35
 DEFAULT_LOSS_RATIO = 10.0
 #: Peeling inside a class already found poisoned: the smaller side must be this far apart (held-out d').
 DEFAULT_PEEL_SEPARATION = 4.5
+#: Neighbours that vote in the join step (the same number FLARE uses to place unclustered samples).
+JOIN_NEIGHBOURS = 10
+#: Rounds of the join step at most.
+JOIN_ROUNDS = 10
 #: PCA components the class is split in.
 DEFAULT_COMPONENTS = 20
 #: Levels of bisection.
@@ -246,6 +254,24 @@ def peel(Z: np.ndarray, rows: np.ndarray, loss: np.ndarray, *, peel_separation: 
     return peeled, rows, record
 
 
+def join_neighbours(Z: np.ndarray, flagged: np.ndarray, k: int = JOIN_NEIGHBOURS,
+                    max_rounds: int = JOIN_ROUNDS) -> np.ndarray:
+    """Step 5: the rows of ``Z`` that join the flagged ones because most of their ``k`` nearest rows are
+    flagged, repeated until stable (bool mask of the newly joined rows; ``flagged`` is not modified)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    fl = np.asarray(flagged, dtype=bool).copy()
+    if not fl.any() or fl.all() or len(Z) <= k:
+        return np.zeros(len(Z), dtype=bool)
+    nb = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)[:, 1:]
+    for _ in range(max_rounds):
+        new = ~fl & (fl[nb].mean(axis=1) > 0.5)
+        if not new.any():
+            break
+        fl |= new
+    return fl & ~np.asarray(flagged, dtype=bool)
+
+
 def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: float = DEFAULT_MIN_SEPARATION,
                 minority: float = DEFAULT_MINORITY, loss_ratio: float = DEFAULT_LOSS_RATIO,
                 peel_separation: float = DEFAULT_PEEL_SEPARATION,
@@ -269,12 +295,27 @@ def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: 
             sizes = [int(len(leaf)) for leaf in leaves]
             losses = [float(np.median(loss[leaf])) for leaf in leaves]
             reason += f"; {len(peeled)} more part(s) peeled off the genuine part (far better fitted)"
+    n_joined = 0
+    if flagged:
+        mask = np.zeros(len(P), dtype=bool)
+        for i in flagged:
+            mask[leaves[i]] = True
+        joined = join_neighbours(Z, mask)
+        n_joined = int(joined.sum())
+        if n_joined:
+            joined_rows = np.flatnonzero(joined)
+            leaves = [np.setdiff1d(leaf, joined_rows) if i not in flagged else leaf for i, leaf in enumerate(leaves)]
+            leaves.append(joined_rows)
+            flagged = flagged + [len(leaves) - 1]
+            sizes = [int(len(leaf)) for leaf in leaves]
+            losses = [float(np.median(loss[leaf])) if len(leaf) else float("nan") for leaf in leaves]
+            reason += f"; {n_joined} sample(s) joined their flagged neighbours"
     scores = np.zeros(len(P))
     if flagged:
         flagged_rows = np.concatenate([leaves[i] for i in flagged])
         scores = _leaf_scores(Z, leaves[ref], flagged_rows)
-    evidence = {"class": int(label), "n": int(len(P)), "splits": splits, "peel": peel_record,
-                "leaves": [{"size": s, "median_loss": float(f"{l_:.4g}"), "flagged": i in flagged,
+    evidence = {"class": int(label), "n": int(len(P)), "splits": splits, "peel": peel_record, "joined": n_joined,
+                "leaves": [{"size": s, "median_loss": float(f"{l_:.4g}") if np.isfinite(l_) else None, "flagged": i in flagged,
                             "reference": i == ref} for i, (s, l_) in enumerate(zip(sizes, losses))],
                 "reason": reason, "n_flagged": int(sum(sizes[i] for i in flagged))}
     return ClassSplit(int(label), leaves, flagged, splits, losses, reason, scores, evidence)
