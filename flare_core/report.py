@@ -97,6 +97,53 @@ def per_class_confusion(run: RunFolder, detector: Optional[str] = None) -> Optio
                          "TPR": np.round(tpr, 4), "FPR": np.round(fpr, 4)})
 
 
+REPRESENTATION_TEXT = {
+    "layers": "FLARE's per-layer abnormality (the most abnormal activation of each layer)",
+    "channels": "the per-channel abnormality view",
+    "layers+channels": "the per-layer and the per-channel abnormality views",
+    "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
+}
+
+
+def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
+    """(one sentence on which FLARE stage flagged the samples, the latent stage's per-class table or None).
+
+    The table has one row per class the latent stage split: the held-out d' of its first split, the
+    parts (size, median loss of the label, flagged or not) and the stage's reason.  Empty for other
+    detectors and for runs without the latent stage.
+    """
+    report = ((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+    rep = report.get("representation")
+    if not rep:
+        return "", None
+    latent = rep == "latent" or rep.endswith("+latent")
+    base = "" if rep == "latent" else rep[:-len("+latent")] if latent else rep
+    if not report.get("found"):
+        sentence = "No FLARE stage found a separated group of samples."
+    else:
+        stages = ([REPRESENTATION_TEXT.get(base, base)] if base else []) + ([REPRESENTATION_TEXT["latent"]] if latent else [])
+        sentence = "Flagged by " + " and by ".join(stages) + "."
+    classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
+    rows = []
+    for c in classes:
+        if not c.get("splits"):
+            continue
+        first = c["splits"][0]
+        leaves = c.get("leaves") or []
+        rows.append({
+            "class": run.classes[c["class"]] if 0 <= c["class"] < len(run.classes) else c["class"],
+            "first split d'": first.get("dprime"),
+            "parts (size / median loss / flagged)": "; ".join(
+                f"{l_['size']} / {l_['median_loss']} / {'flagged' if l_['flagged'] else 'kept'}" for l_ in leaves),
+            "flagged": c.get("n_flagged", 0),
+            "reason": c.get("reason", ""),
+        })
+    table = pd.DataFrame(rows) if rows else None
+    if table is not None:
+        table = table.sort_values(["flagged", "first split d'"], ascending=False).reset_index(drop=True)
+    return sentence, table
+
+
 def manifest_with_decisions(run: RunFolder, detector: Optional[str] = None) -> pd.DataFrame:
     """The run's manifest plus the analyst's ``decision`` ('keep' | 'remove' | '') and the final ``removed`` (0/1)."""
     df = run.manifest.copy()
@@ -162,6 +209,11 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #eee;padding-bottom:4px;margin-
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:12px;margin:12px 0}
 .metric{background:#f6f6f8;border-radius:8px;padding:10px 14px} .metric b{font-size:22px;display:block}
 """
+
+
+def _latent_threshold(run: RunFolder):
+    params = (((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}).get("params") or {}
+    return params.get("latent_separation", "?")
 
 
 def _examples_html(run: RunFolder, dataset, model, n_examples: int) -> str:
@@ -264,6 +316,13 @@ def build_report(
                  else "The detector found no separated group of samples: nothing is flagged.") + "</p>",
         "<h2>Counts per class</h2>", _table_html(counts), _fig_html(bar),
     ]
+    sentence, latent_tbl = how_found(run)
+    if sentence:
+        sections += ["<h2>How the samples were found</h2>", f"<p>{html.escape(sentence)}</p>"]
+        if latent_tbl is not None:
+            sections += ["<p class='muted'>Latent stage, per class: a split stands at held-out d' &ge; "
+                         f"{html.escape(str(_latent_threshold(run)))}; parts holding under 35 % of the class, or "
+                         "fitted 10x better than the reference part, are flagged.</p>", _table_html(latent_tbl)]
     det_tbl = detection_table(run) if run.ground_truth() is not None else None
     if det_tbl is not None:
         reviewed = detection_table(run, after_review=True).iloc[[0]].rename(index=lambda s: f"{s} after review")

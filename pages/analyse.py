@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from flare_core import plots, server_paths
+from flare_core import plots, report, server_paths
 from pages import _shared as shared
 
 shared.require_app_router()  # before anything else: never run as a legacy pages/ page
@@ -156,6 +156,12 @@ if run is not None:
     c[3].metric("layers used (subspace)", res.get("subspace") if res.get("subspace") is not None else "–")
     if not flagged.any():
         st.success("The detector found no separated group of samples: nothing is flagged.", icon=":material/verified:")
+    sentence, latent_tbl = report.how_found(run)
+    if sentence and flagged.any():
+        st.caption(sentence)
+    if latent_tbl is not None:
+        with st.expander("Latent stage: classes that split in their penultimate features"):
+            st.dataframe(latent_tbl, hide_index=True)
     labels = run.manifest["label"].to_numpy()
     k = len(run.classes)
     st.plotly_chart(plots.flagged_bar(run.classes, np.bincount(labels, minlength=k), np.bincount(labels[flagged], minlength=k),

@@ -154,3 +154,27 @@ def test_channel_stage_runs_through_the_pipeline_when_asked(lab, tmp_path):
     n_channels = sum(int(c) for c in tried[-1][len("channels ("):-1].split()) if isinstance(tried[-1], str) else 0
     assert str(tried[-1]).startswith("channels (") and n_channels > 0  # the per-channel attempt, with its width
     assert report["representation"] in ("layers", "channels", "layers+channels")
+
+
+def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
+    """FLARE default reads the penultimate features and logits of one extra pass; the run records it."""
+    from flare_core.report import how_found
+
+    run = run_analysis(_config(lab, views=False), tmp_path / "run")
+    report = run.meta["detector"]["report"]["report"]
+    assert report["params"]["use_latent"] == "auto"
+    assert report["latent"]["used"] is True
+    classes = report["evidence"]["latent"]["classes"]
+    assert [c["class"] for c in classes] == [0, 1, 2]
+    assert all("fewer than" in c["reason"] for c in classes)  # 40 images a class: too few to split
+    assert run.meta["features"]["pooled_layer"] and "pooled" in run.meta["timings"]
+    sentence, table = how_found(run)
+    assert sentence and table is None
+
+
+def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
+    cfg = AnalysisConfig(model=str(lab / "model.pt"), data=str(lab / "data"), batch_size=32, views=False,
+                         params=(("n_neighbors", 10), ("use_latent", "off")))
+    run = run_analysis(cfg, tmp_path / "run")
+    assert run.meta["detector"]["report"]["report"]["latent"] == {"used": False, "why_not": "use_latent='off'"}
+    assert "pooled" not in run.meta["timings"]

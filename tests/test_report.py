@@ -100,3 +100,26 @@ def test_manifest_with_decisions_adds_columns_and_leaves_run_unchanged(run):
     assert m["decision"].iat[0] == "remove" and m["decision"].iat[19] == "keep" and m["decision"].iat[1] == ""
     assert m["removed"].iat[0] == 1 and m["removed"].iat[19] == 0 and m["removed"].sum() == 9
     assert run.manifest.equals(before) and "decision" not in run.manifest.columns
+
+
+def test_how_found_names_the_latent_stage_and_lists_split_classes():
+    from types import SimpleNamespace
+
+    from flare_core.report import how_found
+
+    leaves = [{"size": 60, "median_loss": 0.06, "flagged": False, "reference": True},
+              {"size": 60, "median_loss": 0.0004, "flagged": True, "reference": False}]
+    classes = [{"class": 0, "splits": [{"dprime": 11.1}], "leaves": leaves, "n_flagged": 60, "reason": "split"},
+               {"class": 1, "splits": [{"dprime": 3.2}], "leaves": leaves[:1], "n_flagged": 0, "reason": "did not split"},
+               {"class": 2, "splits": [], "leaves": [], "n_flagged": 0, "reason": "fewer than 200 samples"}]
+    rep = {"representation": "latent", "found": True, "subspace": 4,
+           "evidence": {"found": True, "latent": {"used": True, "classes": classes}}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["a", "b", "c"])
+    sentence, table = how_found(run)
+    assert "latent stage" in sentence and "per-layer" not in sentence
+    assert list(table["class"]) == ["a", "b"] and list(table["flagged"]) == [60, 0]
+    rep["representation"] = "layers+latent"
+    assert "per-layer" in how_found(run)[0] and "latent" in how_found(run)[0]
+    rep.update(found=False, representation="layers")
+    assert how_found(run)[0].startswith("No FLARE stage")
+    assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)
