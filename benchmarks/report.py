@@ -324,6 +324,19 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "detectors are unsupervised, this only says whether the signal exists.",
                   md_table(["model", "samples", "FLARE per-layer columns", "per-channel view",
                             "penultimate, target class", "command"], rows)]
+    cal = read_json(Path(results) / "latent_calibration.json", None)
+    if cal and cal.get("summary"):
+        rows = [[k, v["count"], fmt_num(v["min"], 2), fmt_num(v["median"], 2), fmt_num(v["max"], 2)]
+                for k, v in cal["summary"].items()]
+        parts += ["## Latent stage calibration (held-out d' of every per-class split)",
+                  f"Command: `{cal.get('command')}`. Every bisection the latent stage "
+                  "(`flare_core.detectors.latent`) can try, on every class of every model, down to depth 3 whatever "
+                  "its d'; a split is *genuine-only* when both sides hold < 2 % poison, *poison-vs-genuine* when one "
+                  "side holds >= 90 % and the other <= 10 %. The default threshold is 6.5: above every first split of a "
+                  "genuine-only class (the bag class, two real kinds of bag, reaches 6.07 and is balanced, so the "
+                  "loss test also guards it); the poison splits below 6.5 are BadNets 0.5 % (found by the layer "
+                  "stage instead) and a WaNet part reached by peeling.",
+                  md_table(["kind of split", "count", "min d'", "median d'", "max d'"], rows)]
     # ---- dashboard timings (benchmarks/dashboard_timings.py)
     dash = read_json(BENCH / "dashboard_timings.json", None)
     if dash:

@@ -78,10 +78,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = Path(args.out or tempfile.mkdtemp(prefix="flare-bench-quick-"))
         print(run_quick(work))
         return 0
-    from benchmarks import detect_matrix, foundation, purification, report, speed
+    from benchmarks import detect_matrix, foundation, latent_calibration, purification, report, separability, speed
 
     foundation.main(["--retrain"] if args.retrain else [])
     detect_matrix.main((["--force"] if args.force else []) + ([] if args.skip_low else ["--low-rates"]))
+    latent_calibration.main([])
+    separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
     if not args.skip_purification:
         purification.main(["--force"] if args.force else [])
     if not args.skip_speed:

@@ -115,8 +115,11 @@ def _views_and_selection() -> None:
                 hint = ""
             st.plotly_chart(fig, key=chart_key, on_select=lambda: _store_selection(chart_key, fig),
                             selection_mode=("box", "lasso", "points"), theme=None, config={"displaylogo": False})
+            space = {"penultimate": "the penultimate features (where FLARE's latent stage found the split)",
+                     "abnormality": "FLARE's per-layer abnormality (the chosen layers)"}.get(
+                (run.meta.get("features") or {}).get("views_on") or "", "")
             st.caption(hint + "Drag a box or a lasso (tools at the top right of the plot) to select samples; "
-                              "✕ marks flagged ones.")
+                              "✕ marks flagged ones." + (f" Each class is embedded from {space}." if space else ""))
     else:
         fig = _global_figure(stamp, run)
         if fig is None:
