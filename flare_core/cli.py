@@ -230,6 +230,11 @@ def cmd_purify(args) -> int:
     res = run.meta["result"]
     print(f"{args.method}: flagged {res['n_flagged']} of {run.n_samples} samples"
           f" (per class {res['flagged_per_class']}); run folder {run.path}")
+    from flare_core.report import how_found
+
+    sentence, _ = how_found(run)
+    if sentence and res["n_flagged"]:
+        print(f"  {sentence}")
     for det, m in (run.meta.get("evaluation") or {}).items():
         auroc = m.get("auroc")
         print(f"  {det:>16}: TPR {100 * m['tpr']:.2f}%  FPR {100 * m['fpr']:.2f}%  F1 {m['f1']:.3f}"

@@ -178,3 +178,15 @@ def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
     run = run_analysis(cfg, tmp_path / "run")
     assert run.meta["detector"]["report"]["report"]["latent"] == {"used": False, "why_not": "use_latent='off'"}
     assert "pooled" not in run.meta["timings"]
+
+
+def test_cli_purify_writes_the_run_and_prints_a_summary(lab, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli_main(["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--out", str(out),
+                   "--no-views", "--param", "n_neighbors=10", "--param", "use_latent=off"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("flare: flagged ") and str(out) in printed
+    assert (out / "run.json").is_file() and (out / "purified").is_dir()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["detector"]["report"]["report"]["params"]["use_latent"] == "off"
