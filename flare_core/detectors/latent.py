@@ -101,14 +101,14 @@ def sample_loss(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _robust_standardize(X: np.ndarray) -> np.ndarray:
-    center = np.median(X, axis=0)
-    scale = 1.4826 * np.median(np.abs(X - center), axis=0)
-    std = X.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, np.where(std > 1e-12, std, 1.0))
-    return (X - center) / scale
+    from flare_core.detectors.preprocess import robust_standardize
+
+    return robust_standardize(X)[0]
 
 
 def _fisher(F: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Unit Fisher direction with group *means* (the Gaussian mixture's model, and what d' measures);
+    :func:`.decision.fisher_direction` uses medians for the abnormality groups' heavy tails."""
     from sklearn.covariance import LedoitWolf
 
     centred = np.concatenate([F[a] - F[a].mean(0), F[b] - F[b].mean(0)])
