@@ -282,3 +282,33 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_separation=0)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_loss_ratio=0.5)
+
+
+def test_confirm_keeps_a_separated_group_and_refuses_an_outlier_clump():
+    rng = np.random.default_rng(16)
+    P = np.vstack([cloud(rng, 600), cloud(rng, 200, shift=10.0)])
+    y = np.zeros(800, int)
+    groups = np.zeros(800, int)
+    flagged = np.zeros(800, bool)
+    flagged[600:] = True  # a real population of its own
+    groups[600:] = 1
+    clump = rng.choice(600, 100, replace=False)  # genuine samples the per-layer stage grouped by accident
+    flagged[clump] = True
+    groups[clump] = 2
+    before = flagged.copy()
+    kept, records = LT.confirm_groups(P, y, flagged, groups)
+    np.testing.assert_array_equal(flagged, before)
+    assert kept[600:].all() and not kept[clump].any()
+    by_group = {r["group"]: r for r in records}
+    assert by_group[1]["kept"] and by_group[1]["median_dprime"] > 6
+    assert not by_group[2]["kept"] and by_group[2]["median_dprime"] < 3
+
+
+def test_confirm_keeps_groups_too_small_to_check():
+    rng = np.random.default_rng(17)
+    P = cloud(rng, 300)
+    y = np.zeros(300, int)
+    flagged = np.zeros(300, bool)
+    flagged[:10] = True
+    kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int))
+    assert kept[:10].all() and records[0]["checked"] is False

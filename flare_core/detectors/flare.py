@@ -104,6 +104,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "use_latent": "auto",
     "latent_separation": 6.5,
     "latent_loss_ratio": 10.0,
+    "latent_confirm": 4.5,
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -153,6 +154,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["use_latent"], "use_latent", CHANNELS)
     V.check_float(p["latent_separation"], "latent_separation", 0.0, low_open=True)
     V.check_float(p["latent_loss_ratio"], "latent_loss_ratio", 1.0)
+    V.check_float(p["latent_confirm"], "latent_confirm", 0.0)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -433,6 +435,17 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     # the picture (embedding, clusters) comes from the per-layer run unless only the channels found poison
     main_runs = channel_runs if (channel_found and not layer_found) else layer_runs
     flagged, scores, clusters, embedding, unit_evidence = _collect(main_runs, n, found)
+    confirm_records = None
+    if run_latent and found and p["latent_confirm"] > 0 and latent_report.get("used"):
+        # a per-layer group must also be a population of its own in its classes' penultimate features
+        from flare_core.detectors.latent import confirm_groups
+
+        flagged, confirm_records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
+                                                  random_state=p["random_state"])
+        latent_report["layer_groups_checked"] = confirm_records
+        if not flagged.any():  # every per-layer group was refused: only the latent stage can have found poison
+            found = False
+            representation = "latent" if latent_found else "layers"
     if channel_found and layer_found:  # flag what either representation separates
         flagged_c, scores_c, _, _, evidence_c = _collect(channel_runs, n, True)
         flagged |= flagged_c
