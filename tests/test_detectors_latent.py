@@ -312,3 +312,10 @@ def test_confirm_keeps_groups_too_small_to_check():
     flagged[:10] = True
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int))
     assert kept[:10].all() and records[0]["checked"] is False
+
+
+def test_estimator_exposes_every_flare_parameter():
+    from flare_core.detectors.flare import DEFAULT_PARAMS
+
+    assert set(FlareDetector().get_params()) == set(DEFAULT_PARAMS)
+    assert FlareDetector(latent_confirm=0).get_params()["latent_confirm"] == 0

@@ -439,14 +439,15 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     # the picture (embedding, clusters) comes from the per-layer run unless only the channels found poison
     main_runs = channel_runs if (channel_found and not layer_found) else layer_runs
     flagged, scores, clusters, embedding, unit_evidence = _collect(main_runs, n, found)
-    confirm_records = None
+    refused_layer_groups = False
     if run_latent and found and p["latent_confirm"] > 0 and latent_report.get("used"):
         # a per-layer group must also be a population of its own in its classes' penultimate features
         from flare_core.detectors.latent import confirm_groups
 
-        flagged, confirm_records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
-                                                  random_state=p["random_state"])
-        latent_report["layer_groups_checked"] = confirm_records
+        flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
+                                          random_state=p["random_state"])
+        latent_report["layer_groups_checked"] = records
+        refused_layer_groups = not all(r["kept"] for r in records)
         if not flagged.any():  # every per-layer group was refused: only the latent stage can have found poison
             found = False
             representation = "latent" if latent_found else "layers"
@@ -478,7 +479,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "attempts": attempts,
     }
     if not found:
-        evidence["conclusion"] = ("no poison found: no prefix of the columns gave a separated cluster"
+        evidence["conclusion"] = ("no poison found: "
+                                  + ("the per-layer groups were not separated in the penultimate features"
+                                     if refused_layer_groups else "no prefix of the columns gave a separated cluster")
                                   + (" and neither did the per-channel columns" if channel_runs is not None else "")
                                   + (" and no class split in its penultimate features" if latent_report["used"] else ""))
     per_class = None
@@ -520,7 +523,7 @@ class FlareDetector(BaseEstimator):
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
-                 latent_loss_ratio: float = 10.0,
+                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5,
                  random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
@@ -543,6 +546,7 @@ class FlareDetector(BaseEstimator):
         self.use_latent = use_latent
         self.latent_separation = latent_separation
         self.latent_loss_ratio = latent_loss_ratio
+        self.latent_confirm = latent_confirm
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
