@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, ZOO, machine, read_json, write_csv, write_json
-from benchmarks.zoo import FMNIST_SPECS, ZooEntry, ZooSpec, build
+from benchmarks.zoo import FMNIST_SPECS, ZooEntry, ZooSpec, build, cifar_specs
 
 logger = logging.getLogger(__name__)
 
@@ -231,13 +231,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--detectors", default=",".join(ALL_DETECTORS))
     p.add_argument("--force", action="store_true", help="recompute cells already in the results")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (enables the cifar-* entries)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/flare-workbench/numba"))
     names = args.models or list(MATRIX_10) + (list(MATRIX_LOW) if args.low_rates else [])
     dets = [d for d in args.detectors.split(",") if d]
+    specs = dict(FMNIST_SPECS)
+    if args.cifar:
+        specs.update(cifar_specs(args.cifar))
     for n in names:
-        entry = build(FMNIST_SPECS[n])
+        if n not in specs:
+            p.error(f"unknown model {n!r}" + (" (cifar-* entries need --cifar ROOT)" if n.startswith("cifar") else ""))
+        entry = build(specs[n])
         for r in run_model(entry, dets, seed=args.seed, force=args.force):
             print(f"{n:>24} {r['detector']:>15} TPR {r['tpr']} FPR {r['fpr']:.4f} F1 {r['f1']} AUROC {r['auroc']}"
                   f" ({r['seconds']}s) {r['note']}")

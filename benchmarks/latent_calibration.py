@@ -1,12 +1,14 @@
-"""Calibration of FLARE default's latent stage (flare_core.detectors.latent): every bisection it tries, on
-every class of every cached zoo model, with the poison fraction of both sides, so the d' threshold can be
-read off: splits of genuine-only rows against splits that separate poison from genuine samples.
+"""Calibration of FLARE default's latent stage (flare_core.detectors.latent): every split it tests, on every
+class of every cached zoo model, with the poison fraction of both sides, so the d' threshold can be read off
+(splits of genuine-only rows against splits that separate poison from genuine samples), and what the stage
+alone flags, for each candidate setting (``max_clusters`` 2 = the plain 2-means split, 6 = also every
+k-means cluster, k = 3..6, against the rest of its class when the 2-means split falls short).
 
     python3 -m benchmarks.latent_calibration [models...]     # -> benchmarks/results/latent_calibration.json
 
 Needs the cached penultimate features (``pooled.npy``, written by benchmarks.detect_matrix) and writes
-``logits.npy`` beside them when missing.  Splits are tried down to depth 3 whatever their d' (the
-threshold is not applied here), so the record shows what the threshold has to separate.
+``logits.npy`` beside them when missing.  The splits are the ones the detector tests: the first split of
+every class, and below a split that reaches the threshold (6.5) the splits of its sides, down to depth 3.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, machine, write_json
-from benchmarks.detect_matrix import MATRIX_10, _load, _truth
+from benchmarks.detect_matrix import MATRIX_10, MATRIX_LOW, _load, _truth
 from benchmarks.zoo import FMNIST_SPECS, build
+
+SETTINGS = (2, 6)
 
 
 def cached_logits(name: str) -> np.ndarray:
@@ -43,46 +47,62 @@ def kind_of(p_a: float, p_b: float) -> str:
     return "mixed"
 
 
+def summarise(rows: list) -> dict:
+    groups = {kind: [r for r in rows if r["kind"] == kind]
+              for kind in ("genuine-only", "poison-vs-genuine", "mixed", "poison-only")}
+    # the threshold's real opponents: first splits of genuine-only rows, and among them the unbalanced
+    # ones, which only the d' test guards (a balanced split also needs the loss test)
+    groups["genuine-only, first split of a class"] = [r for r in groups["genuine-only"] if r["depth"] == 0]
+    groups["genuine-only, first split, smaller side < 35 %"] = [
+        r for r in groups["genuine-only"] if r["depth"] == 0 and min(r["sizes"]) < 0.35 * sum(r["sizes"])]
+    summary = {}
+    for kind, members in groups.items():
+        d = [r["dprime"] for r in members]
+        if d:
+            summary[kind] = {"count": len(d), "min": min(d), "max": max(d), "median": float(np.median(d))}
+    return summary
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from flare_core.detectors.latent import _robust_standardize, bisect_class
+    from flare_core.detectors.latent import sample_loss, split_class
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="*", help="zoo entries (default: the 10 %% matrix, the clean control, BadNets 0.5 %%)")
+    p.add_argument("models", nargs="*", help="zoo entries (default: the 10 %% matrix and the low-rate rows)")
     args = p.parse_args(argv)
-    names = args.models or list(MATRIX_10) + ["fmnist-badnets-0.5"]
-    rows = []
+    names = args.models or list(MATRIX_10) + list(MATRIX_LOW)
+    rows, flags = [], []
     for name in names:
         entry = build(FMNIST_SPECS[name])
         y = np.load(entry.train)["y"]
         truth = _truth(entry, len(y))
         P = np.load(CACHE / name / "pooled.npy")
-        cached_logits(name)
-        for c in np.unique(y):
-            idx = np.flatnonzero(y == c)
-            _, splits = bisect_class(_robust_standardize(P[idx].astype(np.float64)), min_separation=0.0,
-                                     keep_rows=True)
-            for s in splits:
-                a, b = s.pop("sides")
-                pa, pb = float(truth[idx[a]].mean()), float(truth[idx[b]].mean())
-                rows.append({"model": name, "class": int(c), **s, "poison_fraction": [round(pa, 4), round(pb, 4)],
-                             "kind": kind_of(pa, pb)})
-        print(name, "done", flush=True)
-    summary = {}
-    groups = {kind: [r for r in rows if r["kind"] == kind]
-              for kind in ("genuine-only", "poison-vs-genuine", "mixed", "poison-only")}
-    # what the threshold meets in a real run: every first split of a class (deeper splits are only tried
-    # below an accepted one), and among them the unbalanced ones, which only the d' test guards
-    groups["genuine-only, first split of a class"] = [r for r in groups["genuine-only"] if r["depth"] == 0]
-    groups["genuine-only, first split, smaller side < 35 %"] = [
-        r for r in groups["genuine-only"] if r["depth"] == 0 and min(r["sizes"]) < 0.35 * sum(r["sizes"])]
-    for kind, members in groups.items():
-        d = [r["dprime"] for r in members]
-        if d:
-            summary[kind] = {"count": len(d), "min": min(d), "max": max(d), "median": float(np.median(d))}
-    write_json(RESULTS / "latent_calibration.json", {"command": "python3 -m benchmarks.latent_calibration",
-                                                      "machine": machine(), "summary": summary, "splits": rows})
-    for k, v in summary.items():
-        print(f"{k:48s} n={v['count']:3d} d' min {v['min']:.2f} median {v['median']:.2f} max {v['max']:.2f}")
+        loss = sample_loss(cached_logits(name), y)
+        for k in SETTINGS:
+            flagged = np.zeros(len(y), dtype=bool)
+            for c in np.unique(y):
+                idx = np.flatnonzero(y == c)
+                res = split_class(P[idx], loss[idx], int(c), max_clusters=k, keep_rows=True)
+                for s in res.splits:
+                    a, b = s.pop("sides")
+                    pa, pb = float(truth[idx[a]].mean()), float(truth[idx[b]].mean())
+                    rows.append({"model": name, "max_clusters": k, "class": int(c), **s,
+                                 "poison_fraction": [round(pa, 4), round(pb, 4)], "kind": kind_of(pa, pb)})
+                for i in res.flagged_leaves:
+                    flagged[idx[res.leaves[i]]] = True
+            n_pos = int(truth.sum())
+            tp, fp = int((flagged & truth).sum()), int((flagged & ~truth).sum())
+            flags.append({"model": name, "max_clusters": k, "n_poisoned": n_pos, "flagged": int(flagged.sum()),
+                          "tpr": round(tp / n_pos, 4) if n_pos else None,
+                          "fpr_percent": round(100 * fp / max(int((~truth).sum()), 1), 3)})
+            print(name, f"max_clusters={k}", flags[-1], flush=True)
+    summary = {str(k): summarise([r for r in rows if r["max_clusters"] == k]) for k in SETTINGS}
+    write_json(RESULTS / "latent_calibration.json", {
+        "command": "python3 -m benchmarks.latent_calibration", "machine": machine(), "settings": list(SETTINGS),
+        "summary": summary, "latent_stage_alone": flags, "splits": rows})
+    for k, s in summary.items():
+        for kind, v in s.items():
+            print(f"max_clusters={k} {kind:48s} n={v['count']:3d} d' min {v['min']:.2f} median {v['median']:.2f} "
+                  f"max {v['max']:.2f}")
     return 0
 
 

@@ -282,6 +282,78 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_separation=0)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_loss_ratio=0.5)
+    with pytest.raises(FlareError):
+        flare_detect(X, y, latent_max_clusters=1)
+    with pytest.raises(FlareError):
+        flare_detect(X, y, latent_max_clusters=13)
+    with pytest.raises(FlareError):
+        flare_detect(X, y, latent_max_clusters=2.5)
+
+
+# ----------------------------------------------------------------------------- candidate splits
+
+def three_modes(rng, n_each=600, sep=5.0, n_planted=0, shift=4.0):
+    """A class of three sub-modes (d' ~5 apart: below the split threshold) and, optionally, a small
+    planted group (d' ~8 from the rest) -- a low-rate poison inside a class with natural sub-modes."""
+    centres = [np.zeros(D), np.eye(D)[0] * sep, np.eye(D)[1] * sep]
+    parts = [rng.normal(size=(n_each, D)) + c for c in centres]
+    if n_planted:
+        planted = rng.normal(size=(n_planted, D))
+        planted[:, 4:8] += shift
+        parts.append(planted)
+    return np.vstack(parts)
+
+
+def _flags(res, n):
+    fl = np.zeros(n, bool)
+    for i in res.flagged_leaves:
+        fl[res.leaves[i]] = True
+    return fl
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_candidate_splits_find_a_small_group_beside_natural_submodes(seed):
+    X = three_modes(np.random.default_rng(seed), n_planted=60)
+    loss = np.full(len(X), 1e-2)
+    found = _flags(LT.split_class(X, loss, 0, max_clusters=6), len(X))
+    assert found[-60:].all() and not found[:-60].any()
+    # the plain 2-means split cuts between the sub-modes (d' ~5, refused) and never sees the group
+    plain = _flags(LT.split_class(X, loss, 0, max_clusters=2), len(X))
+    assert not plain.any()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_candidate_splits_invent_nothing_in_a_class_of_submodes(seed):
+    X = three_modes(np.random.default_rng(seed))
+    res = LT.split_class(X, np.full(len(X), 1e-2), 0, max_clusters=6)
+    assert not res.flagged_leaves and all(not s["accepted"] for s in res.splits)
+
+
+def test_candidate_splits_are_distinct_masks_and_two_means_comes_first():
+    rng = np.random.default_rng(4)
+    F = three_modes(rng, n_each=200, n_planted=30)
+    cands = LT.candidate_splits(F, max_clusters=4)
+    assert len(cands) >= 2 and len(LT.candidate_splits(F, max_clusters=2)) == 1
+    np.testing.assert_array_equal(cands[0], LT.candidate_splits(F, max_clusters=2)[0])
+    keys = {np.packbits(c if c.sum() <= len(c) / 2 else ~c).tobytes() for c in cands}
+    assert len(keys) == len(cands)
+    assert all(c.any() and not c.all() for c in cands)
+
+
+def test_max_clusters_reaches_latent_detect_and_flare_detect():
+    rng = np.random.default_rng(1)  # class 0 as in the seed-1 case above (2-means misses the group)
+    X0 = three_modes(rng, n_planted=60)
+    P = np.vstack([X0, rng.normal(size=(600, D)) + 3.0])
+    y = np.r_[np.zeros(len(X0), int), np.ones(600, int)]
+    loss = np.full(len(P), 1e-2)
+    on, _, _, _ = LT.latent_detect(P, y, loss, max_clusters=6)
+    off, _, _, _ = LT.latent_detect(P, y, loss, max_clusters=2)
+    assert on[len(X0) - 60:len(X0)].all() and on.sum() == 60 and not off.any()
+    small = np.r_[np.arange(300), np.arange(len(X0) - 60, len(X0)), np.arange(len(X0), len(X0) + 300)]
+    res = flare_detect(rng.normal(size=(len(small), 2)), y[small], latent=P[small],
+                       logits=logits_for(loss[small], y[small]), latent_max_clusters=6, n_epochs=50)
+    assert res.report["params"]["latent_max_clusters"] == 6
+    assert FlareDetector(latent_max_clusters=6).get_params()["latent_max_clusters"] == 6
 
 
 def test_confirm_keeps_a_separated_group_and_refuses_an_outlier_clump():

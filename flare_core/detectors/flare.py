@@ -109,6 +109,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_separation": 6.5,
     "latent_loss_ratio": 10.0,
     "latent_confirm": 4.5,
+    "latent_max_clusters": 2,
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -159,6 +160,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_float(p["latent_separation"], "latent_separation", 0.0, low_open=True)
     V.check_float(p["latent_loss_ratio"], "latent_loss_ratio", 1.0)
     V.check_float(p["latent_confirm"], "latent_confirm", 0.0)
+    V.check_int(p["latent_max_clusters"], "latent_max_clusters", 2, 12)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -421,7 +423,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             report_progress("latent", 0, 1)
             latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
                 P, y, sample_loss(Lg, y), min_separation=p["latent_separation"], loss_ratio=p["latent_loss_ratio"],
-                random_state=p["random_state"])
+                max_clusters=p["latent_max_clusters"], random_state=p["random_state"])
             report_progress("latent", 1, 1)
             latent_report = {"used": True, "found": bool(latent_flagged.any()), "n_flagged": int(latent_flagged.sum()),
                              "classes": latent_evidence}
@@ -523,7 +525,7 @@ class FlareDetector(BaseEstimator):
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
-                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5,
+                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5, latent_max_clusters: int = 2,
                  random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
@@ -547,6 +549,7 @@ class FlareDetector(BaseEstimator):
         self.latent_separation = latent_separation
         self.latent_loss_ratio = latent_loss_ratio
         self.latent_confirm = latent_confirm
+        self.latent_max_clusters = latent_max_clusters
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
