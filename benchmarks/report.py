@@ -341,17 +341,28 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                             "penultimate, target class", "command"], rows)]
     cal = read_json(Path(results) / "latent_calibration.json", None)
     if cal and cal.get("summary"):
-        rows = [[k, v["count"], fmt_num(v["min"], 2), fmt_num(v["median"], 2), fmt_num(v["max"], 2)]
-                for k, v in cal["summary"].items()]
-        parts += ["## Latent stage calibration (held-out d' of every per-class split)",
-                  f"Command: `{cal.get('command')}`. Every bisection the latent stage "
-                  "(`flare_core.detectors.latent`) can try, on every class of every model, down to depth 3 whatever "
-                  "its d'; a split is *genuine-only* when both sides hold < 2 % poison, *poison-vs-genuine* when one "
-                  "side holds >= 90 % and the other <= 10 %. The default threshold is 6.5: above every first split of a "
-                  "genuine-only class (the bag class, two real kinds of bag, reaches 6.07 and is balanced, so the "
-                  "loss test also guards it); the poison splits below 6.5 are BadNets 0.5 % (found by the layer "
-                  "stage instead) and a WaNet part reached by peeling.",
-                  md_table(["kind of split", "count", "min d'", "median d'", "max d'"], rows)]
+        rows = [[k, kind, v["count"], fmt_num(v["min"], 2), fmt_num(v["median"], 2), fmt_num(v["max"], 2)]
+                for k, per in cal["summary"].items() for kind, v in per.items()]
+        alone: dict = {}
+        for r in cal.get("latent_stage_alone", []):
+            alone.setdefault(r["model"], {})[r["max_clusters"]] = r
+        arows = [[m] + [f"{fmt_pct(v[k]['tpr'])} / {v[k]['fpr_percent']:.3f}" if k in v and v[k]["tpr"] is not None
+                        else (f"{v[k]['flagged']} flagged" if k in v else "-") for k in cal.get("settings", [])]
+                 for m, v in alone.items()]
+        parts += ["## Latent stage calibration (held-out d' of every per-class split it tests)",
+                  f"Command: `{cal.get('command')}`. Every split the latent stage (`flare_core/detectors/latent.py`) "
+                  "tests, on every class of every Fashion-MNIST model, for the plain 2-means split "
+                  "(`latent_max_clusters=2`) and with the candidate splits (6, the default: when the 2-means split "
+                  "falls short of 6.5, every k-means cluster, k = 3..6, against the rest of its class). A split is "
+                  "*genuine-only* when both sides hold < 2 % poison, *poison-vs-genuine* when one side holds >= 90 % "
+                  "and the other <= 10 %. The threshold 6.5 sits above every first split of a genuine-only class "
+                  "(the bag class, two real kinds of bag, reaches 6.07 and is balanced, so the loss test also guards "
+                  "it; unbalanced ones stay <= 5.12 with either setting).",
+                  md_table(["max_clusters", "kind of split", "count", "min d'", "median d'", "max d'"], rows)]
+        if arows:
+            parts += ["What the latent stage alone flags (TPR % / FPR %; the clean control: samples flagged), "
+                      "by setting:",
+                      md_table(["model"] + [f"max_clusters={k}" for k in cal.get("settings", [])], arows)]
     # ---- dashboard timings (benchmarks/dashboard_timings.py)
     dash = read_json(BENCH / "dashboard_timings.json", None)
     if dash:

@@ -42,7 +42,9 @@ Default mode also (ours):
   ``extract_latent_features`` (``fit(..., latent=, logits=)``), also runs the per-class **latent stage**
   (:mod:`.latent`): a class that splits into two far-apart populations in its penultimate features
   (held-out d' >= ``latent_separation``) has its minority parts, or the half the model fits
-  ``latent_loss_ratio`` times better, flagged.  It is what finds blended and warping triggers at high
+  ``latent_loss_ratio`` times better, flagged; when the plain 2-means split of a class falls short, every
+  k-means cluster (k = 3..``latent_max_clusters``) against the rest of the class is a candidate too, which
+  is what finds a 1 % poison set among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR).  It is what finds blended and warping triggers at high
   poison rates, whose activations are not abnormal in range (Fashion-MNIST Blended 10 %: 0 % -> 100 %
   TPR).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
   when, in its classes, it is a population of its own in the penultimate features (median held-out d' >=
@@ -109,7 +111,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_separation": 6.5,
     "latent_loss_ratio": 10.0,
     "latent_confirm": 4.5,
-    "latent_max_clusters": 2,
+    "latent_max_clusters": 6,
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -525,7 +527,7 @@ class FlareDetector(BaseEstimator):
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
-                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5, latent_max_clusters: int = 2,
+                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5, latent_max_clusters: int = 6,
                  random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope

@@ -78,7 +78,7 @@ JOIN_ROUNDS = 10
 #: PCA components the class is split in.
 DEFAULT_COMPONENTS = 20
 #: Candidate splits: every k-means cluster against the rest, k = 2..this (2 = the plain 2-means split).
-DEFAULT_MAX_CLUSTERS = 2
+DEFAULT_MAX_CLUSTERS = 6
 #: Levels of bisection.
 DEFAULT_MAX_DEPTH = 3
 #: Parts with fewer rows are not split further.
@@ -194,7 +194,7 @@ def candidate_splits(F: np.ndarray, max_clusters: int = 2, random_state: Optiona
             side = _refine(F, side, seed)
             if k > 2 and side.sum() > len(side) / 2:  # a cluster against the rest: the cluster is the side
                 side = ~side
-            key = hash(np.packbits(side if side.sum() <= len(side) / 2 else ~side).tobytes())
+            key = np.packbits(side if side.sum() <= len(side) / 2 else ~side).tobytes()
             if key not in seen:
                 seen.add(key)
                 out.append(side)
