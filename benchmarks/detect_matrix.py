@@ -175,7 +175,8 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     todo = [d for d in detectors if force or d not in have]
     if not todo:
         return [have[d] for d in detectors]
-    command = command or f"python3 -m benchmarks.detect_matrix {spec.name} --force"
+    command = command or (f"python3 -m benchmarks.detect_matrix {spec.name} --force"
+                          + ("" if spec.data.startswith("builtin:") else f" --cifar {spec.data}"))
     model, dataset = _load(entry, device)
     truth = _truth(entry, len(dataset))
     X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)
