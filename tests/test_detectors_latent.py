@@ -165,6 +165,17 @@ def test_peel_takes_a_closer_low_loss_part_only_with_the_signature():
     assert res2.evidence["peel"] == []
 
 
+def test_peel_tests_the_plain_split_whatever_max_clusters():
+    """The peel's loss test was calibrated on the plain 2-means split; the candidates must not reach it."""
+    rng = np.random.default_rng(7)
+    Z = LT._robust_standardize(three_modes(rng, n_planted=60))
+    loss = np.full(len(Z), 1e-2)
+    rows = np.arange(len(Z))
+    _, _, record = LT.peel(Z, rows, loss)
+    plain = LT.bisect_once(LT._robust_standardize(Z[rows]), max_clusters=2)[1]
+    assert record[0]["dprime"] == round(plain, 3)
+
+
 def test_latent_detect_leaves_inputs_unchanged_and_is_deterministic():
     rng = np.random.default_rng(8)
     X, y, loss, truth = two_class_set(rng, n_poison=400)

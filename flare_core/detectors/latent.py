@@ -202,7 +202,7 @@ def candidate_splits(F: np.ndarray, max_clusters: int = 2, random_state: Optiona
 
 
 def bisect_once(Z: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
-                random_state: Optional[int] = 0, max_clusters: int = DEFAULT_MAX_CLUSTERS,
+                random_state: Optional[int] = 0, max_clusters: int = 2,
                 min_separation: Optional[float] = None) -> tuple[np.ndarray, float]:
     """Split rows of ``Z`` in two; returns (bool mask of one side, held-out d' of the split).
 
@@ -210,7 +210,8 @@ def bisect_once(Z: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
     (:func:`heldout_dprime`).  With ``max_clusters`` > 2, when it falls short of ``min_separation``,
     the other candidates of :func:`candidate_splits` are ranked by their in-sample d' and the best one
     alone is measured held-out (one test, not a search over held-out values); the larger of the two
-    held-out values wins.  So a class the plain split already separates is split exactly as before."""
+    held-out values wins.  So a class the plain split already separates is split exactly as before.
+    (The peel step always uses the plain split: its loss test was calibrated on it.)"""
     from sklearn.decomposition import PCA
 
     seed = 0 if random_state is None else int(random_state)
@@ -311,7 +312,7 @@ def peel(Z: np.ndarray, rows: np.ndarray, loss: np.ndarray, *, peel_separation: 
     for _ in range(max_rounds):
         if len(rows) < min_split:
             break
-        side, d = bisect_once(_robust_standardize(Z[rows]), n_components, random_state)
+        side, d = bisect_once(_robust_standardize(Z[rows]), n_components, random_state, max_clusters=2)
         small, large = (rows[side], rows[~side]) if side.sum() <= (~side).sum() else (rows[~side], rows[side])
         l_small, l_large = float(np.median(loss[small])), float(np.median(loss[large]))
         ok = bool(d >= peel_separation and l_small * loss_ratio <= l_large)
