@@ -1,0 +1,64 @@
+"""Why the latent stage did or did not find a model's poison: in the target class's penultimate features
+(cached by benchmarks.detect_matrix), the supervised held-out d' of poisoned vs genuine samples (PCA(20) of
+the robust-standardised features, as the stage sees them), their median losses, and the splits the stage
+tested.  A poison the model learnt as a shortcut is far apart and fitted far better; one it did not learn is
+neither, and no detector that reads the model can be expected to find it.
+
+    python3 -m benchmarks.latent_diagnosis cifar-badnets-10 cifar-blended-10 cifar-wanet-10 --cifar ROOT
+    # -> benchmarks/results/latent_diagnosis.json (one entry per model, merged with earlier runs)
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+import numpy as np
+
+from benchmarks.common import CACHE, RESULTS, read_json, write_json
+from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
+
+
+def diagnose(name: str, specs: dict) -> dict:
+    from sklearn.decomposition import PCA
+
+    from flare_core.attacks import GroundTruth
+    from flare_core.detectors import latent as LT
+
+    entry = build(specs[name])
+    P = np.load(CACHE / name / "pooled.npy")
+    y = np.load(entry.train)["y"]
+    loss = LT.sample_loss(np.load(CACHE / name / "logits.npy"), y)
+    truth = GroundTruth.from_json(entry.ground_truth).mask(len(y))
+    target = entry.spec.target
+    rows = np.flatnonzero(y == target)
+    F = PCA(LT.DEFAULT_COMPONENTS, random_state=0).fit_transform(LT._robust_standardize(P[rows].astype(np.float64)))
+    res = LT.split_class(P[rows], loss[rows], int(target))
+    return {"model": name, "target_class": int(target), "n_class": int(len(rows)),
+            "n_poisoned_in_class": int(truth[rows].sum()),
+            "supervised_heldout_dprime": round(LT.heldout_dprime(F, truth[rows], 0), 3),
+            "median_loss_poisoned": float(f"{np.median(loss[truth]):.4g}"),
+            "median_loss_genuine_in_class": float(f"{np.median(loss[rows][~truth[rows]]):.4g}"),
+            "splits_tested": [{"sizes": s["sizes"], "dprime": s["dprime"], "accepted": s["accepted"]} for s in res.splits],
+            "stage_reason": res.reason}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (for cifar-* entries)")
+    args = p.parse_args(argv)
+    specs = dict(FMNIST_SPECS)
+    if args.cifar:
+        specs.update(cifar_specs(args.cifar))
+    out = RESULTS / "latent_diagnosis.json"
+    done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
+    for name in args.models:
+        done[name] = diagnose(name, specs)
+        print(done[name])
+    write_json(out, {"command": "python3 -m benchmarks.latent_diagnosis MODELS [--cifar ROOT]",
+                     "rows": [done[k] for k in sorted(done)]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
