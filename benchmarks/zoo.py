@@ -288,7 +288,7 @@ def build(spec: ZooSpec, *, zoo: Path = ZOO, cache: Path = CACHE, retrain: bool 
     record = {
         "spec": asdict(spec),
         "command": (f"python3 -m benchmarks.zoo {spec.name} --retrain"
-                    + ("" if spec.data == FMNIST else f" --cifar {spec.data}")),
+                    + ("" if spec.data.startswith("builtin:") else f" --cifar {spec.data}")),
         "cli_equivalent": [attack_cmd, show_cmd(targs)],
         "attack_seconds": round(attack_s, 1) if attack_s else None,
         "train_seconds_wall": round(train_s, 1),
