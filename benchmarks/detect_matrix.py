@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, ZOO, machine, read_json, write_csv, write_json
-from benchmarks.zoo import FMNIST_SPECS, ZooEntry, ZooSpec, build, cifar_specs
+from benchmarks.zoo import FMNIST_SPECS, ZooEntry, ZooSpec, build, cifar_specs, data_option
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     todo = [d for d in detectors if force or d not in have]
     if not todo:
         return [have[d] for d in detectors]
-    command = command or (f"python3 -m benchmarks.detect_matrix {spec.name} --force"
-                          + ("" if spec.data.startswith("builtin:") else f" --cifar {spec.data}"))
+    command = command or f"python3 -m benchmarks.detect_matrix {spec.name} --force{data_option(spec)}"
     model, dataset = _load(entry, device)
     truth = _truth(entry, len(dataset))
     X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)

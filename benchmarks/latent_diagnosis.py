@@ -15,20 +15,20 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, read_json, write_json
+from benchmarks.detect_matrix import _truth
 from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
 
 
 def diagnose(name: str, specs: dict) -> dict:
     from sklearn.decomposition import PCA
 
-    from flare_core.attacks import GroundTruth
     from flare_core.detectors import latent as LT
 
     entry = build(specs[name])
     P = np.load(CACHE / name / "pooled.npy")
     y = np.load(entry.train)["y"]
     loss = LT.sample_loss(np.load(CACHE / name / "logits.npy"), y)
-    truth = GroundTruth.from_json(entry.ground_truth).mask(len(y))
+    truth = _truth(entry, len(y))
     target = entry.spec.target
     rows = np.flatnonzero(y == target)
     F = PCA(LT.DEFAULT_COMPONENTS, random_state=0).fit_transform(LT._robust_standardize(P[rows].astype(np.float64)))

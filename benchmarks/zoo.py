@@ -98,6 +98,11 @@ def cifar_specs(cifar_root: str, epochs: int = 4) -> dict:
     ]}
 
 
+def data_option(spec: ZooSpec) -> str:
+    """The command-line option a benchmark command needs to find this entry's data ('' for builtins)."""
+    return "" if spec.data.startswith("builtin:") else f" --cifar {spec.data}"
+
+
 @dataclass
 class ZooEntry:
     """A built zoo model and the data it was made from."""
@@ -287,8 +292,7 @@ def build(spec: ZooSpec, *, zoo: Path = ZOO, cache: Path = CACHE, retrain: bool 
     train_s = time.perf_counter() - t0
     record = {
         "spec": asdict(spec),
-        "command": (f"python3 -m benchmarks.zoo {spec.name} --retrain"
-                    + ("" if spec.data.startswith("builtin:") else f" --cifar {spec.data}")),
+        "command": f"python3 -m benchmarks.zoo {spec.name} --retrain{data_option(spec)}",
         "cli_equivalent": [attack_cmd, show_cmd(targs)],
         "attack_seconds": round(attack_s, 1) if attack_s else None,
         "train_seconds_wall": round(train_s, 1),

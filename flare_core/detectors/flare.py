@@ -42,11 +42,11 @@ Default mode also (ours):
   ``extract_latent_features`` (``fit(..., latent=, logits=)``), also runs the per-class **latent stage**
   (:mod:`.latent`): a class that splits into two far-apart populations in its penultimate features
   (held-out d' >= ``latent_separation``) has its minority parts, or the half the model fits
-  ``latent_loss_ratio`` times better, flagged; when the plain 2-means split of a class falls short, every
-  k-means cluster (k = 3..``latent_max_clusters``) against the rest of the class is a candidate too, which
-  is what finds a 1 % poison set among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR).  It is what finds blended and warping triggers at high
+  ``latent_loss_ratio`` times better, flagged.  It is what finds blended and warping triggers at high
   poison rates, whose activations are not abnormal in range (Fashion-MNIST Blended 10 %: 0 % -> 100 %
-  TPR).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
+  TPR).  When the plain 2-means split of a class falls short, every k-means cluster (k = 3..
+  ``latent_max_clusters``) against the rest of the class is a candidate too: that finds a 1 % poison set
+  among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
   when, in its classes, it is a population of its own in the penultimate features (median held-out d' >=
   ``latent_confirm``, 4.5; uncheckable small groups are kept), which refuses clumps of genuine outliers in
   heavy-tailed layers (Blended all-to-all: FPR 1.72 % -> 0.14 %).  Without those inputs (or with

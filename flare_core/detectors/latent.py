@@ -127,6 +127,12 @@ def _fisher(F: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w / norm if norm > 0 else w
 
 
+def _dprime(pa: np.ndarray, pb: np.ndarray, if_no_spread: float) -> float:
+    """|mean difference| / sqrt(mean of the two variances) of two 1-D projections."""
+    spread = np.sqrt((pa.var() + pb.var()) / 2)
+    return float(abs(pa.mean() - pb.mean()) / spread) if spread > 0 else if_no_spread
+
+
 def heldout_dprime(F: np.ndarray, a: np.ndarray, random_state: Optional[int] = 0) -> float:
     """d' between rows ``a`` and the others of ``F`` along a Fisher direction fitted on one random half
     of the rows and measured on the other, both ways round; the smaller of the two (0.0 when a side has
@@ -139,9 +145,7 @@ def heldout_dprime(F: np.ndarray, a: np.ndarray, random_state: Optional[int] = 0
         if min(int((a & fit).sum()), int((b & fit).sum()), int((a & test).sum()), int((b & test).sum())) < MIN_HALF_ROWS:
             return 0.0
         w = _fisher(F, a & fit, b & fit)
-        pa, pb = F[a & test] @ w, F[b & test] @ w
-        spread = np.sqrt((pa.var() + pb.var()) / 2)
-        values.append(float(abs(pa.mean() - pb.mean()) / spread) if spread > 0 else float("inf"))
+        values.append(_dprime(F[a & test] @ w, F[b & test] @ w, float("inf")))
     return min(values)
 
 
@@ -168,9 +172,7 @@ def _insample_dprime(F: np.ndarray, a: np.ndarray) -> float:
     if a.sum() < 2 or (~a).sum() < 2:
         return 0.0
     w = _fisher(F, a, ~a)
-    pa, pb = F[a] @ w, F[~a] @ w
-    spread = np.sqrt((pa.var() + pb.var()) / 2)
-    return float(abs(pa.mean() - pb.mean()) / spread) if spread > 0 else 0.0
+    return _dprime(F[a] @ w, F[~a] @ w, 0.0)
 
 
 def candidate_splits(F: np.ndarray, max_clusters: int = 2, random_state: Optional[int] = 0,
