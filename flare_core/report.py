@@ -133,6 +133,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
         rows.append({
             "class": run.classes[c["class"]] if 0 <= c["class"] < len(run.classes) else c["class"],
             "first split d'": first.get("dprime"),
+            "split by": first.get("candidate", "2-means"),
             "parts (size / median loss / flagged)": "; ".join(
                 f"{l_['size']} / {l_['median_loss']} / {'flagged' if l_['flagged'] else 'kept'}" for l_ in leaves),
             "flagged": c.get("n_flagged", 0),

@@ -333,6 +333,18 @@ def test_candidate_splits_find_a_small_group_beside_natural_submodes(seed):
     assert not plain.any()
 
 
+def test_split_records_name_the_candidate_that_made_them():
+    X = three_modes(np.random.default_rng(1), n_planted=60)
+    loss = np.full(len(X), 1e-2)
+    first = LT.split_class(X, loss, 0, max_clusters=6).splits[0]
+    assert first["accepted"] and first["candidate"].startswith("k-means cluster, k=")
+    assert 3 <= int(first["candidate"].rsplit("=", 1)[1]) <= 6
+    assert LT.split_class(X, loss, 0, max_clusters=2).splits[0]["candidate"] == "2-means"
+    rng = np.random.default_rng(0)  # a far-apart half: the plain split stands and is recorded as such
+    half = np.vstack([cloud(rng, 400), cloud(rng, 400, 12.0)])
+    assert LT.split_class(half, np.full(800, 1e-2), 0, max_clusters=6).splits[0]["candidate"] == "2-means"
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_candidate_splits_invent_nothing_in_a_class_of_submodes(seed):
     X = three_modes(np.random.default_rng(seed))

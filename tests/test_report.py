@@ -109,7 +109,7 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
 
     leaves = [{"size": 60, "median_loss": 0.06, "flagged": False, "reference": True},
               {"size": 60, "median_loss": 0.0004, "flagged": True, "reference": False}]
-    classes = [{"class": 0, "splits": [{"dprime": 11.1}], "leaves": leaves, "n_flagged": 60, "reason": "split"},
+    classes = [{"class": 0, "splits": [{"dprime": 11.1, "candidate": "k-means cluster, k=4"}], "leaves": leaves, "n_flagged": 60, "reason": "split"},
                {"class": 1, "splits": [{"dprime": 3.2}], "leaves": leaves[:1], "n_flagged": 0, "reason": "did not split"},
                {"class": 2, "splits": [], "leaves": [], "n_flagged": 0, "reason": "fewer than 200 samples"}]
     rep = {"representation": "latent", "found": True, "subspace": 4,
@@ -118,6 +118,8 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     sentence, table = how_found(run)
     assert "latent stage" in sentence and "per-layer" not in sentence
     assert list(table["class"]) == ["a", "b"] and list(table["flagged"]) == [60, 0]
+    # which candidate split the class (runs from before the record had it read as the plain split)
+    assert list(table["split by"]) == ["k-means cluster, k=4", "2-means"]
     rep["representation"] = "layers+latent"
     assert "per-layer" in how_found(run)[0] and "latent" in how_found(run)[0]
     rep.update(found=False, representation="layers")

@@ -181,6 +181,11 @@ def candidate_splits(F: np.ndarray, max_clusters: int = 2, random_state: Optiona
     the 2-means split, and with ``max_clusters`` k > 2 also every k-means cluster (k = 3..max_clusters)
     against the rest of the rows -- a poison set of a few percent of its class is one cluster among
     several sub-modes of the class, rarely one side of the best 2-means cut."""
+    return [side for side, _ in _candidates(F, max_clusters, random_state, min_clusters)]
+
+
+def _candidates(F: np.ndarray, max_clusters: int, random_state: Optional[int], min_clusters: int) -> list:
+    """:func:`candidate_splits` with where each split came from: (mask, "2-means" | "k-means cluster, k=K")."""
     from sklearn.cluster import KMeans
 
     seed = 0 if random_state is None else int(random_state)
@@ -199,7 +204,7 @@ def candidate_splits(F: np.ndarray, max_clusters: int = 2, random_state: Optiona
             key = np.packbits(side if side.sum() <= len(side) / 2 else ~side).tobytes()
             if key not in seen:
                 seen.add(key)
-                out.append(side)
+                out.append((side, "2-means" if k == 2 else f"k-means cluster, k={k}"))
     return out
 
 
@@ -214,24 +219,31 @@ def bisect_once(Z: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
     alone is measured held-out (one test, not a search over held-out values); the larger of the two
     held-out values wins.  So a class the plain split already separates is split exactly as before.
     (The peel step always uses the plain split: its loss test was calibrated on it.)"""
+    side, d, _ = _bisect(Z, n_components, random_state, max_clusters, min_separation)
+    return side, d
+
+
+def _bisect(Z: np.ndarray, n_components: int, random_state: Optional[int], max_clusters: int,
+            min_separation: Optional[float]) -> tuple[np.ndarray, float, str]:
+    """:func:`bisect_once` plus which candidate the split is ("2-means" or "k-means cluster, k=K")."""
     from sklearn.decomposition import PCA
 
     seed = 0 if random_state is None else int(random_state)
     k = int(min(n_components, Z.shape[1], len(Z) - 1))
     F = PCA(k, random_state=seed).fit_transform(Z) if k < Z.shape[1] else Z
-    first = candidate_splits(F, 2, seed)
+    first = _candidates(F, 2, seed, 2)
     if not first:
-        return np.zeros(len(Z), dtype=bool), 0.0
-    side, d = first[0], heldout_dprime(F, first[0], seed)
+        return np.zeros(len(Z), dtype=bool), 0.0, "none"
+    (side, kind), d = first[0], heldout_dprime(F, first[0][0], seed)
     if max_clusters <= 2 or (min_separation is not None and d >= min_separation):
-        return side, d
-    others = candidate_splits(F, max_clusters, seed, min_clusters=3)
+        return side, d, kind
+    others = _candidates(F, max_clusters, seed, 3)
     if others:
-        best = max(others, key=lambda c: _insample_dprime(F, c))
+        best, best_kind = max(others, key=lambda c: _insample_dprime(F, c[0]))
         d_best = heldout_dprime(F, best, seed)
         if d_best > d:
-            return best, d_best
-    return side, d
+            return best, d_best, best_kind
+    return side, d, kind
 
 
 def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATION, max_depth: int = DEFAULT_MAX_DEPTH,
@@ -239,7 +251,8 @@ def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATIO
                  random_state: Optional[int] = 0, keep_rows: bool = False,
                  max_clusters: int = DEFAULT_MAX_CLUSTERS) -> tuple[list, list]:
     """Leaves (arrays of row positions) of the recursive bisection of ``Z`` and a record of every split
-    tried: ``{"depth", "rows", "sizes", "dprime", "accepted"}`` (plus ``"sides"``, the two arrays of row
+    tried: ``{"depth", "rows", "sizes", "dprime", "accepted", "candidate"}`` (``candidate``: "2-means" or
+    "k-means cluster, k=K", the split :func:`bisect_once` chose; plus ``"sides"``, the two arrays of row
     positions, with ``keep_rows=True``: the calibration benchmark needs them)."""
     leaves: list = []
     splits: list = []
@@ -248,11 +261,11 @@ def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATIO
         if len(rows) < min_split or depth >= max_depth:
             leaves.append(rows)
             return
-        side, d = bisect_once(_robust_standardize(Z[rows]), n_components, random_state, max_clusters,
-                              min_separation)
+        side, d, kind = _bisect(_robust_standardize(Z[rows]), n_components, random_state, max_clusters,
+                                min_separation)
         accepted = bool(d >= min_separation)
         splits.append({"depth": depth, "rows": int(len(rows)), "sizes": [int(side.sum()), int((~side).sum())],
-                       "dprime": round(float(d), 3), "accepted": accepted})
+                       "dprime": round(float(d), 3), "accepted": accepted, "candidate": kind})
         if keep_rows:
             splits[-1]["sides"] = (rows[side], rows[~side])
         if not accepted:
