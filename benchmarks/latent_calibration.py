@@ -20,21 +20,17 @@ import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, machine, write_json
 from benchmarks.detect_matrix import MATRIX_10, MATRIX_LOW, _load, _truth
+from benchmarks.detect_matrix import cached_logits as detect_matrix_logits
 from benchmarks.zoo import FMNIST_SPECS, build
 
 SETTINGS = (2, 6)
 
 
 def cached_logits(name: str) -> np.ndarray:
-    from flare_core.models.training import predict_logits
-
-    path = CACHE / name / "logits.npy"
-    if not path.exists():
-        model, ds = _load(build(FMNIST_SPECS[name]), "cpu")
-        tmp = path.with_name(f".logits.{os.getpid()}.npy")
-        np.save(tmp, np.asarray(predict_logits(model, ds.images), dtype=np.float32))
-        os.replace(tmp, path)
-    return np.load(path)
+    """The zoo model's training-set logits, through detect_matrix's cache (same file, same validity rule)."""
+    entry = build(FMNIST_SPECS[name])
+    model, ds = _load(entry, "cpu")
+    return detect_matrix_logits(entry, model, ds, CACHE / name)
 
 
 def kind_of(p_a: float, p_b: float) -> str:

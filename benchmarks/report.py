@@ -50,19 +50,33 @@ def _label(r: dict) -> str:
     return f"{r['attack']}{mode} {100 * float(r['rate']):g} %"
 
 
-def detection_tables(rows: list, machine_note: str) -> str:
-    """TPR / FPR table and F1 / AUROC table, one row per model."""
+def _trained(record: Optional[dict]) -> str:
+    """'epochs, BA / ASR %' of a zoo model from its MANIFEST record ('-' when unknown)."""
+    if not record:
+        return "-"
+    spec = record.get("spec") or {}
+    ba, asr = record.get("benign_accuracy"), record.get("attack_success_rate")
+    return (f"{spec.get('epochs', '-')} ep., {fmt_pct(ba) if ba is not None else '-'} / "
+            f"{fmt_pct(asr) if asr is not None else '-'}")
+
+
+def detection_tables(rows: list, machine_note: str, models: Optional[dict] = None) -> str:
+    """TPR / FPR table and F1 / AUROC table, one row per model; ``models`` (the zoo MANIFEST's records)
+    adds how each model was trained: epochs, and its BA / ASR (a detector reads what the model learnt)."""
     by = _by_model(rows)
     dets = [d for d in DET_ORDER if any(d in v for v in by.values())]
     t1, t2 = [], []
     for model, cells in by.items():
         any_r = next(iter(cells.values()))
-        t1.append([_label(any_r), any_r.get("n_poisoned", "-")] + [_cell(cells.get(d)) for d in dets]
+        t1.append([_label(any_r), any_r.get("n_poisoned", "-")]
+                  + ([_trained(models.get(model))] if models is not None else [])
+                  + [_cell(cells.get(d)) for d in dets]
                   + [_pub(any_r["attack"], any_r["mode"]) if any_r.get("rate") in (0.1, 0.0) else "-",
                      f"`{any_r.get('command', '')}`"])
         t2.append([_label(any_r)] + [
             f"{fmt_num(cells[d].get('f1'))} / {fmt_num(cells[d].get('auroc'))}" if d in cells else "-" for d in dets])
-    h1 = ["model", "poisoned"] + [f"{d} TPR/FPR %" for d in dets] + ["paper FLARE (CIFAR-10 RN-18)", "command"]
+    h1 = ["model", "poisoned"] + (["model trained: epochs, BA / ASR %"] if models is not None else []) \
+        + [f"{d} TPR/FPR %" for d in dets] + ["paper FLARE (CIFAR-10 RN-18)", "command"]
     h2 = ["model"] + [f"{d} F1 / AUROC" for d in dets]
     return (f"{machine_note}\n\nTPR / FPR in % (clean control: % of samples flagged).\n\n" + md_table(h1, t1)
             + "\n\nF1 / AUROC (AUROC from each detector's continuous score; ART's ActivationDefence has none):\n\n"
@@ -222,6 +236,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "the CPU seconds of the training process are the load-independent cost."]
 
     # ---- detection matrix
+    zoo_models = (read_json(Path(zoo) / "MANIFEST.json", None) or {}).get("models") or {}
     det = read_json(results / "detect_matrix.json", None)
     if det and det.get("rows"):
         rows = [r for r in det["rows"] if not str(r["model"]).startswith("cifar")]
@@ -229,11 +244,13 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         ten = [r for r in rows if float(r["rate"]) >= 0.05 or r["attack"] == "none"]
         low = [r for r in rows if 0 < float(r["rate"]) < 0.05]
         parts += ["## Detection matrix: Fashion-MNIST, small-cnn (2-core CPU)",
-                  detection_tables(ten, "Poison rate 10 % (SIG 5 %) and the clean control.")]
+                  detection_tables(ten, "Poison rate 10 % (SIG 5 %) and the clean control.", zoo_models)]
         if _plot_f1(ten, plots / "detect_f1_fmnist.png", "F1 per cell (clean row: 1 - 10 x flagged share)"):
             parts.append(f"![F1 heatmap]({rel(plots / 'detect_f1_fmnist.png')})")
         if low:
-            parts += ["### Low poison rates (1 % and 0.5 %)", detection_tables(low, "Same models and detectors.")]
+            parts += ["### Low poison rates (1 % and 0.5 %)", detection_tables(low, "Same detectors. The `-e10` rows are the same poisoned sets trained for 10 "
+                                                       "epochs instead of 2, because at 2 epochs those backdoors had not taken "
+                                                       "(see the ASR column).", zoo_models)]
             if _plot_f1(low, plots / "detect_f1_fmnist_low.png", "F1 per cell, low poison rates"):
                 parts.append(f"![F1 heatmap, low rates]({rel(plots / 'detect_f1_fmnist_low.png')})")
         notes = loss_notes(rows)
@@ -246,7 +263,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
             parts += ["## Detection matrix: CIFAR-10 (JPEG), narrow ResNet (2-core CPU)",
                       detection_tables(crows, "The CIFAR ResNet-18 layout (20 BN layers) at widths 16-32-64-128, "
                                        "4 epochs on the CPU (BA/ASR per model in the zoo table); the paper's column "
-                                       "is its standard ResNet-18, trained to convergence on the original pixels.")]
+                                       "is its standard ResNet-18, trained to convergence on the original pixels.", zoo_models)]
             if _plot_f1(crows, plots / "detect_f1_cifar_cpu.png", "F1 per cell, CIFAR-10 narrow ResNet (CPU)"):
                 parts.append(f"![F1 heatmap CIFAR CPU]({rel(plots / 'detect_f1_cifar_cpu.png')})")
             cnotes = loss_notes(crows)
