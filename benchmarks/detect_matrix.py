@@ -144,6 +144,7 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
     seconds = time.perf_counter() - t0
     return {"flagged": np.asarray(est.flagged_, dtype=bool), "scores": np.asarray(est.scores_, dtype=float),
             "seconds": seconds, "subspace": getattr(est, "subspace_", None),
+            "phase_seconds": (getattr(est, "report_", None) or {}).get("seconds"),
             "params": {k: v for k, v in (est.get_params() if hasattr(est, "get_params") else {}).items()
                        if isinstance(v, (int, float, str, bool, type(None)))}}
 
@@ -162,6 +163,7 @@ def _row(spec: ZooSpec, n: int, truth: np.ndarray, det: str, res: dict, command:
         "tpr": m["tpr"], "fpr": m["fpr"], "precision": m["precision"], "f1": m["f1"], "auroc": m["auroc"],
         "n_flagged": m["n_flagged"], "flagged_fraction": m["n_flagged"] / n, "seconds": round(res["seconds"], 2),
         "subspace": res.get("subspace"), "note": res.get("note", ""), "machine": mach, "command": command,
+        **({"phase_seconds": res["phase_seconds"]} if res.get("phase_seconds") else {}),
     }
 
 

@@ -60,6 +60,20 @@ def _trained(record: Optional[dict]) -> str:
             f"{fmt_pct(asr) if asr is not None else '-'}")
 
 
+def _speed_note(r: dict) -> str:
+    """A speed row's note; the detector row also says where its time went (the fit's own phase seconds)."""
+    note = r.get("note", "") or ""
+    ph = r.get("phases")
+    if ph:
+        order = ("umap", "hdbscan", "decision", "placing", "latent", "confirm", "other")
+        parts = [f"{k} {ph[k]:.1f}" for k in order if ph.get(k)]
+        note = (note + "; " if note else "") + (f"{ph.get('prefixes_tried', '?')} prefixes tried; s: "
+                                                + ", ".join(parts))
+        if r.get("latent_stage") is False:
+            note += " (without the latent stage)"
+    return note
+
+
 def detection_tables(rows: list, machine_note: str, models: Optional[dict] = None) -> str:
     """TPR / FPR table and F1 / AUROC table, one row per model; ``models`` (the zoo MANIFEST's records)
     adds how each model was trained: epochs, and its BA / ASR (a detector reads what the model learnt)."""
@@ -315,11 +329,13 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     sp = read_json(results / "speed" / "speed.json", None)
     if sp:
         rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r.get("rss_before_mb"), 0),
-                 fmt_num(r.get("peak_rss_mb"), 0), r.get("note", "")] for r in sp["rows"]]
+                 fmt_num(r.get("peak_rss_mb"), 0), _speed_note(r)] for r in sp["rows"]]
         parts += ["## Speed and memory (2-core shared CPU)",
                   f"Command: `{sp.get('command')}`. Each stage runs in a fresh process; peak RSS is that process's "
                   "`ru_maxrss` (interpreter + torch + data + the stage), 'before' its resident size just before the "
-                  f"stage. Load average during the run: {sp.get('load_average')}.",
+                  f"stage. Load average during the run: {sp.get('load_average')}."
+                  + (f" The CIFAR-10 rows: `{sp['cifar_command']}` (load average at its end: "
+                     f"{sp.get('cifar_load_average')})." if sp.get("cifar_command") else ""),
                   md_table(["dataset", "N", "stage", "wall s", "RSS before MB", "peak RSS MB", "note"], rows),
                   f"![time vs N]({rel(plots / 'speed_loglog.png')})",
                   f"**Feature pass / plain forward pass** (same data, batch 256): "

@@ -7,7 +7,10 @@ the stage, so the stage's own growth is ``peak - before``.
 Stages (the product's own functions, as ``flare purify`` calls them):
   forward   plain forward pass over the data (``predict_logits``): the physical floor for 'features'
   features  FLARE's abnormality feature pass (``extract_abnormality_features``)
-  detector  FLARE default fit on those features (subspace search + UMAP + HDBSCAN + decision)
+  latent-features  the penultimate features + logits pass FLARE default's latent stage reads
+            (``extract_latent_features``; ``flare purify`` runs it after the abnormality pass)
+  detector  FLARE default fit on both, as ``flare purify`` runs it (subspace search, UMAP, HDBSCAN,
+            decision, latent stage); the row also holds the fit's own seconds per phase
   views     per-class UMAP + HDBSCAN views for the dashboard (``class_views``)
   export    writing the purified set (``export_subset``)
 
@@ -36,7 +39,7 @@ from benchmarks.common import CACHE, REPO, RESULTS, machine, read_json, write_cs
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("forward", "features", "detector", "views", "export")
+STAGES = ("forward", "features", "latent-features", "detector", "views", "export")
 DEFAULT_MODEL = "fmnist-badnets-10"
 WARM_NUMBA = os.path.expanduser("~/.cache/flare-workbench/numba")
 
@@ -85,6 +88,7 @@ def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device
     ds = _subset(train, n)
     feats_path = scratch / f"features-{n}.npy"
     flags_path = scratch / f"flags-{n}.npz"
+    latent_path = scratch / f"latent-{n}.npz"
     extra = {}
     before = _rss_mb()
     t0 = time.perf_counter()
@@ -97,15 +101,26 @@ def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device
 
         f = extract_abnormality_features(model, ds, batch_size=256, out=str(feats_path))
         extra["layers"] = len(f.layer_names)
+    elif stage == "latent-features":
+        from flare_core.features import extract_latent_features
+
+        lat = extract_latent_features(model, ds, batch_size=256)
+        np.savez(latent_path, pooled=lat.pooled, logits=lat.logits)
     elif stage == "detector":
         from benchmarks.detect_matrix import run_our_detector
 
         X = np.load(feats_path)
+        pooled = logits = None
+        if latent_path.is_file():  # FLARE default as `flare purify` runs it: with the latent stage
+            with np.load(latent_path) as lat:
+                pooled, logits = lat["pooled"], lat["logits"]
         before = _rss_mb()
         t0 = time.perf_counter()
-        r = run_our_detector("flare", X, None, ds.labels, seed=0)
+        r = run_our_detector("flare", X, pooled, ds.labels, seed=0, logits=logits)
         extra["subspace"] = r["subspace"]
         extra["n_flagged"] = int(r["flagged"].sum())
+        extra["latent_stage"] = logits is not None
+        extra["phases"] = r.get("phase_seconds")
 
         class est:  # noqa: N801 - the two results the next stages need
             flagged_, subspace_ = r["flagged"], r["subspace"]
@@ -279,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--profile-n", type=int, default=30000)
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the 50k row)")
     p.add_argument("--cifar-model", default=None)
+    p.add_argument("--only-cifar", action="store_true",
+                   help="measure only the CIFAR-10 50k row; keep the Fashion-MNIST rows, numba and profile results")
     args = p.parse_args(argv)
     if args.worker:
         logging.basicConfig(level=logging.WARNING)
@@ -290,26 +307,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = RESULTS / "speed"
     entry = build(FMNIST_SPECS[DEFAULT_MODEL])
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    rows = run(sizes, str(entry.model), str(entry.train), label="fashion-mnist")
+    prev = read_json(out_dir / "speed.json", {}) or {}
+    if args.only_cifar and not (args.cifar and args.cifar_model):
+        p.error("--only-cifar needs --cifar ROOT and --cifar-model MODEL")
+    if args.only_cifar:  # keep every earlier row but the CIFAR ones
+        rows = [r for r in prev.get("rows", []) if r.get("dataset") != "cifar10"]
+        result = {k: prev.get(k) for k in ("machine", "load_average", "command")}
+    else:
+        rows = run(sizes, str(entry.model), str(entry.train), label="fashion-mnist")
+        result = {"machine": machine(), "load_average": os.getloadavg(),
+                  "command": "python3 -m benchmarks.speed"
+                  + (f" --sizes {args.sizes}" if args.sizes != "10000,30000,60000" else "")}
     if args.cifar and args.cifar_model:
         from flare_core.data import load_dataset, save_npz
 
         cnpz = CACHE / "cifar-train.npz"
         if not cnpz.is_file():
             save_npz(load_dataset(args.cifar, split="train"), cnpz)
-        rows += run([50000], args.cifar_model, str(cnpz), label="cifar10")
-    prev = read_json(out_dir / "speed.json", {}) or {}
-    result = {"rows": rows, "machine": machine(), "load_average": os.getloadavg(),
-              "command": "python3 -m benchmarks.speed" + (f" --sizes {args.sizes}" if args.sizes != "10000,30000,60000" else "")}
+        rows = [r for r in rows if r.get("dataset") != "cifar10"] + run([50000], args.cifar_model, str(cnpz),
+                                                                         label="cifar10")
+        result["cifar_command"] = (f"python3 -m benchmarks.speed --only-cifar --cifar {args.cifar} "
+                                   f"--cifar-model {os.path.relpath(args.cifar_model, REPO)}")
+        result["cifar_load_average"] = os.getloadavg()
+    elif prev.get("cifar_command"):
+        result.update({k: prev[k] for k in ("cifar_command", "cifar_load_average") if k in prev})
+    result["rows"] = rows
     ratio = {}
-    for n in sizes:
-        f = [r["seconds"] for r in rows if r["stage"] == "features" and r["n"] == n and r["dataset"] == "fashion-mnist"]
-        b = [r["seconds"] for r in rows if r["stage"] == "forward" and r["n"] == n and r["dataset"] == "fashion-mnist"]
+    for ds, n in sorted({(r["dataset"], r["n"]) for r in rows}):
+        f = [r["seconds"] for r in rows if r["stage"] == "features" and r["n"] == n and r["dataset"] == ds]
+        b = [r["seconds"] for r in rows if r["stage"] == "forward" and r["n"] == n and r["dataset"] == ds]
         if f and b and f[0] and b[0]:
-            ratio[str(n)] = round(f[0] / b[0], 2)
+            ratio[str(n) if ds == "fashion-mnist" else f"{ds} {n}"] = round(f[0] / b[0], 2)
     result["feature_pass_over_forward"] = ratio
-    result["numba"] = prev.get("numba") if args.skip_numba else numba_cold_warm()
-    result["profile"] = prev.get("profile") if args.skip_profile else profile_full_run(
+    keep = args.only_cifar
+    result["numba"] = prev.get("numba") if (args.skip_numba or keep) else numba_cold_warm()
+    result["profile"] = prev.get("profile") if (args.skip_profile or keep) else profile_full_run(
         str(entry.model), str(entry.train), args.profile_n, out_dir)
     write_json(out_dir / "speed.json", result)
     write_csv(out_dir / "speed.csv", rows)

@@ -82,6 +82,11 @@ def test_clean_data_flags_nothing_but_keeps_evidence():
     assert det.subspace_ == 4 and not det.evidence_["found"]
     assert "no poison found" in det.evidence_["conclusion"]
     assert det.evidence_["columns_tried"] == [4, 3, 2]
+    # where the time went: every prefix tried paid UMAP + HDBSCAN, and the phases add up to the total
+    sec = det.report_["seconds"]
+    assert sec["prefixes_tried"] == 3 and sec["umap"] > 0 and sec["hdbscan"] > 0 and "latent" not in sec
+    phases = sum(v for k, v in sec.items() if k not in ("total", "prefixes_tried"))
+    assert phases == pytest.approx(sec["total"], abs=0.01) and sec["umap"] < sec["total"]
     unit = det.evidence_["units"][0]
     assert unit["n_cluster_nodes"] > 0 and "groups" in unit and "near_misses" in unit
     assert np.isfinite(det.scores_).all() and det.scores_.std() > 0  # still a ranking

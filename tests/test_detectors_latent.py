@@ -211,6 +211,7 @@ def test_flare_detect_flags_what_only_the_latent_stage_sees():
     X = abnormality_noise(rng, len(P))  # per-layer columns without any signal
     res = flare_detect(X, y, latent=P, logits=logits_for(loss, y), n_epochs=50)
     assert res.report["representation"] == "latent"
+    assert res.report["seconds"]["latent"] > 0
     assert res.report["latent"]["used"] and res.report["latent"]["found"]
     assert res.flagged[truth].mean() >= 0.99 and res.flagged[~truth].mean() <= 0.01
     # flagged samples get a cluster id of their own and rank above the genuine ones

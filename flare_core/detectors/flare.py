@@ -61,6 +61,8 @@ package versions.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -180,6 +182,16 @@ class _UnitRun:
     info: dict[str, Any]
 
 
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str):
+    """Add the wall time of the ``with`` block to ``seconds[phase]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
 def _sample(index: np.ndarray, y: Optional[np.ndarray], size: Optional[int], seed: Optional[int]) -> np.ndarray:
     """Sorted positions (into ``index``) of at most ``size`` rows, stratified by ``y`` when given."""
     n = len(index)
@@ -221,7 +233,8 @@ def _extend(Z: np.ndarray, sampled: np.ndarray, emb_s: np.ndarray, groups_s: np.
 
 
 def _run_unit(Z: np.ndarray, index: np.ndarray, label: Optional[int], n_total: int, p: dict[str, Any],
-              progress: ProgressCallback, step: int, n_steps: int, y: Optional[np.ndarray] = None) -> _UnitRun:
+              progress: ProgressCallback, step: int, n_steps: int, y: Optional[np.ndarray] = None,
+              seconds: Optional[dict[str, float]] = None) -> _UnitRun:
     """Embed, cluster and decide for the samples ``index`` (all, or one class) of ``Z``.
 
     Default mode clusters at most ``sample_size`` of them (stratified by class) and places the rest by
@@ -243,30 +256,39 @@ def _run_unit(Z: np.ndarray, index: np.ndarray, label: Optional[int], n_total: i
     else:  # the clustered sample stands for the whole set: scale the size rule to it
         m = auto_min_cluster_size(n_fit if n_fit < n else n_total,
                                   n_fit if p["scope"] == "per-class" else None)
+    seconds = {} if seconds is None else seconds
     progress("umap", step, n_steps)
-    emb, method = umap_2d(Z[rows], n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
-                          random_state=p["random_state"], n_epochs=p["n_epochs"])
+    with _timed(seconds, "umap"):
+        emb, method = umap_2d(Z[rows], n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
+                              random_state=p["random_state"], n_epochs=p["n_epochs"])
     progress("hdbscan", step, n_steps)
-    _, tree = run_hdbscan(emb, m, p["min_samples"])
-    if faithful:
-        decision = decide_faithful(tree, xi=p["xi"], max_depth=p["max_depth"])
-    else:
-        labels = y[rows] if (y is not None and p["scope"] == "global") else None
-        decision = decide_default(tree, emb, Z[rows], min_persistence=p["min_persistence"],
-                                  max_overlap=p["max_overlap"], min_excess=p["min_excess"],
-                                  max_fraction=p["max_fraction"], xi=p["xi"],
-                                  max_depth=p["max_depth"], labels=labels,
-                                  max_label_share=p["max_label_share"], random_state=p["random_state"])
+    with _timed(seconds, "hdbscan"):
+        _, tree = run_hdbscan(emb, m, p["min_samples"])
+    with _timed(seconds, "decision"):
+        decision = _decide(tree, emb, Z[rows], y[rows] if (y is not None and p["scope"] == "global") else None, p)
     if n_fit < n:
-        flagged_groups = np.unique(decision.clusters[decision.flagged])
-        emb, clusters = _extend(Z[index], sampled, emb, decision.clusters)
-        flagged = np.isin(clusters, flagged_groups)
-        decision = Decision(clusters, flagged, ~flagged, decision.found,
-                            {**decision.evidence, "clustered_sample": n_fit,
-                             "placed_by_neighbours": n - n_fit})
+        with _timed(seconds, "placing"):
+            flagged_groups = np.unique(decision.clusters[decision.flagged])
+            emb, clusters = _extend(Z[index], sampled, emb, decision.clusters)
+            flagged = np.isin(clusters, flagged_groups)
+            decision = Decision(clusters, flagged, ~flagged, decision.found,
+                                {**decision.evidence, "clustered_sample": n_fit,
+                                 "placed_by_neighbours": n - n_fit})
     info.update(min_cluster_size=int(m), embedding_method=method, found=decision.found,
                 n_flagged=int(decision.flagged.sum()), n_clustered=n_fit)
     return _UnitRun(label, index, decision, emb, info)
+
+
+def _decide(tree: Any, emb: np.ndarray, Zr: np.ndarray, labels: Optional[np.ndarray], p: dict[str, Any]) -> Decision:
+    """The mode's decision rule on one unit's condensed tree (``labels``: the rows' classes, global scope)."""
+    faithful = p["mode"] == "faithful"
+    if faithful:
+        return decide_faithful(tree, xi=p["xi"], max_depth=p["max_depth"])
+    return decide_default(tree, emb, Zr, min_persistence=p["min_persistence"],
+                          max_overlap=p["max_overlap"], min_excess=p["min_excess"],
+                          max_fraction=p["max_fraction"], xi=p["xi"],
+                          max_depth=p["max_depth"], labels=labels,
+                          max_label_share=p["max_label_share"], random_state=p["random_state"])
 
 
 def _units(n: int, y: Optional[np.ndarray], scope: str) -> list[tuple[Optional[int], np.ndarray]]:
@@ -366,6 +388,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     elif p["scope"] == "per-class":
         raise FlareError("scope='per-class' needs the class labels y; pass them or use scope='global'.")
     report_progress = ensure_progress(progress)
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
     run_latent = p["mode"] == "default" and p["use_latent"] == "auto" and latent is not None
     if run_latent:  # checked before the (slow) layer stage, so a bad input fails at once
         P, Lg = _latent_inputs(latent, logits, y, n)
@@ -385,7 +409,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     for i, k in enumerate(prefixes):
         report_progress("subspace-search", i, len(prefixes))
         logger.info("FLARE (%s, %s): clustering the first %d of %d columns", p["mode"], p["scope"], k, L)
-        runs = [_run_unit(Z[:, :k], idx, lab, n, p, report_progress, j, len(units), y)
+        runs = [_run_unit(Z[:, :k], idx, lab, n, p, report_progress, j, len(units), y, seconds)
                 for j, (lab, idx) in enumerate(units)]
         report_progress("hdbscan", len(units), len(units))
         found = any(r.info.get("found") for r in runs)
@@ -403,7 +427,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     if channels is not None and p["mode"] == "default" and p["use_channels"] == "auto":
         Zc, _ = _channel_matrix(channels, channel_layer, n, L)
         logger.info("FLARE: clustering the %d per-channel columns", Zc.shape[1])
-        channel_runs = [_run_unit(Zc, idx, lab, n, p, report_progress, j, len(units), y)
+        channel_runs = [_run_unit(Zc, idx, lab, n, p, report_progress, j, len(units), y, seconds)
                         for j, (lab, idx) in enumerate(units)]
         channel_found = any(r.info.get("found") for r in channel_runs)
         attempts.append({"columns": f"channels ({Zc.shape[1]})", "found": channel_found,
@@ -423,9 +447,11 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             from flare_core.detectors.latent import latent_detect, sample_loss
 
             report_progress("latent", 0, 1)
-            latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
-                P, y, sample_loss(Lg, y), min_separation=p["latent_separation"], loss_ratio=p["latent_loss_ratio"],
-                max_clusters=p["latent_max_clusters"], random_state=p["random_state"])
+            with _timed(seconds, "latent"):
+                latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
+                    P, y, sample_loss(Lg, y), min_separation=p["latent_separation"],
+                    loss_ratio=p["latent_loss_ratio"], max_clusters=p["latent_max_clusters"],
+                    random_state=p["random_state"])
             report_progress("latent", 1, 1)
             latent_report = {"used": True, "found": bool(latent_flagged.any()), "n_flagged": int(latent_flagged.sum()),
                              "classes": latent_evidence}
@@ -448,8 +474,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         # a per-layer group must also be a population of its own in its classes' penultimate features
         from flare_core.detectors.latent import confirm_groups
 
-        flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
-                                          random_state=p["random_state"])
+        with _timed(seconds, "confirm"):
+            flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
+                                              random_state=p["random_state"])
         latent_report["layer_groups_checked"] = records
         refused_layer_groups = not all(r["kept"] for r in records)
         if not flagged.any():  # every per-layer group was refused: only the latent stage can have found poison
@@ -505,10 +532,22 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "n_flagged": int(flagged.sum()),
         "flagged_per_class": per_class,
         "scaling": scaling,
+        "seconds": _phase_seconds(seconds, time.perf_counter() - t_start, len(attempts)),
         "versions": package_versions(),
         "evidence": evidence,
     }
     return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report)
+
+
+def _phase_seconds(seconds: dict[str, float], total: float, n_attempts: int) -> dict[str, Any]:
+    """Wall seconds per phase of one fit, summed over every prefix tried: ``umap``, ``hdbscan``,
+    ``decision`` (the tree walk and separation tests), ``placing`` (samples outside the clustered sample),
+    ``latent``, ``confirm``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
+    out: dict[str, Any] = {k: round(v, 3) for k, v in seconds.items()}
+    out["other"] = round(max(0.0, total - sum(seconds.values())), 3)
+    out["total"] = round(total, 3)
+    out["prefixes_tried"] = int(n_attempts)
+    return out
 
 
 class FlareDetector(BaseEstimator):
