@@ -162,3 +162,12 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) this process has used so far: on the shared machine, the cost
+    of a step that does not depend on what else runs (its wall time does)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime

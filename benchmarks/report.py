@@ -328,7 +328,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     # ---- speed
     sp = read_json(results / "speed" / "speed.json", None)
     if sp:
-        rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r.get("rss_before_mb"), 0),
+        rows = [[r["dataset"], r["n"], r["stage"], fmt_num(r["seconds"], 2), fmt_num(r.get("cpu_seconds"), 1),
+                 fmt_num(r.get("rss_before_mb"), 0),
                  fmt_num(r.get("peak_rss_mb"), 0), _speed_note(r)] for r in sp["rows"]]
         parts += ["## Speed and memory (2-core shared CPU)",
                   f"Command: `{sp.get('command')}`. Each stage runs in a fresh process; peak RSS is that process's "
@@ -336,7 +337,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"stage. Load average during the run: {sp.get('load_average')}."
                   + (f" The CIFAR-10 rows: `{sp['cifar_command']}` (load average at its end: "
                      f"{sp.get('cifar_load_average')})." if sp.get("cifar_command") else ""),
-                  md_table(["dataset", "N", "stage", "wall s", "RSS before MB", "peak RSS MB", "note"], rows),
+                  md_table(["dataset", "N", "stage", "wall s", "CPU s", "RSS before MB", "peak RSS MB", "note"], rows),
                   f"![time vs N]({rel(plots / 'speed_loglog.png')})",
                   f"**Feature pass / plain forward pass** (same data, batch 256): "
                   + ", ".join(f"N={k}: x{v}" for k, v in (sp.get("feature_pass_over_forward") or {}).items())]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks.common import CACHE, ZOO, machine, read_json, show_cmd, write_json
+from benchmarks.common import CACHE, ZOO, cpu_seconds, machine, read_json, show_cmd, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +178,6 @@ def _attack(spec: ZooSpec, out: Path) -> None:
                                  params=params), tmp / "test_poisoned.npz")
 
 
-def _cpu_seconds() -> float:
-    """CPU time (user + system) this process has used, all threads."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def train_and_evaluate(train: Path, test_clean: Path, test_poisoned: Optional[Path], out: Path, metrics: Path, *,
                        arch: str, epochs: int, seed: int, device: str = "cpu", extra: Optional[dict] = None,
                        num_threads: Optional[int] = None) -> dict:
@@ -202,14 +194,14 @@ def train_and_evaluate(train: Path, test_clean: Path, test_poisoned: Optional[Pa
 
     ds = load_dataset(train)
     load0 = os.getloadavg()[0]
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     num_threads = num_threads or int(os.environ.get("FLARE_BENCH_THREADS", "1"))
     model, history = train_model(ds, arch=arch, epochs=epochs, seed=seed, device=device, num_threads=num_threads)
     seconds = time.perf_counter() - t0
     pre = Preprocessing()
     result = {"arch": arch, "epochs": epochs, "seed": seed, "torch_threads": num_threads, "train_seconds": round(seconds, 1),
-              "train_cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+              "train_cpu_seconds": round(cpu_seconds() - cpu0, 1),
               "load_average_1min": [round(load0, 2), round(os.getloadavg()[0], 2)], "n_train": len(ds),
               "history": history, **(extra or {})}
     test = load_dataset(test_clean)
