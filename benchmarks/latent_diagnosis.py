@@ -33,13 +33,39 @@ def diagnose(name: str, specs: dict) -> dict:
     rows = np.flatnonzero(y == target)
     F = PCA(LT.DEFAULT_COMPONENTS, random_state=0).fit_transform(LT._robust_standardize(P[rows].astype(np.float64)))
     res = LT.split_class(P[rows], loss[rows], int(target))
+    missed = _missed(entry, res, rows, truth, np.load(CACHE / name / "logits.npy"), loss)
     return {"model": name, "target_class": int(target), "n_class": int(len(rows)),
             "n_poisoned_in_class": int(truth[rows].sum()),
             "supervised_heldout_dprime": round(LT.heldout_dprime(F, truth[rows], 0), 3),
             "median_loss_poisoned": float(f"{np.median(loss[truth]):.4g}"),
             "median_loss_genuine_in_class": float(f"{np.median(loss[rows][~truth[rows]]):.4g}"),
             "splits_tested": [{"sizes": s["sizes"], "dprime": s["dprime"], "accepted": s["accepted"]} for s in res.splits],
-            "stage_reason": res.reason}
+            "stage_reason": res.reason, "missed_by_the_stage": missed}
+
+
+def _missed(entry, res, rows: np.ndarray, truth: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict:
+    """The target-class poison the stage left unflagged: how many, from which source classes, how the model
+    fits and predicts it (against the genuine samples of the class)."""
+    from flare_core.attacks import GroundTruth
+
+    flagged = np.zeros(len(truth), dtype=bool)
+    for i in res.flagged_leaves:
+        flagged[rows[res.leaves[i]]] = True
+    in_class = np.zeros(len(truth), dtype=bool)
+    in_class[rows] = True
+    left = np.flatnonzero(truth & in_class & ~flagged)
+    gt = GroundTruth.from_json(entry.ground_truth)
+    source = dict(zip(gt.poisoned_indices.tolist(), gt.original_labels.tolist()))
+    by_source: dict = {}
+    for i in left:
+        by_source[str(source[int(i)])] = by_source.get(str(source[int(i)]), 0) + 1
+    genuine = in_class & ~truth
+    return {"n": int(len(left)), "by_source_class": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+            "median_loss": float(f"{np.median(loss[left]):.4g}") if len(left) else None,
+            "median_loss_genuine_in_class": float(f"{np.median(loss[genuine]):.4g}"),
+            "predicted_as_target": round(float((logits[left].argmax(1) == entry.spec.target).mean()), 3)
+            if len(left) else None,
+            "n_genuine_flagged_in_class": int((flagged & genuine).sum())}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
