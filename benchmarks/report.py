@@ -341,6 +341,15 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"![time vs N]({rel(plots / 'speed_loglog.png')})",
                   f"**Feature pass / plain forward pass** (same data, batch 256): "
                   + ", ".join(f"N={k}: x{v}" for k, v in (sp.get("feature_pass_over_forward") or {}).items())]
+        pr_ = sp.get("pass_over_forward") or {}
+        if pr_:
+            prow = [[key, label, f"x{v['wall']}", "-" if v.get("cpu") is None else f"x{v['cpu']}"]
+                    for key, cell in pr_.items() for label, v in cell.items()]
+            parts += ["Each pass over the data against the plain forward pass (wall time, and CPU time where measured: "
+                      "on the shared machine the CPU ratio is the steadier one). `features+latent` is what "
+                      "`flare purify` runs for FLARE default: the abnormality features, the penultimate features "
+                      "and the logits from one forward pass.",
+                      md_table(["dataset, N", "pass", "wall / forward", "CPU / forward"], prow)]
         nb = sp.get("numba") or {}
         if nb:
             parts.append("**Numba / UMAP cold vs warm start** (import + first UMAP fit on 2,000 x 8 + first HDBSCAN, "

@@ -7,8 +7,10 @@ the stage, so the stage's own growth is ``peak - before``.
 Stages (the product's own functions, as ``flare purify`` calls them):
   forward   plain forward pass over the data (``predict_logits``): the physical floor for 'features'
   features  FLARE's abnormality feature pass (``extract_abnormality_features``)
-  latent-features  the penultimate features + logits pass FLARE default's latent stage reads
-            (``extract_latent_features``; ``flare purify`` runs it after the abnormality pass)
+  latent-features  the penultimate features + logits FLARE default's latent stage reads, as a pass of
+            their own (``extract_latent_features``; how ``flare purify`` took them until it took both in one)
+  features+latent  both in one forward pass (``extract_abnormality_features(latent=True)``), as
+            ``flare purify`` runs FLARE default now
   detector  FLARE default fit on both, as ``flare purify`` runs it (subspace search, UMAP, HDBSCAN,
             decision, latent stage); the row also holds the fit's own seconds per phase
   views     per-class UMAP + HDBSCAN views for the dashboard (``class_views``)
@@ -39,7 +41,7 @@ from benchmarks.common import CACHE, REPO, RESULTS, cpu_seconds, machine, read_j
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("forward", "features", "latent-features", "detector", "views", "export")
+STAGES = ("forward", "features", "latent-features", "features+latent", "detector", "views", "export")
 DEFAULT_MODEL = "fmnist-badnets-10"
 WARM_NUMBA = os.path.expanduser("~/.cache/flare-workbench/numba")
 
@@ -106,6 +108,12 @@ def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device
 
         lat = extract_latent_features(model, ds, batch_size=256)
         np.savez(latent_path, pooled=lat.pooled, logits=lat.logits)
+    elif stage == "features+latent":
+        from flare_core.features import extract_abnormality_features
+
+        f = extract_abnormality_features(model, ds, batch_size=256, out=str(feats_path), latent=True)
+        extra["layers"] = len(f.layer_names)
+        np.savez(latent_path, pooled=f.latent.pooled, logits=f.latent.logits)
     elif stage == "detector":
         from benchmarks.detect_matrix import run_our_detector
 
@@ -281,6 +289,29 @@ def plot(rows: list, path: Path) -> None:
     plt.close(fig)
 
 
+def pass_ratios(rows: list) -> dict:
+    """Per dataset and N: each feature pass ('features', 'features+latent', and the two separate passes
+    FLARE default used to make) over the plain forward pass, by wall time and, where measured, CPU time."""
+    out: dict = {}
+    for ds, n in sorted({(r["dataset"], r["n"]) for r in rows}):
+        by = {r["stage"]: r for r in rows if r["dataset"] == ds and r["n"] == n}
+        fwd = by.get("forward")
+        if not fwd or not fwd.get("seconds"):
+            continue
+        cell = {}
+        passes = {"features": ["features"], "features+latent": ["features+latent"],
+                  "two passes (features, then latent-features)": ["features", "latent-features"]}
+        for label, stages in passes.items():
+            if all(st in by and by[st].get("seconds") for st in stages):
+                wall = sum(by[st]["seconds"] for st in stages) / fwd["seconds"]
+                cpu = (sum(by[st]["cpu_seconds"] for st in stages) / fwd["cpu_seconds"]
+                       if all(by[st].get("cpu_seconds") for st in stages + ["forward"]) else None)
+                cell[label] = {"wall": round(wall, 2), "cpu": None if cpu is None else round(cpu, 2)}
+        if cell:
+            out[f"{ds} {n}"] = cell
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks.speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,6 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cifar-model", default=None)
     p.add_argument("--only-cifar", action="store_true",
                    help="measure only the CIFAR-10 50k row; keep the Fashion-MNIST rows, numba and profile results")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help="stages to measure (in order; each reuses what the earlier ones left); rows of other "
+                        "stages are kept from the last run")
     args = p.parse_args(argv)
     if args.worker:
         logging.basicConfig(level=logging.WARNING)
@@ -312,11 +346,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prev = read_json(out_dir / "speed.json", {}) or {}
     if args.only_cifar and not (args.cifar and args.cifar_model):
         p.error("--only-cifar needs --cifar ROOT and --cifar-model MODEL")
-    if args.only_cifar:  # keep every earlier row but the CIFAR ones
-        rows = [r for r in prev.get("rows", []) if r.get("dataset") != "cifar10"]
+    stages = [x for x in args.stages.split(",") if x]
+    if unknown := [x for x in stages if x not in STAGES]:
+        p.error(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    rows = list(prev.get("rows", []))
+
+    def merge(new: list) -> None:  # a new row replaces the earlier one of the same dataset, N and stage
+        key = lambda r: (r.get("dataset"), r.get("n"), r.get("stage"))  # noqa: E731
+        fresh = {key(r) for r in new}
+        rows[:] = [r for r in rows if key(r) not in fresh] + new
+
+    if args.only_cifar:  # keep the Fashion-MNIST rows and their run's description
         result = {k: prev.get(k) for k in ("machine", "load_average", "command")}
     else:
-        rows = run(sizes, str(entry.model), str(entry.train), label="fashion-mnist")
+        merge(run(sizes, str(entry.model), str(entry.train), label="fashion-mnist", stages=stages))
         result = {"machine": machine(), "load_average": os.getloadavg(),
                   "command": "python3 -m benchmarks.speed"
                   + (f" --sizes {args.sizes}" if args.sizes != "10000,30000,60000" else "")}
@@ -326,8 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cnpz = CACHE / "cifar-train.npz"
         if not cnpz.is_file():
             save_npz(load_dataset(args.cifar, split="train"), cnpz)
-        rows = [r for r in rows if r.get("dataset") != "cifar10"] + run([50000], args.cifar_model, str(cnpz),
-                                                                         label="cifar10")
+        merge(run([50000], args.cifar_model, str(cnpz), label="cifar10", stages=stages))
         result["cifar_command"] = (f"python3 -m benchmarks.speed --only-cifar --cifar {args.cifar} "
                                    f"--cifar-model {os.path.relpath(args.cifar_model, REPO)}")
         result["cifar_load_average"] = os.getloadavg()
@@ -341,6 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if f and b and f[0] and b[0]:
             ratio[str(n) if ds == "fashion-mnist" else f"{ds} {n}"] = round(f[0] / b[0], 2)
     result["feature_pass_over_forward"] = ratio
+    result["pass_over_forward"] = pass_ratios(rows)
     keep = args.only_cifar
     result["numba"] = prev.get("numba") if (args.skip_numba or keep) else numba_cold_warm()
     result["profile"] = prev.get("profile") if (args.skip_profile or keep) else profile_full_run(

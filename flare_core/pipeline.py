@@ -127,7 +127,7 @@ def run_analysis(
     With ``export=True`` the purified dataset is written into ``out_dir/purified`` inside the same atomic
     step. ``model``/``dataset`` may be passed when already loaded (the dashboard caches them).
     """
-    from flare_core.features import extract_abnormality_features, extract_latent_features, extract_pooled_features
+    from flare_core.features import extract_abnormality_features, extract_pooled_features
 
     progress = ensure_progress(progress)
     out_dir = Path(out_dir).absolute()
@@ -151,24 +151,24 @@ def run_analysis(
         main_spec, main = _detector(config.detector, config.seed, dict(config.params))
         # the opt-in per-channel stage of FLARE default needs the per-channel view of the same pass
         want_channels = getattr(main, "use_channels", "off") == "auto" and getattr(main, "mode", "") == "default"
+        # FLARE default's latent stage reads the penultimate features and logits: taken in the same forward
+        # pass as the abnormality features (one pass over the data, not two)
+        want_latent = (main_spec.uses_latent and getattr(main, "use_latent", "off") == "auto"
+                       and getattr(main, "mode", "") == "default")
         feats = timer.run(
             "features", extract_abnormality_features, model, dataset, batch_size=config.batch_size,
-            out=scratch / "features.npy", progress=progress, channels=want_channels,
+            out=scratch / "features.npy", progress=progress, channels=want_channels, latent=want_latent,
         )
         X = np.asarray(feats.values)
         channel_inputs = {"channels": feats.channels, "channel_layer": feats.channel_layer} if want_channels else {}
 
         baselines = [b for b in config.baselines if b != config.detector]
         need_pooled = main_spec.input == "pooled" or any(_spec(b).input == "pooled" for b in baselines)
-        # FLARE default's latent stage reads the penultimate features and logits (one more forward pass)
-        want_latent = (main_spec.uses_latent and getattr(main, "use_latent", "off") == "auto"
-                       and getattr(main, "mode", "") == "default")
         pooled = None
         pooled_layer = None
         latent_inputs = {}
         if want_latent:
-            lat = timer.run("pooled", extract_latent_features, model, dataset, batch_size=config.batch_size,
-                            progress=progress)
+            lat = feats.latent
             pooled, pooled_layer = lat.pooled, lat.layer
             latent_inputs = {"latent": lat.pooled, "logits": lat.logits}
         elif need_pooled:

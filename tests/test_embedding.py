@@ -15,11 +15,10 @@ def test_exact_knn_is_exact_and_lists_each_row_first():
     assert np.all(np.diff(dist, axis=1) >= -1e-6)
 
 
-def test_large_input_uses_precomputed_neighbours_and_separates_two_blobs(monkeypatch):
+def test_umap_gets_precomputed_neighbours_and_separates_two_blobs(monkeypatch):
     calls = []
     real = E.exact_knn
     monkeypatch.setattr(E, "exact_knn", lambda X, k: calls.append((len(X), k)) or real(X, k))
-    monkeypatch.setattr(E, "UMAP_EXACT_BELOW", 500)  # exercise the path without a 4,096-row fit
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(size=(500, 3)), rng.normal(size=(100, 3)) + 8])
     X_before = X.copy()
@@ -31,3 +30,13 @@ def test_large_input_uses_precomputed_neighbours_and_separates_two_blobs(monkeyp
     assert np.linalg.norm(a - b) > 3 * spread
     again, _ = E.umap_2d(X, n_neighbors=15, random_state=0, n_epochs=100)
     assert np.array_equal(emb, again)
+
+
+def test_tiny_input_lowers_n_neighbors_to_what_exists(monkeypatch):
+    calls = []
+    real = E.exact_knn
+    monkeypatch.setattr(E, "exact_knn", lambda X, k: calls.append((len(X), k)) or real(X, k))
+    X = np.random.default_rng(2).normal(size=(12, 3))
+    emb, method = E.umap_2d(X, n_neighbors=40, random_state=0, n_epochs=50)
+    assert calls == [(12, 11)] and method == "umap" and emb.shape == (12, 2) and np.isfinite(emb).all()
+    assert E.umap_2d(X[:5], random_state=0)[1] == "pca"

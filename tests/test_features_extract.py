@@ -197,6 +197,26 @@ def test_latent_features_equal_pooled_features_and_a_plain_forward_pass():
     np.testing.assert_allclose(lat.logits, want, rtol=1e-5, atol=1e-6)
 
 
+def test_one_pass_gives_both_inputs_exactly_as_two_passes():
+    model, ds = _bn_model(), _dataset()
+    model.module.train()
+    both = extract_abnormality_features(model, ds, batch_size=3, latent=True)
+    assert all(m.training for m in model.module.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+    ref = extract_abnormality_features(model, ds, batch_size=4)
+    lat = extract_latent_features(model, ds, batch_size=4)
+    np.testing.assert_allclose(both.values, ref.values, rtol=1e-6, atol=1e-6)
+    assert both.latent.layer == lat.layer and ref.latent is None
+    np.testing.assert_allclose(both.latent.pooled, lat.pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(both.latent.logits, lat.logits, rtol=1e-6, atol=1e-6)
+    # a named layer that is also an abnormality layer: still right (it takes a pass of its own)
+    same = extract_abnormality_features(model, ds, latent=True, latent_layer="block.1")
+    np.testing.assert_allclose(same.latent.pooled, extract_pooled_features(model, ds, layer="block.1")[0],
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        extract_abnormality_features(model, ds, latent=True, latent_layer="blok")
+
+
 def test_latent_features_leave_mode_and_hooks_untouched():
     model = _bn_model()
     model.module.train()

@@ -97,6 +97,10 @@ def test_graph_models_match_eager(cls, tmp_path):
         lat = extract_latent_features(models[kind], ds, batch_size=3)  # logits of padded chunks sliced back
         np.testing.assert_allclose(lat.pooled, ref_pooled, rtol=1e-5, atol=1e-6, err_msg=kind)
         np.testing.assert_allclose(lat.logits, ref_logits, rtol=1e-5, atol=1e-5, err_msg=kind)
+        both = extract_abnormality_features(models[kind], ds, batch_size=3, latent=True)  # one pass, both inputs
+        np.testing.assert_allclose(both.values, ref.values, rtol=1e-5, atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(both.latent.pooled, ref_pooled, rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(both.latent.logits, ref_logits, rtol=1e-5, atol=1e-5, err_msg=kind)
 
 
 def test_graph_activations_equal_eager(tmp_path):

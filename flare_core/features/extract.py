@@ -38,6 +38,8 @@ class FeatureMatrix:
     channels: Optional[np.ndarray] = None
     #: (sum C,) int, the column of ``values`` (layer) each channel column belongs to.
     channel_layer: Optional[np.ndarray] = None
+    #: The penultimate features and logits of the same forward pass (only with ``latent=True``).
+    latent: Optional["LatentFeatures"] = None
 
 
 def _check_args(dataset: ImageDataset, batch_size: int) -> None:
@@ -152,7 +154,8 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
                                  device=None, out: Optional[str] = None,
                                  progress: Optional[ProgressCallback] = None,
                                  layers: Optional[Sequence[str]] = None,
-                                 channels: bool = False) -> FeatureMatrix:
+                                 channels: bool = False, latent: bool = False,
+                                 latent_layer: Optional[str] = None) -> FeatureMatrix:
     """FLARE's (N, L) abnormality features: per sample and layer, the lowest log-density of any
     activation element under the layer's per-channel Gaussian (see :mod:`.abnormal`).
 
@@ -163,6 +166,9 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
     batch (atomically) and returned memory-mapped read-only. ``layers``: names from ``list_layers``.
     ``channels=True`` also returns the per-channel view (``FeatureMatrix.channels``, in memory): per
     channel its largest ``|z|``, from the same reduction at no extra forward pass.
+    ``latent=True`` also returns what :func:`extract_latent_features` would (``FeatureMatrix.latent``:
+    pooled ``latent_layer``, default the penultimate features, and the logits) from the *same* forward
+    pass, so FLARE default's two inputs cost one pass over the data instead of two.
     """
     t0 = time.perf_counter()
     _check_args(dataset, batch_size)
@@ -175,18 +181,33 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
     by_spec = {p.spec: p for p in points}
     constants = {spec: gaussian_constants(m, v, by_spec[spec].eps, dev) for spec, (m, v) in stats.items()}
 
+    specs = [p.spec for p in points]
+    pool_point = _pooling_point(view, latent_layer) if latent else None
+    pool_spec = None
+    if pool_point is not None:
+        pool_spec = pool_point.target if pool_point.kind == "module" else pool_point.spec
+        if pool_spec in specs:  # one hook cannot hold two reductions of the same activation
+            pool_point, pool_spec = None, None
+
     def reduce(spec, act):
+        if spec == pool_spec:
+            return _pool(act, pool_point.channel_dim)
         if channels:
             return abnormality_with_channels(act, constants[spec], by_spec[spec].channel_dim)
         return abnormality_from_constants(act, constants[spec], by_spec[spec].channel_dim)
 
-    specs = [p.spec for p in points]
     widths = [int(constants[spec][0].numel()) for spec in specs]
     values, tmp = _open_output(out, (len(dataset), len(points)))
     per_channel = np.empty((len(dataset), sum(widths)), dtype=np.float32) if channels else None
+    pooled_parts, logit_parts = [], []
+    hooked = specs + ([pool_spec] if pool_point is not None else [])
     try:
-        for start, stop, scores in _run(view, model, dataset.images, specs, reduce, batch_size, dev,
-                                        progress, "features"):
+        for item in _run(view, model, dataset.images, hooked, reduce, batch_size, dev, progress, "features",
+                         keep_output=pool_point is not None):
+            start, stop, scores = item[0], item[1], item[2][:len(specs)]
+            if pool_point is not None:
+                pooled_parts.append(item[2][-1].cpu().numpy())
+                logit_parts.append(item[3].reshape(len(item[3]), -1).cpu().numpy())
             if channels:
                 values[start:stop] = torch.stack([s[:, 0] for s in scores], dim=1).float().cpu().numpy()
                 per_channel[start:stop] = torch.cat([s[:, 1:] for s in scores], dim=1).float().cpu().numpy()
@@ -206,8 +227,21 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
     seconds = time.perf_counter() - t0
     logger.info("Abnormality features %s for %d samples in %.2fs.", values.shape, len(dataset), seconds)
     channel_layer = np.repeat(np.arange(len(points)), widths) if channels else None
+    lat = None
+    if pool_point is not None:
+        lat = _latent_features(np.concatenate(pooled_parts), np.concatenate(logit_parts), pool_point.name, 0.0)
+    elif latent:  # the pooled layer is one of the abnormality layers: a pass of its own
+        lat = extract_latent_features(model, dataset, latent_layer, batch_size=batch_size, device=device,
+                                      progress=progress)
     return FeatureMatrix(values, [p.name for p in points], [p.kind for p in points], source, seconds,
-                         os.fspath(out) if out is not None else None, per_channel, channel_layer)
+                         os.fspath(out) if out is not None else None, per_channel, channel_layer, lat)
+
+
+def _latent_features(pooled: np.ndarray, logits: np.ndarray, layer: str, seconds: float) -> "LatentFeatures":
+    if logits.ndim != 2 or len(logits) != len(pooled):
+        raise ModelError(f"The model's output has shape {logits.shape}; FLARE needs (N, classes) logits.")
+    return LatentFeatures(pooled.astype(np.float32, copy=False), logits.astype(np.float32, copy=False), layer,
+                          seconds)
 
 
 def _pool(act: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -239,7 +273,8 @@ def _pooling_point(view: ModelView, layer: Optional[str]) -> Point:
 @dataclass
 class LatentFeatures:
     """pooled: (N, D) float32 pooled activations of ``layer`` (default: the penultimate features);
-    logits: (N, K) float32 model outputs of the same forward pass."""
+    logits: (N, K) float32 model outputs of the same forward pass; seconds: of that pass (0.0 when it was
+    the abnormality pass, ``extract_abnormality_features(latent=True)``, which has its own)."""
 
     pooled: np.ndarray
     logits: np.ndarray
@@ -288,6 +323,4 @@ def extract_latent_features(model: LoadedModel, dataset: ImageDataset, layer: Op
     pass (what FLARE default's latent stage reads). Progress stage 'pooled-features'."""
     t0 = time.perf_counter()
     pooled, logits, name = _pooled_pass(model, dataset, layer, batch_size, device, progress, keep_output=True)
-    if logits.ndim != 2 or len(logits) != len(pooled):
-        raise ModelError(f"The model's output has shape {logits.shape}; FLARE needs (N, classes) logits.")
-    return LatentFeatures(pooled, logits, name, time.perf_counter() - t0)
+    return _latent_features(pooled, logits, name, time.perf_counter() - t0)
