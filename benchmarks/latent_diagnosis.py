@@ -5,6 +5,7 @@ tested.  A poison the model learnt as a shortcut is far apart and fitted far bet
 neither, and no detector that reads the model can be expected to find it.
 
     python3 -m benchmarks.latent_diagnosis cifar-badnets-10 cifar-blended-10 cifar-wanet-10 --cifar ROOT
+    python3 -m benchmarks.latent_diagnosis fmnist-wanet-1-e10 --layers   # + every hidden layer's separation
     # -> benchmarks/results/latent_diagnosis.json (one entry per model, merged with earlier runs)
 """
 from __future__ import annotations
@@ -43,6 +44,34 @@ def diagnose(name: str, specs: dict) -> dict:
             "stage_reason": res.reason, "missed_by_the_stage": missed}
 
 
+def layer_separation(name: str, specs: dict) -> dict:
+    """Per hidden layer (list_layers order, then the penultimate features): the supervised held-out d' of
+    the target class's poisoned vs genuine samples in that layer's globally pooled activations, and the
+    d' of the first split the latent stage would test there: would the stage find the poison on another
+    layer?"""
+    from sklearn.decomposition import PCA
+
+    from flare_core.data import load_dataset
+    from flare_core.detectors import latent as LT
+    from flare_core.features import extract_pooled_features, list_layers
+    from flare_core.models import load_model
+
+    entry = build(specs[name])
+    model, ds = load_model(entry.model), load_dataset(entry.train)
+    truth = _truth(entry, len(ds))
+    rows = np.flatnonzero(ds.labels == entry.spec.target)
+    sub = ds.subset(rows)
+    out = {}
+    for layer in [info.name for info in list_layers(model)] + [None]:
+        P, lname = extract_pooled_features(model, sub, layer=layer)
+        k = min(LT.DEFAULT_COMPONENTS, P.shape[1] - 1)
+        F = PCA(k, random_state=0).fit_transform(LT._robust_standardize(P.astype(np.float64)))
+        first = LT.split_class(P, np.ones(len(P)), int(entry.spec.target)).splits
+        out[lname] = {"dim": int(P.shape[1]), "supervised_heldout_dprime": round(LT.heldout_dprime(F, truth[rows], 0), 3),
+                      "first_split_dprime": first[0]["dprime"] if first else None}
+    return out
+
+
 def _missed(entry, res, rows: np.ndarray, truth: np.ndarray, logits: np.ndarray, loss: np.ndarray) -> dict:
     """The target-class poison the stage left unflagged: how many, from which source classes, how the model
     fits and predicts it (against the genuine samples of the class)."""
@@ -72,6 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (for cifar-* entries)")
+    p.add_argument("--layers", action="store_true",
+                   help="also the poison's separation in every hidden layer's pooled activations (a pass per layer)")
     args = p.parse_args(argv)
     specs = dict(FMNIST_SPECS)
     if args.cifar:
@@ -79,7 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = RESULTS / "latent_diagnosis.json"
     done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
     for name in args.models:
+        before = done.get(name) or {}
         done[name] = diagnose(name, specs)
+        if args.layers:
+            done[name]["per_layer"] = layer_separation(name, specs)
+        elif "per_layer" in before:  # kept from the run that measured it
+            done[name]["per_layer"] = before["per_layer"]
         print(done[name])
     write_json(out, {"command": "python3 -m benchmarks.latent_diagnosis MODELS [--cifar ROOT]",
                      "rows": [done[k] for k in sorted(done)]})
