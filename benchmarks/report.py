@@ -335,8 +335,10 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"Command: `{sp.get('command')}`. Each stage runs in a fresh process; peak RSS is that process's "
                   "`ru_maxrss` (interpreter + torch + data + the stage), 'before' its resident size just before the "
                   f"stage. Load average during the run: {sp.get('load_average')}."
-                  + (f" The CIFAR-10 rows: `{sp['cifar_command']}` (load average at its end: "
-                     f"{sp.get('cifar_load_average')})." if sp.get("cifar_command") else ""),
+                  + "".join(f" The {label} rows: `{cmd}`." for label, cmd in (sp.get("cifar_commands") or {}).items())
+                  + (" On the clean data the BadNets model has nothing to find, so FLARE default's subspace search "
+                     "tries every prefix of the 20 columns: the worst case for the detector stage."
+                     if "cifar10 (clean data)" in (sp.get("cifar_commands") or {}) else ""),
                   md_table(["dataset", "N", "stage", "wall s", "CPU s", "RSS before MB", "peak RSS MB", "note"], rows),
                   f"![time vs N]({rel(plots / 'speed_loglog.png')})",
                   f"**Feature pass / plain forward pass** (same data, batch 256): "

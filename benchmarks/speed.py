@@ -289,6 +289,27 @@ def plot(rows: list, path: Path) -> None:
     plt.close(fig)
 
 
+def cifar_data(root: str, model: str, which: str) -> tuple:
+    """(training-set .npz, row label) for the CIFAR-10 row: the zoo entry's own poisoned set (the model's
+    folder name under benchmarks/zoo/ names the entry) or the clean training set."""
+    from flare_core.data import load_dataset, save_npz
+
+    if which == "clean":
+        cnpz = CACHE / "cifar-train.npz"
+        if not cnpz.is_file():
+            save_npz(load_dataset(root, split="train"), cnpz)
+        return str(cnpz), "cifar10 (clean data)"
+    from benchmarks.zoo import build, cifar_specs
+
+    name = Path(model).resolve().parent.name
+    specs = cifar_specs(root)
+    if name not in specs:
+        raise SystemExit(f"--cifar-data poisoned needs a zoo model (benchmarks/zoo/<cifar entry>/model.pt), got {model}")
+    spec = specs[name]
+    label = f"cifar10 ({spec.attack} {100 * spec.rate:g} %)" if spec.attack else "cifar10 (clean data)"
+    return str(build(spec).train), label
+
+
 def pass_ratios(rows: list) -> dict:
     """Per dataset and N: each feature pass ('features', 'features+latent', and the two separate passes
     FLARE default used to make) over the plain forward pass, by wall time and, where measured, CPU time."""
@@ -329,6 +350,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cifar-model", default=None)
     p.add_argument("--only-cifar", action="store_true",
                    help="measure only the CIFAR-10 50k row; keep the Fashion-MNIST rows, numba and profile results")
+    p.add_argument("--cifar-data", choices=("poisoned", "clean"), default="poisoned",
+                   help="the zoo model's own (poisoned) training set, or the clean CIFAR-10 training set "
+                        "(nothing to find: the subspace search tries every prefix, the worst case)")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="stages to measure (in order; each reuses what the earlier ones left); rows of other "
                         "stages are kept from the last run")
@@ -364,17 +388,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "command": "python3 -m benchmarks.speed"
                   + (f" --sizes {args.sizes}" if args.sizes != "10000,30000,60000" else "")}
     if args.cifar and args.cifar_model:
-        from flare_core.data import load_dataset, save_npz
-
-        cnpz = CACHE / "cifar-train.npz"
-        if not cnpz.is_file():
-            save_npz(load_dataset(args.cifar, split="train"), cnpz)
-        merge(run([50000], args.cifar_model, str(cnpz), label="cifar10", stages=stages))
-        result["cifar_command"] = (f"python3 -m benchmarks.speed --only-cifar --cifar {args.cifar} "
-                                   f"--cifar-model {os.path.relpath(args.cifar_model, REPO)}")
+        cdata, clabel = cifar_data(args.cifar, args.cifar_model, args.cifar_data)
+        merge(run([50000], args.cifar_model, cdata, label=clabel, stages=stages))
+        result.setdefault("cifar_commands", {k: v for k, v in (prev.get("cifar_commands") or {}).items()})
+        result["cifar_commands"][clabel] = (f"python3 -m benchmarks.speed --only-cifar --cifar {args.cifar} "
+                                            f"--cifar-model {os.path.relpath(args.cifar_model, REPO)} "
+                                            f"--cifar-data {args.cifar_data}")
         result["cifar_load_average"] = os.getloadavg()
-    elif prev.get("cifar_command"):
-        result.update({k: prev[k] for k in ("cifar_command", "cifar_load_average") if k in prev})
+    elif prev.get("cifar_commands"):
+        result.update({k: prev[k] for k in ("cifar_commands", "cifar_load_average") if k in prev})
     result["rows"] = rows
     ratio = {}
     for ds, n in sorted({(r["dataset"], r["n"]) for r in rows}):
