@@ -50,6 +50,27 @@ def test_planted_cluster_found_when_only_a_sample_is_clustered():
     assert det.embedding_.shape == (n, 2) and np.isfinite(det.embedding_).all()
 
 
+def test_samples_are_placed_only_for_the_prefixes_kept():
+    # nothing to find: every prefix is tried, only the first one (the picture shown) places the samples
+    # outside the clustered sample; a poison found at a shorter prefix is placed there, whole
+    rng = np.random.default_rng(3)
+    n, L = 2400, 4
+    clean = FlareDetector(sample_size=800, random_state=0).fit(rng.normal(size=(n, L)))
+    assert not clean.flagged_.any() and clean.evidence_["columns_tried"] == [4, 3, 2]
+    assert clean.report_["seconds"]["prefixes_tried"] == 3
+    assert clean.embedding_.shape == (n, 2) and np.isfinite(clean.embedding_).all()
+    assert (clean.clusters_ >= 0).all() and clean.evidence_["units"][0]["placed_by_neighbours"] == n - 800
+    X = rng.normal(size=(n, L))
+    poison = np.zeros(n, bool)
+    poison[rng.choice(n, 120, replace=False)] = True
+    X[poison, :2] -= 5.0
+    X[poison, 2:] = rng.uniform(-12, 12, size=(poison.sum(), L - 2))  # separated in the shallow columns only
+    det = FlareDetector(sample_size=800, min_cluster_size=20, random_state=0).fit(X)
+    assert det.subspace_ < L and det.evidence_["units"][0]["placed_by_neighbours"] == n - 800
+    assert (det.flagged_ & poison).sum() >= 0.95 * poison.sum() and (det.flagged_ & ~poison).sum() <= 0.01 * n
+    assert det.report_["n_flagged"] == int(det.flagged_.sum())
+
+
 def test_whole_class_is_not_flagged_as_poison_but_poison_inside_a_class_is():
     rng = np.random.default_rng(2)
     sizes = [700, 700, 200]  # class 2 is small and lies apart: a class, not poison
