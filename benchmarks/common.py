@@ -165,8 +165,9 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system, all threads) this process has used so far: on the shared machine, the cost
-    of a step that does not depend on what else runs (its wall time does)."""
+    """CPU time (user + system, all threads) this process has used so far.  Steadier than wall time on the
+    shared machine for one-thread work; with several torch threads on an oversubscribed machine their
+    spin-waiting inflates it as well."""
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)

@@ -348,7 +348,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
             prow = [[key, label, f"x{v['wall']}", "-" if v.get("cpu") is None else f"x{v['cpu']}"]
                     for key, cell in pr_.items() for label, v in cell.items()]
             parts += ["Each pass over the data against the plain forward pass (wall time, and CPU time where measured: "
-                      "on the shared machine the CPU ratio is the steadier one). `features+latent` is what "
+                      "CPU time is not load-free either: the worker runs two torch threads, which spin while the other jobs "
+                      "hold the cores, so both grow under load - read them with the load average). `features+latent` is what "
                       "`flare purify` runs for FLARE default: the abnormality features, the penultimate features "
                       "and the logits from one forward pass.",
                       md_table(["dataset, N", "pass", "wall / forward", "CPU / forward"], prow)]
@@ -433,7 +434,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         parts.append(extra.read_text())
     man = read_json(Path(zoo) / "MANIFEST.json", None)
     if man:
-        rows = [[n, m["spec"].get("attack") or "-", m["spec"].get("rate"), m["spec"].get("epochs"),
+        rows = [[n, m["spec"].get("attack") or "-", m["spec"].get("rate") if m["spec"].get("attack") else "-",
+                 m["spec"].get("epochs"),
                  fmt_pct(m.get("benign_accuracy")), fmt_pct(m.get("attack_success_rate")),
                  m.get("train_seconds_wall"), f"`{m.get('command')}`"] for n, m in man["models"].items()]
         parts += ["## Model zoo (`benchmarks/zoo/MANIFEST.json`)",
