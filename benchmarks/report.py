@@ -276,7 +276,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         if crows:
             parts += ["## Detection matrix: CIFAR-10 (JPEG), narrow ResNet (2-core CPU)",
                       detection_tables(crows, "The CIFAR ResNet-18 layout (20 BN layers) at widths 16-32-64-128, "
-                                       "4 epochs on the CPU (BA/ASR per model in the zoo table); the paper's column "
+                                       "trained on the CPU (epochs, BA and ASR per model in the third column: 4 epochs, and 12 for the -e12 "
+                                       "entries, whose 4-epoch models had learnt their trigger only partly); the paper's column "
                                        "is its standard ResNet-18, trained to convergence on the original pixels.", zoo_models)]
             if _plot_f1(crows, plots / "detect_f1_cifar_cpu.png", "F1 per cell, CIFAR-10 narrow ResNet (CPU)"):
                 parts.append(f"![F1 heatmap CIFAR CPU]({rel(plots / 'detect_f1_cifar_cpu.png')})")
