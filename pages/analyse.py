@@ -14,7 +14,7 @@ shared.require_app_router()  # before anything else: never run as a legacy pages
 
 ss = st.session_state
 STAGE_LABELS = {
-    "load": "Loading model and data", "features": "Hidden-layer statistics (features)",
+    "load": "Loading model and data", "features": "Hidden-layer statistics (with the penultimate features: one pass)",
     "pooled": "Penultimate features and logits", "subspace-search": "Subspace search",
     "latent": "Latent stage (per class, penultimate features)",
     "umap": "UMAP embedding", "hdbscan": "HDBSCAN clustering", "baselines": "Baseline detectors",
