@@ -63,6 +63,8 @@ def _trained(record: Optional[dict]) -> str:
 def _speed_note(r: dict) -> str:
     """A speed row's note; the detector row also says where its time went (the fit's own phase seconds)."""
     note = r.get("note", "") or ""
+    if r.get("torch_threads") == 1:
+        note = (note + "; " if note else "") + "1 torch thread (the machine was shared)"
     ph = r.get("phases")
     if ph:
         order = ("umap", "hdbscan", "decision", "placing", "latent", "confirm", "other")

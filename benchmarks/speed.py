@@ -84,7 +84,10 @@ def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device
 
     from flare_core.models import load_model
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # FLARE_SPEED_THREADS=1 while other jobs share the machine: two threads then spin for cores they do
+    # not get, which inflates both wall and CPU time
+    threads = int(os.environ.get("FLARE_SPEED_THREADS", min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(threads)
     scratch = Path(scratch)
     model = load_model(model_path, device=device)
     ds = _subset(train, n)
@@ -156,6 +159,7 @@ def worker(stage: str, model_path: str, train: str, n: int, scratch: str, device
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
     return {"stage": stage, "n": len(ds), "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 2),
+            "torch_threads": threads,
             "rss_before_mb": round(before, 1),
             "peak_rss_mb": round(_peak_mb(), 1), **extra}
 
