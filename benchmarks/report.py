@@ -412,6 +412,31 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
             parts += ["What the latent stage alone flags (TPR % / FPR %; the clean control: samples flagged), "
                       "by setting:",
                       md_table(["model"] + [f"max_clusters={k}" for k in cal.get("settings", [])], arows)]
+    # ---- the latent cross-check, on and off (benchmarks/confirm_study.py)
+    cs = read_json(results / "confirm_study.json", None)
+    if cs and cs.get("rows"):
+        def _g(x) -> str:
+            return "-" if x is None else f"{x:.3g}"
+
+        def _r(x: dict) -> str:
+            return (f"{x['flagged']} flagged" if x.get("tpr") is None
+                    else f"{100 * x['tpr']:.1f} / {x['fpr_percent']:.3f}")
+
+        rows = []
+        for r in cs["rows"]:
+            groups = "; ".join(
+                f"{g['n']} samples, {100 * g['poison_share']:.0f} % poison, d' {g['median_dprime']}, "
+                f"{'kept' if g['kept'] else 'refused'}, main part's loss {_g(g['main_part_median_loss'])} "
+                f"vs rest {_g(g['rest_of_class_median_loss'])}" for g in r["groups_checked"]) or "-"
+            rows.append([r["model"], _r(r["default"]), _r(r["cross_check_off"]), groups])
+        parts += ["## FLARE default's latent cross-check, on and off",
+                  f"Command: `{cs.get('command')}`. FLARE default keeps a group its per-layer stage found only when "
+                  "it is a population of its own in its classes' penultimate features (median held-out d' >= 4.5); "
+                  "with `latent_confirm=0` every such group is kept. TPR / FPR % (clean models: samples flagged), "
+                  "and every group the cross-check tested, with the median loss of its largest class part against "
+                  "the rest of that class. A measurement for a possible loss rule, not a detector change.",
+                  md_table(["model", "FLARE default", "cross-check off", "groups tested"], rows)]
+
     # ---- dashboard timings (benchmarks/dashboard_timings.py)
     dash = read_json(BENCH / "dashboard_timings.json", None)
     if dash:
