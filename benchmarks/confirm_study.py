@@ -67,10 +67,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cifar:
         specs.update(cifar_specs(args.cifar))
     out = RESULTS / "confirm_study.json"
-    done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
     for name in args.models:
-        done[name] = study(name, specs)
-        print(done[name], flush=True)
+        row = study(name, specs)
+        print(row, flush=True)
+        # re-read before writing: runs for other models may be writing the same file
+        done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
+        done[name] = row
         write_json(out, {"command": "python3 -m benchmarks.confirm_study MODELS [--cifar ROOT]",
                          "rows": [done[k] for k in sorted(done)]})
     return 0
