@@ -343,10 +343,11 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                      "tries every prefix of the 20 columns: the worst case for the detector stage."
                      if "cifar10 (clean data)" in (sp.get("cifar_commands") or {}) else ""),
                   md_table(["dataset", "N", "stage", "wall s", "CPU s", "RSS before MB", "peak RSS MB", "note"], rows),
-                  f"![time vs N]({rel(plots / 'speed_loglog.png')})",
-                  f"**Feature pass / plain forward pass** (same data, batch 256): "
-                  + ", ".join(f"N={k}: x{v}" for k, v in (sp.get("feature_pass_over_forward") or {}).items())]
+                  f"![time vs N]({rel(plots / 'speed_loglog.png')})"]
         pr_ = sp.get("pass_over_forward") or {}
+        if not pr_:  # results written before the per-pass table (and the quick smoke run)
+            parts.append("**Feature pass / plain forward pass** (same data, batch 256): "
+                         + ", ".join(f"N={k}: x{v}" for k, v in (sp.get("feature_pass_over_forward") or {}).items()))
         if pr_:
             prow = [[key, label, f"x{v['wall']}", "-" if v.get("cpu") is None else f"x{v['cpu']}"]
                     for key, cell in pr_.items() for label, v in cell.items()]

@@ -402,14 +402,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif prev.get("cifar_commands"):
         result.update({k: prev[k] for k in ("cifar_commands", "cifar_load_average") if k in prev})
     result["rows"] = rows
-    ratio = {}
-    for ds, n in sorted({(r["dataset"], r["n"]) for r in rows}):
-        f = [r["seconds"] for r in rows if r["stage"] == "features" and r["n"] == n and r["dataset"] == ds]
-        b = [r["seconds"] for r in rows if r["stage"] == "forward" and r["n"] == n and r["dataset"] == ds]
-        if f and b and f[0] and b[0]:
-            ratio[str(n) if ds == "fashion-mnist" else f"{ds} {n}"] = round(f[0] / b[0], 2)
-    result["feature_pass_over_forward"] = ratio
     result["pass_over_forward"] = pass_ratios(rows)
+    # the abnormality pass alone, by wall time (the key earlier runs and the quick smoke run write)
+    result["feature_pass_over_forward"] = {key: cell["features"]["wall"]
+                                           for key, cell in result["pass_over_forward"].items() if "features" in cell}
     keep = args.only_cifar
     result["numba"] = prev.get("numba") if (args.skip_numba or keep) else numba_cold_warm()
     result["profile"] = prev.get("profile") if (args.skip_profile or keep) else profile_full_run(
