@@ -33,7 +33,7 @@ ART_DETECTORS = ("art-ac", "art-ss")
 ALL_DETECTORS = OUR_DETECTORS + ART_DETECTORS
 
 MATRIX_10 = ("fmnist-clean", "fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10",
-             "fmnist-sig-5", "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10")
+             "fmnist-sig-5", "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10", "fmnist-wanet-10-e10")
 MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
               "fmnist-badnets-0.5", "fmnist-blended-0.5", "fmnist-wanet-0.5",
               "fmnist-blended-0.5-e10", "fmnist-wanet-1-e10", "fmnist-wanet-0.5-e10")

@@ -7,7 +7,8 @@ k-means cluster, k = 3..6, against the rest of its class when the 2-means split 
     python3 -m benchmarks.latent_calibration [models...]     # -> benchmarks/results/latent_calibration.json
 
 Needs the cached penultimate features (``pooled.npy``, written by benchmarks.detect_matrix) and writes
-``logits.npy`` beside them when missing.  The splits are the ones the detector tests: the first split of
+``logits.npy`` beside them when missing (both are computed when missing).  Each split also records the
+median loss of its two sides, for a loss-backed rule.  The splits are the ones the detector tests: the first split of
 every class, and below a split that reaches the threshold (6.5) the splits of its sides, down to depth 3.
 """
 from __future__ import annotations
@@ -19,16 +20,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, machine, write_json
-from benchmarks.detect_matrix import MATRIX_10, MATRIX_LOW, _load, _truth
+from benchmarks.detect_matrix import MATRIX_10, MATRIX_LOW, _load, _truth, cached_features
 from benchmarks.detect_matrix import cached_logits as detect_matrix_logits
-from benchmarks.zoo import FMNIST_SPECS, build
+from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
 
 SETTINGS = (2, 6)
 
 
-def cached_logits(name: str) -> np.ndarray:
+def cached_logits(name: str, specs: Optional[dict] = None) -> np.ndarray:
     """The zoo model's training-set logits, through detect_matrix's cache (same file, same validity rule)."""
-    entry = build(FMNIST_SPECS[name])
+    entry = build((specs or FMNIST_SPECS)[name])
     model, ds = _load(entry, "cpu")
     return detect_matrix_logits(entry, model, ds, CACHE / name)
 
@@ -64,15 +65,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", help="zoo entries (default: the 10 %% matrix and the low-rate rows)")
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (for cifar-* entries)")
     args = p.parse_args(argv)
     names = args.models or list(MATRIX_10) + list(MATRIX_LOW)
+    specs = dict(FMNIST_SPECS)
+    if args.cifar:
+        specs.update(cifar_specs(args.cifar))
     rows, flags = [], []
     for name in names:
-        entry = build(FMNIST_SPECS[name])
-        y = np.load(entry.train)["y"]
+        entry = build(specs[name])
+        model, ds = _load(entry, "cpu")
+        y = ds.labels
         truth = _truth(entry, len(y))
-        P = np.load(CACHE / name / "pooled.npy")
-        loss = sample_loss(cached_logits(name), y)
+        P = cached_features(entry, model, ds, CACHE / name)[2]  # computed (and cached) when missing
+        loss = sample_loss(cached_logits(name, specs), y)
         for k in SETTINGS:
             flagged = np.zeros(len(y), dtype=bool)
             for c in np.unique(y):
@@ -81,8 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for s in res.splits:
                     a, b = s.pop("sides")
                     pa, pb = float(truth[idx[a]].mean()), float(truth[idx[b]].mean())
+                    la, lb = float(np.median(loss[idx[a]])), float(np.median(loss[idx[b]]))
                     rows.append({"model": name, "max_clusters": k, "class": int(c), **s,
-                                 "poison_fraction": [round(pa, 4), round(pb, 4)], "kind": kind_of(pa, pb)})
+                                 "poison_fraction": [round(pa, 4), round(pb, 4)], "kind": kind_of(pa, pb),
+                                 "median_loss": [float(f"{la:.4g}"), float(f"{lb:.4g}")]})
                 for i in res.flagged_leaves:
                     flagged[idx[res.leaves[i]]] = True
             n_pos = int(truth.sum())
@@ -93,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(name, f"max_clusters={k}", flags[-1], flush=True)
     summary = {str(k): summarise([r for r in rows if r["max_clusters"] == k]) for k in SETTINGS}
     write_json(RESULTS / "latent_calibration.json", {
-        "command": "python3 -m benchmarks.latent_calibration", "machine": machine(), "settings": list(SETTINGS),
+        "command": "python3 -m benchmarks.latent_calibration MODELS [--cifar ROOT]", "models": names, "machine": machine(), "settings": list(SETTINGS),
         "summary": summary, "latent_stage_alone": flags, "splits": rows})
     for k, s in summary.items():
         for kind, v in s.items():

@@ -145,6 +145,38 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     return sentence, table
 
 
+KEPT_BY_TEXT = {
+    "separation": "kept: a population of its own in its class",
+    "loss": "kept: the model fits it far better than the rest of its class",
+    "unchecked": "kept: too small to check",
+    None: "refused: neither separated nor fitted far better",
+}
+
+
+def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
+    """One row per group FLARE's per-layer stage found that the latent cross-check tested: its size, the
+    median held-out d' against the rest of its classes, how many times better the model fits its largest
+    class part than the rest of that class, and the decision.  None when nothing was cross-checked."""
+    report = ((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+    records = ((report.get("evidence") or {}).get("latent") or {}).get("layer_groups_checked") or []
+    if not records:
+        return None
+    rows = []
+    for r in records:
+        classes = [run.classes[c["class"]] if 0 <= c["class"] < len(run.classes) else c["class"]
+                   for c in r.get("classes") or []]
+        rows.append({
+            "group": r["group"],
+            "samples": r["n"],
+            "classes tested": ", ".join(map(str, classes)) or "-",
+            "median d'": r.get("median_dprime"),
+            "fitted x better": r.get("loss_ratio"),
+            "decision": (KEPT_BY_TEXT.get(r.get("kept_by"), "kept") if r.get("kept") and r.get("kept_by")
+                         else "kept" if r.get("kept") else KEPT_BY_TEXT[None]),
+        })
+    return pd.DataFrame(rows)
+
+
 def manifest_with_decisions(run: RunFolder, detector: Optional[str] = None) -> pd.DataFrame:
     """The run's manifest plus the analyst's ``decision`` ('keep' | 'remove' | '') and the final ``removed`` (0/1)."""
     df = run.manifest.copy()
@@ -212,9 +244,13 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #eee;padding-bottom:4px;margin-
 """
 
 
-def _latent_threshold(run: RunFolder):
+def _run_param(run: RunFolder, name: str):
     params = (((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}).get("params") or {}
-    return params.get("latent_separation", "?")
+    return params.get(name, "?")
+
+
+def _latent_threshold(run: RunFolder):
+    return _run_param(run, "latent_separation")
 
 
 def _examples_html(run: RunFolder, dataset, model, n_examples: int) -> str:
@@ -324,6 +360,13 @@ def build_report(
             sections += ["<p class='muted'>Latent stage, per class: a split stands at held-out d' &ge; "
                          f"{html.escape(str(_latent_threshold(run)))}; parts holding under 35 % of the class, or "
                          "fitted 10x better than the reference part, are flagged.</p>", _table_html(latent_tbl)]
+    check_tbl = cross_check_table(run) if sentence else None
+    if check_tbl is not None:
+        sections += ["<p class='muted'>Groups found by the per-layer stage, cross-checked in the penultimate "
+                     "features: kept when a population of their own there (median held-out d' &ge; "
+                     f"{html.escape(str(_run_param(run, 'latent_confirm')))}) or fitted "
+                     f"{html.escape(str(_run_param(run, 'latent_confirm_loss')))}x better than the rest of "
+                     "their class.</p>", _table_html(check_tbl)]
     det_tbl = detection_table(run) if run.ground_truth() is not None else None
     if det_tbl is not None:
         reviewed = detection_table(run, after_review=True).iloc[[0]].rename(index=lambda s: f"{s} after review")

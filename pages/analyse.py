@@ -162,6 +162,10 @@ if run is not None:
     if latent_tbl is not None:
         with st.expander("Latent stage: classes that split in their penultimate features"):
             st.dataframe(latent_tbl, hide_index=True)
+    check_tbl = report.cross_check_table(run)
+    if check_tbl is not None:
+        with st.expander("Per-layer groups, cross-checked in the penultimate features"):
+            st.dataframe(check_tbl, hide_index=True)
     labels = run.manifest["label"].to_numpy()
     k = len(run.classes)
     st.plotly_chart(plots.flagged_bar(run.classes, np.bincount(labels, minlength=k), np.bincount(labels[flagged], minlength=k),

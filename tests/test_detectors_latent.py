@@ -296,6 +296,10 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_loss_ratio=0.5)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=1)
+    with pytest.raises(FlareError, match="latent_confirm_loss"):
+        flare_detect(X, y, latent_confirm_loss=0.5)
+    with pytest.raises(FlareError, match="latent_confirm_loss"):
+        flare_detect(X, y, latent_confirm_loss=-1)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=13)
     with pytest.raises(FlareError):
@@ -407,7 +411,55 @@ def test_confirm_keeps_groups_too_small_to_check():
     flagged = np.zeros(300, bool)
     flagged[:10] = True
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int))
-    assert kept[:10].all() and records[0]["checked"] is False
+    assert kept[:10].all() and records[0]["checked"] is False and records[0]["kept_by"] == "unchecked"
+
+
+def _close_group(seed):
+    """A flagged group of 200 inside a class of 800 that is *not* separated in P (same cloud)."""
+    rng = np.random.default_rng(seed)
+    P = cloud(rng, 800)
+    y = np.zeros(800, int)
+    flagged = np.zeros(800, bool)
+    flagged[600:] = True
+    return rng, P, y, flagged, flagged.astype(int)
+
+
+def test_confirm_keeps_a_close_group_the_model_fits_far_better():
+    rng, P, y, flagged, groups = _close_group(18)
+    loss = rng.uniform(0.5, 1.5, 800)
+    loss[600:] = rng.uniform(1e-4, 3e-4, 200)  # the backdoor's signature: fitted ~5,000x better
+    before = (P.copy(), flagged.copy(), loss.copy())
+    kept, records = LT.confirm_groups(P, y, flagged, groups, loss=loss)
+    for a, b in zip((P, flagged, loss), before):
+        np.testing.assert_array_equal(a, b)
+    assert kept[600:].all() and not kept[:600].any()
+    assert records[0]["median_dprime"] < 3 and records[0]["kept_by"] == "loss"
+    assert records[0]["loss_ratio"] > 1000
+
+
+def test_confirm_refuses_a_close_group_fitted_only_somewhat_better():
+    rng, P, y, flagged, groups = _close_group(19)
+    loss = rng.uniform(0.5, 1.5, 800)
+    loss[600:] /= 4.0  # genuine easy samples: 4x better fitted, under the 10x rule
+    kept, records = LT.confirm_groups(P, y, flagged, groups, loss=loss)
+    assert not kept.any() and records[0]["kept"] is False and records[0]["kept_by"] is None
+    assert 3 < records[0]["loss_ratio"] < 5
+    kept_lenient, _ = LT.confirm_groups(P, y, flagged, groups, loss=loss, loss_ratio=3.0)
+    assert kept_lenient[600:].all()
+
+
+def test_confirm_keeps_a_small_group_only_on_its_loss_signature_when_losses_are_given():
+    rng = np.random.default_rng(20)
+    P = cloud(rng, 300)
+    y = np.zeros(300, int)
+    flagged = np.zeros(300, bool)
+    flagged[:10] = True
+    loss = rng.uniform(0.5, 1.5, 300)
+    kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int), loss=loss)
+    assert not kept.any() and records[0]["checked"] is False and records[0]["kept"] is False
+    loss[:10] = 1e-4
+    kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int), loss=loss)
+    assert kept[:10].all() and records[0]["kept_by"] == "loss"
 
 
 def test_estimator_exposes_every_flare_parameter():

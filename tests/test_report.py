@@ -125,3 +125,26 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     rep.update(found=False, representation="layers")
     assert how_found(run)[0].startswith("No FLARE stage")
     assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)
+
+
+def test_cross_check_table_says_why_each_per_layer_group_was_kept_or_refused():
+    from types import SimpleNamespace
+
+    from flare_core.report import cross_check_table
+
+    records = [{"group": 1, "n": 3600, "classes": [{"class": 0, "n": 3600, "dprime": 2.2}], "median_dprime": 2.2,
+                "loss_ratio": 4000.0, "kept": True, "kept_by": "loss", "checked": True},
+               {"group": 2, "n": 300, "classes": [{"class": 1, "n": 300, "dprime": 0.9}], "median_dprime": 0.9,
+                "loss_ratio": 2.9, "kept": False, "kept_by": None, "checked": True},
+               {"group": 3, "n": 12, "classes": [], "median_dprime": None, "kept": True, "checked": False}]
+    rep = {"representation": "layers", "found": True,
+           "evidence": {"latent": {"used": True, "classes": [], "layer_groups_checked": records}}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["a", "b"])
+    t = cross_check_table(run)
+    assert list(t["samples"]) == [3600, 300, 12] and list(t["classes tested"]) == ["a", "b", "-"]
+    assert "fits it far better" in t["decision"][0] and t["decision"][1].startswith("refused")
+    # a record from before the loss rule (no kept_by) still reads as kept
+    assert t["decision"][2] == "kept"
+    rep["evidence"]["latent"]["layer_groups_checked"] = []
+    assert cross_check_table(run) is None
+    assert cross_check_table(SimpleNamespace(meta={}, classes=[])) is None

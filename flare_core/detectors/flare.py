@@ -48,8 +48,11 @@ Default mode also (ours):
   ``latent_max_clusters``) against the rest of the class is a candidate too: that finds a 1 % poison set
   among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
   when, in its classes, it is a population of its own in the penultimate features (median held-out d' >=
-  ``latent_confirm``, 4.5; uncheckable small groups are kept), which refuses clumps of genuine outliers in
-  heavy-tailed layers (Blended all-to-all: FPR 1.72 % -> 0.14 %).  Without those inputs (or with
+  ``latent_confirm``, 4.5) *or* the model fits its main class part ``latent_loss_ratio`` times better than
+  the rest of that class (``latent_confirm_loss``, 10, the backdoor's loss signature; a group too small
+  for a held-out d' needs that signature; 0 = the separation test only, small groups kept), which refuses clumps of genuine outliers in heavy-tailed layers (Blended all-to-all: FPR
+  1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10 WaNet 12 epochs:
+  d' 2.2, fitted 4,000x better).  Without those inputs (or with
   ``use_latent='off'``) neither runs and the report says so.
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
@@ -113,6 +116,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_separation": 6.5,
     "latent_loss_ratio": 10.0,
     "latent_confirm": 4.5,
+    "latent_confirm_loss": 10.0,
     "latent_max_clusters": 6,
     "random_state": 0,
 }
@@ -164,6 +168,9 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_float(p["latent_separation"], "latent_separation", 0.0, low_open=True)
     V.check_float(p["latent_loss_ratio"], "latent_loss_ratio", 1.0)
     V.check_float(p["latent_confirm"], "latent_confirm", 0.0)
+    if 0 < V.check_float(p["latent_confirm_loss"], "latent_confirm_loss", 0.0) < 1:
+        raise FlareError(f"latent_confirm_loss must be 0 (the cross-check by separation only) or a ratio >= 1, "
+                         f"got {p['latent_confirm_loss']}.")
     V.check_int(p["latent_max_clusters"], "latent_max_clusters", 2, 12)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
@@ -493,10 +500,12 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     refused_layer_groups = False
     if run_latent and found and p["latent_confirm"] > 0 and latent_report.get("used"):
         # a per-layer group must also be a population of its own in its classes' penultimate features
-        from flare_core.detectors.latent import confirm_groups
+        from flare_core.detectors.latent import confirm_groups, sample_loss
 
         with _timed(seconds, "confirm"):
             flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
+                                              loss=sample_loss(Lg, y) if p["latent_confirm_loss"] > 0 else None,
+                                              loss_ratio=p["latent_confirm_loss"],
                                               random_state=p["random_state"])
         latent_report["layer_groups_checked"] = records
         refused_layer_groups = not all(r["kept"] for r in records)
@@ -587,8 +596,8 @@ class FlareDetector(BaseEstimator):
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
-                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5, latent_max_clusters: int = 6,
-                 random_state: Optional[int] = 0):
+                 latent_loss_ratio: float = 10.0, latent_confirm: float = 4.5, latent_confirm_loss: float = 10.0,
+                 latent_max_clusters: int = 6, random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
         self.n_neighbors = n_neighbors
@@ -611,6 +620,7 @@ class FlareDetector(BaseEstimator):
         self.latent_separation = latent_separation
         self.latent_loss_ratio = latent_loss_ratio
         self.latent_confirm = latent_confirm
+        self.latent_confirm_loss = latent_confirm_loss
         self.latent_max_clusters = latent_max_clusters
         self.random_state = random_state
 
