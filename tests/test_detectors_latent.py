@@ -137,11 +137,35 @@ def test_a_single_cloud_is_not_split():
 
 
 def test_close_subpopulations_are_not_split():
-    """Two sub-styles 3 sigma apart (like a clean class's modes) stay one leaf."""
+    """Two sub-styles 2.5 sigma apart a dimension (d' ~5, like a clean class's modes) stay one leaf, even when
+    the model fits the smaller one 100x better (a genuine easy sub-population: the clean Trousers' 129)."""
+    rng = np.random.default_rng(6)
+    P = np.vstack([cloud(rng, 700), cloud(rng, 300, shift=2.5)])
+    res = LT.split_class(P, np.concatenate([losses(rng, 700, 1e-2), losses(rng, 300, 1e-4)]), 0)
+    assert res.flagged_leaves == [] and res.evidence["splits"][0]["dprime"] < 5.5
+
+
+def test_a_split_short_of_the_threshold_stands_only_with_the_loss_signature():
+    """d' ~6 (between latent_loss_separation 5.5 and the threshold 6.5): a minority the model fits 100x
+    better is split off and flagged; the same geometry fitted alike, or a balanced split, is not."""
     rng = np.random.default_rng(6)
     P = np.vstack([cloud(rng, 700), cloud(rng, 300, shift=3.0)])
-    res = LT.split_class(P, np.concatenate([losses(rng, 700, 1e-2), losses(rng, 300, 1e-4)]), 0)
-    assert res.flagged_leaves == []
+    fitted = np.concatenate([losses(rng, 700, 1e-2), losses(rng, 300, 1e-4)])
+    res = LT.split_class(P, fitted, 0)
+    first = res.evidence["splits"][0]
+    assert 5.5 <= first["dprime"] < 6.5 and first["by"] == "loss" and first["loss_ratio"] > 10
+    flagged = np.zeros(1000, bool)
+    for i in res.flagged_leaves:
+        flagged[res.leaves[i]] = True
+    assert flagged[700:].mean() > 0.95 and flagged[:700].mean() < 0.02
+    alike = LT.split_class(P, losses(rng, 1000, 1e-2), 0)
+    assert alike.flagged_leaves == [] and alike.evidence["splits"][0]["by"] is None
+    off = LT.split_class(P, fitted, 0, loss_separation=None)
+    assert off.flagged_leaves == [] and off.evidence["splits"][0]["accepted"] is False
+    Pb = np.vstack([cloud(rng, 500), cloud(rng, 500, shift=3.0)])
+    balanced = LT.split_class(Pb, np.concatenate([losses(rng, 500, 1e-2), losses(rng, 500, 1e-4)]), 0)
+    first_b = balanced.evidence["splits"][0]
+    assert 5.5 <= first_b["dprime"] < 6.5 and not first_b["accepted"]  # the bag class: balanced, d' alone guards
 
 
 def test_peel_takes_a_closer_low_loss_part_only_with_the_signature():
@@ -296,6 +320,8 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_loss_ratio=0.5)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=1)
+    with pytest.raises(FlareError, match="latent_loss_separation"):
+        flare_detect(X, y, latent_loss_separation=-1)
     with pytest.raises(FlareError, match="latent_confirm_loss"):
         flare_detect(X, y, latent_confirm_loss=0.5)
     with pytest.raises(FlareError, match="latent_confirm_loss"):

@@ -65,6 +65,9 @@ import numpy as np
 
 #: A split stands when its held-out d' reaches this (see the module docstring for the calibration).
 DEFAULT_MIN_SEPARATION = 6.5
+#: A split short of DEFAULT_MIN_SEPARATION stands at this held-out d' when its smaller side (< DEFAULT_MINORITY of
+#: the rows) is fitted DEFAULT_LOSS_RATIO times better than the other (the two signals together).
+DEFAULT_LOSS_SEPARATION = 5.5
 #: Leaves holding at least this share of their class are "major" (the rest are flagged).
 DEFAULT_MINORITY = 0.35
 #: A second major leaf is flagged only when its median loss is this many times below the reference's.
@@ -249,13 +252,22 @@ def _bisect(Z: np.ndarray, n_components: int, random_state: Optional[int], max_c
 def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATION, max_depth: int = DEFAULT_MAX_DEPTH,
                  n_components: int = DEFAULT_COMPONENTS, min_split: int = MIN_SPLIT_ROWS,
                  random_state: Optional[int] = 0, keep_rows: bool = False,
-                 max_clusters: int = DEFAULT_MAX_CLUSTERS) -> tuple[list, list]:
+                 max_clusters: int = DEFAULT_MAX_CLUSTERS, loss: Optional[np.ndarray] = None,
+                 loss_separation: Optional[float] = DEFAULT_LOSS_SEPARATION, loss_ratio: float = DEFAULT_LOSS_RATIO,
+                 minority: float = DEFAULT_MINORITY) -> tuple[list, list]:
     """Leaves (arrays of row positions) of the recursive bisection of ``Z`` and a record of every split
-    tried: ``{"depth", "rows", "sizes", "dprime", "accepted", "candidate"}`` (``candidate``: "2-means" or
-    "k-means cluster, k=K", the split :func:`bisect_once` chose; plus ``"sides"``, the two arrays of row
-    positions, with ``keep_rows=True``: the calibration benchmark needs them)."""
+    tried: ``{"depth", "rows", "sizes", "dprime", "accepted", "candidate", "by"}`` (``candidate``: "2-means"
+    or "k-means cluster, k=K", the split :func:`bisect_once` chose; ``by``: "separation", "loss" or None;
+    plus ``"sides"``, the two arrays of row positions, with ``keep_rows=True``: the calibration benchmark
+    needs them).
+
+    With ``loss`` (per row) and ``loss_separation`` given, a split short of ``min_separation`` still
+    stands when it reaches ``loss_separation``, its smaller side holds under ``minority`` of the rows and
+    the model fits that side ``loss_ratio`` times better than the other (median loss): the two signals
+    together, distance and the backdoor's loss signature (step 2 of the module docstring)."""
     leaves: list = []
     splits: list = []
+    loss = None if loss is None else np.asarray(loss, dtype=np.float64)
 
     def visit(rows: np.ndarray, depth: int) -> None:
         if len(rows) < min_split or depth >= max_depth:
@@ -263,9 +275,20 @@ def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATIO
             return
         side, d, kind = _bisect(_robust_standardize(Z[rows]), n_components, random_state, max_clusters,
                                 min_separation)
-        accepted = bool(d >= min_separation)
-        splits.append({"depth": depth, "rows": int(len(rows)), "sizes": [int(side.sum()), int((~side).sum())],
-                       "dprime": round(float(d), 3), "accepted": accepted, "candidate": kind})
+        by = "separation" if d >= min_separation else None
+        record = {"depth": depth, "rows": int(len(rows)), "sizes": [int(side.sum()), int((~side).sum())],
+                  "dprime": round(float(d), 3), "candidate": kind}
+        if loss is not None:
+            small = side if side.sum() <= (~side).sum() else ~side
+            l_small, l_large = float(np.median(loss[rows[small]])), float(np.median(loss[rows[~small]]))
+            ratio = l_large / max(l_small, np.finfo(np.float64).tiny) if l_large > 0 else 1.0
+            record["loss_ratio"] = float(f"{ratio:.4g}")
+            if (by is None and loss_separation is not None and d >= loss_separation
+                    and small.sum() < minority * len(rows) and ratio >= loss_ratio):
+                by = "loss"
+        accepted = by is not None
+        record.update(accepted=accepted, by=by)
+        splits.append(record)
         if keep_rows:
             splits[-1]["sides"] = (rows[side], rows[~side])
         if not accepted:
@@ -363,13 +386,15 @@ def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: 
                 peel_separation: float = DEFAULT_PEEL_SEPARATION,
                 max_depth: int = DEFAULT_MAX_DEPTH, n_components: int = DEFAULT_COMPONENTS,
                 random_state: Optional[int] = 0, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-                keep_rows: bool = False) -> ClassSplit:
+                loss_separation: Optional[float] = DEFAULT_LOSS_SEPARATION, keep_rows: bool = False) -> ClassSplit:
     """The latent stage for one class: ``P`` its (n, D) penultimate features, ``loss`` its per-sample loss.
+    ``loss_separation``: see :func:`bisect_class` (None: splits stand on ``min_separation`` alone).
     ``keep_rows``: each record in ``splits`` also holds its two sides (row positions; for the calibration)."""
     Z = _robust_standardize(np.asarray(P, dtype=np.float64))
     leaves, splits = bisect_class(Z, min_separation=min_separation, max_depth=max_depth,
                                   n_components=n_components, random_state=random_state, max_clusters=max_clusters,
-                                  keep_rows=keep_rows)
+                                  keep_rows=keep_rows, loss=loss, loss_separation=loss_separation,
+                                  loss_ratio=loss_ratio, minority=minority)
     sizes = [int(len(leaf)) for leaf in leaves]
     losses = [float(np.median(loss[leaf])) for leaf in leaves]
     flagged, ref, reason = poisoned_leaves(sizes, losses, minority=minority, loss_ratio=loss_ratio)
