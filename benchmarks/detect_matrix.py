@@ -36,7 +36,9 @@ MATRIX_10 = ("fmnist-clean", "fmnist-badnets-10", "fmnist-blended-10", "fmnist-t
              "fmnist-sig-5", "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10", "fmnist-wanet-10-e10")
 MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
               "fmnist-badnets-0.5", "fmnist-blended-0.5", "fmnist-wanet-0.5",
-              "fmnist-blended-0.5-e10", "fmnist-wanet-1-e10", "fmnist-wanet-0.5-e10")
+              "fmnist-blended-0.5-e10", "fmnist-wanet-1-e10", "fmnist-wanet-0.5-e10", "fmnist-wanet-0.5-e20",
+              "fmnist-trojan-1-e10", "fmnist-trojan-0.5-e10", "fmnist-sig-1-e10", "fmnist-badnets-a2a-1-e10",
+              "fmnist-blended-a2a-1-e10")
 
 # Hou et al. (arXiv 2411.19479), CIFAR-10 ResNet-18, FLARE: (TPR %, FPR %). No poison: 2.89 % flagged.
 PUBLISHED = {

@@ -264,9 +264,9 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         if _plot_f1(ten, plots / "detect_f1_fmnist.png", "F1 per cell (clean row: 1 - 10 x flagged share)"):
             parts.append(f"![F1 heatmap]({rel(plots / 'detect_f1_fmnist.png')})")
         if low:
-            parts += ["### Low poison rates (1 % and 0.5 %)", detection_tables(low, "Same detectors. The `-e10` rows are the same poisoned sets trained for 10 "
-                                                       "epochs instead of 2, because at 2 epochs those backdoors had not taken "
-                                                       "(see the ASR column).", zoo_models)]
+            parts += ["### Low poison rates (1 % and 0.5 %)", detection_tables(low, "Same detectors. The `-e10` / `-e20` rows are the same poisoned sets trained "
+                                                       "for 10 / 20 epochs instead of 2, because at 2 epochs those backdoors had "
+                                                       "not taken (see the ASR column).", zoo_models)]
             if _plot_f1(low, plots / "detect_f1_fmnist_low.png", "F1 per cell, low poison rates"):
                 parts.append(f"![F1 heatmap, low rates]({rel(plots / 'detect_f1_fmnist_low.png')})")
         notes = loss_notes(rows)
