@@ -67,7 +67,7 @@ def _speed_note(r: dict) -> str:
         note = (note + "; " if note else "") + "1 torch thread (the machine was shared)"
     ph = r.get("phases")
     if ph:
-        order = ("umap", "hdbscan", "decision", "placing", "latent", "confirm", "other")
+        order = ("umap", "hdbscan", "decision", "placing", "latent", "confirm", "join", "other")
         parts = [f"{k} {ph[k]:.1f}" for k in order if ph.get(k)]
         note = (note + "; " if note else "") + (f"{ph.get('prefixes_tried', '?')} prefixes tried; s: "
                                                 + ", ".join(parts))

@@ -320,6 +320,8 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_loss_ratio=0.5)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=1)
+    with pytest.raises(FlareError, match="latent_join"):
+        flare_detect(X, y, latent_join="yes")
     with pytest.raises(FlareError, match="latent_loss_separation"):
         flare_detect(X, y, latent_loss_separation=-1)
     with pytest.raises(FlareError, match="latent_confirm_loss"):
@@ -486,6 +488,27 @@ def test_confirm_keeps_a_small_group_only_on_its_loss_signature_when_losses_are_
     loss[:10] = 1e-4
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int), loss=loss)
     assert kept[:10].all() and records[0]["kept_by"] == "loss"
+
+
+def test_join_flagged_classes_extends_flags_only_in_a_class_with_the_loss_signature():
+    rng = np.random.default_rng(21)
+    # class 0: 700 genuine + 300 poison (a cloud of its own), 200 of the poison flagged; class 1: alike, no signature
+    P = np.vstack([cloud(rng, 700), cloud(rng, 300, shift=8.0), cloud(rng, 700), cloud(rng, 300, shift=8.0)])
+    y = np.repeat([0, 1], 1000)
+    flagged = np.zeros(2000, bool)
+    flagged[700:900] = True
+    flagged[1700:1900] = True
+    loss = np.concatenate([losses(rng, 700, 1e-2), losses(rng, 300, 1e-5), losses(rng, 1000, 1e-2)])
+    before = (P.copy(), flagged.copy(), loss.copy())
+    joined, records = LT.join_flagged_classes(P, y, flagged, loss)
+    for a, b in zip((P, flagged, loss), before):
+        np.testing.assert_array_equal(a, b)
+    assert joined[900:1000].mean() > 0.95 and not joined[:700].any()  # the rest of the poison, no genuine
+    assert not joined[1000:].any()  # class 1's flags are not fitted better: left alone
+    by_class = {r["class"]: r for r in records}
+    assert by_class[0]["signature"] and by_class[0]["joined"] == int(joined[:1000].sum())
+    assert not by_class[1]["signature"] and by_class[1]["joined"] == 0
+    assert not LT.join_flagged_classes(P, y, np.zeros(2000, bool), loss)[0].any()
 
 
 def test_estimator_exposes_every_flare_parameter():

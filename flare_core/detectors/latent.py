@@ -539,3 +539,38 @@ def _loss_ratio(loss: np.ndarray, y: np.ndarray, members: np.ndarray) -> Optiona
     if lr <= 0:
         return 1.0 if lp <= 0 else 0.0
     return lr / max(lp, np.finfo(np.float64).tiny)
+
+
+def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss: np.ndarray, *,
+                         loss_ratio: float = DEFAULT_LOSS_RATIO, k: int = JOIN_NEIGHBOURS) -> tuple[np.ndarray, list]:
+    """The join step (5) over FLARE default's final flags, whichever stage made them.
+
+    In every class whose flagged samples carry the backdoor's loss signature (their median loss at least
+    ``loss_ratio`` times below the rest of the class), a sample whose ``k`` nearest samples of its class in
+    the penultimate features ``P`` are mostly flagged is flagged too (:func:`join_neighbours`, the same
+    space as the latent stage's own join).  A per-layer group found at the full prefix often holds only the
+    poison that is abnormal in range; the rest of the poison lies beside it in the penultimate features
+    (CIFAR-10 WaNet, 12 epochs: 71.8 % -> 97.7 % of the poison, FPR 0.47 -> 0.55 %).  Classes without the
+    signature are left alone.  Returns (newly joined rows (N,) bool, one record per class with flags);
+    inputs are not modified.
+    """
+    flagged = np.asarray(flagged, dtype=bool)
+    loss = np.asarray(loss, dtype=np.float64)
+    joined = np.zeros(len(flagged), dtype=bool)
+    records = []
+    for c in np.unique(y[flagged]):
+        idx = np.flatnonzero(y == c)
+        m = flagged[idx]
+        if m.all():
+            continue
+        lf, lr = float(np.median(loss[idx[m]])), float(np.median(loss[idx[~m]]))
+        ratio = lr / max(lf, np.finfo(np.float64).tiny) if lr > 0 else 1.0
+        signature = bool(ratio >= loss_ratio and m.sum() > k and (~m).sum() > k)
+        n_joined = 0
+        if signature:
+            j = join_neighbours(_robust_standardize(np.asarray(P[idx], dtype=np.float64)), m, k=k)
+            joined[idx[j]] = True
+            n_joined = int(j.sum())
+        records.append({"class": int(c), "flagged": int(m.sum()), "loss_ratio": float(f"{ratio:.4g}"),
+                        "signature": signature, "joined": n_joined})
+    return joined, records
