@@ -123,6 +123,10 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     else:
         stages = ([REPRESENTATION_TEXT.get(base, base)] if base else []) + ([REPRESENTATION_TEXT["latent"]] if latent else [])
         sentence = "Flagged by " + " and by ".join(stages) + "."
+        joined = sum(r.get("joined", 0) for r in ((report.get("evidence") or {}).get("latent") or {}).get("joined") or [])
+        if joined:
+            sentence += (f" {joined:,} more sample(s) joined them: their nearest class-mates in the penultimate "
+                         "features were flagged, in a class whose flagged samples the model fits far better.")
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

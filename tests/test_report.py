@@ -122,6 +122,9 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     assert list(table["split by"]) == ["k-means cluster, k=4", "2-means"]
     rep["representation"] = "layers+latent"
     assert "per-layer" in how_found(run)[0] and "latent" in how_found(run)[0]
+    assert "joined" not in how_found(run)[0]
+    rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 1280}, {"class": 1, "joined": 0}]
+    assert "1,280 more sample(s) joined" in how_found(run)[0]
     rep.update(found=False, representation="layers")
     assert how_found(run)[0].startswith("No FLARE stage")
     assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)
