@@ -27,7 +27,7 @@ from benchmarks.zoo import FMNIST_SPECS, ZooEntry, build, train_and_evaluate
 
 logger = logging.getLogger(__name__)
 
-ATTACKS_10 = ("fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10", "fmnist-sig-5",
+ATTACKS_10 = ("fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10", "fmnist-wanet-10-e10", "fmnist-sig-5",
               "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10")
 COLUMNS = ["model", "attack", "mode", "rate", "n_train", "n_poisoned", "poisoned_ba", "poisoned_asr",
            "flare_flagged", "flare_tpr", "flare_fpr", "purified_n", "purified_poison_left", "purified_ba",

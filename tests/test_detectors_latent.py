@@ -490,6 +490,37 @@ def test_confirm_keeps_a_small_group_only_on_its_loss_signature_when_losses_are_
     assert kept[:10].all() and records[0]["kept_by"] == "loss"
 
 
+def _classes_with_minorities(rng, shifts):
+    """One class per shift: 700 genuine + 300 'poison' at that shift, all fitted alike (no loss signature)."""
+    P = np.vstack([np.vstack([cloud(rng, 700), cloud(rng, 300, shift=sh)]) for sh in shifts])
+    y = np.repeat(np.arange(len(shifts)), 1000)
+    truth = np.tile(np.r_[np.zeros(700, bool), np.ones(300, bool)], len(shifts))
+    return P, y, losses(rng, len(y), 1e-2), truth
+
+
+def test_poison_found_in_other_classes_lowers_the_first_split_bar_of_the_rest():
+    """All-to-all: two classes split off their minority far apart (d' >> 6.5), a third only at d' ~6."""
+    rng = np.random.default_rng(22)
+    P, y, loss, truth = _classes_with_minorities(rng, [8.0, 8.0, 3.0])
+    flagged, _, _, evidence = LT.latent_detect(P, y, loss)
+    third = y == 2
+    assert evidence[2]["splits"][0]["by"] == "other classes"
+    assert 5.5 <= evidence[2]["splits"][0]["dprime"] < 6.5
+    assert flagged[third & truth].mean() > 0.95 and flagged[third & ~truth].mean() < 0.02
+    assert "another class" in evidence[2]["reason"]
+
+
+def test_a_close_minority_alone_is_not_flagged():
+    """The same d' ~6 minority with no poison found elsewhere (nor a loss signature): nothing flagged."""
+    rng = np.random.default_rng(22)
+    P, y, loss, _ = _classes_with_minorities(rng, [0.0, 0.0, 3.0])
+    flagged, _, _, evidence = LT.latent_detect(P, y, loss)
+    assert not flagged.any() and evidence[2]["splits"][0]["accepted"] is False
+    off_bar, _, _, _ = LT.latent_detect(*_classes_with_minorities(np.random.default_rng(22), [8.0, 8.0, 3.0])[:3],
+                                        loss_separation=None)
+    assert not off_bar[2000:].any()  # the lower bar is the loss_separation parameter: None = off
+
+
 def test_join_flagged_classes_extends_flags_only_in_a_class_with_the_loss_signature():
     rng = np.random.default_rng(21)
     # class 0: 700 genuine + 300 poison (a cloud of its own), 200 of the poison flagged; class 1: alike, no signature

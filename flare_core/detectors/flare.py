@@ -51,7 +51,9 @@ Default mode also (ours):
   (under 35 % of the rows) is fitted ``latent_loss_ratio`` times better than the other: distance and the
   backdoor's loss signature together (calibration: genuine minority splits fitted >= 10x better reach d'
   5.09 at most over 25 models; the poisoned sets of Blended 0.5 % and WaNet 10 %, both 10 epochs, split
-  off at 5.81 / 6.20, fitted 14x / 1,400x better).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
+  off at 5.81 / 6.20, fitted 14x / 1,400x better).  Poison found in one class is the second signal for the
+  others: then a class's *first* split stands at ``latent_loss_separation`` when its smaller side is a
+  minority, fitted better or not (all-to-all attacks put a poison set in every class).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
   when, in its classes, it is a population of its own in the penultimate features (median held-out d' >=
   ``latent_confirm``, 4.5) *or* the model fits its main class part ``latent_loss_ratio`` times better than
   the rest of that class (``latent_confirm_loss``, 10, the backdoor's loss signature; a group too small
