@@ -78,11 +78,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = Path(args.out or tempfile.mkdtemp(prefix="flare-bench-quick-"))
         print(run_quick(work))
         return 0
-    from benchmarks import detect_matrix, foundation, latent_calibration, purification, report, separability, speed
+    from benchmarks import (confirm_study, detect_matrix, foundation, latent_calibration, purification, report,
+                            separability, speed)
 
     foundation.main(["--retrain"] if args.retrain else [])
-    detect_matrix.main((["--force"] if args.force else []) + ([] if args.skip_low else ["--low-rates"]))
-    latent_calibration.main([])
+    force = ["--force"] if args.force else []
+    detect_matrix.main(force + ([] if args.skip_low else ["--low-rates"]))
+    fmnist = list(detect_matrix.MATRIX_10) + ([] if args.skip_low else list(detect_matrix.MATRIX_LOW))
+    cifar = list(detect_matrix.MATRIX_CIFAR) if args.cifar else []
+    if cifar:
+        detect_matrix.main(force + ["--cifar", args.cifar] + cifar)
+    cifar_opt = ["--cifar", args.cifar] if args.cifar else []
+    latent_calibration.main(cifar_opt + fmnist + cifar)
+    confirm_study.main(cifar_opt + fmnist + cifar)
     separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
     if not args.skip_purification:
         purification.main(["--force"] if args.force else [])
