@@ -156,7 +156,12 @@ def _plot_f1(rows: list, path: Path, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(1.3 * len(dets) + 3, 0.45 * len(models) + 1.5))
     im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(dets)), dets, rotation=30, ha="right")
-    ax.set_yticks(range(len(models)), [_label(next(iter(by[m].values()))) for m in models])
+    def _row_label(m: str) -> str:  # the attack, plus the training length when the model name carries it
+        suffix = m.rsplit("-", 1)[-1]
+        extra = f" ({suffix[1:]} epochs)" if suffix[:1] == "e" and suffix[1:].isdigit() else ""
+        return _label(next(iter(by[m].values()))) + extra
+
+    ax.set_yticks(range(len(models)), [_row_label(m) for m in models])
     for i in range(len(models)):
         for j in range(len(dets)):
             if not np.isnan(M[i, j]):
