@@ -46,24 +46,25 @@ Default mode also (ours):
   poison rates, whose activations are not abnormal in range (Fashion-MNIST Blended 10 %: 0 % -> 100 %
   TPR).  When the plain 2-means split of a class falls short, every k-means cluster (k = 3..
   ``latent_max_clusters``) against the rest of the class is a candidate too: that finds a 1 % poison set
-  among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR).  A split short of
-  ``latent_separation`` still stands at ``latent_loss_separation`` (5.5; 0 = off) when its smaller side
-  (under 35 % of the rows) is fitted ``latent_loss_ratio`` times better than the other: distance and the
-  backdoor's loss signature together (calibration: genuine minority splits fitted >= 10x better reach d'
-  5.09 at most over 25 models; the poisoned sets of Blended 0.5 % and WaNet 10 %, both 10 epochs, split
-  off at 5.81 / 6.20, fitted 14x / 1,400x better).  Poison found in one class is the second signal for the
-  others: then a class's *first* split stands at ``latent_loss_separation`` when its smaller side is a
-  minority, fitted better or not (all-to-all attacks put a poison set in every class).  With those inputs a group the per-layer stage flags is also cross-checked there: it is kept only
-  when, in its classes, it is a population of its own in the penultimate features (median held-out d' >=
-  ``latent_confirm``, 4.5) *or* the model fits its main class part ``latent_loss_ratio`` times better than
-  the rest of that class (``latent_confirm_loss``, 10, the backdoor's loss signature; a group too small
-  for a held-out d' needs that signature; 0 = the separation test only, small groups kept), which refuses clumps of genuine outliers in heavy-tailed layers (Blended all-to-all: FPR
-  1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10 WaNet 12 epochs:
-  d' 2.2, fitted 4,000x better).  Last (``latent_join='auto'``), in every class whose flagged samples
-  the model fits ``latent_loss_ratio`` times better than the rest, a sample whose 10 nearest samples of
-  its class in the penultimate features are mostly flagged is flagged too: a per-layer group holds the
-  poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12 epochs:
-  71.8 % -> 97.7 % TPR).  Without those inputs (or with
+  among a class's natural sub-modes (Blended 1 %: 0 % -> 99.8 % TPR). A split short of ``latent_separation``
+  still stands at ``latent_loss_separation`` (5.5; 0 = off) when its smaller side (under 35 % of the rows)
+  is fitted ``latent_loss_ratio`` times better than the other: distance and the backdoor's loss signature
+  together (calibration: genuine minority splits fitted >= 10x better reach d' 5.09 at most over 25 models;
+  the poisoned sets of Blended 0.5 % and WaNet 10 %, both 10 epochs, split off at 5.81 / 6.20, fitted 14x /
+  1,400x better). Poison found in one class is the second signal for the others: then a class's *first*
+  split stands at ``latent_loss_separation`` when its smaller side is a minority, fitted better or not
+  (all-to-all attacks put a poison set in every class). With those inputs a group the per-layer stage flags
+  is also cross-checked there: it is kept only when, in its classes, it is a population of its own in the
+  penultimate features (median held-out d' >= ``latent_confirm``, 4.5) *or* the model fits its main class
+  part ``latent_loss_ratio`` times better than the rest of that class (``latent_confirm_loss``, 10, the
+  backdoor's loss signature; a group too small for a held-out d' needs that signature; 0 = the separation
+  test only, small groups kept), which refuses clumps of genuine outliers in heavy-tailed layers (Blended
+  all-to-all: FPR 1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10
+  WaNet 12 epochs: d' 2.2, fitted 4,000x better). Last (``latent_join='auto'``), in every class whose
+  flagged samples the model fits ``latent_loss_ratio`` times better than the rest, a sample whose 10 nearest
+  samples of its class in the penultimate features are mostly flagged is flagged too: a per-layer group
+  holds the poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12
+  epochs: 71.8 % -> 97.7 % TPR). Without those inputs (or with
   ``use_latent='off'``) neither runs and the report says so.
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
@@ -181,7 +182,8 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_float(p["latent_separation"], "latent_separation", 0.0, low_open=True)
     V.check_float(p["latent_loss_ratio"], "latent_loss_ratio", 1.0)
     V.check_float(p["latent_confirm"], "latent_confirm", 0.0)
-    V.check_float(p["latent_loss_separation"], "latent_loss_separation", 0.0)  # 0 = off; >= latent_separation: no effect
+    # 0 = off; at or above latent_separation it has no effect
+    V.check_float(p["latent_loss_separation"], "latent_loss_separation", 0.0)
     if 0 < V.check_float(p["latent_confirm_loss"], "latent_confirm_loss", 0.0) < 1:
         raise FlareError(f"latent_confirm_loss must be 0 (the cross-check by separation only) or a ratio >= 1, "
                          f"got {p['latent_confirm_loss']}.")
