@@ -432,12 +432,16 @@ def test_confirm_keeps_a_separated_group_and_refuses_an_outlier_clump():
     assert not by_group[2]["kept"] and by_group[2]["median_dprime"] < 3
 
 
-def test_confirm_keeps_groups_too_small_to_check():
-    rng = np.random.default_rng(17)
-    P = cloud(rng, 300)
-    y = np.zeros(300, int)
+def _small_group(seed):
+    """A flagged group of 10 in a class of 300: too small for a held-out d'."""
+    rng = np.random.default_rng(seed)
     flagged = np.zeros(300, bool)
     flagged[:10] = True
+    return rng, cloud(rng, 300), np.zeros(300, int), flagged
+
+
+def test_confirm_keeps_groups_too_small_to_check():
+    _, P, y, flagged = _small_group(17)
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int))
     assert kept[:10].all() and records[0]["checked"] is False and records[0]["kept_by"] == "unchecked"
 
@@ -477,11 +481,7 @@ def test_confirm_refuses_a_close_group_fitted_only_somewhat_better():
 
 
 def test_confirm_keeps_a_small_group_only_on_its_loss_signature_when_losses_are_given():
-    rng = np.random.default_rng(20)
-    P = cloud(rng, 300)
-    y = np.zeros(300, int)
-    flagged = np.zeros(300, bool)
-    flagged[:10] = True
+    rng, P, y, flagged = _small_group(20)
     loss = rng.uniform(0.5, 1.5, 300)
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int), loss=loss)
     assert not kept.any() and records[0]["checked"] is False and records[0]["kept"] is False
