@@ -153,7 +153,8 @@ KEPT_BY_TEXT = {
     "separation": "kept: a population of its own in its class",
     "loss": "kept: the model fits it far better than the rest of its class",
     "unchecked": "kept: too small to check",
-    None: "refused: neither separated nor fitted far better",
+    "kept": "kept",  # records from before the cross-check said which rule kept a group
+    "refused": "refused: neither separated nor fitted far better",
 }
 
 
@@ -175,8 +176,7 @@ def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
             "classes tested": ", ".join(map(str, classes)) or "-",
             "median d'": r.get("median_dprime"),
             "fitted x better": r.get("loss_ratio"),
-            "decision": (KEPT_BY_TEXT.get(r.get("kept_by"), "kept") if r.get("kept") and r.get("kept_by")
-                         else "kept" if r.get("kept") else KEPT_BY_TEXT[None]),
+            "decision": KEPT_BY_TEXT[(r.get("kept_by") or "kept") if r.get("kept") else "refused"],
         })
     return pd.DataFrame(rows)
 

@@ -547,3 +547,10 @@ def test_estimator_exposes_every_flare_parameter():
 
     assert set(FlareDetector().get_params()) == set(DEFAULT_PARAMS)
     assert FlareDetector(latent_confirm=0).get_params()["latent_confirm"] == 0
+
+
+def test_fitted_better_is_the_ratio_of_median_losses_and_safe_at_zero():
+    assert LT.fitted_better(np.array([1e-4, 1e-4, 5.0]), np.array([1.0, 1.0, 0.0])) == pytest.approx(1e4)
+    assert LT.fitted_better(np.zeros(3), np.ones(3)) > 1e300  # a perfectly fitted part: huge, finite
+    assert LT.fitted_better(np.ones(3), np.zeros(3)) == 0.0
+    assert LT.fitted_better(np.zeros(3), np.zeros(3)) == 1.0

@@ -492,9 +492,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             from flare_core.detectors.latent import latent_detect, sample_loss
 
             report_progress("latent", 0, 1)
+            loss = sample_loss(Lg, y)  # also read by the cross-check and the join step below
             with _timed(seconds, "latent"):
                 latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
-                    P, y, sample_loss(Lg, y), min_separation=p["latent_separation"],
+                    P, y, loss, min_separation=p["latent_separation"],
                     loss_ratio=p["latent_loss_ratio"], max_clusters=p["latent_max_clusters"],
                     loss_separation=p["latent_loss_separation"] or None,
                     random_state=p["random_state"])
@@ -518,11 +519,11 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     refused_layer_groups = False
     if run_latent and found and p["latent_confirm"] > 0 and latent_report.get("used"):
         # a per-layer group must also be a population of its own in its classes' penultimate features
-        from flare_core.detectors.latent import confirm_groups, sample_loss
+        from flare_core.detectors.latent import confirm_groups
 
         with _timed(seconds, "confirm"):
             flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
-                                              loss=sample_loss(Lg, y) if p["latent_confirm_loss"] > 0 else None,
+                                              loss=loss if p["latent_confirm_loss"] > 0 else None,
                                               loss_ratio=p["latent_confirm_loss"],
                                               random_state=p["random_state"])
         latent_report["layer_groups_checked"] = records
@@ -547,10 +548,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         found = True
     if run_latent and found and p["latent_join"] == "auto" and latent_report.get("used"):
         # samples beside the flagged ones in a class with the backdoor's loss signature join them
-        from flare_core.detectors.latent import join_flagged_classes, sample_loss
+        from flare_core.detectors.latent import join_flagged_classes
 
         with _timed(seconds, "join"):
-            joined, join_records = join_flagged_classes(P, y, flagged, sample_loss(Lg, y),
+            joined, join_records = join_flagged_classes(P, y, flagged, loss,
                                                         loss_ratio=p["latent_loss_ratio"])
         latent_report["joined"] = join_records
         if joined.any():

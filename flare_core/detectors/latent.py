@@ -119,6 +119,16 @@ def sample_loss(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return log_norm - z[np.arange(len(z)), np.asarray(y)]
 
 
+def fitted_better(loss_part: np.ndarray, loss_rest: np.ndarray) -> float:
+    """How many times better the model fits ``loss_part`` than ``loss_rest``: the ratio of their median
+    losses, rest over part (the backdoor's signature when >= the loss ratio; 0 when the rest is fitted
+    perfectly and the part is not, 1 when both are)."""
+    lp, lr = float(np.median(loss_part)), float(np.median(loss_rest))
+    if lr <= 0:
+        return 1.0 if lp <= 0 else 0.0
+    return lr / max(lp, np.finfo(np.float64).tiny)
+
+
 def _robust_standardize(X: np.ndarray) -> np.ndarray:
     from flare_core.detectors.preprocess import robust_standardize
 
@@ -290,8 +300,7 @@ def bisect_class(Z: np.ndarray, *, min_separation: float = DEFAULT_MIN_SEPARATIO
                   "dprime": round(float(d), 3), "candidate": kind}
         if loss is not None:
             small = side if side.sum() <= (~side).sum() else ~side
-            l_small, l_large = float(np.median(loss[rows[small]])), float(np.median(loss[rows[~small]]))
-            ratio = l_large / max(l_small, np.finfo(np.float64).tiny) if l_large > 0 else 1.0
+            ratio = fitted_better(loss[rows[small]], loss[rows[~small]])
             record["loss_ratio"] = float(f"{ratio:.4g}")
             if (by is None and loss_separation is not None and d >= loss_separation
                     and small.sum() < minority * len(rows) and ratio >= loss_ratio):
@@ -537,13 +546,10 @@ def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np
                 per_class.append({"class": int(c), "n": int(m.sum()), "dprime": round(float(d), 3)})
         median = float(np.median([r["dprime"] for r in per_class])) if per_class else None
         separated = median is not None and median >= min_separation
-        ratio = None
-        if loss is not None:
-            ratio = _loss_ratio(loss, y, members)
-        fitted_better = ratio is not None and ratio >= loss_ratio
+        ratio = None if loss is None else _main_part_ratio(loss, y, members)
         if separated:
             ok, by = True, "separation"
-        elif fitted_better:
+        elif ratio is not None and ratio >= loss_ratio:
             ok, by = True, "loss"
         elif per_class or loss is not None:
             ok, by = False, None
@@ -558,17 +564,12 @@ def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np
     return kept, records
 
 
-def _loss_ratio(loss: np.ndarray, y: np.ndarray, members: np.ndarray) -> Optional[float]:
-    """Median loss of the rest of the group's largest class over the group's part in it (None when the
-    group is the whole class).  Large = the group is fitted far better than its class."""
+def _main_part_ratio(loss: np.ndarray, y: np.ndarray, members: np.ndarray) -> Optional[float]:
+    """:func:`fitted_better` of the group's part in its largest class against the rest of that class
+    (None when the group is the whole class)."""
     c = np.bincount(y[members]).argmax()
     part, rest = members & (y == c), ~members & (y == c)
-    if not rest.any():
-        return None
-    lp, lr = float(np.median(loss[part])), float(np.median(loss[rest]))
-    if lr <= 0:
-        return 1.0 if lp <= 0 else 0.0
-    return lr / max(lp, np.finfo(np.float64).tiny)
+    return fitted_better(loss[part], loss[rest]) if rest.any() else None
 
 
 def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss: np.ndarray, *,
@@ -593,8 +594,7 @@ def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss
         m = flagged[idx]
         if m.all():
             continue
-        lf, lr = float(np.median(loss[idx[m]])), float(np.median(loss[idx[~m]]))
-        ratio = lr / max(lf, np.finfo(np.float64).tiny) if lr > 0 else 1.0
+        ratio = fitted_better(loss[idx[m]], loss[idx[~m]])
         signature = bool(ratio >= loss_ratio and m.sum() > k and (~m).sum() > k)
         n_joined = 0
         if signature:
