@@ -120,6 +120,80 @@ def run_one(entry: ZooEntry, clean_ba: Optional[float], *, zoo: Path = ZOO, cach
     return row
 
 
+def purified_subset(entry: ZooEntry, run_dir: Path, out_dir: Path, expected_n: int) -> Path:
+    """The purified set of the FLARE run cached in ``run_dir``, written again into ``out_dir`` from the
+    run's manifest by the export ``flare purify`` uses (its unflagged rows, in index order: the same samples
+    as ``OUT/purified``, which ``run_one`` removes to keep the cache small). Refuses a manifest whose kept
+    count is not the row's. Returns the .npz path."""
+    import pandas as pd
+
+    from flare_core.data import load_dataset
+    from flare_core.data.writers import export_subset
+
+    man = pd.read_csv(Path(run_dir) / "manifest.csv")
+    keep = man["index"].to_numpy()[man["flagged"].to_numpy() == 0]
+    if len(keep) != expected_n:
+        raise RuntimeError(f"The cached FLARE run in {run_dir} keeps {len(keep)} samples but the purification row "
+                           f"says {expected_n}; re-run with --force.")
+    return Path(export_subset(load_dataset(entry.train), keep, out_dir, overwrite=True))
+
+
+def _seed_dir(zoo: Path, spec, kind: str, seed: int) -> Path:
+    base = Path(zoo) / spec.name / "derived"
+    return base / kind if seed == spec.seed else base / f"{kind}-seed{seed}"
+
+
+def _retrain(entry: ZooEntry, row: dict, kind: str, data: Path, n: int, seed: int, epochs: int, *,
+             zoo: Path, force: bool) -> dict:
+    """BA/ASR of the ``kind`` ('purified' or 'ceiling') model trained with ``seed``: the row's own for the
+    zoo seed, a reused ``derived/<kind>-seed<k>/metrics.json`` that matches, or a new training."""
+    spec = entry.spec
+    if seed == spec.seed:
+        return {"benign_accuracy": row[f"{kind}_ba"], "attack_success_rate": row[f"{kind}_asr"]}
+    d = _seed_dir(zoo, spec, kind, seed)
+    m = None if force else read_json(d / "metrics.json", None)
+    if m and m.get("seed") == seed and m.get("epochs") == epochs and m.get("n_train") == n:
+        return m
+    return train_and_evaluate(data, entry.test_clean, entry.test_poisoned, d / "model.pt", d / "metrics.json",
+                              arch=spec.arch, epochs=epochs, seed=seed,
+                              extra={"trained_on_desc": f"{kind} set, seed spread"})
+
+
+def seed_spread(entry: ZooEntry, row: dict, seeds: Sequence[int], *, zoo: Path = ZOO, cache: Path = CACHE,
+                out_dir: Path = RESULTS / "purification", force: bool = False) -> dict:
+    """Retrain the purified and the ceiling model under every seed in ``seeds`` (the same training sets;
+    only the initialisation and batch order change) and add each seed's BA/ASR, their means and spreads,
+    and the issue-3 check on the means to ``row`` (written back to the row's JSON).
+
+    One retraining's ASR moves by a point or more with its seed at 2 epochs, so a single-run ASR near the
+    2 % line cannot settle "retraining brings ASR under 2 %"; the mean over seeds, with its spread, can."""
+    spec = entry.spec
+    epochs = int(row["retrain_epochs"])
+    scratch = Path(cache) / spec.name / "purified-rebuilt"
+    subset, _ = clean_subset(entry, Path(cache) / spec.name / "clean_subset.npz")
+    by = {"purified_ba": [], "purified_asr": [], "ceiling_ba": [], "ceiling_asr": []}
+    try:
+        purified = purified_subset(entry, Path(cache) / spec.name / "purify-run", scratch, row["purified_n"])
+        for seed in seeds:
+            for kind, data, n in (("purified", purified, row["purified_n"]), ("ceiling", subset, row["ceiling_n"])):
+                m = _retrain(entry, row, kind, data, n, seed, epochs, zoo=zoo, force=force)
+                by[f"{kind}_ba"].append(m["benign_accuracy"])
+                by[f"{kind}_asr"].append(m["attack_success_rate"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    out = dict(row, seeds=list(seeds))
+    for k, v in by.items():
+        out[f"{k}_by_seed"] = v
+        out[f"{k}_mean"] = round(float(np.mean(v)), 5)
+        out[f"{k}_sd"] = round(float(np.std(v, ddof=1)), 5) if len(v) > 1 else 0.0
+    gap = 100 * (out["ceiling_ba_mean"] - out["purified_ba_mean"])
+    out["ba_gap_to_ceiling_points_mean"] = round(gap, 2)
+    out["meets_issue3_mean"] = bool(out["purified_asr_mean"] < 0.02 and gap <= 1.0)
+    out["command_seeds"] = f"python3 -m benchmarks.purification {spec.name} --seeds {len(seeds)}"
+    write_json(Path(out_dir) / f"{spec.name}.json", out)
+    return out
+
+
 def collect(out_dir: Path = RESULTS / "purification") -> list:
     return [read_json(p) for p in sorted(Path(out_dir).glob("*.json"))]
 
@@ -130,6 +204,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("models", nargs="*")
     p.add_argument("--force", action="store_true")
     p.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: the zoo model's)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="retrain the purified and ceiling models under this many seeds (the zoo seed and the "
+                        "next ones) and report means and spreads; models already trained are reused")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/flare-workbench/numba"))
@@ -137,6 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for n in args.models or ATTACKS_10:
         row = run_one(build(FMNIST_SPECS[n]), clean.metrics.get("benign_accuracy"), force=args.force,
                       epochs=args.epochs)
+        if args.seeds > 1:
+            s0 = FMNIST_SPECS[n].seed
+            row = seed_spread(build(FMNIST_SPECS[n]), row, range(s0, s0 + args.seeds), force=args.force)
         print({k: row[k] for k in ("model", "poisoned_asr", "purified_ba", "purified_asr", "ceiling_ba", "meets_issue3")})
     rows = collect()
     write_csv(RESULTS / "purification.csv", rows, COLUMNS)

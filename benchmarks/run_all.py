@@ -46,6 +46,7 @@ def run_quick(work: Path, *, detectors: Sequence[str] = ("flare", "art-ss"),
     detect_matrix.write_aggregate(detect_matrix.collect(results / "detect"), results)
     row = purification.run_one(entries[1], entries[0].metrics.get("benign_accuracy"), zoo=zoo, cache=cache,
                                out_dir=results / "purification")
+    row = purification.seed_spread(entries[1], row, (0, 1), zoo=zoo, cache=cache, out_dir=results / "purification")
     write_csv(results / "purification.csv", [row], purification.COLUMNS)
     if speed_stages:
         from benchmarks.common import write_json

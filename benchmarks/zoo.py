@@ -90,6 +90,10 @@ FMNIST_SPECS = {s.name: s for s in [
     _fm("fmnist-sig-1-e10", "sig", 0.01, epochs=10),
     _fm("fmnist-badnets-a2a-1-e10", "badnets", 0.01, mode="all-to-all", epochs=10),
     _fm("fmnist-blended-a2a-1-e10", "blended", 0.01, mode="all-to-all", epochs=10),
+    # and at 0.5 %, the lowest rate (all-to-all at 0.5 %: ~30 poisons per class)
+    _fm("fmnist-sig-0.5-e10", "sig", 0.005, epochs=10),
+    _fm("fmnist-badnets-a2a-0.5-e10", "badnets", 0.005, mode="all-to-all", epochs=10),
+    _fm("fmnist-blended-a2a-0.5-e10", "blended", 0.005, mode="all-to-all", epochs=10),
 ]}
 
 

@@ -363,7 +363,8 @@ def build_report(
         if latent_tbl is not None:
             sections += ["<p class='muted'>Latent stage, per class: a split stands at held-out d' &ge; "
                          f"{html.escape(str(_latent_threshold(run)))}; parts holding under 35 % of the class, or "
-                         "fitted 10x better than the reference part, are flagged.</p>", _table_html(latent_tbl)]
+                         f"fitted {html.escape(str(_run_param(run, 'latent_loss_ratio')))}x better than the "
+                         "reference part, are flagged.</p>", _table_html(latent_tbl)]
     check_tbl = cross_check_table(run) if sentence else None
     if check_tbl is not None:
         sections += ["<p class='muted'>Groups found by the per-layer stage, cross-checked in the penultimate "

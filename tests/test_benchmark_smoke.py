@@ -76,6 +76,31 @@ def test_purification_accounts_for_every_sample(quick):
         assert 0.0 <= r[k] <= 1.0
 
 
+def test_purification_seed_spread_adds_a_second_seed_and_reuses_its_models(quick):
+    from benchmarks import purification
+    from benchmarks.zoo import ZooSpec, build
+
+    work, _ = quick
+    path = work / "results" / "purification" / "digits-badnets-10.json"
+    r = json.loads(path.read_text())
+    assert r["seeds"] == [0, 1]
+    assert "Over several retraining seeds" in quick[1].read_text()
+    assert "`python3 -m benchmarks.purification digits-badnets-10 --seeds 2`" in quick[1].read_text()
+    for k in ("purified_ba", "purified_asr", "ceiling_ba", "ceiling_asr"):
+        assert r[f"{k}_by_seed"][0] == r[k]  # the row's own seed is the first
+        assert r[f"{k}_mean"] == pytest.approx(sum(r[f"{k}_by_seed"]) / 2, abs=1e-5)
+    assert r["meets_issue3_mean"] == (r["purified_asr_mean"] < 0.02 and r["ba_gap_to_ceiling_points_mean"] <= 1.0)
+    seed1 = work / "zoo" / "digits-badnets-10" / "derived" / "purified-seed1"
+    m = json.loads((seed1 / "metrics.json").read_text())
+    assert m["seed"] == 1 and m["n_train"] == r["purified_n"]
+    assert not (work / "cache" / "digits-badnets-10" / "purified-rebuilt").exists()  # scratch removed
+    before = (seed1 / "model.pt").stat().st_mtime_ns
+    spec = ZooSpec(name="digits-badnets-10", data="builtin:digits", attack="badnets", rate=0.1, epochs=4)
+    again = purification.seed_spread(build(spec, zoo=work / "zoo", cache=work / "cache"), r, (0, 1),
+                                     zoo=work / "zoo", cache=work / "cache", out_dir=work / "results" / "purification")
+    assert (seed1 / "model.pt").stat().st_mtime_ns == before and again["purified_asr_by_seed"] == r["purified_asr_by_seed"]
+
+
 def test_rerun_reuses_models_and_leaves_the_data_unchanged(quick):
     from benchmarks.zoo import ZooSpec, build
 

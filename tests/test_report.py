@@ -151,3 +151,19 @@ def test_cross_check_table_says_why_each_per_layer_group_was_kept_or_refused():
     rep["evidence"]["latent"]["layer_groups_checked"] = []
     assert cross_check_table(run) is None
     assert cross_check_table(SimpleNamespace(meta={}, classes=[])) is None
+
+
+def test_report_captions_read_the_thresholds_the_run_used(run, tmp_path):
+    leaves = [{"size": 17, "median_loss": 0.06, "flagged": False, "reference": True},
+              {"size": 3, "median_loss": 0.0004, "flagged": True, "reference": False}]
+    classes = [{"class": 0, "splits": [{"dprime": 9.0}], "leaves": leaves, "n_flagged": 3, "reason": "split"}]
+    params = {"mode": "default", "latent_separation": 6.25, "latent_loss_ratio": 7.5, "latent_confirm": 4.25,
+              "latent_confirm_loss": 12.0}
+    run.meta["detector"]["report"] = {"params": params, "report": {
+        "representation": "layers+latent", "found": True, "subspace": 4, "params": params,
+        "evidence": {"found": True, "latent": {"used": True, "classes": classes, "layer_groups_checked": [
+            {"group": 1, "n": 3, "classes": [{"class": 0, "n": 3, "dprime": 5.0}], "median_dprime": 5.0,
+             "loss_ratio": 20.0, "kept": True, "kept_by": "separation", "checked": True}]}}}}
+    text = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "d' &ge; 6.25" in text and "fitted 7.5x better than the reference part" in text
+    assert "d' &ge; 4.25) or fitted 12.0x better" in text and "10x" not in text
