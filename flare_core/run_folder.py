@@ -115,6 +115,13 @@ class RunFolder:
         col = "score" if detector in (None, self.detectors()[0]) else f"score_{detector}"
         return df[col].to_numpy().astype(float)
 
+    def score_rule(self) -> Optional[str]:
+        """How the main detector's scores rank the samples, as its report states it (None for detectors
+        and older runs that do not say)."""
+        report = ((self.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+        rule = report.get("score")
+        return str(rule) if rule else None
+
     def ground_truth(self) -> Optional[np.ndarray]:
         df = self.manifest
         return df["poisoned"].to_numpy().astype(bool) if "poisoned" in df.columns else None

@@ -59,7 +59,7 @@ def _on_radio(i: int, key: str) -> None:
 
 # ---- which samples --------------------------------------------------------------------------------------------
 SOURCES = {"flagged": f"Flagged by {det_label}", "removal": "Marked for removal", "selection": "Selection from Explore",
-           "cluster": "A cluster of a class"}
+           "cluster": "A cluster of a class", "ranked": "Highest scores"}
 if ss.get("inspect_source") not in SOURCES:
     ss["inspect_source"] = "flagged"
 source = st.radio("Show", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="inspect_source")
@@ -69,6 +69,12 @@ elif source == "removal":
     idx = np.flatnonzero(run.removal_mask())
 elif source == "selection":
     idx = np.array([i for i in ss.get(shared.SELECTION, []) if 0 <= i < run.n_samples], dtype=np.int64)
+elif source == "ranked":
+    n_top = st.number_input("How many", min_value=1, max_value=run.n_samples, value=min(50, run.n_samples), step=10,
+                            key="inspect_top_n")
+    idx = np.argsort(-scores, kind="stable")[: int(n_top)]
+    rule = run.score_rule()
+    st.caption("Every sample, highest score first, flagged or not." + (f" {det_label}'s score: {rule}." if rule else ""))
 else:
     with_views = run.class_labels_with_views()
     cc1, cc2 = st.columns(2)

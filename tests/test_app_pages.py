@@ -341,6 +341,19 @@ def test_inspect_selection_source(env, run, cam_ready):
     assert len([r for r in at.radio if r.key and r.key.startswith("dec_")]) == 2
 
 
+def test_inspect_highest_scores_lists_the_top_samples_flagged_or_not(env, run, cam_ready):
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(),
+             inspect_source="ranked")
+    no_errors(at)
+    at.number_input(key="inspect_top_n").set_value(5).run()
+    no_errors(at)
+    radios = [r for r in at.radio if r.key and r.key.startswith("dec_")]
+    shown = [int(r.key.split("_")[1]) for r in radios]
+    top = [int(i) for i in np.argsort(-run.scores(), kind="stable")[:5]]
+    assert sorted(shown) == sorted(top) and shown[0] == top[0]  # two columns: the widget tree lists column by column
+    assert any("highest score first" in c.value for c in at.caption)
+
+
 def test_inspect_dataset_size_mismatch_is_a_readable_error(env, run):
     ds = make_dataset(run).subset(range(10))
     at = app("inspect", run_path=str(run.path), dataset=ds, model=tiny_model())

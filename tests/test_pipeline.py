@@ -171,6 +171,9 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     assert "pooled" not in run.meta["timings"]  # no pass of its own: the abnormality pass took them
     sentence, table = how_found(run)
     assert sentence and table is None
+    assert "atypicality" in run.score_rule()  # the run says how its scores rank the samples
+    scores, flagged = run.scores(), run.flagged()
+    assert not flagged.any() or scores[flagged].min() > scores[~flagged].max()
 
 
 def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
