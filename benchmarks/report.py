@@ -127,6 +127,9 @@ def loss_notes(rows: list) -> list:
             if better_than_chance and (r.get("f1") or 0) > (f.get("f1") or 0) + 0.01:
                 notes.append(f"`{model}`: **{d} beats FLARE default** on F1 ({fmt_num(r['f1'])} vs "
                              f"{fmt_num(f.get('f1'))}).")
+            if (r.get("auroc") or 0) >= 0.6 and (r.get("auroc") or 0) > (f.get("auroc") or 0) + 0.01:
+                notes.append(f"`{model}`: {d} ranks the samples better than FLARE default's scores (AUROC "
+                             f"{fmt_num(r['auroc'])} vs {fmt_num(f.get('auroc'))}).")
     return notes
 
 

@@ -136,3 +136,16 @@ def test_art_wrapper_keeps_logits_and_exposes_penultimate_features():
         assert list(dict(w.named_children())) == ["body"]
         assert w.body(x).shape == (4, m.classifier.in_features)
     assert not np.shares_memory(x.numpy(), w(x).detach().numpy())
+
+
+def test_loss_notes_name_a_baseline_that_beats_flare_on_f1_or_ranks_better():
+    from benchmarks.report import loss_notes
+
+    base = {"model": "m", "attack": "badnets", "rate": 0.1, "n": 1000, "n_poisoned": 100, "note": ""}
+    flare = dict(base, detector="flare", tpr=0.99, fpr=0.0, f1=0.99, precision=1.0, auroc=0.80)
+    good_ranker = dict(base, detector="ss", tpr=0.5, fpr=0.1, f1=0.40, precision=0.4, auroc=0.95)
+    assert loss_notes([flare, good_ranker]) == [
+        "`m`: ss ranks the samples better than FLARE default's scores (AUROC 0.950 vs 0.800)."]
+    better_f1 = dict(good_ranker, f1=0.95, auroc=0.5)
+    assert "**ss beats FLARE default** on F1" in loss_notes([dict(flare, f1=0.9), better_f1])[0]
+    assert loss_notes([flare, dict(good_ranker, auroc=0.805)]) == []  # within 0.01
