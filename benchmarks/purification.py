@@ -9,6 +9,8 @@ the ceiling, which is a clean model trained with exactly the same recipe as the 
 
     python3 -m benchmarks.purification                    # every 10 % attack
     python3 -m benchmarks.purification fmnist-badnets-10  # one
+    python3 -m benchmarks.purification fmnist-blended-a2a-10 --seeds 3   # retrained under 3 seeds
+    python3 -m benchmarks.purification --cifar ROOT cifar-badnets-10     # CIFAR-10 (narrow ResNet, CPU)
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import CACHE, RESULTS, ZOO, read_json, write_csv, write_json
-from benchmarks.zoo import FMNIST_SPECS, ZooEntry, build, train_and_evaluate
+from benchmarks.zoo import FMNIST_SPECS, ZooEntry, build, cifar_specs, data_option, train_and_evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +114,8 @@ def run_one(entry: ZooEntry, clean_ba: Optional[float], *, zoo: Path = ZOO, cach
         "ba_gap_to_clean_zoo_model_points": None if gap_zoo is None else round(gap_zoo, 2),
         "meets_issue3": bool(pm["attack_success_rate"] < 0.02 and gap <= 1.0),
         "purify_seconds": round(purify_s, 1),
-        "command": f"python3 -m benchmarks.purification {spec.name} --force"
+        "dataset": "cifar10" if spec.name.startswith("cifar-") else "fashion-mnist", "arch": spec.arch,
+        "command": f"python3 -m benchmarks.purification{data_option(spec)} {spec.name} --force"
                    + (f" --epochs {epochs}" if epochs != spec.epochs else ""),
     }
     write_json(res_path, row)
@@ -189,7 +192,7 @@ def seed_spread(entry: ZooEntry, row: dict, seeds: Sequence[int], *, zoo: Path =
     gap = 100 * (out["ceiling_ba_mean"] - out["purified_ba_mean"])
     out["ba_gap_to_ceiling_points_mean"] = round(gap, 2)
     out["meets_issue3_mean"] = bool(out["purified_asr_mean"] < 0.02 and gap <= 1.0)
-    out["command_seeds"] = f"python3 -m benchmarks.purification {spec.name} --seeds {len(seeds)}"
+    out["command_seeds"] = f"python3 -m benchmarks.purification{data_option(spec)} {spec.name} --seeds {len(seeds)}"
     write_json(Path(out_dir) / f"{spec.name}.json", out)
     return out
 
@@ -204,19 +207,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("models", nargs="*")
     p.add_argument("--force", action="store_true")
     p.add_argument("--epochs", type=int, default=None, help="retraining epochs (default: the zoo model's)")
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (enables the cifar-* entries)")
     p.add_argument("--seeds", type=int, default=1,
                    help="retrain the purified and ceiling models under this many seeds (the zoo seed and the "
                         "next ones) and report means and spreads; models already trained are reused")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/flare-workbench/numba"))
-    clean = build(FMNIST_SPECS["fmnist-clean"])
+    specs = dict(FMNIST_SPECS)
+    if args.cifar:
+        specs.update(cifar_specs(args.cifar))
     for n in args.models or ATTACKS_10:
-        row = run_one(build(FMNIST_SPECS[n]), clean.metrics.get("benign_accuracy"), force=args.force,
-                      epochs=args.epochs)
+        if n not in specs:
+            p.error(f"unknown zoo entry {n!r}" + (" (CIFAR-10 entries need --cifar ROOT)" if n.startswith("cifar-") else ""))
+        clean = build(specs["cifar-clean" if n.startswith("cifar-") else "fmnist-clean"])
+        entry = build(specs[n])
+        row = run_one(entry, clean.metrics.get("benign_accuracy"), force=args.force, epochs=args.epochs)
         if args.seeds > 1:
-            s0 = FMNIST_SPECS[n].seed
-            row = seed_spread(build(FMNIST_SPECS[n]), row, range(s0, s0 + args.seeds), force=args.force)
+            s0 = specs[n].seed
+            row = seed_spread(entry, row, range(s0, s0 + args.seeds), force=args.force)
         print({k: row[k] for k in ("model", "poisoned_asr", "purified_ba", "purified_asr", "ceiling_ba", "meets_issue3")})
     rows = collect()
     write_csv(RESULTS / "purification.csv", rows, COLUMNS)
