@@ -384,7 +384,8 @@ def build_report(
                  "or classes (global); ✕ marks flagged samples.</p>", _scatter_html(run, det_label),
                  "<h2>Parameters</h2>", _kv_html(meta.get("config", {})),
                  "<h3>Detector</h3>", _kv_html({"name": det, **meta.get("detector", {}).get("params", {}),
-                                               "subspace": res.get("subspace")}),
+                                               "subspace": res.get("subspace"),
+                                               **({"score": run.score_rule()} if run.score_rule() else {})}),
                  "<h3>Dataset</h3>", _kv_html({k: v for k, v in ds.items() if k not in ("skipped",)}),
                  "<h3>Model</h3>", _kv_html(meta.get("model", {})),
                  "<h2>Versions</h2>", _kv_html({"analysis": meta.get("versions", {}), "report": package_versions()})]

@@ -161,9 +161,11 @@ def test_report_captions_read_the_thresholds_the_run_used(run, tmp_path):
               "latent_confirm_loss": 12.0}
     run.meta["detector"]["report"] = {"params": params, "report": {
         "representation": "layers+latent", "found": True, "subspace": 4, "params": params,
+        "score": "flagged first; unflagged by atypicality",
         "evidence": {"found": True, "latent": {"used": True, "classes": classes, "layer_groups_checked": [
             {"group": 1, "n": 3, "classes": [{"class": 0, "n": 3, "dprime": 5.0}], "median_dprime": 5.0,
              "loss_ratio": 20.0, "kept": True, "kept_by": "separation", "checked": True}]}}}}
     text = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "d' &ge; 6.25" in text and "fitted 7.5x better than the reference part" in text
     assert "d' &ge; 4.25) or fitted 12.0x better" in text and "10x" not in text
+    assert "flagged first; unflagged by atypicality" in text  # how the scores rank, under Detector
