@@ -133,6 +133,9 @@ def purified_subset(entry: ZooEntry, run_dir: Path, out_dir: Path, expected_n: i
     from flare_core.data import load_dataset
     from flare_core.data.writers import export_subset
 
+    if not (Path(run_dir) / "manifest.csv").is_file():
+        raise RuntimeError(f"No cached FLARE run in {run_dir} to rebuild the purified set from; run this model "
+                           "with --force (FLARE again, then every seed).")
     man = pd.read_csv(Path(run_dir) / "manifest.csv")
     keep = man["index"].to_numpy()[man["flagged"].to_numpy() == 0]
     if len(keep) != expected_n:

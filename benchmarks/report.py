@@ -56,7 +56,9 @@ def _trained(record: Optional[dict]) -> str:
         return "-"
     spec = record.get("spec") or {}
     ba, asr = record.get("benign_accuracy"), record.get("attack_success_rate")
-    return (f"{spec.get('epochs', '-')} ep., {fmt_pct(ba) if ba is not None else '-'} / "
+    arch = spec.get("arch")
+    own = "" if arch in (None, "small-cnn", "narrow-resnet", "resnet18-cifar") else f"{arch}, "
+    return (f"{own}{spec.get('epochs', '-')} ep., {fmt_pct(ba) if ba is not None else '-'} / "
             f"{fmt_pct(asr) if asr is not None else '-'}")
 
 
@@ -162,6 +164,7 @@ def _plot_f1(rows: list, path: Path, title: str) -> bool:
     def _row_label(m: str) -> str:  # the attack, plus the training length when the model name carries it
         suffix = m.rsplit("-", 1)[-1]
         extra = f" ({suffix[1:]} epochs)" if suffix[:1] == "e" and suffix[1:].isdigit() else ""
+        extra += " (GroupNorm CNN)" if suffix == "gn" else ""
         return _label(next(iter(by[m].values()))) + extra
 
     ax.set_yticks(range(len(models)), [_row_label(m) for m in models])
