@@ -3,7 +3,7 @@
 FLARE default keeps a group found by its per-layer stage when, in its classes, the group is a population
 of its own in the penultimate features (median held-out d' >= ``latent_confirm`` = 4.5, read off
 Fashion-MNIST's genuine outlier clumps) or when the model fits the group's main class part
-``latent_confirm_loss`` (10) times better than the rest of that class (the backdoor's loss signature; a
+``latent_confirm_loss`` (100; 10 until session 7) times better than the rest of that class (the backdoor's loss signature; a
 group too small for a held-out d' needs it).  The loss rule came from this study: with the separation test
 alone, CIFAR-10 WaNet (12 epochs) lost a group holding 72 % of the poison.  This records, per zoo model,
 FLARE default, the separation test alone (``latent_confirm_loss=0``: small groups kept unchecked) and the
@@ -80,7 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(row, flush=True)
         # re-read before writing: runs for other models may be writing the same file
         done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
-        done[name] = row
+        from flare_core.detectors.latent import DEFAULT_CONFIRM_LOSS_RATIO
+
+        done[name] = dict(row, latent_confirm_loss=DEFAULT_CONFIRM_LOSS_RATIO)
         write_json(out, {"command": "python3 -m benchmarks.confirm_study MODELS [--cifar ROOT]",
                          "rows": [done[k] for k in sorted(done)]})
     return 0

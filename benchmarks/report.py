@@ -460,15 +460,27 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                 for g in r["groups_checked"]) or "-"
             sep = r.get("separation_only")
             rows.append([r["model"], _r(r["default"]), _r(sep) if sep else "-", _r(r["cross_check_off"]), groups])
+        from flare_core.detectors.latent import DEFAULT_CONFIRM_LOSS_RATIO as now
+
+        # rows written before the default moved from 10 to 100 do not record it; a row's default column
+        # is today's unless it kept a group on loss at a ratio under today's bar
+        stale = [r["model"] for r in cs["rows"] if r.get("latent_confirm_loss", 10.0) != now and any(
+            g.get("kept_by") == "loss" and (g.get("loss_ratio") or 0) < now for g in r["groups_checked"])]
+        older = [r["model"] for r in cs["rows"] if r.get("latent_confirm_loss", 10.0) != now]
         parts += ["## FLARE default's latent cross-check: by separation, by loss, off",
                   f"Command: `{cs.get('command')}`. FLARE default keeps a group its per-layer stage found when it is "
                   "a population of its own in its classes' penultimate features (median held-out d' >= 4.5) or "
-                  "when the model fits its main class part 10x better than the rest of that class "
+                  f"when the model fits its main class part {now:g}x better than the rest of that class "
                   "(`latent_confirm_loss`; a group too small for a held-out d' needs that signature). "
                   "`latent_confirm_loss=0` is the separation test alone (the default until this study; small "
                   "groups kept unchecked), `latent_confirm=0` keeps every group. TPR / FPR % (clean models: "
                   "samples flagged), and every group tested: its d', how much better the model fits its largest "
-                  "class part than the rest of that class, and the rule that kept it.",
+                  "class part than the rest of that class, and the rule that kept it."
+                  + (f" {len(older)} of these rows were run when the bar was 10x; "
+                     + (f"in {', '.join(stale)} a group was kept on loss under {now:g}x, so those default columns "
+                        "are not today's." if stale else
+                        f"none of them kept a group on loss under {now:g}x, so their default column is also "
+                        "today's.") if older else ""),
                   md_table(["model", "FLARE default", "separation only", "cross-check off", "groups tested"], rows)]
 
     # ---- dashboard timings (benchmarks/dashboard_timings.py)

@@ -576,3 +576,14 @@ def test_flare_default_ranks_the_unflagged_by_atypicality_and_flags_first():
     P2, y2, loss2, truth = two_class_set(rng, n_genuine=500, n_poison=300)
     res2 = flare_detect(abnormality_noise(rng, len(P2)), y2, latent=P2, logits=logits_for(loss2, y2), n_epochs=50)
     assert res2.flagged.any() and res2.scores[res2.flagged].min() > res2.scores[~res2.flagged].max()
+
+
+def test_confirm_default_refuses_a_genuine_easy_group_fitted_15x_better():
+    """The held-out false alarm behind the default of 100: a close group fitted ~13.5x better is genuine."""
+    rng, P, y, flagged, groups = _close_group(21)
+    loss = rng.uniform(0.5, 1.5, 800)
+    loss[600:] /= 15.0
+    kept, records = LT.confirm_groups(P, y, flagged, groups, loss=loss)
+    assert not kept.any() and 10 < records[0]["loss_ratio"] < 25 and records[0]["kept_by"] is None
+    assert LT.confirm_groups(P, y, flagged, groups, loss=loss, loss_ratio=10.0)[0][600:].all()
+    assert LT.DEFAULT_CONFIRM_LOSS_RATIO == 100.0 and FlareDetector().get_params()["latent_confirm_loss"] == 100.0

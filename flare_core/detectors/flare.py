@@ -56,8 +56,8 @@ Default mode also (ours):
   (all-to-all attacks put a poison set in every class). With those inputs a group the per-layer stage flags
   is also cross-checked there: it is kept only when, in its classes, it is a population of its own in the
   penultimate features (median held-out d' >= ``latent_confirm``, 4.5) *or* the model fits its main class
-  part ``latent_loss_ratio`` times better than the rest of that class (``latent_confirm_loss``, 10, the
-  backdoor's loss signature; a group too small for a held-out d' needs that signature; 0 = the separation
+  part ``latent_confirm_loss`` (100) times better than the rest of that class (the backdoor's loss
+  signature, asked strong because it stands alone here; a group too small for a held-out d' needs that signature; 0 = the separation
   test only, small groups kept), which refuses clumps of genuine outliers in heavy-tailed layers (Blended
   all-to-all: FPR 1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10
   WaNet 12 epochs: d' 2.2, fitted 4,000x better). Last (``latent_join='auto'``), in every class whose
@@ -132,7 +132,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_loss_ratio": 10.0,
     "latent_loss_separation": 5.5,
     "latent_confirm": 4.5,
-    "latent_confirm_loss": 10.0,
+    "latent_confirm_loss": 100.0,
     "latent_join": "auto",
     "latent_max_clusters": 6,
     "random_state": 0,
@@ -643,7 +643,7 @@ class FlareDetector(BaseEstimator):
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
-                 latent_confirm_loss: float = 10.0, latent_join: str = "auto",
+                 latent_confirm_loss: float = 100.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
