@@ -52,3 +52,16 @@ def test_class_atypicality_of_a_single_sample_class_is_zero():
     y = np.array([0] * 10 + [1])
     a = class_atypicality(P, y)
     assert a[-1] == 0.0 and np.isfinite(a).all()
+
+
+def test_unflagged_ranking_uses_the_stage_score_only_in_classes_with_flags():
+    from flare_core.detectors.scoring import unflagged_ranking
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    flagged = np.array([True, False, False, False, False, False])
+    scores = np.array([9.0, 5.0, 0.1, 7.0, 0.2, 0.3])
+    atyp = np.array([1.0, 1.0, 2.0, 1.0, 3.0, 1.0])
+    out = unflagged_ranking(scores, flagged, atyp, labels)
+    assert list(out[1:3]) == [5.0, 2.0]  # class 0 has a flag: the larger of the two
+    assert list(out[3:]) == [1.0, 3.0, 1.0]  # class 1 has none: atypicality alone (its 7.0 is ignored)
+    assert np.array_equal(atyp, [1.0, 1.0, 2.0, 1.0, 3.0, 1.0])  # input unchanged

@@ -93,7 +93,8 @@ from flare_core.detectors.decision import Decision, decide_default, decide_faith
 from flare_core.detectors.embedding import pca_2d, umap_2d
 from flare_core.detectors.preprocess import robust_standardize
 from flare_core.detectors.provenance import package_versions
-from flare_core.detectors.scoring import benign_distance_scores, class_atypicality, rank_flagged_first
+from flare_core.detectors.scoring import (benign_distance_scores, class_atypicality, rank_flagged_first,
+                                          unflagged_ranking)
 from flare_core.detectors.sizes import auto_min_cluster_size
 from flare_core.errors import FlareError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -570,8 +571,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
         # are in their class's penultimate features (the poison FLARE cannot separate at low rates is)
         atyp = class_atypicality(P, y) if run_latent and y is not None else None
-        scores = rank_flagged_first(scores, flagged, atyp)
-        score_rule = ("flagged first; unflagged by atypicality in their class's penultimate features" if atyp is not None
+        unflagged = None if atyp is None else unflagged_ranking(scores, flagged, atyp, y)
+        scores = rank_flagged_first(scores, flagged, unflagged)
+        score_rule = ("flagged first; unflagged by atypicality in their class's penultimate features (in a class "
+                      "with flags, or their own stage score if higher)" if atyp is not None
                       else "flagged first; unflagged by benign distance")
     evidence = {
         "mode": p["mode"],

