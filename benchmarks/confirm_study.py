@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks.common import CACHE, RESULTS, read_json, write_json
 from benchmarks.detect_matrix import _load, _truth, cached_features, cached_logits
 from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
+from flare_core.detectors.latent import DEFAULT_CONFIRM_LOSS_RATIO
 
 
 def _rates(flagged: np.ndarray, truth: np.ndarray) -> dict:
@@ -80,8 +81,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(row, flush=True)
         # re-read before writing: runs for other models may be writing the same file
         done = {r["model"]: r for r in (read_json(out, None) or {}).get("rows", [])}
-        from flare_core.detectors.latent import DEFAULT_CONFIRM_LOSS_RATIO
-
         done[name] = dict(row, latent_confirm_loss=DEFAULT_CONFIRM_LOSS_RATIO)
         write_json(out, {"command": "python3 -m benchmarks.confirm_study MODELS [--cifar ROOT]",
                          "rows": [done[k] for k in sorted(done)]})

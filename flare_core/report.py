@@ -21,7 +21,7 @@ import pandas as pd
 
 from flare_core import plots
 from flare_core.atomic import write_text
-from flare_core.run_folder import RunFolder
+from flare_core.run_folder import RunFolder, detector_report
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     parts (size, median loss of the label, flagged or not) and the stage's reason.  Empty for other
     detectors and for runs without the latent stage.
     """
-    report = ((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+    report = detector_report(run)
     rep = report.get("representation")
     if not rep:
         return "", None
@@ -162,7 +162,7 @@ def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
     """One row per group FLARE's per-layer stage found that the latent cross-check tested: its size, the
     median held-out d' against the rest of its classes, how many times better the model fits its largest
     class part than the rest of that class, and the decision.  None when nothing was cross-checked."""
-    report = ((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+    report = detector_report(run)
     records = ((report.get("evidence") or {}).get("latent") or {}).get("layer_groups_checked") or []
     if not records:
         return None
@@ -249,7 +249,7 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #eee;padding-bottom:4px;margin-
 
 
 def _run_param(run: RunFolder, name: str):
-    params = (((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}).get("params") or {}
+    params = detector_report(run).get("params") or {}
     return params.get(name, "?")
 
 

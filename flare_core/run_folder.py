@@ -42,6 +42,12 @@ class ClassViewData:
     stability: dict
 
 
+def detector_report(run) -> dict:
+    """The main detector's own report in a run's ``run.json`` (``{}`` when there is none); ``run`` is
+    anything with a ``meta`` dict, a :class:`RunFolder` or a stand-in."""
+    return ((run.meta.get("detector") or {}).get("report") or {}).get("report") or {}
+
+
 class RunFolder:
     """Read access to a finished run, plus the analyst's decisions (the only thing that changes)."""
 
@@ -118,8 +124,7 @@ class RunFolder:
     def score_rule(self) -> Optional[str]:
         """How the main detector's scores rank the samples, as its report states it (None for detectors
         and older runs that do not say)."""
-        report = ((self.meta.get("detector") or {}).get("report") or {}).get("report") or {}
-        rule = report.get("score")
+        rule = detector_report(self).get("score")
         return str(rule) if rule else None
 
     def ground_truth(self) -> Optional[np.ndarray]:

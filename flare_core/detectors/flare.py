@@ -71,8 +71,9 @@ Default mode also (ours):
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
 Every result carries a continuous suspicion score: the flagged samples' from their stage
 (:func:`.scoring.benign_distance_scores`, the latent leaf distance), and in default mode every flagged
-sample outranks every unflagged one, which are ranked by how atypical they are in their class's
-penultimate features (:func:`.scoring.rank_flagged_first`, :func:`.scoring.class_atypicality`); and a
+sample outranks every unflagged one; the unflagged are ranked by how atypical they are in their class's
+penultimate features, in a class with flags by that or their own stage score, whichever is higher
+(:func:`.scoring.rank_flagged_first`, :func:`.scoring.unflagged_ranking`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -569,7 +570,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     score_rule = "benign distance"
     if p["mode"] == "default":
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
-        # are in their class's penultimate features (the poison FLARE cannot separate at low rates is)
+        # are in their class's penultimate features (the poison FLARE cannot separate at low rates is),
+        # in a class with flags by their stage score when that is higher (the near-misses)
         atyp = class_atypicality(P, y) if run_latent and y is not None else None
         unflagged = None if atyp is None else unflagged_ranking(scores, flagged, atyp, y)
         scores = rank_flagged_first(scores, flagged, unflagged)
