@@ -102,6 +102,7 @@ REPRESENTATION_TEXT = {
     "channels": "the per-channel abnormality view",
     "layers+channels": "the per-layer and the per-channel abnormality views",
     "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
+    "tail": "the tail-group stage: a small, tight island of atypical samples inside a class's penultimate features",
 }
 
 
@@ -116,12 +117,13 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     rep = report.get("representation")
     if not rep:
         return "", None
-    latent = rep == "latent" or rep.endswith("+latent")
-    base = "" if rep == "latent" else rep[:-len("+latent")] if latent else rep
+    parts = rep.split("+")
+    extra = [x for x in ("latent", "tail") if x in parts]
+    base = "+".join(x for x in parts if x not in extra)
     if not report.get("found"):
         sentence = "No FLARE stage found a separated group of samples."
     else:
-        stages = ([REPRESENTATION_TEXT.get(base, base)] if base else []) + ([REPRESENTATION_TEXT["latent"]] if latent else [])
+        stages = ([REPRESENTATION_TEXT.get(base, base)] if base else []) + [REPRESENTATION_TEXT[x] for x in extra]
         sentence = "Flagged by " + " and by ".join(stages) + "."
         joined = sum(r.get("joined", 0) for r in ((report.get("evidence") or {}).get("latent") or {}).get("joined") or [])
         if joined:

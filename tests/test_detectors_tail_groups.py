@@ -1,0 +1,177 @@
+"""FLARE default's tail-group stage (flare_core.detectors.tail_groups) and its wiring into flare_detect.
+
+Synthetic penultimate features of a class: genuine sub-modes (Gaussian clouds, one of them small and
+tight, inside the class), a few diverse outliers (atypical, but each in its own direction) and,
+optionally, a planted poison island: a small tight group away from the class.
+"""
+import numpy as np
+import pytest
+
+from flare_core.detectors import tail_groups as TG
+from flare_core.detectors.flare import flare_detect
+from flare_core.detectors.scoring import class_atypicality
+from flare_core.errors import FlareError
+
+D = 32
+
+
+def genuine_class(rng, n=1500, n_outliers=30):
+    """Four sub-modes, a tight genuine sub-mode near the class's centre, and scattered outliers."""
+    centres = [np.zeros(D)] + [np.eye(D)[i] * 6.0 for i in (0, 1, 3)]
+    parts = [rng.normal(size=(n // 4, D)) + c for c in centres]
+    parts.append(rng.normal(size=(40, D)) * 0.3 + np.eye(D)[2] * 2.5)  # tight, but inside the class
+    parts.append(rng.normal(size=(n_outliers, D)) * 3.0)  # atypical, but each odd in its own way
+    return np.vstack(parts)
+
+
+def planted_island(rng, n=30, shift=7.0):
+    X = rng.normal(size=(n, D)) * 0.35
+    X[:, 4:8] += shift
+    return X
+
+
+def class_with_island(seed, n_island=30):
+    rng = np.random.default_rng(seed)
+    G = genuine_class(rng)
+    P = np.vstack([G, planted_island(rng, n_island)]) if n_island else G
+    truth = np.zeros(len(P), bool)
+    truth[len(G):] = True
+    return P, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_planted_island_is_found(seed):
+    P, truth = class_with_island(seed)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, groups, records = TG.tail_groups_in_class(P, atyp)
+    assert flagged[truth].mean() >= 0.95
+    assert (flagged & ~truth).sum() <= 2
+    assert (groups[flagged] >= 0).all() and (groups[~flagged] == -1).all()
+    kept = [r for r in records if r["kept"]]
+    assert len(kept) == 1 and kept[0]["purity"] >= TG.DEFAULT_MIN_PURITY and kept[0]["island"] >= TG.DEFAULT_MIN_ISLAND
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_class_of_submodes_and_scattered_outliers_gives_nothing(seed):
+    P, _ = class_with_island(seed, n_island=0)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, groups, records = TG.tail_groups_in_class(P, atyp)
+    assert not flagged.any() and (groups == -1).all()
+    assert not any(r["kept"] for r in records)
+
+
+def test_a_tight_genuine_submode_is_refused_by_its_typicality():
+    P, _ = class_with_island(1, n_island=0)  # this seed's HDBSCAN isolates the tight sub-mode
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp)
+    tight = [r for r in records if r["purity"] >= TG.DEFAULT_MIN_PURITY and r["island"] >= TG.DEFAULT_MIN_ISLAND]
+    assert tight and all(r["atypicality"] < TG.DEFAULT_MIN_ATYPICALITY and not r["kept"] for r in tight)
+    assert not flagged.any()
+    assert TG.tail_groups_in_class(P, atyp, min_atypicality=0.0)[0].any()  # without that bar it would be taken
+
+
+def test_group_statistics_of_an_island_and_of_a_random_subset():
+    rng = np.random.default_rng(3)
+    P, truth = class_with_island(3)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    before = P.copy()
+    island = TG.group_statistics(P, truth, atyp)
+    random = np.zeros(len(P), bool)
+    random[rng.choice(len(P), truth.sum(), replace=False)] = True
+    spread = TG.group_statistics(P, random, atyp)
+    assert island["size"] == truth.sum() and island["purity"] > 0.95 and island["island"] > 2
+    assert spread["purity"] < 0.2 and spread["island"] < 1.2
+    assert island["atypicality"] > spread["atypicality"]
+    np.testing.assert_array_equal(P, before)
+
+
+def test_group_statistics_of_a_group_too_small_to_measure():
+    P = np.random.default_rng(4).normal(size=(200, 4))
+    members = np.zeros(200, bool)
+    members[:3] = True
+    stats = TG.group_statistics(P, members, np.ones(200))
+    assert stats["purity"] == 0.0 and stats["island"] == 0.0 and stats["size"] == 3
+
+
+@pytest.mark.parametrize("bar, value", [("purity", 0.84), ("island", 1.74), ("atypicality", 1.74)])
+def test_each_bar_of_the_rule_refuses_on_its_own(bar, value):
+    good = {"size": 30, "purity": 0.95, "island": 2.5, "atypicality": 2.5}
+    assert TG.is_tail_group(good, 1000)
+    assert not TG.is_tail_group({**good, bar: value}, 1000)
+
+
+def test_a_group_of_over_a_third_of_the_class_is_not_a_tail_group():
+    good = {"size": 400, "purity": 0.95, "island": 2.5, "atypicality": 2.5}
+    assert not TG.is_tail_group(good, 1000)
+
+
+def test_small_classes_are_skipped():
+    P = np.random.default_rng(5).normal(size=(TG.MIN_CLASS_ROWS - 1, D))
+    flagged, groups, records = TG.tail_groups_in_class(P, np.ones(len(P)))
+    assert not flagged.any() and records == []
+
+
+def test_tail_group_detect_is_per_class_deterministic_and_leaves_inputs_unchanged():
+    P0, t0 = class_with_island(6)
+    P1, _ = class_with_island(7, n_island=0)
+    P = np.vstack([P0, P1 + 10.0])
+    y = np.concatenate([np.zeros(len(P0), int), np.ones(len(P1), int)])
+    atyp = class_atypicality(P, y)
+    before = P.copy()
+    a = TG.tail_group_detect(P, y, atyp)
+    b = TG.tail_group_detect(P, y, atyp)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(P, before)
+    flagged, _, evidence = a
+    assert flagged[:len(P0)][t0].mean() >= 0.95 and not flagged[len(P0):].any()
+    assert len(evidence["0"]["kept"]) == 1 and evidence["1"]["kept"] == []
+    assert evidence["0"]["n_flagged"] == int(flagged[:len(P0)].sum())
+
+
+# ----------------------------------------------------------------------------- in flare_detect
+
+def _flare_inputs(seed, n_island):
+    rng = np.random.default_rng(seed)
+    P0, t0 = class_with_island(seed, n_island)
+    P1, _ = class_with_island(seed + 100, n_island=0)
+    P = np.vstack([P0, P1 + 6.0])
+    y = np.concatenate([np.zeros(len(P0), int), np.ones(len(P1), int)])
+    truth = np.concatenate([t0, np.zeros(len(P1), bool)])
+    loss = 1e-2 * np.exp(rng.normal(scale=0.5, size=len(P)))
+    z = np.zeros((len(P), 2))
+    z[np.arange(len(P)), y] = np.log(np.exp(-loss) / (1 - np.exp(-loss)))
+    X = rng.normal(size=(len(P), 6))  # per-layer columns without any signal
+    return X, y, P, z, truth
+
+
+def test_flare_detect_flags_a_tail_group_only_the_tail_stage_sees():
+    X, y, P, Lg, truth = _flare_inputs(8, 30)
+    res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50)
+    assert res.report["representation"] == "tail"
+    assert res.flagged[truth].mean() >= 0.95 and (res.flagged & ~truth).sum() <= 2
+    assert set(np.unique(res.clusters[truth])).isdisjoint(np.unique(res.clusters[~truth]))
+    assert res.scores[truth].min() > res.scores[~res.flagged].max()  # flagged first
+    tail = res.evidence["latent"]["tail_groups"]
+    assert tail["n_new"] == int(res.flagged.sum()) and len(tail["classes"]["0"]["kept"]) == 1
+    assert res.report["seconds"]["tail_groups"] > 0
+
+
+def test_flare_detect_tail_stage_on_a_clean_set_flags_nothing_and_says_so():
+    X, y, P, Lg, _ = _flare_inputs(9, 0)
+    res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50)
+    assert not res.flagged.any()
+    assert res.evidence["latent"]["tail_groups"]["n_flagged"] == 0
+    assert "island" in res.evidence["conclusion"]
+
+
+def test_latent_tail_groups_off_skips_the_stage():
+    X, y, P, Lg, truth = _flare_inputs(8, 30)
+    res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, latent_tail_groups="off")
+    assert "tail_groups" not in res.evidence["latent"]
+    assert not res.flagged[truth].any()
+
+
+def test_bad_latent_tail_groups_value_raises():
+    X, y, P, Lg, _ = _flare_inputs(9, 0)
+    with pytest.raises(FlareError, match="latent_tail_groups"):
+        flare_detect(X, y, latent=P, logits=Lg, latent_tail_groups="yes")
