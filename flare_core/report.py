@@ -129,6 +129,14 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
         if joined:
             sentence += (f" {joined:,} more sample(s) joined them: their nearest class-mates in the penultimate "
                          "features were flagged, in a class whose flagged samples the model fits far better.")
+        tail = (((report.get("evidence") or {}).get("latent") or {}).get("tail_groups") or {}).get("classes") or {}
+        islands = [(c, g) for c, rec in tail.items() for g in rec.get("kept", [])]
+        if islands:
+            def name(c):
+                return run.classes[int(c)] if 0 <= int(c) < len(run.classes) else c
+            sentence += (f" The tail-group stage kept {len(islands)} island(s) (size, purity, island, atypicality): "
+                         + "; ".join(f"{name(c)} ({g['size']}, {g['purity']:.2f}, {g['island']:.2f}, "
+                                     f"{g['atypicality']:.2f})" for c, g in islands) + ".")
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

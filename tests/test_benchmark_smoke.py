@@ -149,3 +149,21 @@ def test_loss_notes_name_a_baseline_that_beats_flare_on_f1_or_ranks_better():
     better_f1 = dict(good_ranker, f1=0.95, auroc=0.5)
     assert "**ss beats FLARE default** on F1" in loss_notes([dict(flare, f1=0.9), better_f1])[0]
     assert loss_notes([flare, dict(good_ranker, auroc=0.805)]) == []  # within 0.01
+
+
+def test_tail_calibration_summary_counts_kept_genuine_and_poisoned_clusters():
+    from benchmarks.tail_calibration import summary
+
+    rows = [
+        {"model": "m", "class": 0, "size": 30, "purity": 0.95, "island": 2.4, "atypicality": 2.2, "kept": True,
+         "poisoned": 29, "poisoned_share": 0.967, "class_poisoned": 30},
+        {"model": "m", "class": 1, "size": 300, "purity": 0.94, "island": 1.5, "atypicality": 1.5, "kept": False,
+         "poisoned": 0, "poisoned_share": 0.0, "class_poisoned": 0},
+        {"model": "m", "class": 2, "size": 20, "purity": 0.9, "island": 1.8, "atypicality": 1.9, "kept": True,
+         "poisoned": 0, "poisoned_share": 0.0, "class_poisoned": 0},
+    ]
+    s = summary(rows)
+    assert (s["candidates"], s["genuine"], s["poisoned"], s["poisoned_kept"]) == (3, 2, 1, 1)
+    assert [r["class"] for r in s["genuine_kept"]] == [2]
+    assert s["poison_in_kept"] == 29 and s["genuine_in_kept"] == 1 + 20
+    assert s["genuine_closest"][0]["class"] == 2 and s["genuine_closest"][0]["margin"] >= 1.0

@@ -125,6 +125,12 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     assert "joined" not in how_found(run)[0]
     rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 1280}, {"class": 1, "joined": 0}]
     assert "1,280 more sample(s) joined" in how_found(run)[0]
+    rep["representation"] = "tail"
+    rep["evidence"]["latent"]["tail_groups"] = {"classes": {"1": {"kept": [
+        {"size": 31, "purity": 0.98, "island": 2.46, "atypicality": 2.3, "kept": True}]}, "2": {"kept": []}}}
+    sentence = how_found(run)[0]
+    assert "tail-group stage: a small, tight island" in sentence and "latent stage" not in sentence
+    assert "kept 1 island(s)" in sentence and "b (31, 0.98, 2.46, 2.30)" in sentence
     rep.update(found=False, representation="layers")
     assert how_found(run)[0].startswith("No FLARE stage")
     assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)
