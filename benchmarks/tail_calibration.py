@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS, write_json
 from benchmarks.detect_matrix import CACHE, _load, _truth
-from benchmarks.zoo import FMNIST_SPECS, build
+from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
 
 logger = logging.getLogger("benchmarks.tail_calibration")
 
@@ -31,12 +31,12 @@ CHOSEN_ON = ["fmnist-clean", "fmnist-clean-gn", "fmnist-wanet-0.5-e10", "fmnist-
 STATS = ("size", "purity", "island", "atypicality")
 
 
-def model_candidates(name: str, cache: Path = CACHE) -> list:
+def model_candidates(name: str, cache: Path = CACHE, specs: Optional[dict] = None) -> list:
     """One row per candidate cluster of every class of the cached model ``name``."""
     from flare_core.detectors import tail_groups as TG
     from flare_core.detectors.scoring import class_atypicality
 
-    entry = build(FMNIST_SPECS[name])
+    entry = build((specs or FMNIST_SPECS)[name])
     _, dataset = _load(entry, "cpu")
     y = np.asarray(dataset.labels)
     truth = _truth(entry, len(y))
@@ -76,20 +76,27 @@ def summary(rows: list) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks.tail_calibration", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", help="zoo entries (default: every Fashion-MNIST model with a cache)")
+    p.add_argument("models", nargs="*", help="zoo entries (default: every model with a cache)")
+    p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the cached cifar-* entries: "
+                                                 "a dataset the bars were not chosen on)")
     args = p.parse_args(argv)
+    specs = dict(FMNIST_SPECS)
+    if args.cifar:
+        specs.update(cifar_specs(args.cifar))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    names = args.models or [n for n in FMNIST_SPECS if (Path(CACHE) / n / "pooled.npy").is_file()]
+    names = args.models or [n for n in specs if (Path(CACHE) / n / "pooled.npy").is_file()]
     rows = []
     for n in names:
-        rows += model_candidates(n)
+        rows += model_candidates(n, specs=specs)
         logger.info("%s: %d candidate clusters so far", n, len(rows))
     chosen = [r for r in rows if r["model"] in CHOSEN_ON]
-    after = [r for r in rows if r["model"] not in CHOSEN_ON]
-    out = {"command": "python3 -m benchmarks.tail_calibration", "models": names,
-           "chosen_on": summary(chosen), "checked_after": summary(after), "all": summary(rows), "rows": rows}
+    after = [r for r in rows if r["model"] not in CHOSEN_ON and not r["model"].startswith("cifar")]
+    cifar = [r for r in rows if r["model"].startswith("cifar")]
+    command = "python3 -m benchmarks.tail_calibration" + (" --cifar ROOT" if args.cifar else "")
+    out = {"command": command, "models": names, "chosen_on": summary(chosen), "checked_after": summary(after),
+           "cifar": summary(cifar), "all": summary(chosen + after), "rows": rows}
     write_json(RESULTS / "tail_calibration.json", out)
-    for k in ("chosen_on", "checked_after"):
+    for k in ("chosen_on", "checked_after", "cifar"):
         s = out[k]
         print(f"{k}: {s['candidates']} candidates ({s['genuine']} genuine, {s['poisoned']} poisoned); "
               f"genuine kept {len(s['genuine_kept'])}; poisoned kept {s['poisoned_kept']} "

@@ -175,3 +175,15 @@ def test_bad_latent_tail_groups_value_raises():
     X, y, P, Lg, _ = _flare_inputs(9, 0)
     with pytest.raises(FlareError, match="latent_tail_groups"):
         flare_detect(X, y, latent=P, logits=Lg, latent_tail_groups="yes")
+
+
+def test_the_tail_stage_stands_aside_when_the_other_stages_found_a_population():
+    from test_detectors_latent import abnormality_noise, logits_for, two_class_set
+
+    rng = np.random.default_rng(10)
+    P, y, loss, truth = two_class_set(rng, n_genuine=500, n_poison=300)  # the latent stage flags the 300
+    res = flare_detect(abnormality_noise(rng, len(P)), y, latent=P, logits=logits_for(loss, y), n_epochs=50)
+    assert res.flagged.mean() >= TG.TAIL_MAX_FLAGGED_SHARE
+    tail = res.evidence["latent"]["tail_groups"]
+    assert tail["n_flagged"] == 0 and "other stages flagged" in tail["why_not"]
+    assert "tail" not in res.report["representation"]

@@ -65,8 +65,8 @@ Default mode also (ours):
   samples of its class in the penultimate features are mostly flagged is flagged too: a per-layer group
   holds the poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12
   epochs: 71.8 % -> 97.7 % TPR). Before that join (``latent_tail_groups='auto'``), every class is searched
-  for small tight islands of atypical samples in its penultimate features (:mod:`.tail_groups`): the
-  poison of low rates, which no stage above separates (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 %
+  for small tight islands of atypical samples in its penultimate features (:mod:`.tail_groups`), when the
+  stages above flagged under 1 % of the samples: the poison of low rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 %
   TPR at FPR 0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the
   report says so.
 
@@ -557,7 +557,15 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             clusters[new & (y == c) & (latent_leaf == k)] = cid
         found = True
     atyp = class_atypicality(P, y) if run_latent and y is not None else None
-    if run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used"):
+    from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
+
+    if (run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used")
+            and flagged.mean() >= TAIL_MAX_FLAGGED_SHARE):
+        latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "why_not": (
+            f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they separate); "
+            f"the tail-group stage looks for small poison sets when they flagged under "
+            f"{TAIL_MAX_FLAGGED_SHARE:.0%}")}
+    elif run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used"):
         # small tight islands of atypical samples in a class: the poison of low rates (tail_groups.py)
         from flare_core.detectors.tail_groups import tail_group_detect
 
