@@ -220,7 +220,8 @@ def run_analysis(
             subspace = int(getattr(main, "subspace_", X.shape[1]) or X.shape[1])
             view_input = X[:, :subspace] if main_spec.input == "abnormality" else inputs_for(main_spec)
             representation = (getattr(main, "report_", None) or {}).get("representation", "")
-            if ("latent" in representation or "tail" in representation) and pooled is not None:  # show the space the poison was found in
+            # show the space the poison was found in
+            if ("latent" in representation or "tail" in representation) and pooled is not None:
                 view_input = pooled
             views_on = "penultimate" if (pooled is not None and view_input is pooled) else main_spec.input
             views = timer.run("views", class_views, view_input, dataset.labels, flagged=flagged,

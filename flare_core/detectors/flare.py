@@ -557,24 +557,23 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             clusters[new & (y == c) & (latent_leaf == k)] = cid
         found = True
     atyp = class_atypicality(P, y) if run_latent and y is not None else None
-    from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
-
-    if (run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used")
-            and flagged.mean() >= TAIL_MAX_FLAGGED_SHARE):
-        latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "why_not": (
-            f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they separate); "
-            f"the tail-group stage looks for small poison sets when they flagged under "
-            f"{TAIL_MAX_FLAGGED_SHARE:.0%}")}
-    elif run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used"):
+    if run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used"):
         # small tight islands of atypical samples in a class: the poison of low rates (tail_groups.py)
-        from flare_core.detectors.tail_groups import tail_group_detect
+        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE, tail_group_detect
 
-        with _timed(seconds, "tail_groups"):
-            tail_flagged, tail_group, tail_evidence = tail_group_detect(P, y, atyp, random_state=p["random_state"])
-        new = tail_flagged & ~flagged
-        latent_report["tail_groups"] = {"n_flagged": int(tail_flagged.sum()), "n_new": int(new.sum()),
-                                        "classes": tail_evidence}
-        logger.info("FLARE: tail-group stage -> %d flagged (%d new)", int(tail_flagged.sum()), int(new.sum()))
+        if flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
+            latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "why_not": (
+                f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they "
+                f"separate); the tail-group stage looks for small poison sets when they flagged under "
+                f"{TAIL_MAX_FLAGGED_SHARE:.0%}")}
+            new = np.zeros(n, dtype=bool)
+        else:
+            with _timed(seconds, "tail_groups"):
+                tail_flagged, tail_group, tail_evidence = tail_group_detect(P, y, atyp, random_state=p["random_state"])
+            new = tail_flagged & ~flagged
+            latent_report["tail_groups"] = {"n_flagged": int(tail_flagged.sum()), "n_new": int(new.sum()),
+                                            "classes": tail_evidence}
+            logger.info("FLARE: tail-group stage -> %d flagged (%d new)", int(tail_flagged.sum()), int(new.sum()))
         if new.any():
             base = int(clusters.max()) + 1 if clusters.size else 0
             pairs = sorted({(int(c), int(k)) for c, k in zip(y[new], tail_group[new])})
@@ -658,7 +657,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 def _phase_seconds(seconds: dict[str, float], total: float, n_attempts: int) -> dict[str, Any]:
     """Wall seconds per phase of one fit, summed over every prefix tried: ``umap``, ``hdbscan``,
     ``decision`` (the tree walk and separation tests), ``placing`` (samples outside the clustered sample),
-    ``latent``, ``confirm``, ``join``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
+    ``latent``, ``confirm``, ``tail_groups``, ``join``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
     out: dict[str, Any] = {k: round(v, 3) for k, v in seconds.items()}
     out["other"] = round(max(0.0, total - sum(seconds.values())), 3)
     out["total"] = round(total, 3)

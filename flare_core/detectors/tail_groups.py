@@ -84,9 +84,12 @@ def class_components(P: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
     return PCA(k, random_state=random_state).fit_transform(Z) if k < Z.shape[1] else Z
 
 
-def group_statistics(F: np.ndarray, members: np.ndarray, atypicality: np.ndarray) -> dict[str, float]:
+def group_statistics(F: np.ndarray, members: np.ndarray, atypicality: np.ndarray,
+                     neighbours: Optional[np.ndarray] = None) -> dict[str, float]:
     """Purity, island and median atypicality of the rows ``members`` (bool) of ``F`` (see the module
-    docstring); purity and island are 0 when the group or the rest is too small to measure."""
+    docstring); purity and island are 0 when the group or the rest is too small to measure.
+    ``neighbours``: the (n, PURITY_NEIGHBOURS) nearest other rows of every row of ``F``, when the caller
+    has them (one query per class instead of one per candidate)."""
     from scipy.spatial import cKDTree
 
     members = np.asarray(members, dtype=bool)
@@ -96,12 +99,20 @@ def group_statistics(F: np.ndarray, members: np.ndarray, atypicality: np.ndarray
     if m <= ISLAND_RANK or rest < ISLAND_RANK or len(F) <= PURITY_NEIGHBOURS:
         return stats
     inside = F[members]
-    _, nb = cKDTree(F).query(inside, k=PURITY_NEIGHBOURS + 1)
-    stats["purity"] = float(members[nb[:, 1:]].mean())
+    if neighbours is None:
+        neighbours = nearest_rows(F)
+    stats["purity"] = float(members[neighbours[members]].mean())
     d_in = cKDTree(inside).query(inside, k=ISLAND_RANK + 1)[0][:, ISLAND_RANK]
     d_out = cKDTree(F[~members]).query(inside, k=ISLAND_RANK)[0][:, ISLAND_RANK - 1]
     stats["island"] = float(np.median(d_out / np.maximum(d_in, np.finfo(np.float64).tiny)))
     return stats
+
+
+def nearest_rows(F: np.ndarray, k: int = PURITY_NEIGHBOURS) -> np.ndarray:
+    """(n, k) positions of every row's ``k`` nearest other rows of ``F``."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(F).query(F, k=k + 1)[1][:, 1:]
 
 
 def is_tail_group(stats: dict[str, float], n_class: int, *, min_purity: float = DEFAULT_MIN_PURITY,
@@ -131,24 +142,27 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, random_state
         rows = np.sort(np.random.default_rng(random_state).choice(n, MAX_CLUSTERED_ROWS, replace=False))
     labels = hdbscan.HDBSCAN(min_cluster_size=TAIL_MIN_CLUSTER_SIZE, min_samples=TAIL_MIN_SAMPLES,
                              cluster_selection_method="leaf").fit(F[rows]).labels_
+    F_rows = F[rows]
+    neighbours = nearest_rows(F_rows)
     records = []
     seed = np.zeros(n, dtype=bool)
+    n_kept = 0
     for k in np.unique(labels[labels >= 0]):
-        members = np.zeros(len(rows), dtype=bool)
-        members[labels == k] = True
+        members = labels == k
         if members.sum() >= rule.get("max_share", DEFAULT_MINORITY) * len(rows):
             continue  # a bulk cluster of the class, not a candidate
-        stats = group_statistics(F[rows], members, atypicality[rows])
+        stats = group_statistics(F_rows, members, atypicality[rows], neighbours)
         kept = is_tail_group(stats, len(rows), **rule)
         records.append({**{key: round(v, 3) if isinstance(v, float) else v for key, v in stats.items()},
                         "kept": kept, **({"rows": rows[members]} if keep_rows else {})})
         if kept:
             seed[rows[members]] = True
-            groups[rows[members]] = len([r for r in records if r["kept"]]) - 1
+            groups[rows[members]] = n_kept
+            n_kept += 1
     flagged = seed.copy()
     if seed.any():
         joined = join_neighbours(F, seed)
-        if joined.any():  # a joined row takes the group most of its flagged neighbours belong to
+        if joined.any():  # a joined row takes the group of its nearest flagged row
             from scipy.spatial import cKDTree
 
             _, nb = cKDTree(F[seed]).query(F[joined], k=1)
