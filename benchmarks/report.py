@@ -441,6 +441,51 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
             parts += ["What the latent stage alone flags (TPR % / FPR %; the clean control: samples flagged), "
                       "by setting:",
                       md_table(["model"] + [f"max_clusters={k}" for k in cal.get("settings", [])], arows)]
+    # ---- the tail-group stage's calibration (benchmarks/tail_calibration.py)
+    tc = read_json(results / "tail_calibration.json", None)
+    if tc and tc.get("all"):
+        def _closest(rs: list, keys: tuple) -> str:
+            return "; ".join(f"{r['model']} class {r['class']}: {r['size']} samples, "
+                             + ", ".join(f"{k} {r[k]:.3g}" for k in keys if k in r) for r in rs[:2]) or "-"
+        rows = []
+        for key, what in [("chosen_on", "Fashion-MNIST, island bars chosen on"), ("checked_after", "Fashion-MNIST, checked after"),
+                          ("cifar", "CIFAR-10 narrow ResNet (held out, ungated)")]:
+            sm = tc.get(key) or {}
+            if not sm.get("candidates"):
+                continue
+            by_rule = sm.get("poisoned_kept_by_rule") or {}
+            rows.append([what, sm["candidates"], sm["genuine"], sm["poisoned"], len(sm["genuine_kept"]),
+                         f"{sm['poisoned_kept']} ({by_rule.get('island', '-')} / {by_rule.get('relabelled', '-')})",
+                         f"{sm['poison_in_kept']} / {sm['genuine_in_kept']}",
+                         _closest(sm.get("genuine_closest") or [], ("purity", "island", "atypicality")),
+                         _closest(sm.get("genuine_closest_relabelled") or [], ("other_share", "other_base"))])
+        parts += ["## Tail-group stage calibration (every candidate cluster of every class)",
+                  f"Command: `{tc.get('command')}`. The stage (`flare_core/detectors/tail_groups.py`) clusters each "
+                  "class's penultimate features (HDBSCAN, leaf clusters of >= 15) and keeps a cluster as an *island* "
+                  "(purity >= 0.85, island >= 1.75, median atypicality >= 1.75) or as *relabelled* (the fewest "
+                  "classes the model rates next after the label for 80 % of its members are that of under 2 % of "
+                  "the rest of the class). A candidate is genuine when under half of it is poisoned. In a run the "
+                  "stage is gated (it runs only when the other stages flagged under 1 %); this table is ungated.",
+                  md_table(["models", "candidates", "genuine", "poisoned", "genuine kept", "poisoned kept (island / relabelled)",
+                            "samples in kept: poisoned / genuine", "genuine nearest the island bars",
+                            "genuine nearest the relabelled bars"], rows)]
+    # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)
+    if det and det.get("rows"):
+        phases = ("umap", "hdbscan", "latent", "tail_groups", "join", "confirm")
+        prow = []
+        for r in det["rows"]:
+            ph = r.get("phase_seconds") or {}
+            if r["detector"] != "flare" or not ph:
+                continue
+            rest = ph.get("total", r["seconds"]) - sum(ph.get(k, 0) for k in phases)
+            prow.append([r["model"], r["n"], fmt_num(ph.get("total", r["seconds"]), 1), ph.get("prefixes_tried", "-")]
+                        + [fmt_num(ph[k], 1) if k in ph else "-" for k in phases] + [fmt_num(rest, 1)])
+        if prow:
+            parts += ["## Where FLARE default's detector time goes, per model",
+                      "Seconds of each stage of `FlareDetector.fit` in the detection-matrix runs above (same commands), "
+                      "on the shared 2-core CPU; `-` = the stage did not run (the tail-group stage runs only when the "
+                      "other stages flagged under 1 %). The feature pass is not included (see the speed section).",
+                      md_table(["model", "N", "total s", "prefixes tried"] + [f"{k} s" for k in phases] + ["other s"], prow)]
     # ---- the latent cross-check, on and off (benchmarks/confirm_study.py)
     cs = read_json(results / "confirm_study.json", None)
     if cs and cs.get("rows"):

@@ -3,6 +3,8 @@
 For every cached Fashion-MNIST model (penultimate features in ``benchmarks/cache/<model>/``, written by
 ``benchmarks.detect_matrix``), every class is clustered as the stage does it and every candidate cluster's
 statistics (size, purity, island, median atypicality) are recorded with the share of it that is poisoned.
+With the model's logits cached, each candidate also has its relabelled statistics (the strongest other
+classes of its members, their share, and their share in the rest of the class) and the rule that kept it.
 The summary says how close the genuine clusters come to the stage's bars and how much poison the kept
 clusters hold, separately for the models the bars were chosen on and the ones checked after.
 
@@ -41,11 +43,14 @@ def model_candidates(name: str, cache: Path = CACHE, specs: Optional[dict] = Non
     y = np.asarray(dataset.labels)
     truth = _truth(entry, len(y))
     P = np.load(Path(cache) / name / "pooled.npy")
+    logits_path = Path(cache) / name / "logits.npy"
+    other = TG.strongest_other_class(np.load(logits_path), y) if logits_path.is_file() else None
     atyp = class_atypicality(P, y)
     rows = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        _, _, records = TG.tail_groups_in_class(P[idx], atyp[idx], keep_rows=True)
+        _, _, records = TG.tail_groups_in_class(P[idx], atyp[idx], keep_rows=True,
+                                                other=None if other is None else other[idx])
         for r in records:
             members = idx[r.pop("rows")]
             rows.append({"model": name, "class": int(c), **r, "poisoned": int(truth[members].sum()),
@@ -66,8 +71,14 @@ def summary(rows: list) -> dict:
                        r["atypicality"] / TG.DEFAULT_MIN_ATYPICALITY)
         return sorted(({**r, "margin": round(margin(r), 3)} for r in rs), key=lambda r: -r["margin"])[:5]
 
+    def closest_relabelled(rs):  # the genuine clusters nearest to the relabelled rule: smallest other_base
+        return sorted((r for r in rs if "other_base" in r), key=lambda r: r["other_base"])[:5]
+
     return {"candidates": len(rows), "genuine": len(genuine), "poisoned": len(poison),
             "genuine_kept": [r for r in genuine if r["kept"]], "genuine_closest": closest(genuine),
+            "genuine_closest_relabelled": closest_relabelled(genuine),
+            "poisoned_kept_by_rule": {rule: sum(1 for r in poison if r.get("rule") == rule)
+                                      for rule in ("island", "relabelled")},
             "poisoned_kept": sum(r["kept"] for r in poison),
             "poison_in_kept": sum(r["poisoned"] for r in rows if r["kept"]),
             "genuine_in_kept": sum(r["size"] - r["poisoned"] for r in rows if r["kept"])}

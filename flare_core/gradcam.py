@@ -85,10 +85,11 @@ def _resize(cams: np.ndarray, size: tuple) -> np.ndarray:
 
 def gradcam(model: LoadedModel, images: np.ndarray, *, target_layer: Optional[str] = None,
             method: str = "gradcam", targets: Union[None, int, Sequence[int]] = None,
-            batch_size: int = 32) -> tuple:
+            batch_size: int = 32, return_logits: bool = False) -> tuple:
     """Class activation maps of ``images`` (N, H, W, C) uint8.
 
-    Returns (cams (N, H, W) float32 in [0, 1] at the images' size, predicted labels (N,) int64).
+    Returns (cams (N, H, W) float32 in [0, 1] at the images' size, predicted labels (N,) int64), and with
+    ``return_logits`` also the model's outputs (N, K) float32 from the same forward pass.
     ``targets``: None explains the predicted class; an int or one class index per image otherwise.
     ``target_layer``: a name from :func:`list_cam_layers` (default :func:`default_target_layer`).
     """
@@ -109,7 +110,7 @@ def gradcam(model: LoadedModel, images: np.ndarray, *, target_layer: Optional[st
     params = list(runnable.parameters())
     grad_flags = [p.requires_grad for p in params]
     mode_flags = {m: m.training for m in runnable.modules()}
-    cams, preds = [], []
+    cams, preds, outputs = [], [], []
     try:
         for p in params:
             p.requires_grad_(False)
@@ -125,7 +126,9 @@ def gradcam(model: LoadedModel, images: np.ndarray, *, target_layer: Optional[st
             try:
                 with torch.inference_mode(False), torch.enable_grad():
                     out = cam(input_tensor=x.requires_grad_(True), targets=batch_targets)
-                preds.append(cam.outputs.detach()[:n].argmax(dim=-1).cpu().numpy())
+                logits = cam.outputs.detach()[:n].float().cpu()
+                preds.append(logits.argmax(dim=-1).numpy())
+                outputs.append(logits.numpy())
                 cams.append(np.asarray(out, dtype=np.float32)[:n])
             finally:
                 cam.activations_and_grads.release()
@@ -136,7 +139,8 @@ def gradcam(model: LoadedModel, images: np.ndarray, *, target_layer: Optional[st
         for m, flag in mode_flags.items():
             m.training = flag
     result = np.clip(_resize(np.concatenate(cams), images.shape[1:3]), 0.0, 1.0)
-    return result.astype(np.float32, copy=False), np.concatenate(preds).astype(np.int64)
+    result, preds = result.astype(np.float32, copy=False), np.concatenate(preds).astype(np.int64)
+    return (result, preds, np.concatenate(outputs).astype(np.float32)) if return_logits else (result, preds)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:

@@ -102,7 +102,8 @@ REPRESENTATION_TEXT = {
     "channels": "the per-channel abnormality view",
     "layers+channels": "the per-layer and the per-channel abnormality views",
     "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
-    "tail": "the tail-group stage: a small, tight island of atypical samples inside a class's penultimate features",
+    "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees as "
+             "another class, inside a class's penultimate features"),
 }
 
 
@@ -130,13 +131,22 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
             sentence += (f" {joined:,} more sample(s) joined them: their nearest class-mates in the penultimate "
                          "features were flagged, in a class whose flagged samples the model fits far better.")
         tail = (((report.get("evidence") or {}).get("latent") or {}).get("tail_groups") or {}).get("classes") or {}
-        islands = [(c, g) for c, rec in tail.items() for g in rec.get("kept", [])]
+        kept = [(c, g) for c, rec in tail.items() for g in rec.get("kept", [])]
+
+        def name(c):
+            return run.classes[int(c)] if 0 <= int(c) < len(run.classes) else c
+        islands = [(c, g) for c, g in kept if g.get("rule", "island") == "island"]
+        relabelled = [(c, g) for c, g in kept if g.get("rule") == "relabelled"]
         if islands:
-            def name(c):
-                return run.classes[int(c)] if 0 <= int(c) < len(run.classes) else c
             sentence += (f" The tail-group stage kept {len(islands)} island(s) (size, purity, island, atypicality): "
                          + "; ".join(f"{name(c)} ({g['size']}, {g['purity']:.2f}, {g['island']:.2f}, "
                                      f"{g['atypicality']:.2f})" for c, g in islands) + ".")
+        if relabelled:
+            sentence += (f" It kept {len(relabelled)} relabelled group(s), whose members the model sees as another "
+                         "class next to their label (label: size, the classes it sees, share of the group, share "
+                         "of the rest of the class): "
+                         + "; ".join(f"{name(c)}: {g['size']}, {' / '.join(str(name(o)) for o in g['other_classes'])}, "
+                                     f"{g['other_share']:.0%}, {g['other_base']:.1%}" for c, g in relabelled) + ".")
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

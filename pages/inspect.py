@@ -21,6 +21,7 @@ if len(dataset) != run.n_samples:
              "load the dataset the run was made from.")
     shared.stop_page()
 
+from flare_core.detectors.tail_groups import strongest_other_class  # noqa: E402
 from flare_core.gradcam import METHODS, default_target_layer, gradcam, list_cam_layers, overlay  # noqa: E402
 
 det = run.detectors()[0]
@@ -40,7 +41,7 @@ def _layers(key: str, _model) -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _cams(key: str, indices: tuple, method: str, layer: str, _model, _images) -> tuple:
-    return gradcam(_model, _images, target_layer=layer, method=method)
+    return gradcam(_model, _images, target_layer=layer, method=method, return_logits=True)
 
 
 def _bump() -> None:
@@ -123,7 +124,12 @@ on_page = idx[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 decisions = run.decisions()
 with shared.friendly_errors("Grad-CAM"):
     with st.spinner("Computing Grad-CAM…"):
-        cams, preds = _cams(model_key, tuple(int(i) for i in on_page), method, layer, model, dataset.images[on_page])
+        cams, preds, logits = _cams(model_key, tuple(int(i) for i in on_page), method, layer, model,
+                                    dataset.images[on_page])
+    page_labels = np.asarray(labels[on_page], dtype=np.int64)
+    # the class the model rates highest after the label: a relabelled sample's source class
+    nexts = (strongest_other_class(logits, page_labels)
+             if logits.shape[1] > 1 and 0 <= page_labels.min() and page_labels.max() < logits.shape[1] else None)
     cols = st.columns(2)
     for j, i in enumerate(on_page):
         i = int(i)
@@ -135,7 +141,9 @@ with shared.friendly_errors("Grad-CAM"):
             p = int(preds[j])
             info.markdown(
                 f"**#{i}** · {shared.class_name(run, int(labels[i]))}  \n"
-                f"predicted **{shared.class_name(run, p)}** · score {scores[i]:.3f} · cluster {df['cluster'].iat[i]}  \n"
+                f"predicted **{shared.class_name(run, p)}**"
+                + (f" · next after the label: {shared.class_name(run, int(nexts[j]))}" if nexts is not None else "")
+                + f" · score {scores[i]:.3f} · cluster {df['cluster'].iat[i]}  \n"
                 f"{det_label}: {'**flagged**' if flagged[i] else 'not flagged'}"
             )
             key = f"dec_{i}_{version}"
@@ -161,9 +169,9 @@ else:
     contrast = np.sort(rng.choice(rest, size=min(len(rest), len(top)), replace=False)) if len(rest) else rest
     with shared.friendly_errors("The mean Grad-CAM"):
         with st.spinner(f"Averaging Grad-CAM over {len(top)} flagged samples…"):
-            fc, _ = _cams(model_key, tuple(int(i) for i in top), method, layer, model, dataset.images[top])
-            cc, _ = (_cams(model_key, tuple(int(i) for i in contrast), method, layer, model, dataset.images[contrast])
-                     if len(contrast) else (None, None))
+            fc = _cams(model_key, tuple(int(i) for i in top), method, layer, model, dataset.images[top])[0]
+            cc = (_cams(model_key, tuple(int(i) for i in contrast), method, layer, model, dataset.images[contrast])[0]
+                  if len(contrast) else None)
         mean_img = dataset.images[top].astype(np.float32).mean(axis=0).round().astype(np.uint8)
         m = st.columns(4)
         m[0].image(plots.upscale(mean_img, 160), caption=f"mean of {len(top)} flagged images", width="stretch")

@@ -167,3 +167,47 @@ def test_tail_calibration_summary_counts_kept_genuine_and_poisoned_clusters():
     assert [r["class"] for r in s["genuine_kept"]] == [2]
     assert s["poison_in_kept"] == 29 and s["genuine_in_kept"] == 1 + 20
     assert s["genuine_closest"][0]["class"] == 2 and s["genuine_closest"][0]["margin"] >= 1.0
+
+
+def test_tail_calibration_summary_counts_kept_groups_by_rule_and_the_nearest_relabelled_genuine():
+    from benchmarks.tail_calibration import summary
+
+    base = {"model": "m", "class": 0, "purity": 0.7, "island": 1.2, "atypicality": 1.2, "class_poisoned": 60}
+    rows = [
+        {**base, "size": 30, "kept": True, "rule": "island", "poisoned": 30, "poisoned_share": 1.0,
+         "other_classes": [3], "other_share": 1.0, "other_base": 0.3},
+        {**base, "size": 25, "kept": True, "rule": "relabelled", "poisoned": 25, "poisoned_share": 1.0,
+         "other_classes": [7, 9], "other_share": 0.96, "other_base": 0.01},
+        {**base, "size": 17, "kept": False, "rule": None, "poisoned": 0, "poisoned_share": 0.0,
+         "other_classes": [2], "other_share": 0.88, "other_base": 0.042},
+        {**base, "size": 40, "kept": False, "rule": None, "poisoned": 0, "poisoned_share": 0.0,
+         "other_classes": [2, 4], "other_share": 0.8, "other_base": 0.6},
+    ]
+    s = summary(rows)
+    assert s["poisoned_kept_by_rule"] == {"island": 1, "relabelled": 1}
+    assert [r["other_base"] for r in s["genuine_closest_relabelled"]] == [0.042, 0.6]
+
+
+def test_report_has_the_tail_calibration_and_the_detector_stage_seconds(tmp_path):
+    from benchmarks import report
+    from benchmarks.common import write_json
+
+    res = tmp_path / "results"
+    g = {"model": "fmnist-clean", "class": 6, "size": 17, "purity": 0.82, "island": 1.61, "atypicality": 1.85,
+         "other_share": 0.88, "other_base": 0.042}
+    sm = {"candidates": 10, "genuine": 8, "poisoned": 2, "genuine_kept": [], "genuine_closest": [g],
+          "genuine_closest_relabelled": [g], "poisoned_kept": 2, "poisoned_kept_by_rule": {"island": 1, "relabelled": 1},
+          "poison_in_kept": 55, "genuine_in_kept": 0}
+    write_json(res / "tail_calibration.json", {"command": "python3 -m benchmarks.tail_calibration", "chosen_on": sm,
+                                               "checked_after": sm, "cifar": {"candidates": 0}, "all": sm, "rows": []})
+    row = {"model": "fmnist-wanet-1-e10", "dataset": "fashion-mnist", "arch": "small-cnn", "attack": "wanet",
+           "mode": "all-to-one", "rate": 0.01, "n": 60000, "n_poisoned": 600, "detector": "flare", "tpr": 0.49,
+           "fpr": 0.0, "precision": 1.0, "f1": 0.65, "auroc": 0.97, "n_flagged": 293, "flagged_fraction": 0.005,
+           "seconds": 60.0, "subspace": 5, "note": "", "machine": "cpu-2core", "command": "x",
+           "phase_seconds": {"umap": 30.0, "latent": 13.5, "tail_groups": 9.0, "total": 60.0, "prefixes_tried": 1}}
+    write_json(res / "detect_matrix.json", {"rows": [row]})
+    text = report.build(res, tmp_path / "RESULTS.md", tmp_path / "plots", tmp_path / "zoo").read_text()
+    assert "## Tail-group stage calibration" in text and "| 10 | 8 | 2 | 0 | 2 (1 / 1) | 55 / 0 |" in text
+    assert "other_base 0.042" in text and "CIFAR-10 narrow ResNet" not in text  # no CIFAR candidates: no row
+    assert "## Where FLARE default's detector time goes" in text
+    assert "| fmnist-wanet-1-e10 | 60000 | 60.0 | 1 | 30.0 | - | 13.5 | 9.0 | - | - | 7.5 |" in text

@@ -187,3 +187,119 @@ def test_the_tail_stage_stands_aside_when_the_other_stages_found_a_population():
     tail = res.evidence["latent"]["tail_groups"]
     assert tail["n_flagged"] == 0 and "other stages flagged" in tail["why_not"]
     assert "tail" not in res.report["representation"]
+
+
+# ----------------------------------------------------------------------------- the relabelled rule
+
+def loose_group_class(seed, n_group=40):
+    """A class whose planted group is too loose for the island rule (island ~1.3-1.9, atypicality ~1.4)."""
+    rng = np.random.default_rng(seed)
+    G = genuine_class(rng)
+    group = rng.normal(size=(n_group, D)) * 0.8
+    group[:, 4:8] += 4.0
+    P = np.vstack([G, group])
+    truth = np.zeros(len(P), bool)
+    truth[len(G):] = True
+    usual = rng.choice([1, 2], size=len(P), p=[0.8, 0.2])  # the class's usual strongest other classes
+    return P, truth, usual
+
+
+def test_strongest_other_class_is_the_best_class_after_the_label():
+    logits = np.array([[5.0, 1.0, 3.0], [0.0, 2.0, 9.0], [4.0, 4.0, 1.0]])
+    before = logits.copy()
+    np.testing.assert_array_equal(TG.strongest_other_class(logits, np.array([0, 2, 1])), [2, 1, 0])
+    np.testing.assert_array_equal(TG.strongest_other_class(logits, np.array([1, 0, 0])), [0, 2, 1])
+    np.testing.assert_array_equal(logits, before)
+
+
+def test_relabelled_statistics_cover_the_group_with_the_fewest_classes():
+    other = np.array([7] * 28 + [9] * 10 + [5] * 2 + [6] * 950 + [9] * 10)
+    members = np.zeros(len(other), bool)
+    members[:40] = True
+    stats = TG.relabelled_statistics(other, members)
+    assert stats["other_classes"] == [7, 9]  # 95 % of the members: the fewest covering 80 %
+    assert stats["other_share"] == pytest.approx(38 / 40)
+    assert stats["other_base"] == pytest.approx(10 / 960)
+    assert TG.relabelled_statistics(other, np.zeros(len(other), bool))["other_share"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_loose_group_the_model_sees_as_another_class_is_kept_as_relabelled(seed):
+    P, truth, other = loose_group_class(seed)
+    other[truth] = 3  # the model's second choice for the group: a class the rest of the class never gets
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    assert not TG.tail_groups_in_class(P, atyp)[0][truth].any()  # the island rule alone does not take it
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other)
+    assert flagged[truth].mean() >= 0.9 and (flagged & ~truth).sum() <= 2
+    kept = [r for r in records if r["kept"]]
+    assert [r["rule"] for r in kept] == ["relabelled"] and kept[0]["other_classes"] == [3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_group_with_the_class_s_usual_other_classes_is_not_relabelled(seed):
+    P, truth, other = loose_group_class(seed)  # the group's second choices are the class's usual ones
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other)
+    assert not flagged.any() and not any(r["kept"] for r in records)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rare_other_classes_scattered_over_a_class_invent_no_group(seed):
+    P, _ = class_with_island(seed, n_island=0)
+    rng = np.random.default_rng(seed)
+    other = rng.choice([1, 2], size=len(P), p=[0.8, 0.2])
+    other[rng.choice(len(P), len(P) // 50, replace=False)] = 3  # 2 % rare ones, at random places
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other)
+    assert not flagged.any() and not any(r["kept"] for r in records)
+
+
+@pytest.mark.parametrize("field, value", [("other_share", 0.79), ("other_base", 0.02)])
+def test_each_bar_of_the_relabelled_rule_refuses_on_its_own(field, value):
+    loose = {"size": 30, "purity": 0.7, "island": 1.2, "atypicality": 1.2, "other_classes": [3],
+             "other_share": 1.0, "other_base": 0.0}
+    assert TG.tail_group_rule(loose, 1000) == "relabelled"
+    assert TG.tail_group_rule({**loose, field: value}, 1000) is None
+    assert TG.tail_group_rule({k: v for k, v in loose.items() if not k.startswith("other")}, 1000) is None
+
+
+def _logits(label_logit, y, second, k=4):
+    """(N, k) logits: ``label_logit`` on the label, 0 on the ``second`` class, -5 elsewhere."""
+    Lg = np.full((len(y), k), -5.0)
+    Lg[np.arange(len(y)), second] = 0.0
+    Lg[np.arange(len(y)), y] = label_logit
+    return Lg
+
+
+def test_the_relabelled_bar_scales_with_the_number_of_classes():
+    assert TG.other_base_bar(10) == pytest.approx(TG.DEFAULT_MAX_OTHER_BASE)
+    assert TG.other_base_bar(100) == pytest.approx(0.18 / 99) and TG.other_base_bar(2) == 0.0
+    P, truth, _ = loose_group_class(0)
+    y = np.zeros(len(P), int)
+    atyp = class_atypicality(P, y)
+    other = np.where(truth, 3, 1)
+    other[np.flatnonzero(~truth)[::100]] = 3  # 1 % of the rest of the class has the group's other class
+    for k, kept in [(4, True), (100, False)]:  # bars 6 % and 0.18 %
+        logits = np.full((len(P), k), -5.0)
+        logits[np.arange(len(P)), other] = 0.0
+        logits[:, 0] = 5.0
+        assert TG.tail_group_detect(P, y, atyp, logits=logits)[0][truth].any() == kept
+
+
+def test_flare_detect_passes_the_logits_to_the_relabelled_rule():
+    X, y, P, Lg2, _ = _flare_inputs(4, 0)  # the fixture of the tests above, without an island
+    P0, truth0, _ = loose_group_class(4)
+    m = int(truth0.sum())
+    P = np.vstack([P0[truth0], P])  # the loose group joins class 0
+    y = np.concatenate([np.zeros(m, int), y])
+    truth = np.concatenate([np.ones(m, bool), np.zeros(len(X), bool)])
+    X = np.vstack([np.random.default_rng(12).normal(size=(m, X.shape[1])), X])
+    label_logit = np.concatenate([Lg2[:m, 0], Lg2[np.arange(len(Lg2)), y[m:]]])  # the fixture's loss
+    usual = np.where(y == 0, 2, 0)  # class 0's usual second choice: class 2; class 1's: class 0
+    res = flare_detect(X, y, latent=P, logits=_logits(label_logit, y, np.where(truth, 3, usual)), n_epochs=50)
+    assert res.report["representation"] == "tail"
+    assert res.flagged[truth].mean() >= 0.9 and (res.flagged & ~truth).sum() <= 2
+    kept = res.evidence["latent"]["tail_groups"]["classes"]["0"]["kept"]
+    assert [g["rule"] for g in kept] == ["relabelled"] and kept[0]["other_classes"] == [3]
+    same = flare_detect(X, y, latent=P, logits=_logits(label_logit, y, usual), n_epochs=50)
+    assert not same.flagged.any()  # the same group with its class's usual second choice

@@ -61,6 +61,12 @@ def test_cams_for_every_format(kind, tmp_path):
     np.testing.assert_array_equal(preds, expected)
     np.testing.assert_array_equal(images, before)
     assert _hooks(model.module) == hooks  # export modules carry their own pytree hooks
+    cams2, preds2, logits = gradcam(model, images, target_layer="3", return_logits=True)
+    with torch.no_grad():
+        plain = _eager()(model.preprocessing.to_tensor(images)).numpy()
+    np.testing.assert_allclose(logits, plain, rtol=1e-4, atol=1e-5)  # the outputs of a plain forward pass
+    np.testing.assert_array_equal(preds2, preds)
+    np.testing.assert_allclose(cams2, cams, atol=1e-6)
 
 
 def test_graph_cams_equal_eager_cams(tmp_path):

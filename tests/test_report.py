@@ -131,6 +131,13 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     sentence = how_found(run)[0]
     assert "tail-group stage: a small, tight island" in sentence and "latent stage" not in sentence
     assert "kept 1 island(s)" in sentence and "b (31, 0.98, 2.46, 2.30)" in sentence
+    assert "relabelled" not in sentence
+    rep["evidence"]["latent"]["tail_groups"]["classes"]["2"]["kept"] = [
+        {"size": 22, "purity": 0.75, "island": 1.2, "atypicality": 3.2, "kept": True, "rule": "relabelled",
+         "other_classes": [0, 1], "other_share": 1.0, "other_base": 0.009}]
+    sentence = how_found(run)[0]
+    assert "kept 1 island(s)" in sentence and "kept 1 relabelled group(s)" in sentence
+    assert "c: 22, a / b, 100%, 0.9%" in sentence
     rep.update(found=False, representation="layers")
     assert how_found(run)[0].startswith("No FLARE stage")
     assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)

@@ -65,7 +65,8 @@ Default mode also (ours):
   samples of its class in the penultimate features are mostly flagged is flagged too: a per-layer group
   holds the poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12
   epochs: 71.8 % -> 97.7 % TPR). Before that join (``latent_tail_groups='auto'``), every class is searched
-  for small tight islands of atypical samples in its penultimate features (:mod:`.tail_groups`), when the
+  for small tight islands of atypical samples, and for groups the model sees as another class next to their
+  label, in its penultimate features and logits (:mod:`.tail_groups`), when the
   stages above flagged under 1 % of the samples: the poison of low rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 %
   TPR at FPR 0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the
   report says so.
@@ -569,7 +570,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             new = np.zeros(n, dtype=bool)
         else:
             with _timed(seconds, "tail_groups"):
-                tail_flagged, tail_group, tail_evidence = tail_group_detect(P, y, atyp, random_state=p["random_state"])
+                tail_flagged, tail_group, tail_evidence = tail_group_detect(P, y, atyp, logits=Lg,
+                                                                                random_state=p["random_state"])
             new = tail_flagged & ~flagged
             latent_report["tail_groups"] = {"n_flagged": int(tail_flagged.sum()), "n_new": int(new.sum()),
                                             "classes": tail_evidence}

@@ -25,6 +25,13 @@ Per class (pure functions, no state):
      distance to the 5th nearest other member) is at least ``min_island`` (1.75), and
    - its members' median **atypicality** (:func:`.scoring.class_atypicality`, ~1 for a typical sample)
      is at least ``min_atypicality`` (1.75);
+
+   or keep it as **relabelled** (when the model's logits are given): the fewest classes that are the
+   strongest other class (:func:`strongest_other_class`: what the model rates highest after the label)
+   of ``min_other_share`` (80 %) of its members are that of under ``max_other_base`` (2 %) of the rest of
+   the class.  Dirty-label poison the model has not fully pulled into its target class keeps its source
+   class there (Fashion-MNIST WaNet 1 %, 10 epochs: poisoned sneakers, bags and trousers labelled
+   T-shirt, in groups too loose for the island bars: purity 0.75-0.95, island 1.2-1.7);
 4. **join**: samples of the class most of whose 10 nearest samples are flagged join the flagged ones
    (:func:`.latent.join_neighbours`), the poisoned samples at the edge of an island.
 
@@ -39,6 +46,12 @@ two clean controls) and the other nineteen were checked after, with the same out
 narrow on both sides (kept poisoned islands start at island 1.75, atypicality 1.77): the bars are a
 measured choice, not a law, which is why every kept group's statistics and the strongest rejected
 candidates are recorded and ``latent_tail_groups='off'`` exists.
+
+The relabelled rule (session 9) was set after looking at the candidates of all 29 Fashion-MNIST models
+(with a single other class; the covering set came after, for groups of mixed footwear), so those are not
+held out for it; CIFAR-10 is.  No genuine candidate meets it: on Fashion-MNIST the nearest has 88 % of its
+members' strongest other class in 4.2 % of the rest of its class (twice the bar), on CIFAR-10 8.9 %.  It
+kept 17 poisoned Fashion-MNIST groups the island bars refused.
 """
 from __future__ import annotations
 
@@ -57,6 +70,15 @@ DEFAULT_MIN_PURITY = 0.85
 DEFAULT_MIN_ISLAND = 1.75
 #: ... and its members are atypical in their class.
 DEFAULT_MIN_ATYPICALITY = 1.75
+#: A group is kept also when it is *relabelled*: the model sees a few other classes in it (the strongest
+#: other classes, :func:`strongest_other_class`, of this share of its members) ...
+DEFAULT_MIN_OTHER_SHARE = 0.8
+#: ... which under this share of the rest of its class have (:func:`relabelled_statistics`): the bar for
+#: ten classes, 0.18 of the share one class would have if second choices were spread evenly.  With K
+#: classes the stage uses :func:`other_base_bar` (K), so that many-class datasets, where any one other
+#: class is rare, do not pass it by default (only K = 10 is calibrated).
+DEFAULT_MAX_OTHER_BASE = 0.02
+OTHER_BASE_FACTOR = 0.18
 #: Neighbours for purity, and the rank of the neighbour distances the island compares.
 PURITY_NEIGHBOURS = 10
 ISLAND_RANK = 5
@@ -84,18 +106,60 @@ def class_components(P: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
     return PCA(k, random_state=random_state).fit_transform(Z) if k < Z.shape[1] else Z
 
 
+def strongest_other_class(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) the class each sample's logits rate highest *after its label*: what the model sees in the
+    sample besides the class it was labelled.  Dirty-label poison keeps its source class here while the
+    model learns the trigger (Fashion-MNIST WaNet 1 %, 10 epochs: 84 % of the poisoned samples), and a
+    genuine class has a few usual ones (T-shirts: shirt, pullover, dress in 99 % of them)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    masked = logits.copy()
+    masked[np.arange(len(labels)), labels] = -np.inf
+    return np.argmax(masked, axis=1)
+
+
+def other_base_bar(n_classes: int) -> float:
+    """The relabelled rule's ``max_other_base`` for ``n_classes`` classes: ``OTHER_BASE_FACTOR / (K - 1)``
+    (0.02 for ten classes; 0 for two, where the other class is always the same one)."""
+    return OTHER_BASE_FACTOR / (n_classes - 1) if n_classes > 2 else 0.0
+
+
+def relabelled_statistics(other: np.ndarray, members: np.ndarray,
+                          cover: float = DEFAULT_MIN_OTHER_SHARE) -> dict[str, Any]:
+    """What the model sees in the group besides its label: ``other_classes``, the fewest strongest other
+    classes (most common first) that cover ``cover`` of the members; ``other_share``, the share of the
+    members they cover; ``other_base``, the share of the rest of the class whose strongest other class is
+    one of them.  (A group of poisoned sneakers labelled T-shirt: sneaker and ankle boot cover 100 % of
+    it and 1 % of the genuine T-shirts.)"""
+    members = np.asarray(members, dtype=bool)
+    other = np.asarray(other, dtype=np.int64)
+    if not members.any() or members.all():
+        return {"other_classes": [], "other_share": 0.0, "other_base": 1.0}
+    values, counts = np.unique(other[members], return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    covered = np.cumsum(counts[order]) / members.sum()
+    t = int(np.searchsorted(covered, cover - 1e-12)) + 1
+    chosen = values[order][:t]
+    return {"other_classes": [int(v) for v in chosen], "other_share": float(covered[t - 1]),
+            "other_base": float(np.mean(np.isin(other[~members], chosen)))}
+
+
 def group_statistics(F: np.ndarray, members: np.ndarray, atypicality: np.ndarray,
-                     neighbours: Optional[np.ndarray] = None) -> dict[str, float]:
+                     neighbours: Optional[np.ndarray] = None, other: Optional[np.ndarray] = None,
+                     other_cover: float = DEFAULT_MIN_OTHER_SHARE) -> dict[str, Any]:
     """Purity, island and median atypicality of the rows ``members`` (bool) of ``F`` (see the module
     docstring); purity and island are 0 when the group or the rest is too small to measure.
     ``neighbours``: the (n, PURITY_NEIGHBOURS) nearest other rows of every row of ``F``, when the caller
-    has them (one query per class instead of one per candidate)."""
+    has them (one query per class instead of one per candidate).  ``other``: every row's
+    :func:`strongest_other_class`, which adds :func:`relabelled_statistics` (covering ``other_cover``)."""
     from scipy.spatial import cKDTree
 
     members = np.asarray(members, dtype=bool)
     m, rest = int(members.sum()), int((~members).sum())
     stats = {"size": m, "purity": 0.0, "island": 0.0,
              "atypicality": float(np.median(atypicality[members])) if m else 0.0}
+    if other is not None:
+        stats.update(relabelled_statistics(other, members, other_cover))
     if m <= ISLAND_RANK or rest < ISLAND_RANK or len(F) <= PURITY_NEIGHBOURS:
         return stats
     inside = F[members]
@@ -115,19 +179,36 @@ def nearest_rows(F: np.ndarray, k: int = PURITY_NEIGHBOURS) -> np.ndarray:
     return cKDTree(F).query(F, k=k + 1)[1][:, 1:]
 
 
-def is_tail_group(stats: dict[str, float], n_class: int, *, min_purity: float = DEFAULT_MIN_PURITY,
-                  min_island: float = DEFAULT_MIN_ISLAND, min_atypicality: float = DEFAULT_MIN_ATYPICALITY,
-                  max_share: float = DEFAULT_MINORITY) -> bool:
-    """Step 3's rule on one group's :func:`group_statistics`."""
-    return (stats["size"] < max_share * n_class and stats["purity"] >= min_purity
-            and stats["island"] >= min_island and stats["atypicality"] >= min_atypicality)
+def tail_group_rule(stats: dict[str, Any], n_class: int, *, min_purity: float = DEFAULT_MIN_PURITY,
+                    min_island: float = DEFAULT_MIN_ISLAND, min_atypicality: float = DEFAULT_MIN_ATYPICALITY,
+                    max_share: float = DEFAULT_MINORITY, min_other_share: float = DEFAULT_MIN_OTHER_SHARE,
+                    max_other_base: float = DEFAULT_MAX_OTHER_BASE) -> Optional[str]:
+    """Step 3's rule on one group's :func:`group_statistics`: ``'island'`` (pure, set apart and atypical),
+    ``'relabelled'`` (its members share a strongest other class the rest of the class almost never has;
+    only when the statistics have ``other_share``), or None (not kept)."""
+    if stats["size"] >= max_share * n_class:
+        return None
+    if (stats["purity"] >= min_purity and stats["island"] >= min_island
+            and stats["atypicality"] >= min_atypicality):
+        return "island"
+    if "other_share" in stats and stats["other_share"] >= min_other_share and stats["other_base"] < max_other_base:
+        return "relabelled"
+    return None
 
 
-def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, random_state: Optional[int] = 0,
-                         keep_rows: bool = False, **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def is_tail_group(stats: dict[str, Any], n_class: int, **rule: float) -> bool:
+    """Whether :func:`tail_group_rule` keeps the group."""
+    return tail_group_rule(stats, n_class, **rule) is not None
+
+
+def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optional[np.ndarray] = None,
+                         random_state: Optional[int] = 0, keep_rows: bool = False,
+                         **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Steps 1-4 for one class: (flagged rows, group id per row (-1 = none), one record per candidate
-    cluster with its statistics and whether it was kept).  ``rule``: the bars of :func:`is_tail_group`;
-    ``keep_rows``: each record also holds its members' row positions (for the calibration)."""
+    cluster with its statistics, whether it was kept and by which rule).  ``other``: the rows'
+    :func:`strongest_other_class` (enables the relabelled rule); ``rule``: the bars of
+    :func:`tail_group_rule`; ``keep_rows``: each record also holds its members' row positions (for the
+    calibration)."""
     import hdbscan
 
     P = np.asarray(P, dtype=np.float64)
@@ -151,10 +232,13 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, random_state
         members = labels == k
         if members.sum() >= rule.get("max_share", DEFAULT_MINORITY) * len(rows):
             continue  # a bulk cluster of the class, not a candidate
-        stats = group_statistics(F_rows, members, atypicality[rows], neighbours)
-        kept = is_tail_group(stats, len(rows), **rule)
+        stats = group_statistics(F_rows, members, atypicality[rows], neighbours,
+                                 None if other is None else np.asarray(other)[rows],
+                                 rule.get("min_other_share", DEFAULT_MIN_OTHER_SHARE))
+        why = tail_group_rule(stats, len(rows), **rule)
+        kept = why is not None
         records.append({**{key: round(v, 3) if isinstance(v, float) else v for key, v in stats.items()},
-                        "kept": kept, **({"rows": rows[members]} if keep_rows else {})})
+                        "kept": kept, "rule": why, **({"rows": rows[members]} if keep_rows else {})})
         if kept:
             seed[rows[members]] = True
             groups[rows[members]] = n_kept
@@ -171,19 +255,26 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, random_state
     return flagged, groups, records
 
 
-def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, random_state: Optional[int] = 0,
+def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, logits: Optional[np.ndarray] = None,
+                      random_state: Optional[int] = 0,
                       **rule: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The stage over every class: (flagged (N,), group id per sample within its class (-1 = none),
-    evidence per class: the candidates' statistics, the kept groups and how many samples joined)."""
+    evidence per class: the candidates' statistics, the kept groups and how many samples joined).
+    ``logits`` (N, K): the model's outputs, which enable the relabelled rule."""
     P = np.asarray(P, dtype=np.float64)
     y = np.asarray(y)
     atypicality = np.asarray(atypicality, dtype=np.float64)
+    other = None
+    if logits is not None:
+        other = strongest_other_class(logits, y)
+        rule = {"max_other_base": other_base_bar(np.asarray(logits).shape[1]), **rule}
     flagged = np.zeros(len(P), dtype=bool)
     groups = np.full(len(P), -1, dtype=np.int64)
     evidence: dict[str, Any] = {}
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        f, g, records = tail_groups_in_class(P[idx], atypicality[idx], random_state=random_state, **rule)
+        f, g, records = tail_groups_in_class(P[idx], atypicality[idx], random_state=random_state,
+                                             other=None if other is None else other[idx], **rule)
         flagged[idx], groups[idx] = f, g
         kept = [r for r in records if r["kept"]]
         strongest = sorted((r for r in records if not r["kept"]), key=lambda r: -r["island"])[:3]
