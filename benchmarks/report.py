@@ -128,7 +128,8 @@ def loss_notes(rows: list) -> list:
             better_than_chance = (r.get("precision") or 0) > 1.5 * chance
             if better_than_chance and (r.get("f1") or 0) > (f.get("f1") or 0) + 0.01:
                 notes.append(f"`{model}`: **{d} beats FLARE default** on F1 ({fmt_num(r['f1'])} vs "
-                             f"{fmt_num(f.get('f1'))}).")
+                             f"{fmt_num(f.get('f1'))}; {d}: TPR {fmt_pct(r.get('tpr'))} % at FPR {fmt_pct(r.get('fpr'))} %, "
+                             f"precision {fmt_pct(r.get('precision'))} % where {fmt_pct(chance)} % of the samples are poisoned).")
             if (r.get("auroc") or 0) >= 0.6 and (r.get("auroc") or 0) > (f.get("auroc") or 0) + 0.01:
                 notes.append(f"`{model}`: {d} ranks the samples better than FLARE default's scores (AUROC "
                              f"{fmt_num(r['auroc'])} vs {fmt_num(f.get('auroc'))}).")
@@ -486,6 +487,23 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       "on the shared 2-core CPU; `-` = the stage did not run (the tail-group stage runs only when the "
                       "other stages flagged under 1 %). The feature pass is not included (see the speed section).",
                       md_table(["model", "N", "total s", "prefixes tried"] + [f"{k} s" for k in phases] + ["other s"], prow)]
+    # ---- the samples the model fits worst (benchmarks/loss_ranking.py)
+    lr = read_json(results / "loss_ranking.json", None)
+    if lr and lr.get("rows"):
+        lrows = sorted(lr["rows"], key=lambda r: -r["loss_auroc"])
+        rows = [[r["model"], fmt_pct(r.get("attack_success_rate")), fmt_num(r["loss_auroc"]), fmt_num(r.get("flare_auroc")),
+                 fmt_num(r["median_loss_poisoned"]), fmt_num(r["median_loss_genuine"]),
+                 f"{fmt_pct(r['top_tpr'])} / {fmt_pct(r['top_fpr'])}"] for r in lrows]
+        parts += ["## The samples the model fits worst: where a backdoor that did not take leaves its poison",
+                  f"Command: `{lr.get('command')}`. Every sample ranked by the loss of its label (the `loss` column of a "
+                  "run's manifest; the Inspect page's *Least fitted by the model*). FLARE reads what the model learnt; "
+                  "where the model did not learn the trigger (ASR near a clean model's), the poison is mislabelled data "
+                  "to it, not fitted, and this ranking finds it. Where the backdoor took, the poison is fitted better "
+                  "than the genuine samples (AUROC at or under 0.5). Top 1 %: TPR / FPR in % if the 1 % highest-loss "
+                  "samples were flagged (no threshold learnt from the ground truth). A reference for the analyst's "
+                  "list, not a detector: it would flag about 1 % of any data set, poisoned or not.",
+                  md_table(["model", "ASR %", "loss AUROC", "FLARE default AUROC", "median loss, poisoned",
+                            "median loss, genuine", "top 1 %: TPR / FPR %"], rows)]
     # ---- the latent cross-check, on and off (benchmarks/confirm_study.py)
     cs = read_json(results / "confirm_study.json", None)
     if cs and cs.get("rows"):

@@ -79,8 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = Path(args.out or tempfile.mkdtemp(prefix="flare-bench-quick-"))
         print(run_quick(work))
         return 0
-    from benchmarks import (confirm_study, detect_matrix, foundation, latent_calibration, purification, report,
-                            separability, speed)
+    from benchmarks import (confirm_study, detect_matrix, foundation, latent_calibration, loss_ranking, purification,
+                            report, separability, speed, tail_calibration)
 
     foundation.main(["--retrain"] if args.retrain else [])
     force = ["--force"] if args.force else []
@@ -90,8 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cifar:
         detect_matrix.main(force + ["--cifar", args.cifar] + cifar)
     cifar_opt = ["--cifar", args.cifar] if args.cifar else []
-    latent_calibration.main(cifar_opt + fmnist + cifar)
+    latent_calibration.main(cifar_opt)  # the models its thresholds were calibrated on
     confirm_study.main(cifar_opt + fmnist + cifar)
+    tail_calibration.main(cifar_opt)
+    loss_ranking.main([])
     separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
     if not args.skip_purification:
         purification.main(["--force"] if args.force else [])

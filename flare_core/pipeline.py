@@ -194,6 +194,17 @@ def run_analysis(
             "score": np.round(scores, 6),
             "cluster": clusters,
         })
+        if want_latent and feats.latent is not None and feats.latent.logits is not None:
+            # the model's own view of every sample: how badly it fits the label, and what it sees next to it
+            # (poison of a backdoor that did not take is not fitted; dirty-label poison keeps its source class)
+            from flare_core.detectors.latent import sample_loss
+            from flare_core.detectors.tail_groups import strongest_other_class
+
+            logits = np.asarray(feats.latent.logits)
+            if logits.shape[1] > int(dataset.labels.max()):
+                manifest["loss"] = np.round(sample_loss(logits, dataset.labels), 6)
+                manifest["next_class"] = (strongest_other_class(logits, dataset.labels) if logits.shape[1] > 1
+                                          else np.full(n, -1))
         detector_reports = {config.detector: _report_of(main)}
         for b in baselines:
             progress("baselines", baselines.index(b), len(baselines))

@@ -5,7 +5,9 @@ Layout (written atomically by :func:`write_run`; only ``decisions.json`` changes
     RUN/run.json          parameters, model/data description, chosen subspace, evidence, counts, timings,
                           versions, hashes
     RUN/manifest.csv      one row per sample: index,source,label,class_name,flagged,score,cluster
-                          (+ flagged_<det>,score_<det> per extra detector, + poisoned when ground truth is known)
+                          (+ flagged_<det>,score_<det> per extra detector, + poisoned when ground truth is known,
+                          + loss,next_class when the model's logits were read: the cross-entropy of the
+                          label and the class the model rates highest after it)
     RUN/features.npy      N x L abnormality matrix (the expensive pass), float32
     RUN/pooled.npy        N x D pooled penultimate features (when computed)
     RUN/embedding.npy     N x 2 global UMAP embedding of the detector
@@ -120,6 +122,16 @@ class RunFolder:
         df = self.manifest
         col = "score" if detector in (None, self.detectors()[0]) else f"score_{detector}"
         return df[col].to_numpy().astype(float)
+
+    def losses(self) -> Optional[np.ndarray]:
+        """Per sample, the model's cross-entropy of its label (None for runs that did not read the logits)."""
+        df = self.manifest
+        return df["loss"].to_numpy().astype(float) if "loss" in df.columns else None
+
+    def next_classes(self) -> Optional[np.ndarray]:
+        """Per sample, the class the model rates highest after the label (None when not recorded)."""
+        df = self.manifest
+        return df["next_class"].to_numpy().astype(np.int64) if "next_class" in df.columns else None
 
     def score_rule(self) -> Optional[str]:
         """How the main detector's scores rank the samples, as its report states it (None for detectors

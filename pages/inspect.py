@@ -61,6 +61,9 @@ def _on_radio(i: int, key: str) -> None:
 # ---- which samples --------------------------------------------------------------------------------------------
 SOURCES = {"flagged": f"Flagged by {det_label}", "removal": "Marked for removal", "selection": "Selection from Explore",
            "cluster": "A cluster of a class", "ranked": "Highest scores"}
+losses = run.losses()
+if losses is not None:
+    SOURCES["unfitted"] = "Least fitted by the model"
 if ss.get("inspect_source") not in SOURCES:
     ss["inspect_source"] = "flagged"
 source = st.radio("Show", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="inspect_source")
@@ -76,6 +79,13 @@ elif source == "ranked":
     idx = np.argsort(-scores, kind="stable")[: int(n_top)]
     rule = run.score_rule()
     st.caption("Every sample, highest score first, flagged or not." + (f" {det_label}'s score: {rule}." if rule else ""))
+elif source == "unfitted":
+    n_top = st.number_input("How many", min_value=1, max_value=run.n_samples, value=min(50, run.n_samples), step=10,
+                            key="inspect_unfitted_n")
+    idx = np.argsort(-losses, kind="stable")[: int(n_top)]
+    st.caption("The samples whose label the model fits worst (highest loss), flagged or not. Poison of a backdoor "
+               "the model did not learn sits here, where FLARE, which reads what the model learnt, does not see it; "
+               "so does label noise. Their next class after the label is what the model sees in them.")
 else:
     with_views = run.class_labels_with_views()
     cc1, cc2 = st.columns(2)
@@ -89,7 +99,8 @@ else:
         idx = np.asarray(v.indices)[v.clusters == cid]
     else:
         idx = np.flatnonzero(labels == label)
-idx = idx[np.argsort(-scores[idx], kind="stable")] if len(idx) else idx
+if source != "unfitted":  # that list keeps its own order (highest loss first)
+    idx = idx[np.argsort(-scores[idx], kind="stable")] if len(idx) else idx
 
 g1, g2, g3 = st.columns([1, 2, 2])
 method = g1.selectbox("CAM method", METHODS, key="inspect_method")
@@ -143,7 +154,8 @@ with shared.friendly_errors("Grad-CAM"):
                 f"**#{i}** · {shared.class_name(run, int(labels[i]))}  \n"
                 f"predicted **{shared.class_name(run, p)}**"
                 + (f" · next after the label: {shared.class_name(run, int(nexts[j]))}" if nexts is not None else "")
-                + f" · score {scores[i]:.3f} · cluster {df['cluster'].iat[i]}  \n"
+                + f" · score {scores[i]:.3f}" + (f" · loss {losses[i]:.3g}" if losses is not None else "")
+                + f" · cluster {df['cluster'].iat[i]}  \n"
                 f"{det_label}: {'**flagged**' if flagged[i] else 'not flagged'}"
             )
             key = f"dec_{i}_{version}"

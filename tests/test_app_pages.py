@@ -355,6 +355,30 @@ def test_inspect_highest_scores_lists_the_top_samples_flagged_or_not(env, run, c
     assert any("highest score first" in c.value for c in at.caption)
 
 
+def test_inspect_least_fitted_lists_the_highest_losses_in_loss_order(env, cam_ready):
+    from test_app_support import make_run
+
+    run = make_run(env / "run-loss", losses=True)
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(),
+             inspect_source="unfitted")
+    no_errors(at)
+    at.number_input(key="inspect_unfitted_n").set_value(4).run()
+    no_errors(at)
+    shown = [int(r.key.split("_")[1]) for r in at.radio if r.key and r.key.startswith("dec_")]
+    top = [int(i) for i in np.argsort(-run.losses(), kind="stable")[:4]]
+    assert sorted(shown) == sorted(top) and shown[0] == top[0]
+    assert any("fits worst" in c.value for c in at.caption)
+    assert "Least fitted by the model" in at.radio(key="inspect_source").options
+    assert sum("· loss " in m.value for m in at.markdown) == 4
+
+
+def test_inspect_offers_least_fitted_only_when_the_run_has_losses(env, run, cam_ready):
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model())
+    no_errors(at)
+    assert "Least fitted by the model" not in at.radio(key="inspect_source").options
+    assert run.losses() is None and run.next_classes() is None
+
+
 def test_inspect_dataset_size_mismatch_is_a_readable_error(env, run):
     ds = make_dataset(run).subset(range(10))
     at = app("inspect", run_path=str(run.path), dataset=ds, model=tiny_model())

@@ -38,8 +38,10 @@ def make_run(
     data_path: str = "synthetic.npz",
     model_path: str = "model.pt",
     seed: int = 0,
+    losses: bool = False,
 ) -> RunFolder:
-    """A run over ``per_class * len(classes)`` samples; in every class the last 3 samples form a flagged cluster."""
+    """A run over ``per_class * len(classes)`` samples; in every class the last 3 samples form a flagged cluster.
+    ``losses``: the manifest also has the model's per-sample ``loss`` and ``next_class`` (runs that read logits)."""
     rng = np.random.default_rng(seed)
     k = len(classes)
     labels = np.repeat(np.arange(k), per_class)
@@ -69,6 +71,9 @@ def make_run(
         "score": np.round(rng.random(n) + 2 * flagged, 4),
         "cluster": clusters,
     })
+    if losses:
+        manifest["loss"] = np.round(rng.exponential(0.1, size=n), 6)
+        manifest["next_class"] = (labels + 1) % k
     for b in baselines:
         fb = flagged.copy()
         fb[1] = True

@@ -147,7 +147,9 @@ def test_loss_notes_name_a_baseline_that_beats_flare_on_f1_or_ranks_better():
     assert loss_notes([flare, good_ranker]) == [
         "`m`: ss ranks the samples better than FLARE default's scores (AUROC 0.950 vs 0.800)."]
     better_f1 = dict(good_ranker, f1=0.95, auroc=0.5)
-    assert "**ss beats FLARE default** on F1" in loss_notes([dict(flare, f1=0.9), better_f1])[0]
+    note = loss_notes([dict(flare, f1=0.9), better_f1])[0]
+    assert "**ss beats FLARE default** on F1" in note
+    assert "ss: TPR 50.00 % at FPR 10.00 %, precision 40.00 % where 10.00 % of the samples are poisoned" in note
     assert loss_notes([flare, dict(good_ranker, auroc=0.805)]) == []  # within 0.01
 
 
@@ -211,3 +213,28 @@ def test_report_has_the_tail_calibration_and_the_detector_stage_seconds(tmp_path
     assert "other_base 0.042" in text and "CIFAR-10 narrow ResNet" not in text  # no CIFAR candidates: no row
     assert "## Where FLARE default's detector time goes" in text
     assert "| fmnist-wanet-1-e10 | 60000 | 60.0 | 1 | 30.0 | - | 13.5 | 9.0 | - | - | 7.5 |" in text
+
+
+def test_loss_ranking_row_ranks_unfitted_poison_and_reports_the_top_share(tmp_path):
+    from benchmarks.common import write_json
+    from benchmarks.loss_ranking import model_row
+
+    rng = np.random.default_rng(0)
+    n, k = 2000, 4
+    y = rng.integers(0, k, n)
+    poisoned = np.arange(0, n, 100)  # 20 samples (1 %) the model does not fit: their label's logit is low
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 6.0
+    logits[poisoned, y[poisoned]] -= 12.0
+    c = tmp_path / "cache" / "m"
+    c.mkdir(parents=True)
+    np.save(c / "logits.npy", logits)
+    np.savez(c / "train.npz", y=y)
+    write_json(c / "ground_truth.json", {"poisoned_indices": poisoned.tolist()})
+    before = logits.copy()
+    row = model_row("m", cache=tmp_path / "cache", results=tmp_path / "results", zoo=tmp_path / "zoo")
+    assert row["loss_auroc"] == 1.0 and row["top_tpr"] == 1.0 and row["top_fpr"] == 0.0
+    assert row["median_loss_poisoned"] > row["median_loss_genuine"] and row["flare_auroc"] is None
+    np.testing.assert_array_equal(np.load(c / "logits.npy"), before)
+    write_json(c / "ground_truth.json", {"poisoned_indices": []})
+    assert model_row("m", cache=tmp_path / "cache", results=tmp_path / "results", zoo=tmp_path / "zoo") is None

@@ -174,6 +174,19 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     assert "atypicality" in run.score_rule()  # the run says how its scores rank the samples
     scores, flagged = run.scores(), run.flagged()
     assert not flagged.any() or scores[flagged].min() > scores[~flagged].max()
+    # the model's view of every sample: the loss of its label and its next class, from a plain forward pass
+    from flare_core.data import load_dataset
+    from flare_core.detectors.latent import sample_loss
+    from flare_core.models import load_model
+
+    model, ds = load_model(str(lab / "model.pt")), load_dataset(str(lab / "data"))
+    with torch.no_grad():
+        logits = model.module(model.preprocessing.to_tensor(ds.images)).numpy()
+    np.testing.assert_allclose(run.losses(), sample_loss(logits, ds.labels), rtol=1e-3, atol=1e-5)
+    masked = logits.copy()
+    masked[np.arange(len(ds.labels)), ds.labels] = -np.inf
+    np.testing.assert_array_equal(run.next_classes(), masked.argmax(1))
+    assert (run.next_classes() != ds.labels).all()
 
 
 def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
@@ -182,6 +195,7 @@ def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
     run = run_analysis(cfg, tmp_path / "run")
     assert run.meta["detector"]["report"]["report"]["latent"] == {"used": False, "why_not": "use_latent='off'"}
     assert "pooled" not in run.meta["timings"]
+    assert run.losses() is None  # no logits read, so no loss column
 
 
 def test_cli_purify_writes_the_run_and_prints_a_summary(lab, tmp_path, capsys):
