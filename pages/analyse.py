@@ -155,7 +155,11 @@ if run is not None:
     c[2].metric("flagged share", f"{100 * flagged.mean():.2f} %")
     c[3].metric("layers used (subspace)", res.get("subspace") if res.get("subspace") is not None else "–")
     if not flagged.any():
-        st.success("The detector found no separated group of samples: nothing is flagged.", icon=":material/verified:")
+        st.info("The detector found no separated group of samples: nothing is flagged. That is not proof of a clean "
+                "set: a backdoor the model did not learn leaves its poison as samples the model cannot fit. Look at "
+                "the Inspect page's *Highest scores*"
+                + (" and *Least fitted by the model*" if run.losses() is not None else "") + " lists.",
+                icon=":material/info:")
     sentence, latent_tbl = report.how_found(run)
     if sentence and flagged.any():
         st.caption(sentence)

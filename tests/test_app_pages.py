@@ -229,6 +229,17 @@ def test_analyse_runs_once_then_reuses_the_cached_result(env, monkeypatch):
     assert len(calls) == 1 and at.session_state["run_path"] == str(run_path)
 
 
+@pytest.mark.parametrize("losses", [False, True])
+def test_analyse_with_nothing_flagged_says_it_is_no_proof_and_where_to_look(env, losses):
+    r = make_run(env / "none", flag=False, losses=losses)
+    assert not r.flagged().any()
+    at = app("analyse", run_path=str(r.path), dataset=make_dataset(r))
+    no_errors(at)
+    text = " ".join(i.value for i in at.info)
+    assert "nothing is flagged" in text and "not proof of a clean set" in text and "Highest scores" in text
+    assert ("Least fitted by the model" in text) == losses
+
+
 def test_analyse_without_config_points_to_load(env):
     at = app("analyse")
     no_errors(at)

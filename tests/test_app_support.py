@@ -39,9 +39,11 @@ def make_run(
     model_path: str = "model.pt",
     seed: int = 0,
     losses: bool = False,
+    flag: bool = True,
 ) -> RunFolder:
     """A run over ``per_class * len(classes)`` samples; in every class the last 3 samples form a flagged cluster.
-    ``losses``: the manifest also has the model's per-sample ``loss`` and ``next_class`` (runs that read logits)."""
+    ``losses``: the manifest also has the model's per-sample ``loss`` and ``next_class`` (runs that read logits);
+    ``flag=False``: nothing flagged (a run that found nothing)."""
     rng = np.random.default_rng(seed)
     k = len(classes)
     labels = np.repeat(np.arange(k), per_class)
@@ -51,7 +53,7 @@ def make_run(
     views = {}
     for c in range(k):
         idx = np.flatnonzero(labels == c)
-        flagged[idx[-3:]] = True
+        flagged[idx[-3:]] = flag
         clusters[idx[-3:]] = 1
         emb = rng.normal(size=(len(idx), 2)).astype(np.float32)
         emb[-3:] += 6.0
