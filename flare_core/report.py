@@ -201,6 +201,23 @@ def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
     return pd.DataFrame(rows)
 
 
+def least_fitted_table(run: RunFolder, n: int = 20) -> Optional[pd.DataFrame]:
+    """The ``n`` samples whose label the model fits worst (highest loss first), with the class the model
+    rates next after the label and whether they are flagged; None for runs that did not read the logits.
+    Where a backdoor did not take, its poison sits here (``benchmarks/RESULTS.md``, loss ranking)."""
+    loss = run.losses()
+    if loss is None:
+        return None
+    nxt = run.next_classes()
+    df = run.manifest
+    top = np.argsort(-loss, kind="stable")[:n]
+    name = (lambda c: run.classes[c] if 0 <= c < len(run.classes) else str(c))  # noqa: E731
+    return pd.DataFrame({"index": df["index"].to_numpy()[top], "source": df["source"].to_numpy()[top],
+                         "label": [name(int(c)) for c in df["label"].to_numpy()[top]],
+                         "next class": [name(int(c)) for c in nxt[top]] if nxt is not None else "",
+                         "loss": np.round(loss[top], 4), "flagged": run.flagged()[top].astype(int)})
+
+
 def manifest_with_decisions(run: RunFolder, detector: Optional[str] = None) -> pd.DataFrame:
     """The run's manifest plus the analyst's ``decision`` ('keep' | 'remove' | '') and the final ``removed`` (0/1)."""
     df = run.manifest.copy()
@@ -374,7 +391,8 @@ def build_report(
         f" · report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
         "<div class='cards'>" + "".join(f"<div class='metric'><b>{v}</b>{html.escape(k)}</div>" for k, v in metrics) + "</div>",
         "<p>" + ("The detector found a separated group of samples." if res.get("poison_found", bool(run.flagged().any()))
-                 else "The detector found no separated group of samples: nothing is flagged.") + "</p>",
+                 else "The detector found no separated group of samples: nothing is flagged. That is not proof of a "
+                      "clean set (see the samples the model fits worst, and the highest scores).") + "</p>",
         "<h2>Counts per class</h2>", _table_html(counts), _fig_html(bar),
     ]
     sentence, latent_tbl = how_found(run)
@@ -399,6 +417,13 @@ def build_report(
         sections += ["<h2>Detection quality (ground truth known)</h2>",
                      _table_html(pd.concat([det_tbl, reviewed])[cols], index=True),
                      "<h3>Per class</h3>", _table_html(per_class_confusion(run))]
+    unfitted = least_fitted_table(run)
+    if unfitted is not None:
+        sections += ["<h2>Samples the model fits worst</h2>",
+                     "<p class='muted'>Highest loss of the label first, flagged or not. A backdoor the model did not "
+                     "learn leaves its poison here (relabelled images the model could not fit), where a detector "
+                     "that reads what the model learnt does not see it; so does label noise. The next class is the "
+                     "one the model rates highest after the label.</p>", _table_html(unfitted)]
     sections += ["<h2>Example samples marked for removal</h2>", _examples_html(run, dataset, model, n_examples),
                  "<h2>Embeddings</h2><p class='muted'>Each point is a sample; colours are HDBSCAN clusters (per class) "
                  "or classes (global); ✕ marks flagged samples.</p>", _scatter_html(run, det_label),

@@ -77,6 +77,21 @@ def test_report_without_dataset_or_truth(tmp_path):
     assert "Example images need the dataset" in text and "Detection quality" not in text
 
 
+def test_report_lists_the_samples_the_model_fits_worst_when_the_run_has_losses(tmp_path):
+    from flare_core.report import least_fitted_table
+
+    r = make_run(tmp_path / "loss", losses=True)
+    tbl = least_fitted_table(r, n=5)
+    top = np.argsort(-r.losses(), kind="stable")[:5]
+    assert list(tbl["index"]) == top.tolist() and list(tbl["loss"]) == sorted(tbl["loss"], reverse=True)
+    assert list(tbl["next class"]) == [r.classes[int(c)] for c in r.next_classes()[top]]
+    text = build_report(r, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<h2>Samples the model fits worst</h2>" in text
+    plain = make_run(tmp_path / "plain")
+    assert least_fitted_table(plain) is None
+    assert "fits worst</h2>" not in build_report(plain, tmp_path / "p.html").read_text(encoding="utf-8")
+
+
 def test_report_with_model_has_cam_overlays(run, tmp_path):
     pytest.importorskip("flare_core.gradcam")
     pytest.importorskip("flare_core.metrics")
