@@ -34,13 +34,13 @@ ALL_DETECTORS = OUR_DETECTORS + ART_DETECTORS
 
 MATRIX_10 = ("fmnist-clean", "fmnist-badnets-10", "fmnist-blended-10", "fmnist-trojan-10", "fmnist-wanet-10",
              "fmnist-sig-5", "fmnist-badnets-a2a-10", "fmnist-blended-a2a-10", "fmnist-wanet-10-e10",
-             "fmnist-clean-gn", "fmnist-badnets-10-gn")
+             "fmnist-clean-gn", "fmnist-badnets-10-gn", "fmnist-clean-e10")
 MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
               "fmnist-badnets-0.5", "fmnist-blended-0.5", "fmnist-wanet-0.5",
               "fmnist-blended-0.5-e10", "fmnist-wanet-1-e10", "fmnist-wanet-0.5-e10", "fmnist-wanet-0.5-e20",
               "fmnist-trojan-1-e10", "fmnist-trojan-0.5-e10", "fmnist-sig-1-e10", "fmnist-badnets-a2a-1-e10",
               "fmnist-blended-a2a-1-e10", "fmnist-sig-0.5-e10", "fmnist-badnets-a2a-0.5-e10",
-              "fmnist-blended-a2a-0.5-e10")
+              "fmnist-blended-a2a-0.5-e10", "fmnist-wanet-1-e10-s1", "fmnist-badnets-a2a-0.5-e20")
 
 #: The CIFAR-10 (CPU, narrow ResNet) rows measured; the 4-epoch Blended / WaNet models had half-learnt backdoors,
 #: BadNets all-to-all and 1 % at 4 epochs none (not run), so those attacks are trained 12 epochs.

@@ -58,7 +58,8 @@ def _trained(record: Optional[dict]) -> str:
     ba, asr = record.get("benign_accuracy"), record.get("attack_success_rate")
     arch = spec.get("arch")
     own = "" if arch in (None, "small-cnn", "narrow-resnet", "resnet18-cifar") else f"{arch}, "
-    return (f"{own}{spec.get('epochs', '-')} ep., {fmt_pct(ba) if ba is not None else '-'} / "
+    seed = f"seed {spec['seed']}, " if spec.get("seed") not in (None, 0) else ""
+    return (f"{own}{seed}{spec.get('epochs', '-')} ep., {fmt_pct(ba) if ba is not None else '-'} / "
             f"{fmt_pct(asr) if asr is not None else '-'}")
 
 

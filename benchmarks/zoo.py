@@ -98,6 +98,12 @@ FMNIST_SPECS = {s.name: s for s in [
     # its statistics from the data), clean and BadNets 10 %, trained after every threshold was fixed
     _fm("fmnist-clean-gn", None, arch="small-cnn-gn"),
     _fm("fmnist-badnets-10-gn", "badnets", arch="small-cnn-gn"),
+    # held out from the tail-group stage's relabelled rule (session 9, trained after it was fixed): a clean
+    # control trained as long as the low-rate models, WaNet 1 % on another seed (other poisoned samples),
+    # and BadNets all-to-all 0.5 % trained twice as long (at 10 epochs its backdoor did not take)
+    _fm("fmnist-clean-e10", None, epochs=10),
+    _fm("fmnist-wanet-1-e10-s1", "wanet", 0.01, epochs=10, seed=1),
+    _fm("fmnist-badnets-a2a-0.5-e20", "badnets", 0.005, mode="all-to-all", epochs=20),
 ]}
 
 

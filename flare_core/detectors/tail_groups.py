@@ -51,7 +51,9 @@ The relabelled rule (session 9) was set after looking at the candidates of all 2
 (with a single other class; the covering set came after, for groups of mixed footwear), so those are not
 held out for it; CIFAR-10 is.  No genuine candidate meets it: on Fashion-MNIST the nearest has 88 % of its
 members' strongest other class in 4.2 % of the rest of its class (twice the bar), on CIFAR-10 8.9 %.  It
-kept 17 poisoned Fashion-MNIST groups the island bars refused.
+kept 17 poisoned Fashion-MNIST groups the island bars refused.  Three models trained after it was fixed
+(WaNet 1 % on another seed, BadNets all-to-all 0.5 % at 20 epochs, a 10-epoch clean control): 5 more
+poisoned groups kept by it, no genuine one.
 """
 from __future__ import annotations
 
