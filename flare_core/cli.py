@@ -235,6 +235,11 @@ def cmd_purify(args) -> int:
     sentence, _ = how_found(run)
     if sentence and res["n_flagged"]:
         print(f"  {sentence}")
+    if not res["n_flagged"]:
+        print("  Nothing flagged is not proof of a clean set: the highest scores"
+              + (" and the highest losses (manifest column 'loss': samples the model does not fit, where a "
+                 "backdoor that did not take leaves its poison)" if run.losses() is not None else "")
+              + " are where to look.")
     for det, m in (run.meta.get("evaluation") or {}).items():
         auroc = m.get("auroc")
         print(f"  {det:>16}: TPR {100 * m['tpr']:.2f}%  FPR {100 * m['fpr']:.2f}%  F1 {m['f1']:.3f}"

@@ -208,3 +208,15 @@ def test_cli_purify_writes_the_run_and_prints_a_summary(lab, tmp_path, capsys):
     assert (out / "run.json").is_file() and (out / "purified").is_dir()
     meta = json.loads((out / "run.json").read_text())
     assert meta["detector"]["report"]["report"]["params"]["use_latent"] == "off"
+    assert meta["result"]["n_flagged"] == 0  # random images of three brightness levels: nothing to find
+    assert "Nothing flagged is not proof of a clean set" in printed and "'loss'" not in printed  # no logits read
+
+
+def test_cli_purify_with_nothing_flagged_points_to_the_losses(lab, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--out",
+                     str(out), "--no-views", "--param", "n_neighbors=10"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["result"]["n_flagged"] == 0
+    assert "Nothing flagged is not proof of a clean set" in printed and "manifest column 'loss'" in printed
+    assert "loss" in (out / "manifest.csv").read_text().splitlines()[0].split(",")
