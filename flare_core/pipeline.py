@@ -206,6 +206,12 @@ def run_analysis(
                 manifest["next_class"] = (strongest_other_class(logits, dataset.labels) if logits.shape[1] > 1
                                           else np.full(n, -1))
         detector_reports = {config.detector: _report_of(main)}
+        evidence = ((detector_reports[config.detector].get("report") or {}).get("evidence") or {})
+        if (evidence.get("latent") or {}).get("tail_groups"):
+            # is a kept tail group many copies of one image? (pixel space; the run says so, flags nothing)
+            from flare_core.near_copies import annotate_tail_groups
+
+            annotate_tail_groups(evidence, clusters, dataset.labels, dataset.images, random_state=config.seed)
         for b in baselines:
             progress("baselines", baselines.index(b), len(baselines))
             spec, est = _detector(b, config.seed, {})

@@ -21,6 +21,7 @@ import pandas as pd
 
 from flare_core import plots
 from flare_core.atomic import write_text
+from flare_core.near_copies import NEAR_COPY_RATIO
 from flare_core.run_folder import RunFolder, detector_report
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
             sentence += (f" The tail-group stage kept {len(islands)} island(s) (size, purity, island, atypicality): "
                          + "; ".join(f"{name(c)} ({g['size']}, {g['purity']:.2f}, {g['island']:.2f}, "
                                      f"{g['atypicality']:.2f})" for c, g in islands) + ".")
+        copies = [(c, g) for c, g in kept if g.get("near_copy_ratio") is not None
+                  and g["near_copy_ratio"] < NEAR_COPY_RATIO]
+        if copies:
+            sentence += (f" {len(copies)} kept group(s) are near-copies of one image in pixel space (distance between "
+                         "members over that between samples of their class): "
+                         + "; ".join(f"{name(c)} ({g['size']} samples, {g['near_copy_ratio']:.2f})" for c, g in copies)
+                         + ". Check whether they are duplicates: copies of one odd image form such a group, poison "
+                         "or not.")
         if relabelled:
             sentence += (f" It kept {len(relabelled)} relabelled group(s), whose members the model sees as another "
                          "class next to their label (label: size, the classes it sees, share of the group, share "

@@ -153,6 +153,8 @@ def test_flare_detect_flags_a_tail_group_only_the_tail_stage_sees():
     assert res.scores[truth].min() > res.scores[~res.flagged].max()  # flagged first
     tail = res.evidence["latent"]["tail_groups"]
     assert tail["n_new"] == int(res.flagged.sum()) and len(tail["classes"]["0"]["kept"]) == 1
+    cid = tail["classes"]["0"]["kept"][0]["cluster"]  # the kept group's cluster id: where its samples are
+    assert set(np.unique(res.clusters[res.flagged])) == {cid}
     assert res.report["seconds"]["tail_groups"] > 0
 
 

@@ -220,3 +220,19 @@ def test_cli_purify_with_nothing_flagged_points_to_the_losses(lab, tmp_path, cap
     assert json.loads((out / "run.json").read_text())["result"]["n_flagged"] == 0
     assert "Nothing flagged is not proof of a clean set" in printed and "manifest column 'loss'" in printed
     assert "loss" in (out / "manifest.csv").read_text().splitlines()[0].split(",")
+
+
+def test_the_pipeline_measures_kept_tail_groups_for_near_copies(lab, tmp_path, monkeypatch):
+    """run_analysis hands FLARE default's evidence, clusters, labels and images to the near-copy check."""
+    import flare_core.near_copies as NC
+
+    calls = []
+    real = NC.annotate_tail_groups
+
+    def spy(evidence, clusters, labels, images, random_state=0):
+        calls.append((len(clusters), len(labels), images.shape))
+        return real(evidence, clusters, labels, images, random_state)
+
+    monkeypatch.setattr(NC, "annotate_tail_groups", spy)
+    run = run_analysis(_config(lab, views=False), tmp_path / "run")
+    assert calls == [(run.n_samples, run.n_samples, (run.n_samples, 12, 12, 1))]

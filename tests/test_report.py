@@ -152,7 +152,11 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
          "other_classes": [0, 1], "other_share": 1.0, "other_base": 0.009}]
     sentence = how_found(run)[0]
     assert "kept 1 island(s)" in sentence and "kept 1 relabelled group(s)" in sentence
-    assert "c: 22, a / b, 100%, 0.9%" in sentence
+    assert "c: 22, a / b, 100%, 0.9%" in sentence and "near-copies" not in sentence
+    rep["evidence"]["latent"]["tail_groups"]["classes"]["1"]["kept"][0]["near_copy_ratio"] = 0.05
+    assert "1 kept group(s) are near-copies of one image" in how_found(run)[0] and "b (31 samples, 0.05)" in how_found(run)[0]
+    rep["evidence"]["latent"]["tail_groups"]["classes"]["1"]["kept"][0]["near_copy_ratio"] = 0.9
+    assert "near-copies" not in how_found(run)[0]
     rep.update(found=False, representation="layers")
     assert how_found(run)[0].startswith("No FLARE stage")
     assert how_found(SimpleNamespace(meta={}, classes=[])) == ("", None)

@@ -581,6 +581,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             pairs = sorted({(int(c), int(k)) for c, k in zip(y[new], tail_group[new])})
             for i, (c, k) in enumerate(pairs):
                 clusters[new & (y == c) & (tail_group == k)] = base + i
+                kept_groups = tail_evidence.get(str(c), {}).get("kept", [])
+                if 0 <= k < len(kept_groups):  # the kept group's cluster id, for the run to find its samples
+                    kept_groups[k]["cluster"] = base + i
             scores = np.where(new, np.maximum(scores, atyp), scores)
             flagged = flagged | new
             representation = representation + "+tail" if found else "tail"
