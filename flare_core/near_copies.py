@@ -23,12 +23,14 @@ MAX_ROWS = 500
 
 
 def _median_nn_distance(X: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
+    """Median over rows of the distance to the nearest other row (one matrix product: rows are few, pixels many)."""
     if len(X) < 2:
         return float("nan")
-    d = cKDTree(X).query(X, k=2)[0][:, 1]
-    return float(np.median(d))
+    X = np.asarray(X, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", X, X)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)
+    np.fill_diagonal(d2, np.inf)
+    return float(np.median(np.sqrt(np.maximum(d2.min(axis=1), 0.0))))
 
 
 def near_copy_ratio(images: np.ndarray, members: np.ndarray, class_rows: np.ndarray,
