@@ -22,7 +22,7 @@ import pandas as pd
 from flare_core import plots
 from flare_core.atomic import write_text
 from flare_core.near_copies import NEAR_COPY_RATIO
-from flare_core.run_folder import RunFolder, detector_report
+from flare_core.run_folder import RunFolder, class_name, detector_report
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +133,8 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          "features were flagged, in a class whose flagged samples the model fits far better.")
         tail = (((report.get("evidence") or {}).get("latent") or {}).get("tail_groups") or {}).get("classes") or {}
         kept = [(c, g) for c, rec in tail.items() for g in rec.get("kept", [])]
-
         def name(c):
-            return run.classes[int(c)] if 0 <= int(c) < len(run.classes) else c
+            return class_name(run.classes, c)
         islands = [(c, g) for c, g in kept if g.get("rule", "island") == "island"]
         relabelled = [(c, g) for c, g in kept if g.get("rule") == "relabelled"]
         if islands:
@@ -154,7 +153,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
             sentence += (f" It kept {len(relabelled)} relabelled group(s), whose members the model sees as another "
                          "class next to their label (label: size, the classes it sees, share of the group, share "
                          "of the rest of the class): "
-                         + "; ".join(f"{name(c)}: {g['size']}, {' / '.join(str(name(o)) for o in g['other_classes'])}, "
+                         + "; ".join(f"{name(c)}: {g['size']}, {' / '.join(name(o) for o in g['other_classes'])}, "
                                      f"{g['other_share']:.0%}, {g['other_base']:.1%}" for c, g in relabelled) + ".")
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
@@ -164,7 +163,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
         first = c["splits"][0]
         leaves = c.get("leaves") or []
         rows.append({
-            "class": run.classes[c["class"]] if 0 <= c["class"] < len(run.classes) else c["class"],
+            "class": class_name(run.classes, c["class"]),
             "first split d'": first.get("dprime"),
             "split by": first.get("candidate", "2-means"),
             "parts (size / median loss / flagged)": "; ".join(
@@ -197,8 +196,7 @@ def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
         return None
     rows = []
     for r in records:
-        classes = [run.classes[c["class"]] if 0 <= c["class"] < len(run.classes) else c["class"]
-                   for c in r.get("classes") or []]
+        classes = [class_name(run.classes, c["class"]) for c in r.get("classes") or []]
         rows.append({
             "group": r["group"],
             "samples": r["n"],
@@ -220,10 +218,10 @@ def least_fitted_table(run: RunFolder, n: int = 20) -> Optional[pd.DataFrame]:
     nxt = run.next_classes()
     df = run.manifest
     top = np.argsort(-loss, kind="stable")[:n]
-    name = (lambda c: run.classes[c] if 0 <= c < len(run.classes) else str(c))  # noqa: E731
+    name = run.class_name
     return pd.DataFrame({"index": df["index"].to_numpy()[top], "source": df["source"].to_numpy()[top],
-                         "label": [name(int(c)) for c in df["label"].to_numpy()[top]],
-                         "next class": [name(int(c)) for c in nxt[top]] if nxt is not None else "",
+                         "label": [name(c) for c in df["label"].to_numpy()[top]],
+                         "next class": [name(c) for c in nxt[top]] if nxt is not None else "",
                          "loss": np.round(loss[top], 4), "flagged": run.flagged()[top].astype(int)})
 
 
@@ -351,7 +349,7 @@ def _scatter_html(run: RunFolder, detector_label: str) -> str:
     scores = run.scores()
     for label in run.class_labels_with_views():
         v = run.class_view(label)
-        name = run.classes[label] if label < len(run.classes) else str(label)
+        name = run.class_name(label)
         fig = plots.class_scatter(v.embedding, v.clusters, v.indices, flagged[v.indices], scores=scores[v.indices],
                                   sources=sources[v.indices], stability=v.stability, title=f"Class {label}: {name}",
                                   detector_label=detector_label, webgl=False, max_points=REPORT_MAX_POINTS, height=420)
@@ -401,7 +399,8 @@ def build_report(
         "<div class='cards'>" + "".join(f"<div class='metric'><b>{v}</b>{html.escape(k)}</div>" for k, v in metrics) + "</div>",
         "<p>" + ("The detector found a separated group of samples." if res.get("poison_found", bool(run.flagged().any()))
                  else "The detector found no separated group of samples: nothing is flagged. That is not proof of a "
-                      "clean set (see the samples the model fits worst, and the highest scores).") + "</p>",
+                      "clean set (see the highest scores" + (", and the samples the model fits worst below"
+                                                            if run.losses() is not None else "") + ").") + "</p>",
         "<h2>Counts per class</h2>", _table_html(counts), _fig_html(bar),
     ]
     sentence, latent_tbl = how_found(run)

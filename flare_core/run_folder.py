@@ -29,6 +29,12 @@ import pandas as pd
 from flare_core.atomic import atomic_dir, write_json, write_npy
 from flare_core.errors import FlareError
 
+def class_name(classes: list, label) -> str:
+    """``classes[label]`` as text, or the label's number when ``classes`` does not name it."""
+    k = int(label)
+    return str(classes[k]) if 0 <= k < len(classes) else str(k)
+
+
 MANIFEST_COLUMNS = ["index", "source", "label", "class_name", "flagged", "score", "cluster"]
 DECISIONS = ("keep", "remove")
 
@@ -84,6 +90,10 @@ class RunFolder:
     @property
     def classes(self) -> list:
         return list(self.meta.get("dataset", {}).get("classes", []))
+
+    def class_name(self, label) -> str:
+        """The name of class ``label`` (its number as text when the run does not name it)."""
+        return class_name(self.classes, label)
 
     def features(self) -> np.ndarray:
         return np.load(self.path / "features.npy", mmap_mode="r")

@@ -380,8 +380,7 @@ def detector_label(name: str, *, long: bool = False) -> str:
 
 
 def class_name(run: RunFolder, label: int) -> str:
-    classes = run.classes
-    return str(classes[label]) if 0 <= label < len(classes) else str(label)
+    return run.class_name(label)
 
 
 # ---- the sidebar ---------------------------------------------------------------------------------------------

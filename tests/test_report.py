@@ -201,3 +201,17 @@ def test_report_captions_read_the_thresholds_the_run_used(run, tmp_path):
     assert "d' &ge; 6.25" in text and "fitted 7.5x better than the reference part" in text
     assert "d' &ge; 4.25) or fitted 12.0x better" in text and "10x" not in text
     assert "flagged first; unflagged by atypicality" in text  # how the scores rank, under Detector
+
+
+@pytest.mark.parametrize("losses", [False, True])
+def test_report_with_nothing_flagged_says_it_is_no_proof_and_points_only_to_lists_it_has(tmp_path, losses):
+    r = make_run(tmp_path / "none", flag=False, losses=losses)
+    text = build_report(r, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "nothing is flagged. That is not proof of a clean set (see the highest scores" in text
+    assert ("the samples the model fits worst below" in text) == losses == ("fits worst</h2>" in text)
+
+
+def test_class_name_is_the_name_or_the_number():
+    from flare_core.run_folder import class_name
+
+    assert class_name(["cat", "dog"], 1) == "dog" and class_name(["cat"], 3) == "3" and class_name([], -1) == "-1"

@@ -631,8 +631,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                                      if refused_layer_groups else "no prefix of the columns gave a separated cluster")
                                   + (" and neither did the per-channel columns" if channel_runs is not None else "")
                                   + (" and no class split in its penultimate features" if latent_report["used"] else "")
-                                  + (" or held a tight island of atypical samples"
-                                     if "tail_groups" in latent_report else ""))
+                                  + (" or held a tight island of atypical samples or a group the model sees as "
+                                     "another class" if "tail_groups" in latent_report else ""))
     per_class = None
     if y is not None:
         classes, counts = np.unique(y[flagged], return_counts=True)
