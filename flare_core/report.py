@@ -127,10 +127,21 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     else:
         stages = ([REPRESENTATION_TEXT.get(base, base)] if base else []) + [REPRESENTATION_TEXT[x] for x in extra]
         sentence = "Flagged by " + " and by ".join(stages) + "."
-        joined = sum(r.get("joined", 0) for r in ((report.get("evidence") or {}).get("latent") or {}).get("joined") or [])
+        records = ((report.get("evidence") or {}).get("latent") or {}).get("joined") or []
+        joined = sum(r.get("joined", 0) for r in records)
+        # records before the linear rule have 'joined' alone (all of it by neighbours)
+        by_linear = sum(r.get("joined_linear", 0) for r in records)
+        by_neighbours = joined - by_linear
         if joined:
-            sentence += (f" {joined:,} more sample(s) joined them: their nearest class-mates in the penultimate "
-                         "features were flagged, in a class whose flagged samples the model fits far better.")
+            how = []
+            if by_neighbours:
+                how.append(f"{by_neighbours:,} because their nearest class-mates in the penultimate features "
+                           "were flagged")
+            if by_linear:
+                how.append(f"{by_linear:,} because a linear classifier trained (out of fold) to tell their "
+                           "class's flagged samples from the rest put them on the flagged side")
+            sentence += (f" {joined:,} more sample(s) joined them, in a class whose flagged samples the model "
+                         "fits far better: " + "; ".join(how) + ".")
         tail = (((report.get("evidence") or {}).get("latent") or {}).get("tail_groups") or {}).get("classes") or {}
         kept = [(c, g) for c, rec in tail.items() for g in rec.get("kept", [])]
         def name(c):

@@ -544,6 +544,75 @@ def test_join_flagged_classes_extends_flags_only_in_a_class_with_the_loss_signat
     assert not LT.join_flagged_classes(P, y, np.zeros(2000, bool), loss)[0].any()
 
 
+def _edge_poison(rng):
+    """One class: 1000 genuine, 300 flagged poison far out along the poison direction, and 30 poison the
+    stages missed in a tight clump between them, nearer the flagged side: their nearest neighbours are
+    each other (unflagged), so only the linear rule can take them."""
+    P = np.vstack([cloud(rng, 1000), cloud(rng, 300, shift=8.0), cloud(rng, 30, shift=6.5, scale=0.3)])
+    flagged = np.zeros(len(P), bool)
+    flagged[1000:1300] = True
+    return P, flagged
+
+
+def test_join_linear_takes_the_poison_on_the_flagged_side_that_the_neighbour_rule_cannot():
+    P, flagged = _edge_poison(np.random.default_rng(23))
+    before = (P.copy(), flagged.copy())
+    joined = LT.join_linear(P, flagged)
+    np.testing.assert_array_equal(P, before[0])
+    np.testing.assert_array_equal(flagged, before[1])
+    assert joined[1300:].all()  # the missed clump
+    assert not joined[:1300].any()  # no genuine sample, and never an already flagged one
+    assert not LT.join_neighbours(P, flagged)[1300:].any()  # the neighbour rule cannot reach them
+    np.testing.assert_array_equal(LT.join_linear(P, flagged, random_state=0), joined)  # deterministic
+
+
+def test_join_linear_joins_no_genuine_sample_when_the_flags_are_a_separated_population():
+    rng = np.random.default_rng(24)
+    P = np.vstack([cloud(rng, 1000), cloud(rng, 300, shift=8.0)])
+    flagged = np.zeros(1300, bool)
+    flagged[1000:] = True
+    assert not LT.join_linear(P, flagged).any()
+
+
+def test_join_linear_needs_a_fold_of_each_side():
+    rng = np.random.default_rng(25)
+    P = cloud(rng, 100)
+    flagged = np.zeros(100, bool)
+    flagged[:4] = True  # fewer flagged rows than folds
+    assert not LT.join_linear(P, flagged).any()
+    assert not LT.join_linear(P, np.ones(100, bool)).any()
+
+
+def test_join_flagged_classes_records_both_rules_and_can_keep_the_neighbour_rule_alone():
+    rng = np.random.default_rng(26)
+    P, flagged = _edge_poison(rng)
+    y = np.zeros(len(P), int)
+    loss = np.concatenate([losses(rng, 1000, 1e-2), losses(rng, 330, 1e-5)])
+    joined, records = LT.join_flagged_classes(P, y, flagged, loss)
+    assert joined[1300:].all() and not joined[:1000].any()
+    (rec,) = records
+    assert rec["joined"] == rec["joined_neighbours"] + rec["joined_linear"] == int(joined.sum())
+    assert rec["joined_linear"] == 30
+    only_knn, records = LT.join_flagged_classes(P, y, flagged, loss, linear=False)
+    assert not only_knn[1300:].any() and "joined_linear" not in records[0]
+
+
+def test_flare_detect_latent_join_choices_reach_the_join_step():
+    rng = np.random.default_rng(27)
+    P, y, loss, truth = two_class_set(rng, n_genuine=500, n_poison=300)
+    X, Lg = abnormality_noise(rng, len(P)), logits_for(loss, y)
+    with pytest.raises(FlareError, match="latent_join"):
+        flare_detect(X, y, latent=P, logits=Lg, latent_join="linear")
+    runs = {c: flare_detect(X, y, latent=P, logits=Lg, latent_join=c, n_epochs=50)
+            for c in ("auto", "neighbours", "off")}
+    assert all("joined_linear" in r for r in runs["auto"].report["latent"]["joined"])
+    assert not any("joined_linear" in r for r in runs["neighbours"].report["latent"]["joined"])
+    assert "joined" not in runs["off"].report["latent"]
+    for r in runs.values():  # a separated poison set: nothing to join, the same flags either way
+        np.testing.assert_array_equal(r.flagged, runs["auto"].flagged)
+        assert r.flagged[truth].all() and not r.flagged[~truth].any()
+
+
 def test_estimator_exposes_every_flare_parameter():
     from flare_core.detectors.flare import DEFAULT_PARAMS
 

@@ -140,6 +140,15 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     assert "joined" not in how_found(run)[0]
     rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 1280}, {"class": 1, "joined": 0}]
     assert "1,280 more sample(s) joined" in how_found(run)[0]
+    assert "1,280 because their nearest class-mates" in how_found(run)[0]
+    assert "linear classifier" not in how_found(run)[0]
+    rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 50, "joined_neighbours": 8, "joined_linear": 42}]
+    sentence = how_found(run)[0]
+    assert "50 more sample(s) joined" in sentence and "8 because their nearest" in sentence
+    assert "42 because a linear classifier" in sentence
+    rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 42, "joined_neighbours": 0, "joined_linear": 42}]
+    assert "nearest class-mates" not in how_found(run)[0]
+    rep["evidence"]["latent"]["joined"] = [{"class": 0, "joined": 1280}, {"class": 1, "joined": 0}]
     rep["representation"] = "tail"
     rep["evidence"]["latent"]["tail_groups"] = {"classes": {"1": {"kept": [
         {"size": 31, "purity": 0.98, "island": 2.46, "atypicality": 2.3, "kept": True}]}, "2": {"kept": []}}}
