@@ -541,10 +541,11 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "samples flagged), and every group tested: its d', how much better the model fits its largest "
                   "class part than the rest of that class, and the rule that kept it."
                   + (f" {len(older)} of these rows were run when the bar was 10x; "
-                     + (f"in {', '.join(stale)} a group was kept on loss under {now:g}x, so those default columns "
-                        "are not today's." if stale else
-                        f"none of them kept a group on loss under {now:g}x, so their default column is also "
-                        "today's.") if older else ""),
+                     + (f"in {', '.join(stale)} a group was kept on loss under {now:g}x." if stale else
+                        f"none of them kept a group on loss under {now:g}x.") if older else "")
+                  + " The three columns compare the cross-check's settings with every other stage as it was when "
+                    "the study ran (before the tail-group stage and the join step's linear rule on most rows): "
+                    "FLARE default's numbers today are the detection matrix's above.",
                   md_table(["model", "FLARE default", "separation only", "cross-check off", "groups tested"], rows)]
 
     # ---- dashboard timings (benchmarks/dashboard_timings.py)

@@ -140,6 +140,8 @@ def cifar_specs(cifar_root: str, epochs: int = 4) -> dict:
         # the 7x7 Trojan-style glyph at 1 %, the most salient trigger, where the 3x3 BadNets patch and the
         # blend at 1 % did not take in 12 epochs (ASR ~3 %)
         replace(mk("cifar-trojan-1-e12", "trojan", 0.01), epochs=12),
+        # and at 0.5 % (250 images), where the other stages flag under 1 % and the tail-group stage decides
+        replace(mk("cifar-trojan-0.5-e12", "trojan", 0.005), epochs=12),
     ]}
 
 
