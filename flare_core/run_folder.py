@@ -29,6 +29,7 @@ import pandas as pd
 from flare_core.atomic import atomic_dir, write_json, write_npy
 from flare_core.errors import FlareError
 
+
 def class_name(classes: list, label) -> str:
     """``classes[label]`` as text, or the label's number when ``classes`` does not name it."""
     k = int(label)

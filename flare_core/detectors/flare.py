@@ -66,11 +66,11 @@ Default mode also (ours):
   holds the poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12
   epochs: 71.8 % -> 97.7 % TPR); then so is a sample that a linear classifier, trained out of fold to tell
   the class's flagged samples from the rest, puts on the flagged side (WaNet 10 %: 97.7 -> 98.5 % TPR on
-  CIFAR-10; ``latent_join='neighbours'`` keeps the neighbour rule alone). Before that join (``latent_tail_groups='auto'``), every class is searched
-  for small tight islands of atypical samples, and for groups the model sees as another class next to their
-  label, in its penultimate features and logits (:mod:`.tail_groups`), when the
-  stages above flagged under 1 % of the samples: the poison of low rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 %
-  TPR at FPR 0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the
+  CIFAR-10; ``latent_join='neighbours'`` keeps the neighbour rule alone). Before that join
+  (``latent_tail_groups='auto'``), every class is searched for small tight islands of atypical samples,
+  and for groups the model sees as another class next to their label, in its penultimate features and
+  logits (:mod:`.tail_groups`), when the stages above flagged under 1 % of the samples: the poison of low
+  rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 % TPR at FPR 0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the
   report says so.
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
