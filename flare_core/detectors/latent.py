@@ -91,8 +91,8 @@ JOIN_NEIGHBOURS = 10
 #: Rounds of the join step at most.
 JOIN_ROUNDS = 10
 #: The join step's second rule (:func:`join_linear`): folds of the out-of-fold classifier, and its
-#: regularisation (inverse L2 strength on standardised features; measured on Fashion-MNIST WaNet 10 %,
-#: 0.01 and 0.1 gave the same joins).
+#: regularisation (inverse L2 strength on standardised features; on Fashion-MNIST WaNet 10 %, 0.01 and
+#: 0.1 joined 42 / 12 and 42 / 13 poisoned / genuine samples).
 JOIN_LINEAR_FOLDS = 5
 JOIN_LINEAR_C = 0.01
 #: PCA components the class is split in.
