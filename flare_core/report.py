@@ -191,6 +191,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
 KEPT_BY_TEXT = {
     "separation": "kept: a population of its own in its class",
     "loss": "kept: the model fits it far better than the rest of its class",
+    "pooled separation": "kept: a population of its own across its classes (too few per class to test each)",
     "unchecked": "kept: too small to check",
     "kept": "kept",  # records from before the cross-check said which rule kept a group
     "refused": "refused: neither separated nor fitted far better",
@@ -199,7 +200,8 @@ KEPT_BY_TEXT = {
 
 def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
     """One row per group FLARE's per-layer stage found that the latent cross-check tested: its size, the
-    median held-out d' against the rest of its classes, how many times better the model fits its largest
+    median held-out d' against the rest of its classes (or, for a group too thin to test class by class,
+    the d' with its classes pooled), how many times better the model fits its largest
     class part than the rest of that class, and the decision.  None when nothing was cross-checked."""
     report = detector_report(run)
     records = ((report.get("evidence") or {}).get("latent") or {}).get("layer_groups_checked") or []
@@ -213,6 +215,7 @@ def cross_check_table(run: RunFolder) -> Optional[pd.DataFrame]:
             "samples": r["n"],
             "classes tested": ", ".join(map(str, classes)) or "-",
             "median d'": r.get("median_dprime"),
+            "pooled d'": r.get("pooled_dprime"),
             "fitted x better": r.get("loss_ratio"),
             "decision": KEPT_BY_TEXT[(r.get("kept_by") or "kept") if r.get("kept") else "refused"],
         })
@@ -306,6 +309,14 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #eee;padding-bottom:4px;margin-
 def _run_param(run: RunFolder, name: str):
     params = detector_report(run).get("params") or {}
     return params.get(name, "?")
+
+
+def _pooled_clause(run: RunFolder) -> str:
+    """The cross-check caption's words on the pooled test; empty for a run made before it existed."""
+    pooled = (detector_report(run).get("params") or {}).get("latent_confirm_pooled")
+    if not pooled:
+        return ""
+    return f"; for a group too thin to test class by class, pooled d' &ge; {html.escape(str(pooled))}"
 
 
 def _latent_threshold(run: RunFolder):
@@ -426,7 +437,7 @@ def build_report(
     if check_tbl is not None:
         sections += ["<p class='muted'>Groups found by the per-layer stage, cross-checked in the penultimate "
                      "features: kept when a population of their own there (median held-out d' &ge; "
-                     f"{html.escape(str(_run_param(run, 'latent_confirm')))}) or fitted "
+                     f"{html.escape(str(_run_param(run, 'latent_confirm')))}{_pooled_clause(run)}) or fitted "
                      f"{html.escape(str(_run_param(run, 'latent_confirm_loss')))}x better than the rest of "
                      "their class.</p>", _table_html(check_tbl)]
     det_tbl = detection_table(run) if run.ground_truth() is not None else None

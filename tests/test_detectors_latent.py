@@ -330,6 +330,8 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_confirm_loss=0.5)
     with pytest.raises(FlareError, match="latent_confirm_loss"):
         flare_detect(X, y, latent_confirm_loss=-1)
+    with pytest.raises(FlareError, match="latent_confirm_pooled"):
+        flare_detect(X, y, latent_confirm_pooled=-1)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=13)
     with pytest.raises(FlareError):
@@ -446,6 +448,54 @@ def test_confirm_keeps_groups_too_small_to_check():
     _, P, y, flagged = _small_group(17)
     kept, records = LT.confirm_groups(P, y, flagged, flagged.astype(int))
     assert kept[:10].all() and records[0]["checked"] is False and records[0]["kept_by"] == "unchecked"
+
+
+def _thin_groups(seed, n_classes=10, per_class=25, shift=4.0):
+    """Ten classes of 400 genuine rows (each class at its own place); a 'poison' group of ``per_class``
+    rows in every class shifted along one shared direction (too few per class for a held-out d'), and a
+    clump of as many genuine rows per class grouped by accident."""
+    rng = np.random.default_rng(seed)
+    parts, poison = [], []
+    for c in range(n_classes):
+        base = rng.normal(scale=3.0, size=D)
+        parts += [cloud(rng, 400) + base, cloud(rng, per_class, shift=shift) + base]
+        poison += [np.zeros(400, bool), np.ones(per_class, bool)]
+    P, poison = np.vstack(parts), np.concatenate(poison)
+    y = np.repeat(np.arange(n_classes), 400 + per_class)
+    clump = np.zeros(len(y), bool)
+    for c in range(n_classes):
+        clump[rng.choice(np.flatnonzero((y == c) & ~poison), per_class, replace=False)] = True
+    return rng, P, y, poison, clump
+
+
+def test_confirm_keeps_a_group_spread_thinly_over_classes_on_its_pooled_separation():
+    rng, P, y, poison, clump = _thin_groups(21)
+    flagged = poison | clump
+    groups = np.where(poison, 1, np.where(clump, 2, 0))
+    loss = losses(rng, len(y), 1e-2)  # no loss signature: distance alone has to carry it
+    before = (P.copy(), flagged.copy())
+    kept, records = LT.confirm_groups(P, y, flagged, groups, loss=loss)
+    np.testing.assert_array_equal(P, before[0])
+    np.testing.assert_array_equal(flagged, before[1])
+    assert kept[poison].all() and not kept[clump].any()
+    by_group = {r["group"]: r for r in records}
+    assert by_group[1]["classes"] == [] and by_group[1]["kept_by"] == "pooled separation"
+    assert by_group[1]["pooled_dprime"] > 6 and by_group[1]["checked"] is True
+    assert not by_group[2]["kept"] and by_group[2]["pooled_dprime"] < 2
+
+
+def test_confirm_pooled_test_can_be_switched_off():
+    rng, P, y, poison, clump = _thin_groups(23)
+    loss = losses(rng, len(y), 1e-2)
+    kept, records = LT.confirm_groups(P, y, poison, poison.astype(int), loss=loss, pooled_separation=0)
+    assert not kept.any() and records[0]["pooled_dprime"] is None and records[0]["checked"] is False
+
+
+def test_pooled_dprime_ignores_where_each_class_sits():
+    """A group that is one whole class's share of rows sitting at that class's own place is not separated."""
+    rng, P, y, poison, clump = _thin_groups(22, shift=0.0)
+    assert LT.pooled_heldout_dprime(P, y, poison) < 2
+    assert LT.pooled_heldout_dprime(P, y, poison & (y < 0)) == 0.0  # no rows: nothing to measure
 
 
 def _close_group(seed):

@@ -180,15 +180,18 @@ def test_cross_check_table_says_why_each_per_layer_group_was_kept_or_refused():
                 "loss_ratio": 4000.0, "kept": True, "kept_by": "loss", "checked": True},
                {"group": 2, "n": 300, "classes": [{"class": 1, "n": 300, "dprime": 0.9}], "median_dprime": 0.9,
                 "loss_ratio": 2.9, "kept": False, "kept_by": None, "checked": True},
-               {"group": 3, "n": 12, "classes": [], "median_dprime": None, "kept": True, "checked": False}]
+               {"group": 3, "n": 12, "classes": [], "median_dprime": None, "kept": True, "checked": False},
+               {"group": 4, "n": 261, "classes": [], "median_dprime": None, "pooled_dprime": 4.9, "loss_ratio": 0.19,
+                "kept": True, "kept_by": "pooled separation", "checked": True}]
     rep = {"representation": "layers", "found": True,
            "evidence": {"latent": {"used": True, "classes": [], "layer_groups_checked": records}}}
     run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["a", "b"])
     t = cross_check_table(run)
-    assert list(t["samples"]) == [3600, 300, 12] and list(t["classes tested"]) == ["a", "b", "-"]
+    assert list(t["samples"]) == [3600, 300, 12, 261] and list(t["classes tested"]) == ["a", "b", "-", "-"]
     assert "fits it far better" in t["decision"][0] and t["decision"][1].startswith("refused")
     # a record from before the loss rule (no kept_by) still reads as kept
     assert t["decision"][2] == "kept"
+    assert "across its classes" in t["decision"][3] and t["pooled d'"][3] == 4.9
     rep["evidence"]["latent"]["layer_groups_checked"] = []
     assert cross_check_table(run) is None
     assert cross_check_table(SimpleNamespace(meta={}, classes=[])) is None
@@ -208,7 +211,10 @@ def test_report_captions_read_the_thresholds_the_run_used(run, tmp_path):
              "loss_ratio": 20.0, "kept": True, "kept_by": "separation", "checked": True}]}}}}
     text = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "d' &ge; 6.25" in text and "fitted 7.5x better than the reference part" in text
-    assert "d' &ge; 4.25) or fitted 12.0x better" in text and "10x" not in text
+    assert "d' &ge; 4.25) or fitted 12.0x better" in text and "10x" not in text  # a run from before the pooled test
+    params["latent_confirm_pooled"] = 2.5
+    text = build_report(run, tmp_path / "r2.html").read_text(encoding="utf-8")
+    assert "d' &ge; 4.25; for a group too thin to test class by class, pooled d' &ge; 2.5) or fitted 12.0x" in text
     assert "flagged first; unflagged by atypicality" in text  # how the scores rank, under Detector
 
 

@@ -57,9 +57,11 @@ Default mode also (ours):
   is also cross-checked there: it is kept only when, in its classes, it is a population of its own in the
   penultimate features (median held-out d' >= ``latent_confirm``, 4.5) *or* the model fits its main class
   part ``latent_confirm_loss`` (100) times better than the rest of that class (the backdoor's loss
-  signature, asked strong because it stands alone here; a group too small for a held-out d' needs that signature; 0 = the separation
-  test only, small groups kept), which refuses clumps of genuine outliers in heavy-tailed layers (Blended
-  all-to-all: FPR 1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10
+  signature, asked strong because it stands alone here; 0 = the separation test only, small groups
+  kept); a group too thin for a held-out d' in any one class (an all-to-all backdoor at a low rate: a few
+  dozen poisoned samples per class) is measured with its classes pooled and kept at d' >=
+  ``latent_confirm_pooled`` (3.0; 0 = off), and one too small for that needs the loss signature. This
+  refuses clumps of genuine outliers in heavy-tailed layers (Blended all-to-all: FPR 1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10
   WaNet 12 epochs: d' 2.2, fitted 4,000x better). Last (``latent_join='auto'``), in every class whose
   flagged samples the model fits ``latent_loss_ratio`` times better than the rest, a sample whose 10 nearest
   samples of its class in the penultimate features are mostly flagged is flagged too: a per-layer group
@@ -141,6 +143,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_loss_separation": 5.5,
     "latent_confirm": 4.5,
     "latent_confirm_loss": 100.0,
+    "latent_confirm_pooled": 3.0,
     "latent_join": "auto",
     "latent_max_clusters": 6,
     "latent_tail_groups": "auto",
@@ -202,6 +205,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     if 0 < V.check_float(p["latent_confirm_loss"], "latent_confirm_loss", 0.0) < 1:
         raise FlareError(f"latent_confirm_loss must be 0 (the cross-check by separation only) or a ratio >= 1, "
                          f"got {p['latent_confirm_loss']}.")
+    V.check_float(p["latent_confirm_pooled"], "latent_confirm_pooled", 0.0)
     V.check_choice(p["latent_join"], "latent_join", JOIN_CHOICES)
     V.check_int(p["latent_max_clusters"], "latent_max_clusters", 2, 12)
     V.check_choice(p["latent_tail_groups"], "latent_tail_groups", CHANNELS)
@@ -541,6 +545,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged, records = confirm_groups(P, y, flagged, clusters, min_separation=p["latent_confirm"],
                                               loss=loss if p["latent_confirm_loss"] > 0 else None,
                                               loss_ratio=p["latent_confirm_loss"],
+                                              pooled_separation=p["latent_confirm_pooled"],
                                               random_state=p["random_state"])
         latent_report["layer_groups_checked"] = records
         refused_layer_groups = not all(r["kept"] for r in records)
@@ -694,7 +699,7 @@ class FlareDetector(BaseEstimator):
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
-                 latent_confirm_loss: float = 100.0, latent_join: str = "auto",
+                 latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
@@ -720,6 +725,7 @@ class FlareDetector(BaseEstimator):
         self.latent_loss_separation = latent_loss_separation
         self.latent_confirm = latent_confirm
         self.latent_confirm_loss = latent_confirm_loss
+        self.latent_confirm_pooled = latent_confirm_pooled
         self.latent_join = latent_join
         self.latent_max_clusters = latent_max_clusters
         self.latent_tail_groups = latent_tail_groups

@@ -84,6 +84,13 @@ DEFAULT_LOSS_RATIO = 10.0
 #: 13.5x better kept on it (105 samples, d' 1.8); the one poison group kept on loss alone was fitted 4,000x
 #: better.  It stands alone, without a distance test beside it, so it asks for the stronger signature.
 DEFAULT_CONFIRM_LOSS_RATIO = 100.0
+#: A per-layer group too thin to test class by class passes at this pooled held-out d'
+#: (:func:`pooled_heldout_dprime`).  Measured on the 46 cached benchmark models: the genuine groups of
+#: that kind (seven, on seven models) reached 2.04 at most over three seeds of the random halves, the
+#: BadNets all-to-all 0.5 % poison sets 3.9-4.3 (20 epochs, 261 poisoned samples) and 2.8-3.1 (10 epochs,
+#: 90 poisoned of 96, a backdoor that did not take).  Set between, on those same models, so it is a
+#: measured choice; a model trained after it was fixed (``fmnist-badnets-a2a-0.5-e20-s1``) is the check.
+DEFAULT_CONFIRM_POOLED_SEPARATION = 3.0
 #: Peeling inside a class already found poisoned: the smaller side must be this far apart (held-out d').
 DEFAULT_PEEL_SEPARATION = 4.5
 #: Neighbours that vote in the join step (the same number FLARE uses to place unclustered samples).
@@ -550,6 +557,7 @@ def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any)
 def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np.ndarray, *,
                    min_separation: float = 4.5, loss: Optional[np.ndarray] = None,
                    loss_ratio: float = DEFAULT_CONFIRM_LOSS_RATIO,
+                   pooled_separation: float = DEFAULT_CONFIRM_POOLED_SEPARATION,
                    random_state: Optional[int] = 0) -> tuple[np.ndarray, list]:
     """Cross-check groups flagged by FLARE's per-layer stage in the penultimate features ``P``.
 
@@ -566,9 +574,17 @@ def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np
     the model fits it thousands of times better (CIFAR-10 WaNet, 12 epochs: d' 2.2, loss ratio 4,000);
     the genuine clumps the separation test refuses were fitted 2.9-4.7x better on the calibration models
     and 13.5x on a held-out one (hence the default of 100, :data:`DEFAULT_CONFIRM_LOSS_RATIO`).  A group too
-    small for a held-out d' in every class (unchecked) is kept only on its loss signature when ``loss``
-    is given (the unchecked groups measured were all genuine, loss ratios 0.6-3.0), and kept as before
-    when it is not.  Returns (new flags, one record per group).  Inputs are not modified.
+    small for a held-out d' in every class is measured **pooled** instead (:func:`pooled_heldout_dprime`:
+    each of its classes robust-standardised on its own, the classes stacked, the group against the rest)
+    and passes at ``pooled_separation`` (3.0; 0 = no pooled test): an all-to-all backdoor at a low rate
+    puts a few dozen poisoned samples in every class (Fashion-MNIST BadNets all-to-all 0.5 %, 20 epochs:
+    261 poisoned samples, 13-34 per class, pooled d' 3.9-4.3), while the genuine groups the per-layer
+    stage made on the benchmark models that were too thin to check per class had pooled d' <= 2.04
+    (:data:`DEFAULT_CONFIRM_POOLED_SEPARATION`).  One direction for all classes loses some separation
+    (CIFAR-10 BadNets all-to-all 10 %: per class 11.4, pooled 3.8), hence the lower bar.  A group too small
+    for that as well (unchecked) is kept only on its loss signature when ``loss`` is given (the unchecked
+    groups measured were all genuine, loss ratios 0.6-3.0), and kept as before when it is not.  Returns
+    (new flags, one record per group).  Inputs are not modified.
     """
     kept = np.asarray(flagged, dtype=bool).copy()
     loss = None if loss is None else np.asarray(loss, dtype=np.float64)
@@ -584,12 +600,17 @@ def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np
                 per_class.append({"class": int(c), "n": int(m.sum()), "dprime": round(float(d), 3)})
         median = float(np.median([r["dprime"] for r in per_class])) if per_class else None
         separated = median is not None and median >= min_separation
+        pooled = None
+        if not per_class and pooled_separation > 0 and members.sum() >= 2 * MIN_HALF_ROWS:
+            pooled = pooled_heldout_dprime(P, y, members, random_state)
         ratio = None if loss is None else _main_part_ratio(loss, y, members)
         if separated:
             ok, by = True, "separation"
+        elif pooled is not None and pooled >= pooled_separation:
+            ok, by = True, "pooled separation"
         elif ratio is not None and ratio >= loss_ratio:
             ok, by = True, "loss"
-        elif per_class or loss is not None:
+        elif per_class or pooled is not None or loss is not None:
             ok, by = False, None
         else:
             ok, by = True, "unchecked"
@@ -597,9 +618,31 @@ def confirm_groups(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, groups: np
             kept[members] = False
         records.append({"group": int(g), "n": int(members.sum()), "classes": per_class,
                         "median_dprime": None if median is None else round(median, 3),
+                        "pooled_dprime": None if pooled is None else round(pooled, 3),
                         "loss_ratio": None if ratio is None else float(f"{ratio:.4g}"),
-                        "kept": bool(ok), "kept_by": by, "checked": bool(per_class)})
+                        "kept": bool(ok), "kept_by": by, "checked": bool(per_class) or pooled is not None})
     return kept, records
+
+
+def pooled_heldout_dprime(P: np.ndarray, y: np.ndarray, members: np.ndarray,
+                          random_state: Optional[int] = 0) -> float:
+    """Held-out d' of the rows ``members`` against the other rows of their classes, the classes pooled.
+
+    Each class the group touches is robust-standardised on its own (a class's own location and spread do
+    not count as separation) and the classes are stacked; :func:`heldout_dprime` then fits one Fisher
+    direction on a random half of the rows and measures the other.  A poison set spread thinly over many
+    classes (all-to-all) shares its trigger's direction in every class; genuine outliers grouped by
+    accident do not.  0.0 when a side has too few rows.  Inputs are not modified.
+    """
+    members = np.asarray(members, dtype=bool)
+    if not members.any():
+        return 0.0
+    rows, marks = [], []
+    for c in np.unique(y[members]):
+        idx = np.flatnonzero(y == c)
+        rows.append(_robust_standardize(P[idx]))
+        marks.append(members[idx])
+    return heldout_dprime(np.concatenate(rows), np.concatenate(marks), random_state)
 
 
 def _main_part_ratio(loss: np.ndarray, y: np.ndarray, members: np.ndarray) -> Optional[float]:
