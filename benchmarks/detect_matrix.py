@@ -41,7 +41,8 @@ MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
               "fmnist-trojan-1-e10", "fmnist-trojan-0.5-e10", "fmnist-sig-1-e10", "fmnist-badnets-a2a-1-e10",
               "fmnist-blended-a2a-1-e10", "fmnist-sig-0.5-e10", "fmnist-badnets-a2a-0.5-e10",
               "fmnist-blended-a2a-0.5-e10", "fmnist-wanet-1-e10-s1", "fmnist-badnets-a2a-0.5-e20",
-              "fmnist-badnets-a2a-0.5-e20-s1", "fmnist-wanet-0.5-e40")
+              "fmnist-badnets-a2a-0.5-e20-s1", "fmnist-wanet-0.5-e40", "fmnist-sig-0.5-e30",
+              "fmnist-badnets-a2a-0.5-e40", "fmnist-sig-0.5-e30-s1")
 
 #: The CIFAR-10 (CPU, narrow ResNet) rows measured; the 4-epoch Blended / WaNet models had half-learnt backdoors,
 #: BadNets all-to-all and 1 % at 4 epochs none (not run), so those attacks are trained 12 epochs.
