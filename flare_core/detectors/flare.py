@@ -61,8 +61,9 @@ Default mode also (ours):
   kept); a group too thin for a held-out d' in any one class (an all-to-all backdoor at a low rate: a few
   dozen poisoned samples per class) is measured with its classes pooled and kept at d' >=
   ``latent_confirm_pooled`` (3.0; 0 = off), and one too small for that needs the loss signature. This
-  refuses clumps of genuine outliers in heavy-tailed layers (Blended all-to-all: FPR 1.72 % -> 0.14 %) and keeps a warped poison set that sits close to its class (CIFAR-10
-  WaNet 12 epochs: d' 2.2, fitted 4,000x better). Last (``latent_join='auto'``), in every class whose
+  refuses clumps of genuine outliers in heavy-tailed layers (Blended all-to-all: FPR 1.72 % -> 0.14 %)
+  and keeps a warped poison set that sits close to its class (CIFAR-10 WaNet 12 epochs: d' 2.2, fitted
+  4,000x better). Last (``latent_join='auto'``), in every class whose
   flagged samples the model fits ``latent_loss_ratio`` times better than the rest, a sample whose 10 nearest
   samples of its class in the penultimate features are mostly flagged is flagged too: a per-layer group
   holds the poison that is abnormal in range, the rest of the poison lies beside it (CIFAR-10 WaNet 12
@@ -72,8 +73,8 @@ Default mode also (ours):
   (``latent_tail_groups='auto'``), every class is searched for small tight islands of atypical samples,
   and for groups the model sees as another class next to their label, in its penultimate features and
   logits (:mod:`.tail_groups`), when the stages above flagged under 1 % of the samples: the poison of low
-  rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 % TPR at FPR 0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the
-  report says so.
+  rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 % TPR at FPR
+  0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the report says so.
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
