@@ -26,7 +26,7 @@ Per model:
    reported alone and in union with FLARE default's flags (``--with-flare``, from the cached passes).
 
     python3 -m benchmarks.source_probe fmnist-clean fmnist-wanet-0.5-e40 --with-flare
-    python3 -m benchmarks.source_probe --cifar ROOT cifar-clean
+    python3 -m benchmarks.source_probe --cifar ROOT cifar-clean   # colour path written, not yet run
 
 Results: ``benchmarks/results/source_probe.json`` (one record per model, merged across runs).
 """
