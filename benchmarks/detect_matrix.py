@@ -49,7 +49,7 @@ MATRIX_LOW = ("fmnist-badnets-1", "fmnist-blended-1", "fmnist-wanet-1",
 MATRIX_CIFAR = ("cifar-clean", "cifar-badnets-10", "cifar-trojan-10", "cifar-blended-10", "cifar-wanet-10",
                 "cifar-blended-10-e12", "cifar-wanet-10-e12", "cifar-sig-5-e12", "cifar-blended-a2a-10-e12",
                 "cifar-badnets-a2a-10-e12", "cifar-badnets-1-e12", "cifar-blended-1-e12", "cifar-trojan-1-e12",
-                "cifar-trojan-0.5-e12")
+                "cifar-trojan-0.5-e12", "cifar-wanet-1-e12", "cifar-sig-1-e12")
 
 # Hou et al. (arXiv 2411.19479), CIFAR-10 ResNet-18, FLARE: (TPR %, FPR %). No poison: 2.89 % flagged.
 PUBLISHED = {
@@ -136,8 +136,36 @@ def cached_logits(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size: 
     return logits
 
 
+def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int = 0):
+    """FLARE default's shortcut evidence (probe + counter test), cached per model as ``shortcut.npz``."""
+    import json
+
+    from flare_core.features.shortcuts import ShortcutEvidence, shortcut_evidence
+
+    path = cache_dir / "shortcut.npz"
+    sha = getattr(model, "sha256", None)
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        if meta.get("model_sha256") == sha and meta.get("seed") == seed:
+            return ShortcutEvidence(moved_in={k: np.asarray(v) for k, v in meta["moved_in"].items()},
+                                    sampled=meta["sampled"], bar=meta["bar"], transform=meta["transform"],
+                                    counter=meta["counter"], target=meta["target"], drop=z["drop"],
+                                    after_class=z["after_class"], seconds=meta["seconds"])
+    ev = shortcut_evidence(model, dataset, seed=seed)
+    meta = {"model_sha256": sha, "seed": seed, "moved_in": {k: v.tolist() for k, v in ev.moved_in.items()},
+            "sampled": ev.sampled, "bar": ev.bar, "transform": ev.transform, "counter": ev.counter,
+            "target": ev.target, "seconds": ev.seconds}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".shortcut.{os.getpid()}.npz"
+    np.savez(tmp, drop=ev.drop, after_class=ev.after_class, meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+    return ev
+
+
 def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
-                     params: Optional[dict] = None, logits: Optional[np.ndarray] = None) -> dict:
+                     params: Optional[dict] = None, logits: Optional[np.ndarray] = None,
+                     shortcut=None) -> dict:
     """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
     try:
         from flare_core.detectors.registry import DETECTORS
@@ -149,6 +177,8 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
             est = spec.factory(**(params or {}))
         inp = X if spec.input == "abnormality" else pooled
         extra = {"latent": pooled, "logits": logits} if (spec.uses_latent and logits is not None) else {}
+        if spec.uses_latent and shortcut is not None and getattr(est, "mode", "") == "default":
+            extra["shortcut"] = shortcut
     except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
         est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
         extra = {}
@@ -196,6 +226,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     truth = _truth(entry, len(dataset))
     X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)
     logits = cached_logits(entry, model, dataset, Path(cache) / spec.name) if "flare" in todo else None
+    shortcut = cached_shortcut(entry, model, dataset, Path(cache) / spec.name, seed) if "flare" in todo else None
     rate = spec.rate if spec.attack else 0.1
     extra = {}
     for det in todo:
@@ -210,7 +241,8 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
             res = extra[det]
         else:
             try:
-                res = run_our_detector(det, X, pooled, dataset.labels, seed=seed, logits=logits)
+                res = run_our_detector(det, X, pooled, dataset.labels, seed=seed, logits=logits,
+                                       shortcut=shortcut)
             except Exception as e:  # a broken detector must not stop the matrix: record it
                 logger.exception("%s failed on %s", det, spec.name)
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,

@@ -488,6 +488,34 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       "on the shared 2-core CPU; `-` = the stage did not run (the tail-group stage runs only when the "
                       "other stages flagged under 1 %). The feature pass is not included (see the speed section).",
                       md_table(["model", "N", "total s", "prefixes tried"] + [f"{k} s" for k in phases] + ["other s"], prow)]
+    # ---- the shortcut stage's calibration (benchmarks/shortcut_probe.py)
+    sp = read_json(results / "shortcut_probe.json", None)
+    if sp:
+        def _q(r: dict, key: str) -> str:
+            q = r.get(key) or {}
+            return " / ".join(fmt_num(q.get(k), 2) for k in ("0.5", "0.99", "0.999")) if q else "-"
+
+        srows = sorted(sp.values(), key=lambda r: (not r["found"], r["model"]))
+        rows = [[r["model"], fmt_pct(r.get("asr")),
+                 f"{fmt_pct(r['strongest']['smooth']['moved_in'], 1)} (class {r['strongest']['smooth']['class']})",
+                 f"{fmt_pct(r['strongest']['sharpen']['moved_in'], 1)} (class {r['strongest']['sharpen']['class']})",
+                 "yes" if r["found"] else "no",
+                 "-" if not r["found"] else f"{r['flagged']} ({r['flagged_poisoned']} poisoned)",
+                 "-" if r.get("tpr") is None else f"{fmt_pct(r['tpr'])} / {fmt_pct(r['fpr'], 3)}",
+                 _q(r, "drop_poisoned_q"), _q(r, "drop_genuine_q")] for r in srows]
+        parts += ["## FLARE default's shortcut stage: does the model obey smoothing or sharpening as a trigger?",
+                  "Command: `python3 -m benchmarks.shortcut_probe --all [--cifar ROOT]`. Probe: 200 images of each "
+                  "class, classified before and after the transform; the share of the images of other classes it "
+                  "moves into one class (the strongest class in brackets). A shortcut is a share of at least 50 %. "
+                  "Where one is found, the stage alone (without FLARE's other stages) flags the samples labelled "
+                  "with that class whose label log-probability falls at least 3 nats under the opposite transform, "
+                  "to another class; TPR / FPR % of that alone, and the drop (nats) of the poisoned and genuine "
+                  "members of the class at the median / 99th / 99.9th percentile. The bars (50 %, 3 nats, the "
+                  "transforms' strengths) were chosen on the Fashion-MNIST WaNet models of this table, so those are "
+                  "calibration models; the CIFAR-10 ones are held out.",
+                  md_table(["model", "ASR %", "smoothing moves in", "sharpening moves in", "shortcut",
+                            "stage flags", "stage alone TPR / FPR %", "drop poisoned q50 / 99 / 99.9",
+                            "drop genuine q50 / 99 / 99.9"], rows)]
     # ---- the samples the model fits worst (benchmarks/loss_ranking.py)
     lr = read_json(results / "loss_ranking.json", None)
     if lr and lr.get("rows"):

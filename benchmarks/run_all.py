@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(run_quick(work))
         return 0
     from benchmarks import (confirm_study, detect_matrix, foundation, latent_calibration, loss_ranking, purification,
-                            report, separability, speed, tail_calibration)
+                            report, separability, shortcut_probe, speed, tail_calibration)
 
     foundation.main(["--retrain"] if args.retrain else [])
     force = ["--force"] if args.force else []
@@ -93,6 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     latent_calibration.main(cifar_opt)  # the models its thresholds were calibrated on
     confirm_study.main(cifar_opt + fmnist + cifar)
     tail_calibration.main(cifar_opt)
+    shortcut_probe.main(["--all"] + cifar_opt)
     loss_ranking.main([])
     separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
     if not args.skip_purification:

@@ -179,8 +179,18 @@ def run_analysis(
         def inputs_for(spec):
             return X if spec.input == "abnormality" else pooled
 
+        # FLARE default's shortcut stage: does the model obey an image-wide transform as a trigger (two
+        # small extra passes: a probe on a sample, then the counter test of one class)
+        shortcut = None
+        if (main_spec.uses_latent and getattr(main, "use_shortcut", "off") == "auto"
+                and getattr(main, "mode", "") == "default"):
+            from flare_core.features.shortcuts import shortcut_evidence
+
+            shortcut = timer.run("shortcut", shortcut_evidence, model, dataset, batch_size=config.batch_size,
+                                 seed=config.seed, progress=progress)
+        shortcut_inputs = {"shortcut": shortcut} if shortcut is not None else {}
         timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs,
-                  **latent_inputs)
+                  **latent_inputs, **shortcut_inputs)
         flagged = np.asarray(main.flagged_, dtype=bool)
         scores = np.asarray(main.scores_, dtype=float)
         clusters = np.asarray(getattr(main, "clusters_", np.zeros(n, dtype=int)), dtype=int)
@@ -205,6 +215,9 @@ def run_analysis(
                 manifest["loss"] = np.round(sample_loss(logits, dataset.labels), 6)
                 manifest["next_class"] = (strongest_other_class(logits, dataset.labels) if logits.shape[1] > 1
                                           else np.full(n, -1))
+        if shortcut is not None and shortcut.found:
+            # how far the label's log-probability falls when the model's transform trigger is undone
+            manifest["shortcut_drop"] = np.round(shortcut.drop, 4)
         detector_reports = {config.detector: _report_of(main)}
         evidence = ((detector_reports[config.detector].get("report") or {}).get("evidence") or {})
         if (evidence.get("latent") or {}).get("tail_groups"):

@@ -105,7 +105,31 @@ REPRESENTATION_TEXT = {
     "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
     "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees as "
              "another class, inside a class's penultimate features"),
+    "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
+                 "(they lose it when the transform is undone)"),
 }
+
+
+def shortcut_sentence(report: dict, classes) -> str:
+    """What the shortcut probe found about the model (a model-level finding, flagged samples or not)."""
+    sc = report.get("shortcut") or {}
+    if not sc.get("used"):
+        return ""
+    if not sc.get("found"):
+        strongest = sc.get("strongest") or {}
+        most = max((v.get("moved_in", 0.0) for v in strongest.values()), default=0.0)
+        return (f" The model obeys no image-wide transform as a trigger (smoothing or sharpening moves at most "
+                f"{most:.0%} of other images into one class; the bar is {sc.get('bar', 0.5):.0%}).")
+    target = class_name(classes, sc["target"])
+    moved = (sc.get("strongest") or {}).get(sc["transform"], {}).get("moved_in", 0.0)
+    verb = {"smooth": "Smoothing", "sharpen": "Sharpening"}.get(sc["transform"], sc["transform"])
+    return (f" {verb} sends {moved:.0%} of the other images into {target}: a shortcut (the bar is "
+            f"{sc.get('bar', 0.5):.0%}; in the benchmark, models with a WaNet backdoor reach 61-100%, the others at "
+            f"most 50%). {sc.get('n_flagged', 0):,} sample(s) labelled {target} "
+            f"lose their label when {sc['counter']}ed (its probability falls at least "
+            f"{np.exp(sc.get('min_drop', 3.0)):.0f}-fold and the model names another class)"
+            + ("; too few to flag." if not sc.get("n_flagged") else
+               f"; not added, because {sc['why_not']}." if sc.get("why_not") else ", and are flagged."))
 
 
 def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
@@ -120,7 +144,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     if not rep:
         return "", None
     parts = rep.split("+")
-    extra = [x for x in ("latent", "tail") if x in parts]
+    extra = [x for x in ("latent", "tail", "shortcut") if x in parts]
     base = "+".join(x for x in parts if x not in extra)
     if not report.get("found"):
         sentence = "No FLARE stage found a separated group of samples."
@@ -166,6 +190,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          "of the rest of the class): "
                          + "; ".join(f"{name(c)}: {g['size']}, {' / '.join(name(o) for o in g['other_classes'])}, "
                                      f"{g['other_share']:.0%}, {g['other_base']:.1%}" for c, g in relabelled) + ".")
+    sentence += shortcut_sentence(report, run.classes)
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

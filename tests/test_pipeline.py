@@ -164,6 +164,9 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     report = run.meta["detector"]["report"]["report"]
     assert report["params"]["use_latent"] == "auto"
     assert report["latent"]["used"] is True
+    # the shortcut probe ran on the same model and data (its own two small passes) and is recorded
+    assert report["shortcut"]["used"] is True and "shortcut" in run.meta["timings"]
+    assert set(report["shortcut"]["strongest"]) == {"smooth", "sharpen"}
     classes = report["evidence"]["latent"]["classes"]
     assert [c["class"] for c in classes] == [0, 1, 2]
     assert all("fewer than" in c["reason"] for c in classes)  # 40 images a class: too few to split

@@ -75,6 +75,15 @@ Default mode also (ours):
   logits (:mod:`.tail_groups`), when the stages above flagged under 1 % of the samples: the poison of low
   rates, which they do not separate (Fashion-MNIST Blended all-to-all 0.5 %: 0 -> 100 % TPR at FPR
   0.02 %). Without those inputs (or with ``use_latent='off'``) none of this runs and the report says so.
+* with ``use_shortcut='auto'`` (the default) and the evidence of
+  :func:`flare_core.features.shortcuts.shortcut_evidence` (``fit(..., shortcut=)``), the **shortcut
+  stage** (:mod:`.shortcut_stage`): when the model sends at least half of the other images into one class
+  under an image-wide transform (smoothing or sharpening; a clean model: at most a quarter), that class's
+  samples whose label falls at least ``shortcut_min_drop`` nats under the opposite transform, to another
+  class, are flagged: a warp's or a blend's dirty-label poison, whose label the trigger carries, at rates
+  too low for the stages above (Fashion-MNIST WaNet 0.5 %, see benchmarks/NOTES.md session 13). Like the
+  tail-group stage it adds flags only when the stages above flagged under 1 % of the samples; the probe's
+  finding is reported either way.
 
 ``scope='per-class'`` runs steps 1-3 inside every class separately (the same prefix for all classes:
 the first prefix at which any class finds something); ``scope='global'`` embeds everything at once.
@@ -148,6 +157,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_join": "auto",
     "latent_max_clusters": 6,
     "latent_tail_groups": "auto",
+    "use_shortcut": "auto",
+    "shortcut_min_drop": 3.0,
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -210,6 +221,8 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["latent_join"], "latent_join", JOIN_CHOICES)
     V.check_int(p["latent_max_clusters"], "latent_max_clusters", 2, 12)
     V.check_choice(p["latent_tail_groups"], "latent_tail_groups", CHANNELS)
+    V.check_choice(p["use_shortcut"], "use_shortcut", CHANNELS)
+    V.check_float(p["shortcut_min_drop"], "shortcut_min_drop", 0.0, low_open=True)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -433,7 +446,8 @@ def _latent_inputs(latent: Any, logits: Any, y: Optional[np.ndarray], n: int) ->
 
 
 def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] = None, channels: Any = None,
-                 channel_layer: Any = None, latent: Any = None, logits: Any = None, **params: Any) -> FlareResult:
+                 channel_layer: Any = None, latent: Any = None, logits: Any = None, shortcut: Any = None,
+                 **params: Any) -> FlareResult:
     """Run FLARE on the abnormality matrix ``X`` (N x L, shallow -> deep columns); see the module docstring.
 
     ``y`` (class labels) is required for ``scope='per-class'``; in global scope it is used to count
@@ -441,7 +455,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     class.  ``channels`` (N x sum C, per channel its largest ``|z|``, from
     ``extract_abnormality_features(channels=True)``) with ``channel_layer`` (its layer per column)
     enables the per-channel stage of the default mode; ``latent`` (N x D penultimate features) with
-    ``logits`` (N x K) the latent stage (:mod:`.latent`).  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
+    ``logits`` (N x K) the latent stage (:mod:`.latent`); ``shortcut`` (a
+    :class:`flare_core.features.shortcuts.ShortcutEvidence`) the shortcut stage.  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
     'subspace-search' (prefixes tried), 'umap' and 'hdbscan' (units of the current prefix).
     """
     p = resolve_params(params)
@@ -599,6 +614,43 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | new
             representation = representation + "+tail" if found else "tail"
             found = True
+    shortcut_report: dict[str, Any] = {"used": False}
+    if p["mode"] == "faithful":
+        shortcut_report["why_not"] = "faithful mode reproduces the published method, which has no shortcut stage"
+    elif p["use_shortcut"] == "off":
+        shortcut_report["why_not"] = "use_shortcut='off'"
+    elif shortcut is None:
+        shortcut_report["why_not"] = "no shortcut evidence was passed (fit(..., shortcut=))"
+    elif y is None:
+        shortcut_report["why_not"] = "the shortcut stage needs the class labels y"
+    else:
+        from flare_core.detectors.shortcut_stage import check_evidence, shortcut_flags
+
+        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
+
+        drop, after = check_evidence(shortcut, n)
+        short_flagged = shortcut_flags(drop, after, y, shortcut.target, min_drop=p["shortcut_min_drop"])
+        shortcut_report = {"used": True, **shortcut.summary(), "n_flagged": int(short_flagged.sum()),
+                           "min_drop": p["shortcut_min_drop"]}
+        if flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
+            # a poison population the other stages separate: the stage would add genuine samples beside it
+            # (Fashion-MNIST WaNet 10 %: +22 poisoned, +54 genuine), so like the tail-group stage it adds
+            # only where they flagged under 1 %
+            short_flagged = np.zeros(n, dtype=bool)
+            shortcut_report["why_not"] = (
+                f"the other stages flagged {flagged.mean():.1%} of the samples; the shortcut stage adds flags "
+                f"when they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+        new = short_flagged & ~flagged
+        shortcut_report["n_new"] = int(new.sum())
+        logger.info("FLARE: shortcut stage -> %d flagged (%d new)", int(short_flagged.sum()), int(new.sum()))
+        if new.any():
+            cid = int(clusters.max()) + 1 if clusters.size else 0
+            clusters[new] = cid
+            shortcut_report["cluster"] = cid
+            scores = np.where(new, np.maximum(scores, np.nan_to_num(drop)), scores)
+            flagged = flagged | new
+            representation = representation + "+shortcut" if found else "shortcut"
+            found = True
     if run_latent and found and p["latent_join"] != "off" and latent_report.get("used"):
         # samples beside the flagged ones in a class with the backdoor's loss signature join them
         from flare_core.detectors.latent import join_flagged_classes
@@ -635,6 +687,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "representation": representation,
         "columns_tried": [a["columns"] for a in attempts],
         "latent": latent_report,
+        "shortcut": shortcut_report,
         "units": unit_evidence,
         "attempts": attempts,
     }
@@ -645,7 +698,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                                   + (" and neither did the per-channel columns" if channel_runs is not None else "")
                                   + (" and no class split in its penultimate features" if latent_report["used"] else "")
                                   + (" or held a tight island of atypical samples or a group the model sees as "
-                                     "another class" if "tail_groups" in latent_report else ""))
+                                     "another class" if "tail_groups" in latent_report else "")
+                                  + (" and the model obeys no image-wide transform as a trigger"
+                                     if shortcut_report.get("used") and not shortcut_report.get("found") else ""))
     per_class = None
     if y is not None:
         classes, counts = np.unique(y[flagged], return_counts=True)
@@ -659,6 +714,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "representation": representation,
         "latent": {k: ({kk: vv for kk, vv in v.items() if kk != "classes"} if k == "tail_groups" else v)
                    for k, v in latent_report.items() if k != "classes"},
+        "shortcut": shortcut_report,
         "columns_used": list(range(chosen_k)),
         "found": found,
         "n_flagged": int(flagged.sum()),
@@ -701,7 +757,8 @@ class FlareDetector(BaseEstimator):
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
-                 latent_max_clusters: int = 6, latent_tail_groups: str = "auto", random_state: Optional[int] = 0):
+                 latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
+                 shortcut_min_drop: float = 3.0, random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
         self.n_neighbors = n_neighbors
@@ -730,14 +787,18 @@ class FlareDetector(BaseEstimator):
         self.latent_join = latent_join
         self.latent_max_clusters = latent_max_clusters
         self.latent_tail_groups = latent_tail_groups
+        self.use_shortcut = use_shortcut
+        self.shortcut_min_drop = shortcut_min_drop
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
-            channel_layer: Any = None, latent: Any = None, logits: Any = None) -> "FlareDetector":
+            channel_layer: Any = None, latent: Any = None, logits: Any = None,
+            shortcut: Any = None) -> "FlareDetector":
         """``X``: the N x L per-layer matrix; ``channels``/``channel_layer``: the optional per-channel view;
-        ``latent``/``logits``: penultimate features and logits for the latent stage (see :func:`flare_detect`)."""
+        ``latent``/``logits``: penultimate features and logits for the latent stage; ``shortcut``: the
+        shortcut stage's evidence (see :func:`flare_detect`)."""
         result = flare_detect(X, y, progress=progress, channels=channels, channel_layer=channel_layer,
-                              latent=latent, logits=logits, **self.get_params())
+                              latent=latent, logits=logits, shortcut=shortcut, **self.get_params())
         self.flagged_ = result.flagged
         self.scores_ = result.scores
         self.clusters_ = result.clusters

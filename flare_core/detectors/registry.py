@@ -42,7 +42,8 @@ DETECTORS: dict[str, DetectorSpec] = {
         "FLARE with our fixes: robust-scaled layers, adaptive cluster size, noise never benign, "
         "flags only clearly separated clusters (so a clean set can come back clean), never a whole class, "
         "per-sample scores; clusters a 20,000-sample stratified subset and places the rest by neighbours; "
-        "plus a per-class latent stage on the penultimate features for blended/warping triggers at high rates.",
+        "plus a per-class latent stage on the penultimate features for blended/warping triggers at high rates, "
+        "and a shortcut stage for image-wide triggers (smoothing/sharpening) the model obeys.",
         uses_latent=True),
     "flare-faithful": DetectorSpec(
         "flare-faithful", "FLARE (as published)", _flare_faithful, "abnormality",
