@@ -502,7 +502,10 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                  "yes" if r["found"] else "no",
                  "-" if not r["found"] else f"{r['flagged']} ({r['flagged_poisoned']} poisoned)",
                  "-" if r.get("tpr") is None else f"{fmt_pct(r['tpr'])} / {fmt_pct(r['fpr'], 3)}",
-                 _q(r, "drop_poisoned_q"), _q(r, "drop_genuine_q")] for r in srows]
+                 _q(r, "drop_poisoned_q"), _q(r, "drop_genuine_q"),
+                 "-" if not r.get("timing") else
+                 f"{r['timing']['stage_seconds_reusing_logits']:.1f} s = {r['timing']['reusing_logits_over_plain_pass']:.2f}x"]
+                for r in srows]
         parts += ["## FLARE default's shortcut stage: does the model obey smoothing or sharpening as a trigger?",
                   "Command: `python3 -m benchmarks.shortcut_probe --all [--cifar ROOT]`. Probe: 200 images of each "
                   "class, classified before and after the transform; the share of the images of other classes it "
@@ -515,7 +518,10 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "calibration models; the CIFAR-10 ones are held out.",
                   md_table(["model", "ASR %", "smoothing moves in", "sharpening moves in", "shortcut",
                             "stage flags", "stage alone TPR / FPR %", "drop poisoned q50 / 99 / 99.9",
-                            "drop genuine q50 / 99 / 99.9"], rows)]
+                            "drop genuine q50 / 99 / 99.9", "cost (`--timing`)"], rows),
+                  "Cost: the stage's seconds in the pipeline (the probe, and the counter test reusing the feature "
+                  "pass's logits) and their ratio to one plain forward pass over the whole dataset, one thread, "
+                  "measured with `--timing` on a quiet machine (load average in `shortcut_probe.json`)."]
     # ---- the samples the model fits worst (benchmarks/loss_ranking.py)
     lr = read_json(results / "loss_ranking.json", None)
     if lr and lr.get("rows"):

@@ -7,6 +7,7 @@ truth, with the drop quantiles of the poisoned and genuine members of the class.
 
     python3 -m benchmarks.shortcut_probe fmnist-clean fmnist-wanet-0.5-e40
     python3 -m benchmarks.shortcut_probe --all [--cifar ROOT]
+    python3 -m benchmarks.shortcut_probe --timing fmnist-clean fmnist-wanet-0.5-e40   # + its cost
 
 Results: ``benchmarks/results/shortcut_probe.json`` (one record per model, merged across runs).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from typing import Optional, Sequence
 
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 OUT = RESULTS / "shortcut_probe.json"
 
 
-def probe_model(spec) -> dict:
+def probe_model(spec, timing: bool = False) -> dict:
     from flare_core.detectors.shortcut_stage import shortcut_flags
     from flare_core.features.shortcuts import shortcut_evidence
 
@@ -37,9 +39,31 @@ def probe_model(spec) -> dict:
     truth = _truth(entry, len(y))
     t0 = time.perf_counter()
     ev = shortcut_evidence(model, dataset)
+    stage_s = time.perf_counter() - t0
+    plain_s = None
+    if timing:  # the physical floor to compare with: one plain forward pass over the whole dataset
+        from flare_core.models.training import predict_logits
+
+        from flare_core.features.shortcuts import counter_test
+
+        t1 = time.perf_counter()
+        logits = predict_logits(model, dataset.images)
+        plain_s = time.perf_counter() - t1
+        # what the pipeline pays: it hands the feature pass's logits to the counter test
+        t2 = time.perf_counter()
+        counter_test(model, dataset, ev, logits=logits)
+        reuse_s = ev.seconds.get("probe", 0.0) + (time.perf_counter() - t2 if ev.found else 0.0)
     rec = {"model": spec.name, "attack": spec.attack, "rate": spec.rate if spec.poisoned else 0.0,
            "mode": spec.mode, "epochs": spec.epochs, "asr": (read_json(entry.dir / "metrics.json", {}) or {}).get("attack_success_rate"), **ev.summary(),
-           "seconds_total": round(time.perf_counter() - t0, 2), "machine": "cuda" if machine()["cuda"] else "cpu"}
+           "seconds_total": round(stage_s, 2), "machine": "cuda" if machine()["cuda"] else "cpu"}
+    if plain_s is not None:
+        import torch
+
+        rec["timing"] = {"stage_seconds": round(stage_s, 2), "plain_pass_seconds": round(plain_s, 2),
+                         "stage_over_plain_pass": round(stage_s / plain_s, 3),
+                         "stage_seconds_reusing_logits": round(reuse_s, 2),
+                         "reusing_logits_over_plain_pass": round(reuse_s / plain_s, 3), "n": len(y),
+                         "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
     if ev.found:
         flags = shortcut_flags(ev.drop, ev.after_class, y, ev.target)
         members = y == ev.target
@@ -63,6 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("models", nargs="*")
     ap.add_argument("--all", action="store_true", help="every zoo model with a checkpoint")
     ap.add_argument("--cifar", help="CIFAR-10 ImageFolder root (train/, test/) for the cifar-* models")
+    ap.add_argument("--timing", action="store_true",
+                    help="also time one plain forward pass over the data (the stage's cost is reported against it)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     specs = dict(FMNIST_SPECS)
@@ -76,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"unknown model(s) {unknown}; choose from {sorted(specs)} (cifar-* need --cifar)")
     records = read_json(OUT, {}) or {}
     for n in names:
-        records[n] = probe_model(specs[n])
+        records[n] = probe_model(specs[n], timing=a.timing)
         write_json(OUT, records)
     return 0
 

@@ -186,8 +186,9 @@ def run_analysis(
                 and getattr(main, "mode", "") == "default"):
             from flare_core.features.shortcuts import shortcut_evidence
 
+            known = latent_inputs.get("logits")  # the feature pass's logits: the counter test reuses them
             shortcut = timer.run("shortcut", shortcut_evidence, model, dataset, batch_size=config.batch_size,
-                                 seed=config.seed, progress=progress)
+                                 seed=config.seed, progress=progress, logits=known)
         shortcut_inputs = {"shortcut": shortcut} if shortcut is not None else {}
         timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs,
                   **latent_inputs, **shortcut_inputs)

@@ -215,3 +215,16 @@ def test_the_stage_adds_nothing_beside_a_population_the_other_stages_separate():
     assert det.flagged_[group].all() and not det.flagged_[truth].any()
     rep = det.report_["shortcut"]
     assert rep["found"] and rep["n_flagged"] == truth.sum() and rep["n_new"] == 0 and "under 1%" in rep["why_not"]
+
+
+def test_counter_test_reuses_given_logits_with_the_same_result():
+    from flare_core.models.training import predict_logits
+
+    ds, truth = dataset()
+    model = BrightnessModel(trigger=True)
+    plain = S.shortcut_evidence(model, ds, per_class=40)
+    reused = S.shortcut_evidence(model, ds, per_class=40, logits=predict_logits(model, ds.images))
+    np.testing.assert_allclose(reused.drop, plain.drop, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(reused.after_class, plain.after_class)
+    with pytest.raises(ValueError):
+        S.shortcut_evidence(model, ds, per_class=40, logits=np.zeros((3, K)))

@@ -175,8 +175,12 @@ def probe_shortcuts(model, dataset: ImageDataset, *, per_class: int = DEFAULT_PE
 
 
 def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, batch_size: int = 256,
+                 logits: Optional[np.ndarray] = None,
                  progress: Optional[ProgressCallback] = None) -> ShortcutEvidence:
-    """Pass 2 (module docstring): fill ``drop`` and ``after_class`` for the samples labelled the target."""
+    """Pass 2 (module docstring): fill ``drop`` and ``after_class`` for the samples labelled the target.
+
+    ``logits``: the (N, K) logits of the untransformed data when a pass already has them (FLARE default's
+    feature pass does); then only the transformed images are classified."""
     import time
 
     from flare_core.models.training import predict_logits
@@ -191,6 +195,10 @@ def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, ba
     c = evidence.target
     members = np.flatnonzero(np.asarray(dataset.labels) == c)
     counter_fn = AXES[evidence.counter][0]
+    if logits is not None:
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or len(logits) != n or logits.shape[1] <= c:
+            raise ValueError(f"logits must be (N, K) for the {n} samples with K > {c}, got {logits.shape}.")
     lp_before = np.empty(len(members))
     lp_after = np.empty(len(members))
     after_cls = np.empty(len(members), dtype=int)
@@ -198,7 +206,9 @@ def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, ba
     for s in range(0, len(members), step):
         progress("shortcut-test", s, len(members))
         chunk = dataset.images[members[s:s + step]]
-        before = _log_softmax(predict_logits(model, chunk, batch_size=batch_size).astype(np.float64))
+        raw = (logits[members[s:s + step]] if logits is not None
+               else predict_logits(model, chunk, batch_size=batch_size))
+        before = _log_softmax(np.asarray(raw, dtype=np.float64))
         after = _log_softmax(predict_logits(model, counter_fn(chunk), batch_size=batch_size).astype(np.float64))
         lp_before[s:s + step], lp_after[s:s + step] = before[:, c], after[:, c]
         after_cls[s:s + step] = after.argmax(1)
@@ -211,5 +221,6 @@ def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, ba
 
 def shortcut_evidence(model, dataset: ImageDataset, **kwargs) -> ShortcutEvidence:
     """Both passes: the probe, then (when it finds a shortcut) the counter test of its class."""
+    logits = kwargs.pop("logits", None)
     test_kw = {k: kwargs[k] for k in ("batch_size", "progress") if k in kwargs}
-    return counter_test(model, dataset, probe_shortcuts(model, dataset, **kwargs), **test_kw)
+    return counter_test(model, dataset, probe_shortcuts(model, dataset, **kwargs), logits=logits, **test_kw)
