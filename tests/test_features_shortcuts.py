@@ -228,3 +228,8 @@ def test_counter_test_reuses_given_logits_with_the_same_result():
     np.testing.assert_array_equal(reused.after_class, plain.after_class)
     with pytest.raises(ValueError):
         S.shortcut_evidence(model, ds, per_class=40, logits=np.zeros((3, K)))
+
+
+@pytest.mark.parametrize("k, want", [(2, 200), (10, 200), (50, 40), (100, 20), (1000, 20)])
+def test_probe_size_stays_bounded_for_many_classes(k, want):
+    assert S.default_per_class(k) == want

@@ -8,7 +8,7 @@ benchmark, blurring any test image sends 100 % of them to the target class (a cl
 Two passes, both plain forward passes of the model (eval mode, restored; ``predict_logits``):
 
 1. **probe** (:func:`probe_shortcuts`): a stratified sample of the data (``per_class`` images of each
-   class) is classified before and after each transform of :data:`AXES` (smoothing, sharpening). For
+   class; by default 200 for ten classes, about 2,000 in all for more) is classified before and after each transform of :data:`AXES` (smoothing, sharpening). For
    each transform and class ``c``, ``moved_in`` is the share of the sampled images predicted as another
    class before that are predicted ``c`` after. A shortcut is a transform that moves at least
    ``bar`` of them into one class.
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 BLUR_SIGMA = 1.0
 SHARPEN_AMOUNT = 1.0
 DEFAULT_PER_CLASS = 200
+PROBE_BUDGET = 2000  # images the probe classifies (per transform) when per_class is not given
+MIN_PER_CLASS = 20
 DEFAULT_SHORTCUT_BAR = 0.5
 _CHUNK = 2048
 
@@ -114,6 +116,11 @@ class ShortcutEvidence:
                 "seconds": dict(self.seconds)}
 
 
+def default_per_class(n_classes: int) -> int:
+    """Images per class for the probe: 200 for ten classes, fewer for many (about 2,000 in all, at least 20)."""
+    return int(min(DEFAULT_PER_CLASS, max(MIN_PER_CLASS, PROBE_BUDGET // max(int(n_classes), 1))))
+
+
 def _stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = []
@@ -138,7 +145,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
-def probe_shortcuts(model, dataset: ImageDataset, *, per_class: int = DEFAULT_PER_CLASS,
+def probe_shortcuts(model, dataset: ImageDataset, *, per_class: Optional[int] = None,
                     bar: float = DEFAULT_SHORTCUT_BAR, seed: int = 0, batch_size: int = 256,
                     progress: Optional[ProgressCallback] = None) -> ShortcutEvidence:
     """Pass 1 (module docstring): which transform of :data:`AXES`, if any, the model obeys as a trigger."""
@@ -148,6 +155,8 @@ def probe_shortcuts(model, dataset: ImageDataset, *, per_class: int = DEFAULT_PE
 
     if not 0.0 < bar <= 1.0:
         raise ValueError(f"bar must be in (0, 1], got {bar!r}.")
+    if per_class is None:
+        per_class = default_per_class(dataset.num_classes)
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
     progress = ensure_progress(progress)
