@@ -115,6 +115,12 @@ FMNIST_SPECS = {s.name: s for s in [
     _fm("fmnist-sig-0.5-e30", "sig", 0.005, epochs=30),
     _fm("fmnist-badnets-a2a-0.5-e40", "badnets", 0.005, mode="all-to-all", epochs=40),
     _fm("fmnist-sig-0.5-e30-s1", "sig", 0.005, epochs=30, seed=1),
+    # held out from the shortcut stage (session 13, trained after its bars were fixed): WaNet 0.5 % on
+    # another seed, and WaNet 0.5 % with the paper's noise mode (2 cross samples per poisoned one: images
+    # warped with the trigger grid plus noise, labels kept), which teaches the model the exact warp rather
+    # than the smoothness of a resampled image
+    _fm("fmnist-wanet-0.5-e20-s1", "wanet", 0.005, epochs=20, seed=1),
+    _fm("fmnist-wanet-0.5-e20-noise", "wanet", 0.005, epochs=20, params=(("cross_ratio", 2.0),)),
 ]}
 
 
