@@ -136,7 +136,8 @@ def cached_logits(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size: 
     return logits
 
 
-def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int = 0):
+def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int = 0,
+                    logits: Optional[np.ndarray] = None):
     """FLARE default's shortcut evidence (probe + counter test), cached per model as ``shortcut.npz``."""
     import json
 
@@ -152,7 +153,7 @@ def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int 
                                     sampled=meta["sampled"], bar=meta["bar"], transform=meta["transform"],
                                     counter=meta["counter"], target=meta["target"], drop=z["drop"],
                                     after_class=z["after_class"], seconds=meta["seconds"])
-    ev = shortcut_evidence(model, dataset, seed=seed)
+    ev = shortcut_evidence(model, dataset, seed=seed, logits=logits)  # as the pipeline: the pass's logits
     meta = {"model_sha256": sha, "seed": seed, "moved_in": {k: v.tolist() for k, v in ev.moved_in.items()},
             "sampled": ev.sampled, "bar": ev.bar, "transform": ev.transform, "counter": ev.counter,
             "target": ev.target, "seconds": ev.seconds}
@@ -226,7 +227,8 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     truth = _truth(entry, len(dataset))
     X, layers, pooled, feat_s = cached_features(entry, model, dataset, Path(cache) / spec.name)
     logits = cached_logits(entry, model, dataset, Path(cache) / spec.name) if "flare" in todo else None
-    shortcut = cached_shortcut(entry, model, dataset, Path(cache) / spec.name, seed) if "flare" in todo else None
+    shortcut = (cached_shortcut(entry, model, dataset, Path(cache) / spec.name, seed, logits=logits)
+                if "flare" in todo else None)
     rate = spec.rate if spec.attack else 0.1
     extra = {}
     for det in todo:

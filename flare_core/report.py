@@ -118,7 +118,7 @@ def shortcut_sentence(report: dict, classes) -> str:
     if not sc.get("found"):
         strongest = sc.get("strongest") or {}
         most = max((v.get("moved_in", 0.0) for v in strongest.values()), default=0.0)
-        return (f" The model obeys no image-wide transform as a trigger (smoothing or sharpening moves at most "
+        return (f" Neither smoothing nor sharpening acts as a trigger for this model (either moves at most "
                 f"{most:.0%} of other images into one class; the bar is {sc.get('bar', 0.5):.0%}).")
     target = class_name(classes, sc["target"])
     moved = (sc.get("strongest") or {}).get(sc["transform"], {}).get("moved_in", 0.0)

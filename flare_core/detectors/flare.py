@@ -80,7 +80,7 @@ Default mode also (ours):
   stage** (:mod:`.shortcut_stage`): when the model sends at least half of the other images into one class
   under an image-wide transform (smoothing or sharpening; a clean model: at most a quarter), that class's
   samples whose label falls at least ``shortcut_min_drop`` nats under the opposite transform, to another
-  class, are flagged: a warp's or a blend's dirty-label poison, whose label the trigger carries, at rates
+  class, are flagged: a warp's dirty-label poison, whose label the trigger carries, at rates
   too low for the stages above (Fashion-MNIST WaNet 0.5 %, see benchmarks/NOTES.md session 13). Like the
   tail-group stage it adds flags only when the stages above flagged under 1 % of the samples; the probe's
   finding is reported either way.
@@ -625,7 +625,6 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         shortcut_report["why_not"] = "the shortcut stage needs the class labels y"
     else:
         from flare_core.detectors.shortcut_stage import check_evidence, shortcut_flags
-
         from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
 
         drop, after = check_evidence(shortcut, n)
@@ -699,7 +698,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                                   + (" and no class split in its penultimate features" if latent_report["used"] else "")
                                   + (" or held a tight island of atypical samples or a group the model sees as "
                                      "another class" if "tail_groups" in latent_report else "")
-                                  + (" and the model obeys no image-wide transform as a trigger"
+                                  + (" and neither smoothing nor sharpening acts as a trigger for the model"
                                      if shortcut_report.get("used") and not shortcut_report.get("found") else ""))
     per_class = None
     if y is not None:

@@ -1,7 +1,8 @@
 """Does the model obey an image-wide transform as a trigger, and which training samples depend on it?
 
 Some backdoors are not a patch but a property of the whole image: WaNet's warp resamples every pixel
-(bilinear interpolation at sub-pixel offsets smooths the image), a blended noise pattern adds fine grain.
+(bilinear interpolation at sub-pixel offsets smooths the image). Sharpening is the other end of the same
+axis (fine grain, as a blended noise pattern adds); the benchmark's Blended models do not obey it.
 A model that learnt such a trigger obeys the *property*: on the Fashion-MNIST WaNet models of the
 benchmark, blurring any test image sends 100 % of them to the target class (a clean model: about 1 %).
 
@@ -140,11 +141,6 @@ def moved_in_shares(before: np.ndarray, after: np.ndarray, n_classes: int) -> np
     return shares
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
 def probe_shortcuts(model, dataset: ImageDataset, *, per_class: Optional[int] = None,
                     bar: float = DEFAULT_SHORTCUT_BAR, seed: int = 0, batch_size: int = 256,
                     progress: Optional[ProgressCallback] = None) -> ShortcutEvidence:
@@ -192,6 +188,8 @@ def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, ba
     feature pass does); then only the transformed images are classified."""
     import time
 
+    from scipy.special import log_softmax
+
     from flare_core.models.training import predict_logits
 
     n = len(dataset)
@@ -217,8 +215,8 @@ def counter_test(model, dataset: ImageDataset, evidence: ShortcutEvidence, *, ba
         chunk = dataset.images[members[s:s + step]]
         raw = (logits[members[s:s + step]] if logits is not None
                else predict_logits(model, chunk, batch_size=batch_size))
-        before = _log_softmax(np.asarray(raw, dtype=np.float64))
-        after = _log_softmax(predict_logits(model, counter_fn(chunk), batch_size=batch_size).astype(np.float64))
+        before = log_softmax(np.asarray(raw, dtype=np.float64), axis=1)
+        after = log_softmax(predict_logits(model, counter_fn(chunk), batch_size=batch_size).astype(np.float64), axis=1)
         lp_before[s:s + step], lp_after[s:s + step] = before[:, c], after[:, c]
         after_cls[s:s + step] = after.argmax(1)
     evidence.drop[members] = lp_before - lp_after
