@@ -471,6 +471,23 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   md_table(["models", "candidates", "genuine", "poisoned", "genuine kept", "poisoned kept (island / relabelled)",
                             "samples in kept: poisoned / genuine", "genuine nearest the island bars",
                             "genuine nearest the relabelled bars"], rows)]
+        mrows = []
+        for key, what in [("all", "Fashion-MNIST (the bars were set on these)"),
+                          ("cifar", "CIFAR-10 narrow ResNet (held out, ungated)")]:
+            m = (tc.get(key) or {}).get("misfit") or {}
+            if not m.get("candidates"):
+                continue
+            mrows.append([what, m["candidates"], m["genuine"], m["poisoned"], len(m["genuine_kept"]),
+                          m["poisoned_kept"], f"{m['poison_in_kept']} / {m['genuine_in_kept']}",
+                          _closest(m.get("genuine_closest") or [], ("purity", "island", "other_base")),
+                          _closest(m.get("genuine_tightest") or [], ("purity", "island", "other_base"))])
+        if mrows:
+            parts += ["*Misfit groups* (step 3b: the samples of a class the model classifies as one other class, at "
+                      "least 10; kept at purity >= 0.7, island >= 1.25 and a base under 5 %, i.e. that class is the "
+                      "strongest other class of under 5 % of the rest of the class):",
+                      md_table(["models", "candidates", "genuine", "poisoned", "genuine kept", "poisoned kept",
+                                "samples in kept: poisoned / genuine", "genuine nearest the bars (base under 5 %)",
+                                "genuine tightest (any base)"], mrows)]
     # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)
     if det and det.get("rows"):
         phases = ("umap", "hdbscan", "latent", "tail_groups", "join", "confirm")

@@ -4,7 +4,9 @@ For every cached Fashion-MNIST model (penultimate features in ``benchmarks/cache
 ``benchmarks.detect_matrix``), every class is clustered as the stage does it and every candidate cluster's
 statistics (size, purity, island, median atypicality) are recorded with the share of it that is poisoned.
 With the model's logits cached, each candidate also has its relabelled statistics (the strongest other
-classes of its members, their share, and their share in the rest of the class) and the rule that kept it.
+classes of its members, their share, and their share in the rest of the class) and the rule that kept it,
+and the misfit groups (the samples of a class the model classifies as one other class, step 3b) are
+candidates too, summarised apart (``misfit``).
 The summary says how close the genuine clusters come to the stage's bars and how much poison the kept
 clusters hold, separately for the models the bars were chosen on and the ones checked after.
 
@@ -44,13 +46,16 @@ def model_candidates(name: str, cache: Path = CACHE, specs: Optional[dict] = Non
     truth = _truth(entry, len(y))
     P = np.load(Path(cache) / name / "pooled.npy")
     logits_path = Path(cache) / name / "logits.npy"
-    other = TG.strongest_other_class(np.load(logits_path), y) if logits_path.is_file() else None
+    logits = np.load(logits_path) if logits_path.is_file() else None
+    other = TG.strongest_other_class(logits, y) if logits is not None else None
+    misfit = np.argmax(logits, axis=1) != y if logits is not None else None
     atyp = class_atypicality(P, y)
     rows = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         _, _, records = TG.tail_groups_in_class(P[idx], atyp[idx], keep_rows=True,
-                                                other=None if other is None else other[idx])
+                                                other=None if other is None else other[idx],
+                                                misfit=None if misfit is None else misfit[idx])
         for r in records:
             members = idx[r.pop("rows")]
             rows.append({"model": name, "class": int(c), **r, "poisoned": int(truth[members].sum()),
@@ -59,7 +64,30 @@ def model_candidates(name: str, cache: Path = CACHE, specs: Optional[dict] = Non
     return rows
 
 
+def misfit_summary(rows: list) -> dict:
+    """The misfit candidates (step 3b): how close the genuine ones come to the misfit rule's bars (among
+    those under its base bar, the smallest ratio of purity and island to their bars), and what was kept."""
+    from flare_core.detectors import tail_groups as TG
+
+    genuine = [r for r in rows if r["poisoned_share"] < 0.5]
+    poison = [r for r in rows if r["poisoned_share"] >= 0.5]
+
+    def margin(r):
+        return min(r["purity"] / TG.DEFAULT_MIN_MISFIT_PURITY, r["island"] / TG.DEFAULT_MIN_MISFIT_ISLAND)
+    low_base = [r for r in genuine if r.get("other_base", 1.0) < TG.DEFAULT_MAX_MISFIT_BASE]
+    return {"candidates": len(rows), "genuine": len(genuine), "poisoned": len(poison),
+            "genuine_kept": [r for r in genuine if r["kept"]],
+            "genuine_closest": sorted(({**r, "margin": round(margin(r), 3)} for r in low_base),
+                                      key=lambda r: -r["margin"])[:5],
+            "genuine_tightest": sorted(genuine, key=lambda r: -r["purity"])[:3],
+            "poisoned_kept": sum(r["kept"] for r in poison),
+            "poison_in_kept": sum(r["poisoned"] for r in rows if r["kept"]),
+            "genuine_in_kept": sum(r["size"] - r["poisoned"] for r in rows if r["kept"])}
+
+
 def summary(rows: list) -> dict:
+    misfits = [r for r in rows if r.get("candidate") == "misfit"]
+    rows = [r for r in rows if r.get("candidate") != "misfit"]
     genuine = [r for r in rows if r["poisoned_share"] < 0.5]
     poison = [r for r in rows if r["poisoned_share"] >= 0.5]
 
@@ -81,7 +109,8 @@ def summary(rows: list) -> dict:
                                       for rule in ("island", "relabelled")},
             "poisoned_kept": sum(r["kept"] for r in poison),
             "poison_in_kept": sum(r["poisoned"] for r in rows if r["kept"]),
-            "genuine_in_kept": sum(r["size"] - r["poisoned"] for r in rows if r["kept"])}
+            "genuine_in_kept": sum(r["size"] - r["poisoned"] for r in rows if r["kept"]),
+            "misfit": misfit_summary(misfits)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -112,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{k}: {s['candidates']} candidates ({s['genuine']} genuine, {s['poisoned']} poisoned); "
               f"genuine kept {len(s['genuine_kept'])}; poisoned kept {s['poisoned_kept']} "
               f"({s['poison_in_kept']} poisoned + {s['genuine_in_kept']} genuine samples)")
+        m = s["misfit"]
+        print(f"  misfit groups: {m['candidates']} candidates ({m['genuine']} genuine, {m['poisoned']} poisoned); "
+              f"genuine kept {len(m['genuine_kept'])}; poisoned kept {m['poisoned_kept']} "
+              f"({m['poison_in_kept']} poisoned + {m['genuine_in_kept']} genuine samples)")
     return 0
 
 

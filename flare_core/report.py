@@ -103,8 +103,8 @@ REPRESENTATION_TEXT = {
     "channels": "the per-channel abnormality view",
     "layers+channels": "the per-layer and the per-channel abnormality views",
     "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
-    "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees as "
-             "another class, inside a class's penultimate features"),
+    "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees or "
+             "classifies as another class, inside a class's penultimate features"),
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
 }
@@ -172,6 +172,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
             return class_name(run.classes, c)
         islands = [(c, g) for c, g in kept if g.get("rule", "island") == "island"]
         relabelled = [(c, g) for c, g in kept if g.get("rule") == "relabelled"]
+        misfits = [(c, g) for c, g in kept if g.get("rule") == "misfit"]
         if islands:
             sentence += (f" The tail-group stage kept {len(islands)} island(s) (size, purity, island, atypicality): "
                          + "; ".join(f"{name(c)} ({g['size']}, {g['purity']:.2f}, {g['island']:.2f}, "
@@ -190,6 +191,15 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          "of the rest of the class): "
                          + "; ".join(f"{name(c)}: {g['size']}, {' / '.join(name(o) for o in g['other_classes'])}, "
                                      f"{g['other_share']:.0%}, {g['other_base']:.1%}" for c, g in relabelled) + ".")
+        if misfits:
+            sentence += (f" It kept {len(misfits)} misfit group(s): samples the model classifies as one other class "
+                         "than their label, close together and apart from the rest of their class, as the "
+                         "dirty-label poison of a backdoor the model has not learnt is (label -> class it "
+                         "classifies them as: size, purity, island, share of the rest of the class it takes for "
+                         "that class): "
+                         + "; ".join(f"{name(c)} -> {name(g['seen_as'])}: {g['size']}, {g['purity']:.2f}, "
+                                     f"{g['island']:.2f}, {g.get('other_base', 0.0):.1%}" for c, g in misfits)
+                         + ". Check them: a class's mislabelled images can form such a group too.")
     sentence += shortcut_sentence(report, run.classes)
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []

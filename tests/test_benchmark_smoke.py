@@ -190,6 +190,30 @@ def test_tail_calibration_summary_counts_kept_groups_by_rule_and_the_nearest_rel
     assert [r["other_base"] for r in s["genuine_closest_relabelled"]] == [0.042, 0.6]
 
 
+def test_tail_calibration_summary_keeps_misfit_candidates_apart():
+    from benchmarks.tail_calibration import summary
+
+    base = {"model": "m", "class": 0, "atypicality": 1.2, "class_poisoned": 60, "other_classes": [3], "other_share": 1.0}
+    cluster = {**base, "size": 30, "purity": 0.9, "island": 1.9, "kept": True, "rule": "island", "poisoned": 30,
+               "poisoned_share": 1.0, "other_base": 0.3}
+    misfits = [
+        {**base, "candidate": "misfit", "seen_as": 3, "size": 25, "purity": 0.9, "island": 1.6, "kept": True,
+         "rule": "misfit", "poisoned": 24, "poisoned_share": 0.96, "other_base": 0.01},
+        {**base, "candidate": "misfit", "seen_as": 8, "size": 37, "purity": 0.62, "island": 1.15, "kept": False,
+         "rule": None, "poisoned": 0, "poisoned_share": 0.0, "other_base": 0.003},
+        {**base, "candidate": "misfit", "seen_as": 0, "size": 900, "purity": 0.75, "island": 1.17, "kept": False,
+         "rule": None, "poisoned": 0, "poisoned_share": 0.0, "other_base": 0.2},
+    ]
+    s = summary([cluster] + misfits)
+    assert s["candidates"] == 1 and s["poison_in_kept"] == 30  # the cluster numbers hold clusters only
+    m = s["misfit"]
+    assert (m["candidates"], m["genuine"], m["poisoned"], m["poisoned_kept"]) == (3, 2, 1, 1)
+    assert m["poison_in_kept"] == 24 and m["genuine_in_kept"] == 1
+    assert [r["size"] for r in m["genuine_closest"]] == [37]  # the 900 are over the base bar
+    assert m["genuine_closest"][0]["margin"] == pytest.approx(0.886, abs=1e-3)
+    assert m["genuine_tightest"][0]["size"] == 900
+
+
 def test_report_has_the_tail_calibration_and_the_detector_stage_seconds(tmp_path):
     from benchmarks import report
     from benchmarks.common import write_json

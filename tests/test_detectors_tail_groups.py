@@ -305,3 +305,102 @@ def test_flare_detect_passes_the_logits_to_the_relabelled_rule():
     assert [g["rule"] for g in kept] == ["relabelled"] and kept[0]["other_classes"] == [3]
     same = flare_detect(X, y, latent=P, logits=_logits(label_logit, y, usual), n_epochs=50)
     assert not same.flagged.any()  # the same group with its class's usual second choice
+
+
+# ----------------------------------------------------------------------------- misfit groups (step 3b)
+
+def misfit_class(seed, n_group=12):
+    """A class with a planted group too small for HDBSCAN's clusters (``n_group`` < 15), close together
+    and away from the class: the dirty-label poison of a backdoor that did not take, which the model
+    classifies as its source class."""
+    rng = np.random.default_rng(seed)
+    G = genuine_class(rng)
+    group = rng.normal(size=(n_group, D)) * 0.8
+    group[:, 4:8] += 4.0
+    P = np.vstack([G, group])
+    truth = np.zeros(len(P), bool)
+    truth[len(G):] = True
+    other = rng.choice([1, 2], size=len(P), p=[0.8, 0.2])  # the class's usual strongest other classes
+    return P, truth, other
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_tight_group_the_model_classifies_as_another_class_is_kept_as_misfit(seed):
+    P, truth, other = misfit_class(seed)
+    other[truth] = 3
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    assert not TG.tail_groups_in_class(P, atyp, other=other)[0][truth].any()  # no HDBSCAN cluster holds it
+    flagged, groups, records = TG.tail_groups_in_class(P, atyp, other=other, misfit=truth)
+    assert flagged[truth].all() and (flagged & ~truth).sum() <= 2
+    kept = [r for r in records if r["kept"]]
+    assert len(kept) == 1 and kept[0]["rule"] == "misfit" and kept[0]["candidate"] == "misfit"
+    assert kept[0]["seen_as"] == 3 and kept[0]["size"] == truth.sum()
+    assert (groups[truth] == 0).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_misfits_scattered_over_a_class_invent_no_group(seed):
+    P = misfit_class(seed, n_group=0)[0]
+    rng = np.random.default_rng(seed)
+    other = rng.choice([1, 2], size=len(P), p=[0.8, 0.2])
+    misfit = np.zeros(len(P), bool)
+    misfit[rng.choice(len(P), 40, replace=False)] = True  # ambiguous images, each odd in its own way
+    other[misfit] = 3
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other, misfit=misfit)
+    assert not flagged.any()
+    cands = [r for r in records if r.get("candidate") == "misfit"]
+    assert len(cands) == 1 and not cands[0]["kept"] and cands[0]["purity"] < TG.DEFAULT_MIN_MISFIT_PURITY
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_misfit_group_seen_as_the_class_s_usual_confusion_is_not_kept(seed):
+    P, truth, other = misfit_class(seed)
+    other[truth] = 1  # the class the rest of the class is most often taken for (80 % of it)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other, misfit=truth)
+    assert not flagged.any()
+    cand = [r for r in records if r.get("candidate") == "misfit"][0]
+    assert cand["other_base"] >= TG.DEFAULT_MAX_MISFIT_BASE and cand["purity"] >= TG.DEFAULT_MIN_MISFIT_PURITY
+
+
+def test_a_misfit_group_under_the_smallest_size_is_not_a_candidate():
+    P, truth, other = misfit_class(0, n_group=TG.MISFIT_MIN_SIZE - 1)
+    other[truth] = 3
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp, other=other, misfit=truth)
+    assert not flagged.any() and not any(r.get("candidate") == "misfit" for r in records)
+
+
+def test_misfit_groups_are_per_class_seen_as():
+    other = np.array([3] * 12 + [5] * 10 + [4] * 9 + [3] * 100)
+    misfit = np.zeros(len(other), bool)
+    misfit[:31] = True
+    got = TG.misfit_groups(other, misfit)
+    assert [o for o, _ in got] == [3, 5]  # class 4 has 9 misfits: under MISFIT_MIN_SIZE
+    assert got[0][1].sum() == 12 and not got[0][1][31:].any()
+
+
+@pytest.mark.parametrize("field, value", [("purity", 0.69), ("island", 1.24), ("other_base", 0.05), ("size", 9),
+                                          ("size", 350)])
+def test_each_bar_of_the_misfit_rule_refuses_on_its_own(field, value):
+    good = {"size": 20, "purity": 0.75, "island": 1.3, "atypicality": 1.0, "other_classes": [3], "other_share": 1.0,
+            "other_base": 0.01}
+    assert TG.misfit_group_rule(good, 1000) == "misfit"
+    assert TG.misfit_group_rule({**good, field: value}, 1000) is None
+
+
+def test_tail_group_detect_takes_misfits_from_the_logits():
+    P, truth, other = misfit_class(1)
+    y = np.zeros(len(P), int)
+    atyp = class_atypicality(P, y)
+    second = np.where(truth, 3, other)
+    logits = np.full((len(P), 10), -5.0)
+    logits[np.arange(len(P)), second] = 0.0
+    logits[:, 0] = np.where(truth, -1.0, 5.0)  # the model classifies the group as class 3
+    flagged, _, evidence = TG.tail_group_detect(P, y, atyp, logits=logits)
+    assert flagged[truth].all() and (flagged & ~truth).sum() <= 2
+    assert [g["rule"] for g in evidence["0"]["kept"]] == ["misfit"]
+    logits[:, 0] = 5.0  # the same group fitted as its label: no misfit candidate, nothing kept
+    assert not TG.tail_group_detect(P, y, atyp, logits=logits)[0].any()
+    assert TG.other_base_bar(10, TG.MISFIT_BASE_FACTOR) == pytest.approx(TG.DEFAULT_MAX_MISFIT_BASE)

@@ -162,6 +162,14 @@ def test_how_found_names_the_latent_stage_and_lists_split_classes():
     sentence = how_found(run)[0]
     assert "kept 1 island(s)" in sentence and "kept 1 relabelled group(s)" in sentence
     assert "c: 22, a / b, 100%, 0.9%" in sentence and "near-copies" not in sentence
+    assert "misfit" not in sentence
+    rep["evidence"]["latent"]["tail_groups"]["classes"]["2"]["kept"].append(
+        {"candidate": "misfit", "seen_as": 1, "size": 25, "purity": 0.93, "island": 1.7, "atypicality": 2.2,
+         "kept": True, "rule": "misfit", "other_classes": [1], "other_share": 1.0, "other_base": 0.007})
+    sentence = how_found(run)[0]
+    assert "kept 1 misfit group(s)" in sentence and "c -> b: 25, 0.93, 1.70, 0.7%" in sentence
+    assert "kept 1 relabelled group(s)" in sentence  # the misfit group is not counted as relabelled
+    rep["evidence"]["latent"]["tail_groups"]["classes"]["2"]["kept"].pop()
     rep["evidence"]["latent"]["tail_groups"]["classes"]["1"]["kept"][0]["near_copy_ratio"] = 0.05
     assert "1 kept group(s) are near-copies of one image" in how_found(run)[0] and "b (31 samples, 0.05)" in how_found(run)[0]
     rep["evidence"]["latent"]["tail_groups"]["classes"]["1"]["kept"][0]["near_copy_ratio"] = 0.9

@@ -32,6 +32,17 @@ Per class (pure functions, no state):
    the class.  Dirty-label poison the model has not fully pulled into its target class keeps its source
    class there (Fashion-MNIST WaNet 1 %, 10 epochs: poisoned sneakers, bags and trousers labelled
    T-shirt, in groups too loose for the island bars: purity 0.75-0.95, island 1.2-1.7);
+3b. **misfit groups** (when the logits are given): for each other class the model *classifies* at least
+   ``MISFIT_MIN_SIZE`` (10) of the class's samples as, those samples are a candidate of their own, kept
+   when their purity reaches ``DEFAULT_MIN_MISFIT_PURITY`` (0.7), their island ``DEFAULT_MIN_MISFIT_ISLAND``
+   (1.25), and that class is the strongest other class of under ``DEFAULT_MAX_MISFIT_BASE`` (5 %, for ten
+   classes) of the rest of the class.  This is the poison of a dirty-label backdoor that did not take:
+   the model still fits it as its source class, so HDBSCAN's density clusters (15 samples at least, each
+   a dense core) miss groups of 20-35 samples spread over their source class's region (Fashion-MNIST
+   BadNets all-to-all 0.5 %, 10 epochs, ASR 3.8 %: 157 of its 300 poisoned samples were missed, 22-36
+   per class, all of them classified as their source class by the model).  A class's genuine misfits
+   (ambiguous or mislabelled images) are each odd in their own way, and its usual confusions (shirts
+   classified as T-shirts) have a high base;
 4. **join**: samples of the class most of whose 10 nearest samples are flagged join the flagged ones
    (:func:`.latent.join_neighbours`), the poisoned samples at the edge of an island.
 
@@ -54,6 +65,14 @@ members' strongest other class in 4.2 % of the rest of its class (twice the bar)
 kept 17 poisoned Fashion-MNIST groups the island bars refused.  Three models trained after it was fixed
 (WaNet 1 % on another seed, BadNets all-to-all 0.5 % at 20 epochs, a 10-epoch clean control): 5 more
 poisoned groups kept by it, no genuine one.
+
+The misfit rule (session 15) was set on the misfit candidates of all 39 cached Fashion-MNIST models
+(1,414 with 8 members or more, 1,286 of them genuine; ``benchmarks/results/tail_calibration.json`` has
+the ones with 10 or more), so none of those is held out for it; the CIFAR-10 models are.  The genuine
+candidates with 10 members or more and a base under 5 % reach purity 0.62 and island 1.15 at most
+(Fashion-MNIST GroupNorm clean: 37 T-shirts classified as bags); those with purity over 0.7 are a
+class's usual confusions (about 900 shirts classified as T-shirts, base 0.20-0.23, island <= 1.17).  The
+bars keep 25 candidates: 907 poisoned samples and 27 genuine ones in them.
 """
 from __future__ import annotations
 
@@ -81,6 +100,18 @@ DEFAULT_MIN_OTHER_SHARE = 0.8
 #: class is rare, do not pass it by default (only K = 10 is calibrated).
 DEFAULT_MAX_OTHER_BASE = 0.02
 OTHER_BASE_FACTOR = 0.18
+#: A *misfit group* (step 3b): the samples of a class the model classifies as one other class, kept when
+#: they are at least this many ...
+MISFIT_MIN_SIZE = 10
+#: ... and close together and set apart in the class's penultimate features (purity, island as above), which
+#: the genuine misfits of a class (ambiguous or mislabelled images, each odd in its own way) are not.
+DEFAULT_MIN_MISFIT_PURITY = 0.7
+DEFAULT_MIN_MISFIT_ISLAND = 1.25
+#: ... and the class they are seen as is the strongest other class of under this share of the rest of their
+#: class (for ten classes; :func:`other_base_bar` scales it as the relabelled rule's bar): a class's usual
+#: confusions (shirts seen as T-shirts: ~900 of 6,000 shirts, base 0.20-0.23) are large enough to be tight.
+DEFAULT_MAX_MISFIT_BASE = 0.05
+MISFIT_BASE_FACTOR = 0.45
 #: Neighbours for purity, and the rank of the neighbour distances the island compares.
 PURITY_NEIGHBOURS = 10
 ISLAND_RANK = 5
@@ -120,10 +151,11 @@ def strongest_other_class(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.argmax(masked, axis=1)
 
 
-def other_base_bar(n_classes: int) -> float:
-    """The relabelled rule's ``max_other_base`` for ``n_classes`` classes: ``OTHER_BASE_FACTOR / (K - 1)``
-    (0.02 for ten classes; 0 for two, where the other class is always the same one)."""
-    return OTHER_BASE_FACTOR / (n_classes - 1) if n_classes > 2 else 0.0
+def other_base_bar(n_classes: int, factor: float = OTHER_BASE_FACTOR) -> float:
+    """The relabelled rule's ``max_other_base`` for ``n_classes`` classes: ``factor / (K - 1)`` (0.02 for
+    ten classes; 0 for two, where the other class is always the same one).  With ``MISFIT_BASE_FACTOR``:
+    the misfit rule's ``max_misfit_base`` (0.05 for ten classes)."""
+    return factor / (n_classes - 1) if n_classes > 2 else 0.0
 
 
 def relabelled_statistics(other: np.ndarray, members: np.ndarray,
@@ -198,19 +230,46 @@ def tail_group_rule(stats: dict[str, Any], n_class: int, *, min_purity: float = 
     return None
 
 
+def misfit_group_rule(stats: dict[str, Any], n_class: int, *, min_misfit_purity: float = DEFAULT_MIN_MISFIT_PURITY,
+                      min_misfit_island: float = DEFAULT_MIN_MISFIT_ISLAND,
+                      max_misfit_base: float = DEFAULT_MAX_MISFIT_BASE, max_share: float = DEFAULT_MINORITY,
+                      min_misfit_size: int = MISFIT_MIN_SIZE) -> Optional[str]:
+    """Step 3b's rule on a misfit group's :func:`group_statistics` (with the relabelled statistics):
+    ``'misfit'`` when it has at least ``min_misfit_size`` members, under ``max_share`` of the class, its
+    purity and island reach their bars and its ``other_base`` is under ``max_misfit_base``; else None."""
+    if stats["size"] < min_misfit_size or stats["size"] >= max_share * n_class:
+        return None
+    if (stats["purity"] >= min_misfit_purity and stats["island"] >= min_misfit_island
+            and stats.get("other_base", 1.0) < max_misfit_base):
+        return "misfit"
+    return None
+
+
+def misfit_groups(other: np.ndarray, misfit: np.ndarray, min_size: int = MISFIT_MIN_SIZE) -> list[tuple[int, np.ndarray]]:
+    """The candidate misfit groups of one class: for each other class ``o`` the model gives at least
+    ``min_size`` of the class's rows (``misfit``: rows whose top logit is not their label, so their
+    :func:`strongest_other_class` ``other`` is the class the model gives them), ``(o, member mask)``."""
+    other = np.asarray(other, dtype=np.int64)
+    misfit = np.asarray(misfit, dtype=bool)
+    values, counts = np.unique(other[misfit], return_counts=True)
+    return [(int(o), misfit & (other == o)) for o, c in zip(values, counts) if c >= min_size]
+
+
 def is_tail_group(stats: dict[str, Any], n_class: int, **rule: float) -> bool:
     """Whether :func:`tail_group_rule` keeps the group."""
     return tail_group_rule(stats, n_class, **rule) is not None
 
 
 def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optional[np.ndarray] = None,
-                         random_state: Optional[int] = 0, keep_rows: bool = False,
+                         misfit: Optional[np.ndarray] = None, random_state: Optional[int] = 0, keep_rows: bool = False,
                          **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Steps 1-4 for one class: (flagged rows, group id per row (-1 = none), one record per candidate
     cluster with its statistics, whether it was kept and by which rule).  ``other``: the rows'
-    :func:`strongest_other_class` (enables the relabelled rule); ``rule``: the bars of
-    :func:`tail_group_rule`; ``keep_rows``: each record also holds its members' row positions (for the
-    calibration)."""
+    :func:`strongest_other_class` (enables the relabelled rule); ``misfit`` (with ``other``): the rows the
+    model classifies as another class than their label (enables step 3b's misfit groups, whose records
+    have ``"candidate": "misfit"`` and the ``seen_as`` class); ``rule``: the bars of
+    :func:`tail_group_rule` and :func:`misfit_group_rule`; ``keep_rows``: each record also holds its
+    members' row positions (for the calibration)."""
     import hdbscan
 
     P = np.asarray(P, dtype=np.float64)
@@ -227,6 +286,8 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
                              cluster_selection_method="leaf").fit(F[rows]).labels_
     F_rows = F[rows]
     neighbours = nearest_rows(F_rows)
+    misfit_rule = {k: v for k, v in rule.items() if "misfit" in k or k == "max_share"}
+    rule = {k: v for k, v in rule.items() if "misfit" not in k}
     records = []
     seed = np.zeros(n, dtype=bool)
     n_kept = 0
@@ -245,6 +306,23 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
             seed[rows[members]] = True
             groups[rows[members]] = n_kept
             n_kept += 1
+    if misfit is not None and other is not None:
+        # step 3b: the rows the model gives one other class, as a candidate of their own (the dirty-label
+        # poison of a backdoor that did not take is fitted as its source class, too spread for HDBSCAN)
+        other_rows = np.asarray(other)[rows]
+        for o, members in misfit_groups(other_rows, np.asarray(misfit, dtype=bool)[rows],
+                                        int(misfit_rule.get("min_misfit_size", MISFIT_MIN_SIZE))):
+            stats = group_statistics(F_rows, members, atypicality[rows], neighbours, other_rows)
+            why = misfit_group_rule(stats, len(rows), **misfit_rule)
+            kept = why is not None
+            records.append({"candidate": "misfit", "seen_as": o,
+                            **{key: round(v, 3) if isinstance(v, float) else v for key, v in stats.items()},
+                            "kept": kept, "rule": why, **({"rows": rows[members]} if keep_rows else {})})
+            if kept:
+                fresh = members & ~seed[rows]  # rows already in a kept cluster stay in its group
+                seed[rows[members]] = True
+                groups[rows[fresh]] = n_kept
+                n_kept += 1
     flagged = seed.copy()
     if seed.any():
         joined = join_neighbours(F, seed)
@@ -266,17 +344,21 @@ def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, 
     P = np.asarray(P, dtype=np.float64)
     y = np.asarray(y)
     atypicality = np.asarray(atypicality, dtype=np.float64)
-    other = None
+    other = misfit = None
     if logits is not None:
         other = strongest_other_class(logits, y)
-        rule = {"max_other_base": other_base_bar(np.asarray(logits).shape[1]), **rule}
+        misfit = np.argmax(np.asarray(logits), axis=1) != y
+        K = np.asarray(logits).shape[1]
+        rule = {"max_other_base": other_base_bar(K), "max_misfit_base": other_base_bar(K, MISFIT_BASE_FACTOR),
+                **rule}
     flagged = np.zeros(len(P), dtype=bool)
     groups = np.full(len(P), -1, dtype=np.int64)
     evidence: dict[str, Any] = {}
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         f, g, records = tail_groups_in_class(P[idx], atypicality[idx], random_state=random_state,
-                                             other=None if other is None else other[idx], **rule)
+                                             other=None if other is None else other[idx],
+                                             misfit=None if misfit is None else misfit[idx], **rule)
         flagged[idx], groups[idx] = f, g
         kept = [r for r in records if r["kept"]]
         strongest = sorted((r for r in records if not r["kept"]), key=lambda r: -r["island"])[:3]
