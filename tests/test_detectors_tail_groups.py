@@ -312,16 +312,8 @@ def test_flare_detect_passes_the_logits_to_the_relabelled_rule():
 def misfit_class(seed, n_group=12):
     """A class with a planted group too small for HDBSCAN's clusters (``n_group`` < 15), close together
     and away from the class: the dirty-label poison of a backdoor that did not take, which the model
-    classifies as its source class."""
-    rng = np.random.default_rng(seed)
-    G = genuine_class(rng)
-    group = rng.normal(size=(n_group, D)) * 0.8
-    group[:, 4:8] += 4.0
-    P = np.vstack([G, group])
-    truth = np.zeros(len(P), bool)
-    truth[len(G):] = True
-    other = rng.choice([1, 2], size=len(P), p=[0.8, 0.2])  # the class's usual strongest other classes
-    return P, truth, other
+    classifies as its source class.  Returns (P, truth, the class's usual strongest other classes)."""
+    return loose_group_class(seed, n_group)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
