@@ -132,8 +132,9 @@ FMNIST_SPECS = {s.name: s for s in [
 def cifar_specs(cifar_root: str, epochs: int = 4) -> dict:
     """Narrow-ResNet CIFAR-10 (JPEG ImageFolder at ``cifar_root`` with train/ and test/) entries for the CPU.
 
-    4 epochs: one epoch of the narrow ResNet over 50k images takes ~7 minutes on one core of the 2-core
-    machine (two trainings run side by side), so a model costs ~30 minutes. The first four entries are
+    4 epochs: one epoch of the narrow ResNet over 50k images took ~7 minutes on one core of the loaded
+    2-core machine in session 4 and ~100 s in session 16 (two trainings side by side, one thread each),
+    so a 12-epoch model costs ~21 minutes there. The first four entries are
     the ones the CPU rows were measured on; the rest are defined for a longer (or GPU) run."""
     mk = lambda name, attack, rate=0.1, **kw: ZooSpec(name=name, data=cifar_root, attack=attack, rate=rate,  # noqa: E731
                                                      arch="narrow-resnet", epochs=epochs, test_data=cifar_root, **kw)

@@ -310,9 +310,9 @@ def test_flare_detect_passes_the_logits_to_the_relabelled_rule():
 # ----------------------------------------------------------------------------- misfit groups (step 3b)
 
 def misfit_class(seed, n_group=12):
-    """A class with a planted group too small for HDBSCAN's clusters (``n_group`` < 15), close together
-    and away from the class: the dirty-label poison of a backdoor that did not take, which the model
-    classifies as its source class.  Returns (P, truth, the class's usual strongest other classes)."""
+    """A class with a planted group too small for HDBSCAN's clusters (``n_group`` < 15) and too loose for
+    the island rule, but apart from the class (the misfit bars are lower): the dirty-label poison of a
+    backdoor that did not take, which the model classifies as its source class.  Returns (P, truth, the class's usual strongest other classes)."""
     return loose_group_class(seed, n_group)
 
 
