@@ -182,6 +182,10 @@ def cifar_specs(cifar_root: str, epochs: int = 4) -> dict:
         replace(mk("cifar-blended-a2a-1-e12", "blended", 0.01, mode="all-to-all"), epochs=12),
         replace(mk("cifar-badnets-a2a-0.5-e12", "badnets", 0.005, mode="all-to-all"), epochs=12),
         replace(mk("cifar-blended-a2a-0.5-e12", "blended", 0.005, mode="all-to-all"), epochs=12),
+        # session 17: the clean control at the 12 epochs of every other low-rate row (the only clean
+        # CIFAR-10 control was the 4-epoch one), on two seeds; trained before any change of that session
+        replace(mk("cifar-clean-e12", None), epochs=12),
+        replace(mk("cifar-clean-e12-s1", None), epochs=12, seed=1),
     ]}
 
 

@@ -93,11 +93,58 @@ def test_group_statistics_of_a_group_too_small_to_measure():
     assert stats["purity"] == 0.0 and stats["island"] == 0.0 and stats["size"] == 3
 
 
-@pytest.mark.parametrize("bar, value", [("purity", 0.84), ("island", 1.74), ("atypicality", 1.74)])
+@pytest.mark.parametrize("bar, value", [("purity", 0.84), ("island", 1.74), ("atypicality", 1.74),
+                                        ("one_feature_share", 0.91)])
 def test_each_bar_of_the_rule_refuses_on_its_own(bar, value):
     good = {"size": 30, "purity": 0.95, "island": 2.5, "atypicality": 2.5}
     assert TG.is_tail_group(good, 1000)
     assert not TG.is_tail_group({**good, bar: value}, 1000)
+
+
+def test_one_feature_share_of_an_even_and_of_a_one_feature_deviation():
+    rng = np.random.default_rng(8)
+    Z = rng.normal(size=(500, D))
+    members = np.zeros(500, bool)
+    members[:40] = True
+    before = Z.copy()
+    even = TG.one_feature_share(Z, members)
+    assert even < 3.0 / D  # an ordinary group: no feature carries much more than 1/D
+    Z1 = Z.copy()
+    Z1[members, 5] += 300.0  # one feature far out, the rest ordinary
+    assert TG.one_feature_share(Z1, members) > 0.99
+    Z4 = Z.copy()
+    Z4[members, 4:8] += 7.0  # the planted island's shift: four features
+    assert 0.2 < TG.one_feature_share(Z4, members) < 0.3
+    assert TG.one_feature_share(Z, np.zeros(500, bool)) == 0.0
+    assert TG.one_feature_share(np.zeros((10, 3)), np.ones(10, bool)) == 0.0
+    np.testing.assert_array_equal(Z, before)
+
+
+def one_channel_class(seed, n_group=30):
+    """A genuine class with one nearly silent feature (a channel at ~0 for the whole class) that fires for
+    ``n_group`` ordinary members of the bulk, at a level ordinary for the other features: the CIFAR-10 studio
+    frogs' case (robust z ~1,000 in that one feature)."""
+    rng = np.random.default_rng(seed)
+    G = genuine_class(rng)
+    silent = np.abs(rng.normal(size=(len(G), 1))) * 1e-3
+    group = rng.choice(len(G) - 70, n_group, replace=False)  # from the sub-modes, not the outliers
+    silent[group, 0] = 0.7 + rng.normal(size=n_group) * 0.02
+    truth = np.zeros(len(G), bool)
+    truth[group] = True
+    return np.hstack([G, silent]), truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_island_of_one_silent_feature_firing_is_not_kept(seed):
+    P, group = one_channel_class(seed)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    flagged, _, records = TG.tail_groups_in_class(P, atyp)
+    assert not flagged.any()
+    single = [r for r in records if r["one_feature_share"] > TG.DEFAULT_MAX_ONE_FEATURE_SHARE]
+    assert single and not any(r["kept"] for r in single)
+    # without that bar the other three keep it: the bar is what refuses it
+    loose = TG.tail_groups_in_class(P, atyp, max_one_feature_share=1.0)[0]
+    assert loose[group].mean() >= 0.9
 
 
 def test_a_group_of_over_a_third_of_the_class_is_not_a_tail_group():

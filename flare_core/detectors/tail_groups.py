@@ -24,7 +24,12 @@ Per class (pure functions, no state):
    - **island** (the median over members of the distance to the 5th nearest non-member over the
      distance to the 5th nearest other member) is at least ``min_island`` (1.75), and
    - its members' median **atypicality** (:func:`.scoring.class_atypicality`, ~1 for a typical sample)
-     is at least ``min_atypicality`` (1.75);
+     is at least ``min_atypicality`` (1.75), and
+   - that deviation is not one feature's: at most ``max_one_feature_share`` (90 %) of it lies in the
+     group's strongest single feature (:func:`one_feature_share`).  A feature nearly silent in the class
+     has a tiny MAD, so the few samples it fires for score robust z-scores of ~1,000 in it, dominate the
+     class's principal components and form an "island" of one channel: the CIFAR-10 narrow ResNet's studio
+     frogs and close-up ships (session 17);
 
    or keep it as **relabelled** (when the model's logits are given): the fewest classes that are the
    strongest other class (:func:`strongest_other_class`: what the model rates highest after the label)
@@ -89,8 +94,16 @@ TAIL_MIN_SAMPLES = 10
 DEFAULT_MIN_PURITY = 0.85
 #: ... it is set apart from the samples around it ...
 DEFAULT_MIN_ISLAND = 1.75
-#: ... and its members are atypical in their class.
+#: ... and its members are atypical in their class ...
 DEFAULT_MIN_ATYPICALITY = 1.75
+#: ... in more than one feature: an island whose deviation from its class (the members' mean squared robust
+#: z-score per penultimate feature) lies over 90 % in a single feature is one channel that is nearly silent
+#: in the class firing for a sub-mode of it (:func:`one_feature_share`).  Session 17: the held-out
+#: CIFAR-10 groups of genuine frogs, dogs and ships the island bars kept had shares of 0.998-1.0 (a channel whose
+#: class MAD is 0.0001-0.0007 against a median of 0.2, so one activation of 0.3-0.7 scores a z of ~1,000);
+#: the 82 poisoned island candidates of 32 Fashion-MNIST models had 0.06-0.57 (median 0.14), and the bar
+#: changes no Fashion-MNIST flag (``python3 -m benchmarks.one_feature_check --cifar ROOT``).
+DEFAULT_MAX_ONE_FEATURE_SHARE = 0.9
 #: A group is kept also when it is *relabelled*: the model sees a few other classes in it (the strongest
 #: other classes, :func:`strongest_other_class`, of this share of its members) ...
 DEFAULT_MIN_OTHER_SHARE = 0.8
@@ -130,13 +143,34 @@ MAX_CLUSTERED_ROWS = 20000
 def class_components(P: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
                      random_state: Optional[int] = 0) -> np.ndarray:
     """The class's robustly standardised penultimate features reduced to ``n_components`` (PCA)."""
-    from sklearn.decomposition import PCA
-
     from flare_core.detectors.preprocess import robust_standardize
 
-    Z = robust_standardize(np.asarray(P, dtype=np.float64))[0]
+    return standardised_components(robust_standardize(np.asarray(P, dtype=np.float64))[0], n_components,
+                                   random_state)
+
+
+def standardised_components(Z: np.ndarray, n_components: int = DEFAULT_COMPONENTS,
+                            random_state: Optional[int] = 0) -> np.ndarray:
+    """:func:`class_components` of features already robustly standardised (``Z``)."""
+    from sklearn.decomposition import PCA
+
     k = min(n_components, Z.shape[1], len(Z))
     return PCA(k, random_state=random_state).fit_transform(Z) if k < Z.shape[1] else Z
+
+
+def one_feature_share(Z: np.ndarray, members: np.ndarray) -> float:
+    """The share of a group's deviation from its class that lies in its strongest single feature.
+
+    ``Z``: the class's robustly standardised features (n, D), so a row is its deviation from the class's
+    median; ``members`` (bool, n).  The group's mean squared z-score per feature, the largest of them over
+    their sum: 1/D when the group deviates evenly, 1.0 when one feature carries all of it.  0 for an empty
+    group or one that does not deviate at all."""
+    members = np.asarray(members, dtype=bool)
+    if not members.any():
+        return 0.0
+    per_feature = np.mean(np.square(np.asarray(Z, dtype=np.float64)[members]), axis=0)
+    total = float(per_feature.sum())
+    return float(per_feature.max() / total) if total > 0 else 0.0
 
 
 def strongest_other_class(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -215,15 +249,18 @@ def nearest_rows(F: np.ndarray, k: int = PURITY_NEIGHBOURS) -> np.ndarray:
 
 def tail_group_rule(stats: dict[str, Any], n_class: int, *, min_purity: float = DEFAULT_MIN_PURITY,
                     min_island: float = DEFAULT_MIN_ISLAND, min_atypicality: float = DEFAULT_MIN_ATYPICALITY,
+                    max_one_feature_share: float = DEFAULT_MAX_ONE_FEATURE_SHARE,
                     max_share: float = DEFAULT_MINORITY, min_other_share: float = DEFAULT_MIN_OTHER_SHARE,
                     max_other_base: float = DEFAULT_MAX_OTHER_BASE) -> Optional[str]:
-    """Step 3's rule on one group's :func:`group_statistics`: ``'island'`` (pure, set apart and atypical),
+    """Step 3's rule on one group's :func:`group_statistics`: ``'island'`` (pure, set apart and atypical
+    in more than one feature; the last only when the statistics have ``one_feature_share``),
     ``'relabelled'`` (its members share a strongest other class the rest of the class almost never has;
     only when the statistics have ``other_share``), or None (not kept)."""
     if stats["size"] >= max_share * n_class:
         return None
     if (stats["purity"] >= min_purity and stats["island"] >= min_island
-            and stats["atypicality"] >= min_atypicality):
+            and stats["atypicality"] >= min_atypicality
+            and stats.get("one_feature_share", 0.0) <= max_one_feature_share):
         return "island"
     if "other_share" in stats and stats["other_share"] >= min_other_share and stats["other_base"] < max_other_base:
         return "relabelled"
@@ -278,13 +315,16 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
     groups = np.full(n, -1, dtype=np.int64)
     if n < MIN_CLASS_ROWS:
         return np.zeros(n, dtype=bool), groups, []
-    F = class_components(P, random_state=random_state)
+    from flare_core.detectors.preprocess import robust_standardize
+
+    Z = robust_standardize(P)[0]
+    F = standardised_components(Z, random_state=random_state)
     rows = np.arange(n)
     if n > MAX_CLUSTERED_ROWS:
         rows = np.sort(np.random.default_rng(random_state).choice(n, MAX_CLUSTERED_ROWS, replace=False))
     labels = hdbscan.HDBSCAN(min_cluster_size=TAIL_MIN_CLUSTER_SIZE, min_samples=TAIL_MIN_SAMPLES,
                              cluster_selection_method="leaf").fit(F[rows]).labels_
-    F_rows = F[rows]
+    F_rows, Z_rows = F[rows], Z[rows]
     neighbours = nearest_rows(F_rows)
     misfit_rule = {k: v for k, v in rule.items() if "misfit" in k or k == "max_share"}
     rule = {k: v for k, v in rule.items() if "misfit" not in k}
@@ -298,6 +338,7 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
         stats = group_statistics(F_rows, members, atypicality[rows], neighbours,
                                  None if other is None else np.asarray(other)[rows],
                                  rule.get("min_other_share", DEFAULT_MIN_OTHER_SHARE))
+        stats["one_feature_share"] = one_feature_share(Z_rows, members)
         why = tail_group_rule(stats, len(rows), **rule)
         kept = why is not None
         records.append({**{key: round(v, 3) if isinstance(v, float) else v for key, v in stats.items()},
@@ -313,6 +354,7 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
         for o, members in misfit_groups(other_rows, np.asarray(misfit, dtype=bool)[rows],
                                         int(misfit_rule.get("min_misfit_size", MISFIT_MIN_SIZE))):
             stats = group_statistics(F_rows, members, atypicality[rows], neighbours, other_rows)
+            stats["one_feature_share"] = one_feature_share(Z_rows, members)  # recorded; the misfit rule ignores it
             why = misfit_group_rule(stats, len(rows), **misfit_rule)
             kept = why is not None
             records.append({"candidate": "misfit", "seen_as": o,
