@@ -262,3 +262,42 @@ def test_loss_ranking_row_ranks_unfitted_poison_and_reports_the_top_share(tmp_pa
     np.testing.assert_array_equal(np.load(c / "logits.npy"), before)
     write_json(c / "ground_truth.json", {"poisoned_indices": []})
     assert model_row("m", cache=tmp_path / "cache", results=tmp_path / "results", zoo=tmp_path / "zoo") is None
+
+
+def test_one_feature_check_summary_counts_island_like_candidates_and_changed_models():
+    from benchmarks.one_feature_check import summary
+
+    def cand(share, poisoned, purity=0.95):
+        return {"size": 30, "purity": purity, "island": 2.5, "atypicality": 3.0, "one_feature_share": share,
+                "kept": share <= 0.9, "rule": "island", "poisoned_share": poisoned}
+    models = [
+        {"model": "a", "with_bar": {"flagged": 30, "poisoned": 30}, "without_bar": {"flagged": 30, "poisoned": 30},
+         "candidates": [cand(0.2, 1.0), cand(0.4, 1.0), cand(0.99, 0.0, purity=0.5)]},
+        {"model": "b", "with_bar": {"flagged": 0, "poisoned": 0}, "without_bar": {"flagged": 25, "poisoned": 0},
+         "candidates": [cand(0.999, 0.0), cand(0.05, 0.0, purity=0.5)]},
+    ]
+    s = summary(models)
+    assert s["island_like_poisoned"] == 2 and s["island_like_poisoned_max_share"] == 0.4
+    assert s["island_like_genuine"] == 1 and s["island_like_genuine_min_share"] == 0.999  # purity 0.5 is not island-like
+    assert s["changed_models"] == ["b"]
+    assert (s["flagged_without_bar"], s["flagged_with_bar"]) == (55, 30)
+
+
+def test_atypicality_floor_changes_nothing_under_the_smallest_mad_to_sd_and_tames_a_silent_column():
+    from benchmarks.atypicality_floor import floored_atypicality, min_mad_to_sd
+    from flare_core.detectors.scoring import class_atypicality
+
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(400, 8))
+    y = np.repeat([0, 1], 200)
+    before = P.copy()
+    r = min_mad_to_sd(P, y)
+    assert 0.5 < r < 1.5
+    np.testing.assert_allclose(floored_atypicality(P, y, 0.5 * r), class_atypicality(P, y))
+    silent = P.copy()
+    silent[:, 0] = np.abs(rng.normal(size=400)) * 1e-3
+    silent[:10, 0] = 0.7  # one near-silent channel firing for ten samples of class 0
+    assert min_mad_to_sd(silent, y) < 0.1
+    raw, floored = class_atypicality(silent, y), floored_atypicality(silent, y, 0.25)
+    assert raw[:10].min() > 50 and floored[:10].max() < raw[:10].min() / 5
+    np.testing.assert_array_equal(P, before)
