@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
-from benchmarks.detect_matrix import CACHE, _load, _truth
-from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
+from benchmarks.detect_matrix import CACHE, cached_arrays
+from benchmarks.zoo import FMNIST_SPECS, cifar_specs
 
 FLOORS = (0.1, 0.2, 0.25, 0.5)
 
@@ -57,11 +57,7 @@ def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
 
     from flare_core.detectors.scoring import class_atypicality
 
-    entry = build(specs[name])
-    _, dataset = _load(entry, "cpu")
-    y = np.asarray(dataset.labels)
-    truth = _truth(entry, len(y))
-    P = np.load(Path(cache) / name / "pooled.npy")
+    y, truth, P, _ = cached_arrays(name, specs, cache)
     row = {"model": name, "min_mad_to_sd": round(min_mad_to_sd(P, y), 3)}
     if truth.any():
         row["auroc"] = round(float(roc_auc_score(truth, class_atypicality(P, y))), 3)

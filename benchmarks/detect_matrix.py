@@ -85,6 +85,17 @@ def _truth(entry: ZooEntry, n: int) -> np.ndarray:
     return GroundTruth.from_json(entry.ground_truth).mask(n)
 
 
+def cached_arrays(name: str, specs: dict, cache_dir: Path = CACHE) -> tuple:
+    """(labels, poisoned mask, penultimate features, logits or None) of a zoo model whose feature pass is
+    cached under ``cache_dir / name`` (the studies that read the caches instead of running a detector)."""
+    entry = build(specs[name])
+    _, dataset = _load(entry, "cpu")
+    y = np.asarray(dataset.labels)
+    logits = Path(cache_dir) / name / "logits.npy"
+    return (y, _truth(entry, len(y)), np.load(Path(cache_dir) / name / "pooled.npy"),
+            np.load(logits) if logits.is_file() else None)
+
+
 def cached_features(entry: ZooEntry, model, dataset, cache_dir: Path, batch_size: int = 256) -> tuple:
     """(abnormality (N, L), layer names, pooled (N, D), seconds of each pass); computed once per model."""
     from flare_core.features import extract_abnormality_features, extract_pooled_features

@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
-from benchmarks.detect_matrix import CACHE, _load, _truth
-from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
+from benchmarks.detect_matrix import CACHE, cached_arrays
+from benchmarks.zoo import FMNIST_SPECS, cifar_specs
 
 logger = logging.getLogger("benchmarks.one_feature_check")
 
@@ -42,12 +42,9 @@ def model_check(name: str, specs: dict, cache: Path = CACHE) -> dict:
     from flare_core.detectors import tail_groups as TG
     from flare_core.detectors.scoring import class_atypicality
 
-    entry = build(specs[name])
-    _, dataset = _load(entry, "cpu")
-    y = np.asarray(dataset.labels)
-    truth = _truth(entry, len(y))
-    P = np.load(Path(cache) / name / "pooled.npy")
-    logits = np.load(Path(cache) / name / "logits.npy")
+    y, truth, P, logits = cached_arrays(name, specs, cache)
+    if logits is None:
+        raise FileNotFoundError(f"{Path(cache) / name / 'logits.npy'} is missing: run benchmarks.detect_matrix {name} first.")
     atyp = class_atypicality(P, y)
     out = {"model": name, "n": len(y), "n_poisoned": int(truth.sum())}
     evidence = {}
