@@ -298,6 +298,6 @@ def test_atypicality_floor_changes_nothing_under_the_smallest_mad_to_sd_and_tame
     silent[:, 0] = np.abs(rng.normal(size=400)) * 1e-3
     silent[:10, 0] = 0.7  # one near-silent channel firing for ten samples of class 0
     assert min_mad_to_sd(silent, y) < 0.1
-    raw, floored = class_atypicality(silent, y), floored_atypicality(silent, y, 0.25)
+    raw, floored = class_atypicality(silent, y, sd_floor=0.0), floored_atypicality(silent, y, 0.25)
     assert raw[:10].min() > 50 and floored[:10].max() < raw[:10].min() / 5
     np.testing.assert_array_equal(P, before)

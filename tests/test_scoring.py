@@ -65,3 +65,27 @@ def test_unflagged_ranking_uses_the_stage_score_only_in_classes_with_flags():
     assert list(out[1:3]) == [5.0, 2.0]  # class 0 has a flag: the larger of the two
     assert list(out[3:]) == [1.0, 3.0, 1.0]  # class 1 has none: atypicality alone (its 7.0 is ignored)
     assert np.array_equal(atyp, [1.0, 1.0, 2.0, 1.0, 3.0, 1.0])  # input unchanged
+
+
+def test_class_atypicality_floors_the_scale_of_a_nearly_silent_column():
+    rng = np.random.default_rng(11)
+    P = rng.normal(size=(600, 16))
+    y = np.repeat([0, 1], 300)
+    P[:, 0] = np.abs(rng.normal(size=600)) * 1e-3  # a channel nearly silent in both classes ...
+    P[:8, 0] = 0.7  # ... that fires, at an ordinary level, for eight samples of class 0
+    P[300:310, 1:5] += 6.0  # ten samples of class 1 odd in four ordinary features
+    before = P.copy()
+    floored = class_atypicality(P, y)
+    pure_mad = class_atypicality(P, y, sd_floor=0.0)
+    assert pure_mad[:8].min() > 100  # z ~ 1,000 in one column: the whole statistic
+    assert floored[:8].max() < 10  # the floor bounds it at about 1 / (floor x sqrt(share firing))
+    np.testing.assert_allclose(floored[300:], pure_mad[300:])  # columns with a real spread are unchanged
+    assert floored[300:310].min() > np.percentile(floored[310:], 99)
+    np.testing.assert_array_equal(P, before)
+
+
+def test_class_atypicality_is_unchanged_by_the_floor_when_every_column_has_spread():
+    rng = np.random.default_rng(12)
+    P = rng.standard_t(5, size=(500, 12))
+    y = rng.integers(0, 3, 500)
+    np.testing.assert_allclose(class_atypicality(P, y), class_atypicality(P, y, sd_floor=0.0))
