@@ -6,7 +6,8 @@ class columns per model) gets a MAD of ~0.001, so the few samples it fires for d
 atypicality (session 17; ``benchmarks.one_feature_check``).  Where FLARE default flags nothing, its scores
 rank the samples by that atypicality, so this measures how the poison's AUROC changes when each column's
 scale is at least ``floor`` x its SD, and the smallest MAD / SD of any class column (a floor under it
-changes nothing on that model).  Nothing in ``flare purify`` uses this.
+changes nothing on that model).  ``auroc`` is the statistic without a floor (before session 17); FLARE
+default now uses ``scoring.ATYPICALITY_SD_FLOOR`` (0.2).
 
     python3 -m benchmarks.atypicality_floor MODELS ... [--cifar ROOT]   # -> results/atypicality_floor.json
 """
@@ -23,21 +24,6 @@ from benchmarks.detect_matrix import CACHE, cached_arrays
 from benchmarks.zoo import FMNIST_SPECS, cifar_specs
 
 FLOORS = (0.1, 0.2, 0.25, 0.5)
-
-
-def floored_atypicality(P: np.ndarray, y: np.ndarray, floor: float) -> np.ndarray:
-    """:func:`class_atypicality` with each class column's scale ``max(1.4826 MAD, floor * SD)``."""
-    P = np.asarray(P, dtype=np.float64)
-    out = np.zeros(len(P))
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        X = P[idx]
-        med = np.median(X, axis=0)
-        scale = np.maximum(1.4826 * np.median(np.abs(X - med), axis=0), floor * X.std(axis=0))
-        norm = np.linalg.norm((X - med) / np.where(scale > 0, scale, 1.0), axis=1)
-        m = float(np.median(norm))
-        out[idx] = norm / m if m > 0 else norm
-    return out
 
 
 def min_mad_to_sd(P: np.ndarray, y: np.ndarray) -> float:
@@ -60,9 +46,9 @@ def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
     y, truth, P, _ = cached_arrays(name, specs, cache)
     row = {"model": name, "min_mad_to_sd": round(min_mad_to_sd(P, y), 3)}
     if truth.any():
-        row["auroc"] = round(float(roc_auc_score(truth, class_atypicality(P, y))), 3)
+        row["auroc"] = round(float(roc_auc_score(truth, class_atypicality(P, y, sd_floor=0.0))), 3)
         for f in FLOORS:
-            row[f"auroc_floor_{f}"] = round(float(roc_auc_score(truth, floored_atypicality(P, y, f))), 3)
+            row[f"auroc_floor_{f}"] = round(float(roc_auc_score(truth, class_atypicality(P, y, sd_floor=f))), 3)
     return row
 
 

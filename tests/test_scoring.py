@@ -89,3 +89,18 @@ def test_class_atypicality_is_unchanged_by_the_floor_when_every_column_has_sprea
     P = rng.standard_t(5, size=(500, 12))
     y = rng.integers(0, 3, 500)
     np.testing.assert_allclose(class_atypicality(P, y), class_atypicality(P, y, sd_floor=0.0))
+
+
+def test_robust_standardize_sd_floor_only_raises_scales_under_it():
+    from flare_core.detectors.preprocess import robust_standardize
+
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(300, 4))
+    X[:, 0] = np.abs(rng.normal(size=300)) * 1e-3
+    X[:6, 0] = 0.7
+    before = X.copy()
+    _, _, plain = robust_standardize(X)
+    _, _, floored = robust_standardize(X, sd_floor=0.2)
+    np.testing.assert_allclose(floored[1:], plain[1:])  # spread columns keep their MAD scale
+    assert floored[0] > 10 * plain[0] and np.isclose(floored[0], 0.2 * X[:, 0].std())
+    np.testing.assert_array_equal(X, before)

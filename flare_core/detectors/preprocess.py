@@ -7,8 +7,11 @@ import numpy as np
 MAD_TO_SD = 1.4826
 
 
-def robust_standardize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def robust_standardize(X: np.ndarray, sd_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust z-score of every column: ``(x - median) / (1.4826 * MAD)``; returns ``(Z, center, scale)``.
+
+    ``sd_floor`` > 0: no column's scale is under that share of its standard deviation (a column nearly
+    constant but for a few values has a MAD of ~0, which would give those values z-scores of ~1,000).
 
     Medians and MADs ignore the (possibly extreme) poisoned values, so poisoned samples stay far out
     instead of inflating the scale.  A column whose MAD is 0 (more than half the values equal) falls
@@ -19,5 +22,7 @@ def robust_standardize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     center = np.median(X, axis=0)
     scale = MAD_TO_SD * np.median(np.abs(X - center), axis=0)
     sd = X.std(axis=0)
+    if sd_floor > 0:
+        scale = np.maximum(scale, sd_floor * sd)
     scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
     return (X - center) / scale, center, scale

@@ -47,7 +47,7 @@ def class_atypicality(features: np.ndarray, labels: np.ndarray, sd_floor: float 
     """How atypical each sample is among the samples of its class in ``features`` (N, D).
 
     Per class: the Euclidean norm of the sample's robustly standardised row (median per column, scaled by
-    ``max(1.4826 MAD, sd_floor * SD)``, 1 for a constant column), divided by the median norm in that class, so
+    ``max(1.4826 MAD, sd_floor * SD)``: :func:`.preprocess.robust_standardize`), divided by the median norm in that class, so
     a typical sample scores about 1 in every class and the class's outliers score more.  Classes of one
     sample score 0.  The floor is for channels nearly silent in a class: their MAD is ~0 (CIFAR-10 narrow
     ResNet: 0.0001-0.0007 against a median column scale of 0.2), so the few samples they fire for would
@@ -58,7 +58,7 @@ def class_atypicality(features: np.ndarray, labels: np.ndarray, sd_floor: float 
     nothing at 0.5 %: AUROC 0.94-0.97 against 0.66-0.74 for Spectral Signatures); at high rates it is a
     population, which the detector itself finds.
     """
-    from flare_core.detectors.preprocess import MAD_TO_SD
+    from flare_core.detectors.preprocess import robust_standardize
 
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
@@ -67,10 +67,7 @@ def class_atypicality(features: np.ndarray, labels: np.ndarray, sd_floor: float 
         idx = np.flatnonzero(labels == c)
         if len(idx) < 2:
             continue
-        X = features[idx]
-        center = np.median(X, axis=0)
-        scale = np.maximum(MAD_TO_SD * np.median(np.abs(X - center), axis=0), sd_floor * X.std(axis=0))
-        norm = np.linalg.norm((X - center) / np.where(scale > 0, scale, 1.0), axis=1)
+        norm = np.linalg.norm(robust_standardize(features[idx], sd_floor)[0], axis=1)
         med = float(np.median(norm))
         out[idx] = norm / med if med > 0 else norm
     return out
