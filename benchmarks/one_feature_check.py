@@ -13,6 +13,7 @@ the other stages, so it says what the stage would add *where it runs* (FLARE def
 stages flagged under 1 %).
 
     python3 -m benchmarks.one_feature_check [MODELS ...] [--cifar ROOT]   # -> results/one_feature_check.json
+    python3 -m benchmarks.one_feature_check --sd-floor 0.2 [--cifar ROOT]  # the stage with a floored scale
 """
 from __future__ import annotations
 
@@ -37,8 +38,22 @@ def passes_other_island_bars(r: dict) -> bool:
             and r["atypicality"] >= TG.DEFAULT_MIN_ATYPICALITY)
 
 
-def model_check(name: str, specs: dict, cache: Path = CACHE) -> dict:
-    """The stage on one cached model with the one-feature bar and without it."""
+def floored_columns(P: np.ndarray, y: np.ndarray, sd_floor: float) -> int:
+    """How many (class, feature) columns the floor raises: 1.4826 MAD under ``sd_floor`` x SD in the class
+    (0 means the floored stage standardises exactly as the plain one, so it cannot flag differently)."""
+    from flare_core.detectors.preprocess import MAD_TO_SD
+
+    n = 0
+    for c in np.unique(y):
+        X = np.asarray(P[y == c], dtype=np.float64)
+        mad = MAD_TO_SD * np.median(np.abs(X - np.median(X, axis=0)), axis=0)
+        n += int(np.sum(mad < sd_floor * X.std(axis=0)))
+    return n
+
+
+def model_check(name: str, specs: dict, cache: Path = CACHE, sd_floor: float = 0.0) -> dict:
+    """The stage on one cached model with the one-feature bar and without it; ``sd_floor``: the stage's
+    floor on each column's robust scale (:data:`.tail_groups.TAIL_SD_FLOOR`)."""
     from flare_core.detectors import tail_groups as TG
     from flare_core.detectors.scoring import class_atypicality
 
@@ -46,10 +61,11 @@ def model_check(name: str, specs: dict, cache: Path = CACHE) -> dict:
     if logits is None:
         raise FileNotFoundError(f"{Path(cache) / name / 'logits.npy'} is missing: run benchmarks.detect_matrix {name} first.")
     atyp = class_atypicality(P, y)
-    out = {"model": name, "n": len(y), "n_poisoned": int(truth.sum())}
+    out = {"model": name, "n": len(y), "n_poisoned": int(truth.sum()), "sd_floor": sd_floor,
+           "floored_columns": floored_columns(P, y, sd_floor) if sd_floor > 0 else 0}
     evidence = {}
     for key, rule in (("with_bar", {}), ("without_bar", {"max_one_feature_share": 1.0})):
-        flagged, _, ev = TG.tail_group_detect(P, y, atyp, logits=logits, **rule)
+        flagged, _, ev = TG.tail_group_detect(P, y, atyp, logits=logits, sd_floor=sd_floor, **rule)
         out[key] = {"flagged": int(flagged.sum()), "poisoned": int((flagged & truth).sum())}
         evidence[key] = ev
     refused = []
@@ -67,7 +83,7 @@ def model_check(name: str, specs: dict, cache: Path = CACHE) -> dict:
     cands = []
     for c, idx in idx_by_class.items():
         _, _, records = TG.tail_groups_in_class(P[idx], atyp[idx], other=other[idx], misfit=misfit[idx],
-                                                keep_rows=True)
+                                                keep_rows=True, sd_floor=sd_floor)
         for r in records:
             if r.get("candidate") == "misfit":
                 continue
@@ -93,6 +109,7 @@ def summary(models: list) -> dict:
                                                                 if c["poisoned_share"] < 0.5],
                                                                [10, 50, 90]), 3).tolist() if cands else None),
             "changed_models": [m["model"] for m in models if m["with_bar"] != m["without_bar"]],
+            "models_with_floored_columns": [m["model"] for m in models if m.get("floored_columns")],
             "flagged_with_bar": sum(m["with_bar"]["flagged"] for m in models),
             "flagged_without_bar": sum(m["without_bar"]["flagged"] for m in models),
             "poisoned_with_bar": sum(m["with_bar"]["poisoned"] for m in models),
@@ -104,9 +121,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help="zoo entries (default: every model with cached features and logits)")
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the cached cifar-* entries)")
-    p.add_argument("--out", default=str(RESULTS / "one_feature_check.json"))
+    p.add_argument("--sd-floor", type=float, default=0.0,
+                   help="run the stage with this floor on each column's robust scale (share of its SD); "
+                        "default 0, the stage as committed")
+    p.add_argument("--out", default=None, help="default results/one_feature_check.json, or "
+                                               "results/one_feature_check_floor<F>.json with --sd-floor F")
     p.add_argument("--merge", action="store_true", help="keep the other models already in OUT (re-run only these)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS / (f"one_feature_check_floor{args.sd_floor:g}.json" if args.sd_floor > 0
+                                  else "one_feature_check.json"))
     specs = dict(FMNIST_SPECS)
     if args.cifar:
         specs.update(cifar_specs(args.cifar))
@@ -119,13 +143,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         models = [m for m in read_json(Path(args.out))["models"] if m["model"] not in names]
     for n in names:
-        models.append(model_check(n, specs))
+        models.append(model_check(n, specs, sd_floor=args.sd_floor))
         m = models[-1]
         logger.info("%s: with the bar %s, without %s, %d group(s) refused", n, m["with_bar"], m["without_bar"],
                     len(m["refused_groups"]))
     by_dataset = {ds: summary([m for m in models if m["model"].startswith(ds)]) for ds in ("fmnist", "cifar")}
     models.sort(key=lambda m: m["model"])
-    command = "python3 -m benchmarks.one_feature_check" + (" --cifar ROOT" if args.cifar else "")
+    command = ("python3 -m benchmarks.one_feature_check" + (" --cifar ROOT" if args.cifar else "")
+               + (f" --sd-floor {args.sd_floor:g}" if args.sd_floor > 0 else ""))
     write_json(Path(args.out), {"command": command, "summary": by_dataset, "models": models})
     for ds, s in by_dataset.items():
         print(f"{ds}: {s['models']} models, {s['candidates']} candidates; passing the other island bars: "

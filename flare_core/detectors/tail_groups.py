@@ -136,6 +136,9 @@ ISLAND_RANK = 5
 TAIL_MAX_FLAGGED_SHARE = 0.01
 #: Classes with fewer rows are not searched (too few for a group and a background).
 MIN_CLASS_ROWS = 100
+# the robust scale of each class column is at least this share of its SD in step 1 (0 = the plain robust
+# z-score; :func:`.preprocess.robust_standardize`); studied by ``benchmarks.one_feature_check --sd-floor``
+TAIL_SD_FLOOR = 0.0
 #: At most this many rows of a class are clustered (a seeded random sample); the rest can still join.
 MAX_CLUSTERED_ROWS = 20000
 
@@ -299,14 +302,15 @@ def is_tail_group(stats: dict[str, Any], n_class: int, **rule: float) -> bool:
 
 def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optional[np.ndarray] = None,
                          misfit: Optional[np.ndarray] = None, random_state: Optional[int] = 0, keep_rows: bool = False,
-                         **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+                         sd_floor: float = TAIL_SD_FLOOR, **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Steps 1-4 for one class: (flagged rows, group id per row (-1 = none), one record per candidate
     cluster with its statistics, whether it was kept and by which rule).  ``other``: the rows'
     :func:`strongest_other_class` (enables the relabelled rule); ``misfit`` (with ``other``): the rows the
     model classifies as another class than their label (enables step 3b's misfit groups, whose records
     have ``"candidate": "misfit"`` and the ``seen_as`` class); ``rule``: the bars of
     :func:`tail_group_rule` and :func:`misfit_group_rule`; ``keep_rows``: each record also holds its
-    members' row positions (for the calibration)."""
+    members' row positions (for the calibration); ``sd_floor``: step 1's floor on each column's robust
+    scale, as a share of its SD."""
     import hdbscan
 
     P = np.asarray(P, dtype=np.float64)
@@ -317,7 +321,7 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
         return np.zeros(n, dtype=bool), groups, []
     from flare_core.detectors.preprocess import robust_standardize
 
-    Z = robust_standardize(P)[0]
+    Z = robust_standardize(P, sd_floor)[0]
     F = standardised_components(Z, random_state=random_state)
     rows = np.arange(n)
     if n > MAX_CLUSTERED_ROWS:
@@ -378,7 +382,7 @@ def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optio
 
 
 def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, logits: Optional[np.ndarray] = None,
-                      random_state: Optional[int] = 0,
+                      random_state: Optional[int] = 0, sd_floor: float = TAIL_SD_FLOOR,
                       **rule: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The stage over every class: (flagged (N,), group id per sample within its class (-1 = none),
     evidence per class: the candidates' statistics, the kept groups and how many samples joined).
@@ -398,7 +402,7 @@ def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, 
     evidence: dict[str, Any] = {}
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        f, g, records = tail_groups_in_class(P[idx], atypicality[idx], random_state=random_state,
+        f, g, records = tail_groups_in_class(P[idx], atypicality[idx], random_state=random_state, sd_floor=sd_floor,
                                              other=None if other is None else other[idx],
                                              misfit=None if misfit is None else misfit[idx], **rule)
         flagged[idx], groups[idx] = f, g
