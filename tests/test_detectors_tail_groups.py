@@ -147,6 +147,36 @@ def test_an_island_of_one_silent_feature_firing_is_not_kept(seed):
     assert loose[group].mean() >= 0.9
 
 
+def test_the_stage_floors_column_scales_as_the_class_atypicality_does():
+    from flare_core.detectors.scoring import ATYPICALITY_SD_FLOOR
+
+    assert TG.TAIL_SD_FLOOR == ATYPICALITY_SD_FLOOR > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_floor_under_every_columns_mad_to_sd_leaves_the_stage_unchanged(seed):
+    """Where every column of the class has spread (MAD / SD well above the floor: Fashion-MNIST's case,
+    >= 0.254), the floored stage is the plain one, candidate for candidate."""
+    P, _ = class_with_island(seed)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    plain = TG.tail_groups_in_class(P, atyp, sd_floor=0.0)
+    floored = TG.tail_groups_in_class(P, atyp)  # the default floor
+    np.testing.assert_array_equal(plain[0], floored[0])
+    np.testing.assert_array_equal(plain[1], floored[1])
+    assert plain[0].any()
+    assert [r["size"] for r in plain[2]] == [r["size"] for r in floored[2]]
+
+
+def test_the_floor_lowers_a_silent_features_share_of_a_groups_deviation():
+    """On a class with one nearly silent channel the floor raises that column's scale, so the sub-mode it
+    fires for deviates less in it: its one-feature share falls (the statistic the island bar reads)."""
+    P, group = one_channel_class(0)
+    atyp = class_atypicality(P, np.zeros(len(P), int))
+    share = {fl: max(r["one_feature_share"] for r in TG.tail_groups_in_class(P, atyp, sd_floor=fl)[2])
+             for fl in (0.0, TG.TAIL_SD_FLOOR)}
+    assert share[TG.TAIL_SD_FLOOR] < share[0.0]
+
+
 def test_a_group_of_over_a_third_of_the_class_is_not_a_tail_group():
     good = {"size": 400, "purity": 0.95, "island": 2.5, "atypicality": 2.5}
     assert not TG.is_tail_group(good, 1000)
