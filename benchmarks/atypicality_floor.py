@@ -26,8 +26,9 @@ from benchmarks.zoo import FMNIST_SPECS, cifar_specs
 FLOORS = (0.1, 0.2, 0.25, 0.5)
 
 
-def min_mad_to_sd(P: np.ndarray, y: np.ndarray) -> float:
-    """The smallest 1.4826 MAD / SD over the columns of every class (columns with SD 0 skipped)."""
+def mad_to_sd_ratios(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1.4826 MAD / SD of every column of every class (columns with SD 0 skipped): a floor ``f`` on the
+    robust scale acts on exactly the columns whose ratio is under ``f``."""
     P = np.asarray(P, dtype=np.float64)
     ratios = []
     for c in np.unique(y):
@@ -35,7 +36,12 @@ def min_mad_to_sd(P: np.ndarray, y: np.ndarray) -> float:
         sd = X.std(axis=0)
         mad = 1.4826 * np.median(np.abs(X - np.median(X, axis=0)), axis=0)
         ratios.append((mad / np.where(sd > 0, sd, np.inf))[sd > 0])
-    return float(np.concatenate(ratios).min())
+    return np.concatenate(ratios)
+
+
+def min_mad_to_sd(P: np.ndarray, y: np.ndarray) -> float:
+    """The smallest 1.4826 MAD / SD over the columns of every class (columns with SD 0 skipped)."""
+    return float(mad_to_sd_ratios(P, y).min())
 
 
 def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:

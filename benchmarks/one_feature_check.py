@@ -13,7 +13,8 @@ the other stages, so it says what the stage would add *where it runs* (FLARE def
 stages flagged under 1 %).
 
     python3 -m benchmarks.one_feature_check [MODELS ...] [--cifar ROOT]   # -> results/one_feature_check.json
-    python3 -m benchmarks.one_feature_check --sd-floor 0.2 [--cifar ROOT]  # the stage with a floored scale
+    python3 -m benchmarks.one_feature_check --sd-floor 0 [--cifar ROOT]    # the stage before session 19's
+                                                                            # floor -> ..._floor0.json
 """
 from __future__ import annotations
 
@@ -41,22 +42,18 @@ def passes_other_island_bars(r: dict) -> bool:
 def floored_columns(P: np.ndarray, y: np.ndarray, sd_floor: float) -> int:
     """How many (class, feature) columns the floor raises: 1.4826 MAD under ``sd_floor`` x SD in the class
     (0 means the floored stage standardises exactly as the plain one, so it cannot flag differently)."""
-    from flare_core.detectors.preprocess import MAD_TO_SD
+    from benchmarks.atypicality_floor import mad_to_sd_ratios
 
-    n = 0
-    for c in np.unique(y):
-        X = np.asarray(P[y == c], dtype=np.float64)
-        mad = MAD_TO_SD * np.median(np.abs(X - np.median(X, axis=0)), axis=0)
-        n += int(np.sum(mad < sd_floor * X.std(axis=0)))
-    return n
+    return int(np.sum(mad_to_sd_ratios(P, y) < sd_floor))
 
 
-def model_check(name: str, specs: dict, cache: Path = CACHE, sd_floor: float = 0.0) -> dict:
+def model_check(name: str, specs: dict, cache: Path = CACHE, sd_floor: Optional[float] = None) -> dict:
     """The stage on one cached model with the one-feature bar and without it; ``sd_floor``: the stage's
     floor on each column's robust scale (:data:`.tail_groups.TAIL_SD_FLOOR`)."""
     from flare_core.detectors import tail_groups as TG
     from flare_core.detectors.scoring import class_atypicality
 
+    sd_floor = TG.TAIL_SD_FLOOR if sd_floor is None else sd_floor
     y, truth, P, logits = cached_arrays(name, specs, cache)
     if logits is None:
         raise FileNotFoundError(f"{Path(cache) / name / 'logits.npy'} is missing: run benchmarks.detect_matrix {name} first.")
@@ -121,16 +118,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help="zoo entries (default: every model with cached features and logits)")
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the cached cifar-* entries)")
-    p.add_argument("--sd-floor", type=float, default=0.0,
+    p.add_argument("--sd-floor", type=float, default=None,
                    help="run the stage with this floor on each column's robust scale (share of its SD); "
-                        "default 0, the stage as committed")
+                        "default the stage's own (tail_groups.TAIL_SD_FLOOR, 0.2); 0: the plain robust z-score "
+                        "of sessions 8-18")
     p.add_argument("--out", default=None, help="default results/one_feature_check.json, or "
-                                               "results/one_feature_check_floor<F>.json with --sd-floor F")
+                                               "results/one_feature_check_floor<F>.json with another --sd-floor F")
     p.add_argument("--merge", action="store_true", help="keep the other models already in OUT (re-run only these)")
     args = p.parse_args(argv)
+    from flare_core.detectors.tail_groups import TAIL_SD_FLOOR
+
+    own_floor = args.sd_floor is None or args.sd_floor == TAIL_SD_FLOOR
+    args.sd_floor = TAIL_SD_FLOOR if args.sd_floor is None else args.sd_floor
     if args.out is None:
-        args.out = str(RESULTS / (f"one_feature_check_floor{args.sd_floor:g}.json" if args.sd_floor > 0
-                                  else "one_feature_check.json"))
+        args.out = str(RESULTS / ("one_feature_check.json" if own_floor
+                                  else f"one_feature_check_floor{args.sd_floor:g}.json"))
     specs = dict(FMNIST_SPECS)
     if args.cifar:
         specs.update(cifar_specs(args.cifar))
@@ -150,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     by_dataset = {ds: summary([m for m in models if m["model"].startswith(ds)]) for ds in ("fmnist", "cifar")}
     models.sort(key=lambda m: m["model"])
     command = ("python3 -m benchmarks.one_feature_check" + (" --cifar ROOT" if args.cifar else "")
-               + (f" --sd-floor {args.sd_floor:g}" if args.sd_floor > 0 else ""))
+               + ("" if own_floor else f" --sd-floor {args.sd_floor:g}"))
     write_json(Path(args.out), {"command": command, "summary": by_dataset, "models": models})
     for ds, s in by_dataset.items():
         print(f"{ds}: {s['models']} models, {s['candidates']} candidates; passing the other island bars: "

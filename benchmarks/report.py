@@ -488,27 +488,38 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       md_table(["models", "candidates", "genuine", "poisoned", "genuine kept", "poisoned kept",
                                 "samples in kept: poisoned / genuine", "genuine nearest the bars (base under 5 %)",
                                 "genuine tightest (any base)"], mrows)]
-    # ---- the island rule's one-feature bar (benchmarks/one_feature_check.py)
-    ofc = read_json(results / "one_feature_check.json", None)
-    if ofc and ofc.get("summary"):
+    # ---- the island rule's one-feature bar and the stage's floored scale (benchmarks/one_feature_check.py)
+    for name, what in [("one_feature_check_floor0.json", "the stage before session 19 (plain robust z-scores)"),
+                       ("one_feature_check.json", "the stage as it runs now (column scales floored at 0.2 SD, "
+                                                  "session 19)")]:
+        ofc = read_json(results / name, None)
+        if not (ofc and ofc.get("summary")):
+            continue
         orows = []
-        for key, what in [("fmnist", "Fashion-MNIST small CNN"), ("cifar", "CIFAR-10 narrow ResNet")]:
+        for key, label in [("fmnist", "Fashion-MNIST small CNN"), ("cifar", "CIFAR-10 narrow ResNet")]:
             sm = ofc["summary"].get(key) or {}
             if not sm.get("models"):
                 continue
-            orows.append([what, sm["models"], sm["candidates"], sm["island_like_poisoned"],
+            orows.append([label, sm["models"], sm["candidates"], sm["island_like_poisoned"],
                           fmt_num(sm["island_like_poisoned_max_share"]), sm["island_like_genuine"],
                           fmt_num(sm["island_like_genuine_min_share"]),
                           f"{sm['flagged_without_bar']} ({sm['poisoned_without_bar']}) -> "
                           f"{sm['flagged_with_bar']} ({sm['poisoned_with_bar']})",
                           ", ".join(sm["changed_models"]) or "none"])
-        parts += ["*The island rule's one-feature bar* (session 17): an island is refused when over 90 % of its "
+        parts += [f"*The island rule's one-feature bar*, {what}: an island is refused when over 90 % of its "
                   "deviation from its class (mean squared robust z-score per penultimate feature) lies in one "
                   f"feature. Command: `{ofc.get('command')}` (the stage alone, ungated, on the cached models, with "
                   "the bar and without it):",
                   md_table(["models", "count", "candidates", "poisoned passing the other island bars",
                             "their largest share", "genuine passing them", "their smallest share",
                             "stage flags without -> with the bar (poisoned)", "models whose flags change"], orows)]
+    af = read_json(results / "atypicality_floor.json", None)
+    fm = [r["min_mad_to_sd"] for r in (af or {}).get("rows", []) if r["model"].startswith("fmnist")]
+    if fm:
+        parts += [f"A floor of 0.2 SD acts only on class columns whose 1.4826 MAD / SD is under 0.2. On the {len(fm)} "
+                  f"Fashion-MNIST models of `{af['command']}` the smallest ratio is {min(fm):.3f}, so the floored "
+                  "stage is the plain one there, sample for sample (their caches were not rebuilt for the floored "
+                  "run above)."]
     # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)
     if det and det.get("rows"):
         phases = ("umap", "hdbscan", "latent", "tail_groups", "join", "confirm")

@@ -79,8 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = Path(args.out or tempfile.mkdtemp(prefix="flare-bench-quick-"))
         print(run_quick(work))
         return 0
-    from benchmarks import (confirm_study, detect_matrix, foundation, latent_calibration, loss_ranking, purification,
-                            report, separability, shortcut_probe, speed, tail_calibration)
+    from benchmarks import (atypicality_floor, confirm_study, detect_matrix, foundation, latent_calibration,
+                            loss_ranking, one_feature_check, purification, report, separability, shortcut_probe,
+                            speed, tail_calibration)
 
     foundation.main(["--retrain"] if args.retrain else [])
     force = ["--force"] if args.force else []
@@ -93,6 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     latent_calibration.main(cifar_opt)  # the models its thresholds were calibrated on
     confirm_study.main(cifar_opt + fmnist + cifar)
     tail_calibration.main(cifar_opt)
+    atypicality_floor.main(cifar_opt)  # these three read the caches the matrix wrote
+    one_feature_check.main(cifar_opt)
+    one_feature_check.main(cifar_opt + ["--sd-floor", "0"])
     shortcut_probe.main(["--all"] + cifar_opt)
     loss_ranking.main([])
     separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
