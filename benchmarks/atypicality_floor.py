@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from benchmarks.common import RESULTS, write_json
+from benchmarks.common import RESULTS, read_json, write_json
 from benchmarks.detect_matrix import CACHE, cached_arrays
 from benchmarks.zoo import FMNIST_SPECS, cifar_specs
 
@@ -63,17 +63,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help="zoo entries (default: every model with cached features)")
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the cached cifar-* entries)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other models already in the results (re-run only these)")
     args = p.parse_args(argv)
     specs = dict(FMNIST_SPECS)
     if args.cifar:
         specs.update(cifar_specs(args.cifar))
     names = args.models or [n for n in specs if (Path(CACHE) / n / "pooled.npy").is_file()]
-    rows = []
+    out = RESULTS / "atypicality_floor.json"
+    rows = ([r for r in read_json(out, {}).get("rows", []) if r["model"] not in names]
+            if args.merge else [])
     for n in names:
         rows.append(model_row(n, specs))
         print(rows[-1], flush=True)
     command = "python3 -m benchmarks.atypicality_floor" + (" --cifar ROOT" if args.cifar else "")
-    write_json(RESULTS / "atypicality_floor.json", {"command": command, "floors": list(FLOORS), "rows": rows})
+    write_json(out, {"command": command, "floors": list(FLOORS), "rows": rows})
     return 0
 
 

@@ -177,6 +177,23 @@ def test_the_floor_lowers_a_silent_features_share_of_a_groups_deviation():
     assert share[TG.TAIL_SD_FLOOR] < share[0.0]
 
 
+def test_stage_settings_are_the_bars_the_rules_apply():
+    s = TG.stage_settings(10)
+    assert s["min_purity"] == TG.DEFAULT_MIN_PURITY and s["min_misfit_island"] == TG.DEFAULT_MIN_MISFIT_ISLAND
+    assert s["max_other_base"] == pytest.approx(TG.other_base_bar(10)) and s["sd_floor"] == TG.TAIL_SD_FLOOR
+    assert TG.stage_settings(100)["max_other_base"] < s["max_other_base"]  # many classes: a stricter base
+    assert TG.stage_settings(10, min_island=3.0)["min_island"] == 3.0
+    # a stats dict at exactly the recorded bars is kept by the rule, a hair under one of them is not
+    stats = {"size": 20, "purity": s["min_purity"], "island": s["min_island"], "atypicality": s["min_atypicality"]}
+    assert TG.tail_group_rule(stats, 1000) == "island"
+    assert TG.tail_group_rule({**stats, "island": s["min_island"] - 1e-9}, 1000) is None
+
+
+def test_stage_settings_refuse_an_unknown_bar():
+    with pytest.raises(ValueError, match="min_islnd"):
+        TG.stage_settings(10, min_islnd=2.0)
+
+
 def test_a_group_of_over_a_third_of_the_class_is_not_a_tail_group():
     good = {"size": 400, "purity": 0.95, "island": 2.5, "atypicality": 2.5}
     assert not TG.is_tail_group(good, 1000)
@@ -233,6 +250,7 @@ def test_flare_detect_flags_a_tail_group_only_the_tail_stage_sees():
     cid = tail["classes"]["0"]["kept"][0]["cluster"]  # the kept group's cluster id: where its samples are
     assert set(np.unique(res.clusters[res.flagged])) == {cid}
     assert res.report["seconds"]["tail_groups"] > 0
+    assert tail["settings"] == TG.stage_settings(Lg.shape[1])  # the run records the bars that kept the group
 
 
 def test_flare_detect_tail_stage_on_a_clean_set_flags_nothing_and_says_so():
@@ -265,6 +283,7 @@ def test_the_tail_stage_stands_aside_when_the_other_stages_found_a_population():
     assert res.flagged.mean() >= TG.TAIL_MAX_FLAGGED_SHARE
     tail = res.evidence["latent"]["tail_groups"]
     assert tail["n_flagged"] == 0 and "other stages flagged" in tail["why_not"]
+    assert tail["settings"]["runs_when_others_flagged_under"] == TG.TAIL_MAX_FLAGGED_SHARE
     assert "tail" not in res.report["representation"]
 
 

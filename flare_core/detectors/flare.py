@@ -586,10 +586,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     atyp = class_atypicality(P, y) if run_latent and y is not None else None
     if run_latent and p["latent_tail_groups"] == "auto" and latent_report.get("used"):
         # small tight islands of atypical samples in a class: the poison of low rates (tail_groups.py)
-        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE, tail_group_detect
+        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE, stage_settings, tail_group_detect
 
         if flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
-            latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "why_not": (
+            latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "settings": stage_settings(Lg.shape[1]), "why_not": (
                 f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they "
                 f"separate); the tail-group stage looks for small poison sets when they flagged under "
                 f"{TAIL_MAX_FLAGGED_SHARE:.0%}")}
@@ -600,6 +600,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                                                                                 random_state=p["random_state"])
             new = tail_flagged & ~flagged
             latent_report["tail_groups"] = {"n_flagged": int(tail_flagged.sum()), "n_new": int(new.sum()),
+                                            "settings": stage_settings(Lg.shape[1]),
                                             "classes": tail_evidence}
             logger.info("FLARE: tail-group stage -> %d flagged (%d new)", int(tail_flagged.sum()), int(new.sum()))
         if new.any():

@@ -307,6 +307,29 @@ def is_tail_group(stats: dict[str, Any], n_class: int, **rule: float) -> bool:
     return tail_group_rule(stats, n_class, **rule) is not None
 
 
+def stage_settings(n_classes: Optional[int] = None, sd_floor: float = TAIL_SD_FLOOR, **rule: float) -> dict[str, Any]:
+    """Every bar the stage applies, as :func:`tail_group_detect` would with these arguments (the defaults of
+    :func:`tail_group_rule` and :func:`misfit_group_rule`, the class-count bars of :func:`other_base_bar` when
+    ``n_classes`` is known, then ``rule``'s overrides), plus the clustering and standardising settings and the
+    gate: what a run records so that its flags can be traced to the rule that made them."""
+    import inspect
+
+    bars: dict[str, Any] = {}
+    for fn in (tail_group_rule, misfit_group_rule):
+        bars.update({k: v.default for k, v in inspect.signature(fn).parameters.items()
+                     if v.kind is inspect.Parameter.KEYWORD_ONLY})
+    if n_classes is not None:
+        bars.update(max_other_base=other_base_bar(n_classes),
+                    max_misfit_base=other_base_bar(n_classes, MISFIT_BASE_FACTOR))
+    unknown = sorted(set(rule) - set(bars))
+    if unknown:
+        raise ValueError(f"Unknown tail-group bar(s) {', '.join(unknown)}; the bars are {', '.join(sorted(bars))}.")
+    bars.update(rule)
+    return {**bars, "sd_floor": sd_floor, "min_cluster_size": TAIL_MIN_CLUSTER_SIZE, "min_samples": TAIL_MIN_SAMPLES,
+            "n_components": DEFAULT_COMPONENTS, "min_class_rows": MIN_CLASS_ROWS,
+            "runs_when_others_flagged_under": TAIL_MAX_FLAGGED_SHARE}
+
+
 def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optional[np.ndarray] = None,
                          misfit: Optional[np.ndarray] = None, random_state: Optional[int] = 0, keep_rows: bool = False,
                          sd_floor: float = TAIL_SD_FLOOR, **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
