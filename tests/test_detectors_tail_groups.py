@@ -251,6 +251,7 @@ def test_flare_detect_flags_a_tail_group_only_the_tail_stage_sees():
     assert set(np.unique(res.clusters[res.flagged])) == {cid}
     assert res.report["seconds"]["tail_groups"] > 0
     assert tail["settings"] == TG.stage_settings(Lg.shape[1])  # the run records the bars that kept the group
+    assert res.report["latent"]["tail_groups"]["settings"] == tail["settings"]  # ... in run.json's report too
 
 
 def test_flare_detect_tail_stage_on_a_clean_set_flags_nothing_and_says_so():
