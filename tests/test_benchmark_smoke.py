@@ -300,3 +300,36 @@ def test_a_floor_under_the_smallest_mad_to_sd_changes_nothing_and_a_silent_colum
     silent[:10, 0] = 0.7  # one near-silent channel firing for ten samples of class 0
     assert min_mad_to_sd(silent, y) < 0.1
     np.testing.assert_array_equal(P, before)
+
+
+def test_floored_columns_counts_the_class_columns_a_floor_raises():
+    from benchmarks.one_feature_check import floored_columns
+
+    rng = np.random.default_rng(1)
+    P = rng.normal(size=(400, 6))
+    y = np.repeat([0, 1], 200)
+    assert floored_columns(P, y, 0.2) == 0
+    P[:200, 0] = 0.0
+    P[:6, 0] = 1.0  # class 0's column 0: MAD 0, SD > 0 -> raised by any floor
+    assert floored_columns(P, y, 0.2) == 1
+
+
+def test_ranking_check_finds_a_poison_along_a_class_top_direction_and_keeps_shapes():
+    """A poison population displaced along one direction of its class: the spectral score (and so the
+    mean of ranks) ranks it near the top; every ranking has one value per sample; the input is untouched."""
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.ranking_check import rankings
+
+    rng = np.random.default_rng(2)
+    P = rng.normal(size=(1200, 10))
+    y = np.repeat([0, 1, 2], 400)
+    truth = np.zeros(len(y), bool)
+    truth[:40] = True
+    P[:40, 3] += 5.0  # 10 % of class 0, along one feature
+    before = P.copy()
+    r = rankings(P, y)
+    assert set(r) == {"atypicality", "spectral", "mean_rank"}
+    assert all(v.shape == (len(y),) and np.all(np.isfinite(v)) for v in r.values())
+    assert roc_auc_score(truth, r["spectral"]) > 0.95 and roc_auc_score(truth, r["mean_rank"]) > 0.9
+    np.testing.assert_array_equal(P, before)
