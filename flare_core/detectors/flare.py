@@ -589,10 +589,11 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE, stage_settings, tail_group_detect
 
         if flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
-            latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "settings": stage_settings(Lg.shape[1]), "why_not": (
-                f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they "
-                f"separate); the tail-group stage looks for small poison sets when they flagged under "
-                f"{TAIL_MAX_FLAGGED_SHARE:.0%}")}
+            why_not = (f"the other stages flagged {flagged.mean():.1%} of the samples (a poison population they "
+                       f"separate); the tail-group stage looks for small poison sets when they flagged under "
+                       f"{TAIL_MAX_FLAGGED_SHARE:.0%}")
+            latent_report["tail_groups"] = {"n_flagged": 0, "n_new": 0, "settings": stage_settings(Lg.shape[1]),
+                                            "why_not": why_not}
             new = np.zeros(n, dtype=bool)
         else:
             with _timed(seconds, "tail_groups"):

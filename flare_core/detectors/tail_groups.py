@@ -307,7 +307,8 @@ def is_tail_group(stats: dict[str, Any], n_class: int, **rule: float) -> bool:
     return tail_group_rule(stats, n_class, **rule) is not None
 
 
-def stage_settings(n_classes: Optional[int] = None, sd_floor: float = TAIL_SD_FLOOR, **rule: float) -> dict[str, Any]:
+def stage_settings(n_classes: Optional[int] = None, sd_floor: float = TAIL_SD_FLOOR,
+                   **rule: float) -> dict[str, Any]:
     """Every bar the stage applies, as :func:`tail_group_detect` would with these arguments (the defaults of
     :func:`tail_group_rule` and :func:`misfit_group_rule`, the class-count bars of :func:`other_base_bar` when
     ``n_classes`` is known, then ``rule``'s overrides), plus the clustering and standardising settings and the
@@ -332,7 +333,8 @@ def stage_settings(n_classes: Optional[int] = None, sd_floor: float = TAIL_SD_FL
 
 def tail_groups_in_class(P: np.ndarray, atypicality: np.ndarray, *, other: Optional[np.ndarray] = None,
                          misfit: Optional[np.ndarray] = None, random_state: Optional[int] = 0, keep_rows: bool = False,
-                         sd_floor: float = TAIL_SD_FLOOR, **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+                         sd_floor: float = TAIL_SD_FLOOR,
+                         **rule: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Steps 1-4 for one class: (flagged rows, group id per row (-1 = none), one record per candidate
     cluster with its statistics, whether it was kept and by which rule).  ``other``: the rows'
     :func:`strongest_other_class` (enables the relabelled rule); ``misfit`` (with ``other``): the rows the
