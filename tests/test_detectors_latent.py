@@ -251,7 +251,9 @@ def test_flare_detect_latent_clean_set_comes_back_clean():
     assert not res.flagged.any()
     assert {k: v for k, v in res.report["latent"].items() if k != "tail_groups"} == {
         "used": True, "found": False, "n_flagged": 0}
-    assert res.report["latent"]["tail_groups"] == {"n_flagged": 0, "n_new": 0}  # its classes: in the evidence
+    tail = res.report["latent"]["tail_groups"]
+    assert {k: v for k, v in tail.items() if k != "settings"} == {"n_flagged": 0, "n_new": 0}  # classes: evidence
+    assert tail["settings"]["max_other_base"] == 0.0  # two classes: the other class is always the same one
     assert "no class split" in res.evidence["conclusion"]
 
 
