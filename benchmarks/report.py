@@ -520,6 +520,17 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"Fashion-MNIST models of `{af['command']}` the smallest ratio is {min(fm):.3f}, so the floored "
                   "stage is the plain one there, sample for sample (their caches were not rebuilt for the floored "
                   "run above)."]
+    # ---- would Spectral Signatures' score help FLARE's ranking of unflagged samples? (benchmarks/ranking_check.py)
+    rc = read_json(results / "ranking_check.json", None)
+    if rc and rc.get("rows"):
+        rrows = [[r["model"], r["n_poisoned"]] + [fmt_num(r.get(f"auroc_{k}"), 3)
+                                                   for k in ("atypicality", "spectral", "mean_rank")]
+                 for r in rc["rows"] if r.get("n_poisoned")]
+        parts += ["## A study: Spectral Signatures' score in FLARE's ranking of the samples it does not flag",
+                  f"Command: `{rc.get('command')}`. AUROC of the poison over all samples under FLARE default's ranking "
+                  "of unflagged samples (class atypicality), under Spectral Signatures' score, and under the mean of "
+                  "their ranks. A study only: FLARE default does not use it (see the notes, session 19).",
+                  md_table(["model", "poisoned", "atypicality (FLARE)", "spectral (SS)", "mean of ranks"], rrows)]
     # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)
     if det and det.get("rows"):
         phases = ("umap", "hdbscan", "latent", "tail_groups", "join", "confirm")

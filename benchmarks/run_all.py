@@ -80,8 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(run_quick(work))
         return 0
     from benchmarks import (atypicality_floor, confirm_study, detect_matrix, foundation, latent_calibration,
-                            loss_ranking, one_feature_check, purification, report, separability, shortcut_probe,
-                            speed, tail_calibration)
+                            loss_ranking, one_feature_check, purification, ranking_check, report, separability,
+                            shortcut_probe, speed, tail_calibration)
 
     foundation.main(["--retrain"] if args.retrain else [])
     force = ["--force"] if args.force else []
@@ -97,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atypicality_floor.main(cifar_opt)  # these three read the caches the matrix wrote
     one_feature_check.main(cifar_opt)
     one_feature_check.main(cifar_opt + ["--sd-floor", "0"])
+    ranking_check.main(cifar_opt)
     shortcut_probe.main(["--all"] + cifar_opt)
     loss_ranking.main([])
     separability.main(["fmnist-blended-10", "fmnist-wanet-10"])
