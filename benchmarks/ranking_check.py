@@ -82,14 +82,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = args.models or [n for n in specs if (Path(CACHE) / n / "pooled.npy").is_file()]
     out = RESULTS / "ranking_check.json"
     rows = [r for r in read_json(out, {}).get("rows", []) if r["model"] not in names] if args.merge else []
+    command = ("python3 -m benchmarks.ranking_check" + (" MODELS" if args.models else "")
+               + (" --cifar ROOT" if args.cifar else "") + (" --build" if args.build else "")
+               + (" --merge" if args.merge else ""))
     for n in names:
         if args.build:
             ensure_cache(n, specs)
         rows.append(model_row(n, specs))
         logger.info("%s", rows[-1])
         rows.sort(key=lambda r: r["model"])
-        write_json(out, {"command": "python3 -m benchmarks.ranking_check MODELS --cifar ROOT --build --merge",
-                         "rows": rows})  # after every model: a long run keeps what it measured
+        write_json(out, {"command": command, "rows": rows})  # after every model: a long run keeps what it measured
     return 0
 
 

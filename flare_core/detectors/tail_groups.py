@@ -141,8 +141,8 @@ MIN_CLASS_ROWS = 100
 #: Step 1 scales each class column by ``max(1.4826 MAD, TAIL_SD_FLOOR x SD)``
 #: (:func:`.preprocess.robust_standardize`), the floor of the class atypicality the island bar reads, so that a
 #: channel nearly silent in a class cannot make a sub-mode of it an island on its own.  Session 19, from
-#: ``python3 -m benchmarks.one_feature_check --sd-floor 0.2 --cifar ROOT`` on 11 CIFAR-10 models: the genuine
-#: island candidates passing the other bars go 7 -> 0 even without the one-feature bar, and the stage's
+#: ``python3 -m benchmarks.one_feature_check --cifar ROOT`` (against ``--sd-floor 0``) on 11 CIFAR-10 models:
+#: the genuine island candidates passing the other bars go 7 -> 0 even without the one-feature bar, and the stage's
 #: poisoned flags 144 -> 199 (Blended all-to-all 1 %: 44 -> 99 of 110 flags); on Fashion-MNIST every
 #: class column of the low-rate and clean models has MAD / SD >= 0.254, so the floor does not act there.
 TAIL_SD_FLOOR = ATYPICALITY_SD_FLOOR
