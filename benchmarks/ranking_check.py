@@ -30,26 +30,35 @@ from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
 logger = logging.getLogger(__name__)
 
 
-def rankings(P: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """The three rankings the study compares (higher = more suspicious)."""
+def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """The four rankings the study compares (higher = more suspicious), and the minority-mode test's
+    per-class evidence."""
     from scipy.stats import rankdata
 
-    from flare_core.detectors.scoring import class_atypicality
+    from flare_core.detectors.minority_mode import class_minority_modes
+    from flare_core.detectors.scoring import class_atypicality, unflagged_ranking
     from flare_core.detectors.spectral import SpectralSignatures
 
     atyp = class_atypicality(P, y)
     ss = SpectralSignatures().fit(P, y).scores_
-    return {"atypicality": atyp, "spectral": ss, "mean_rank": (rankdata(atyp) + rankdata(ss)) / 2.0}
+    member, evidence = class_minority_modes(P, y)
+    nothing = np.zeros(len(y), dtype=bool)
+    return ({"atypicality": atyp, "spectral": ss, "mean_rank": (rankdata(atyp) + rankdata(ss)) / 2.0,
+             "minority_tier": unflagged_ranking(np.zeros(len(y)), nothing, atyp, y, member)}, evidence)
 
 
 def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
     from sklearn.metrics import roc_auc_score
 
     y, truth, P, _ = cached_arrays(name, specs, cache)
-    row = {"model": name, "n": int(len(y)), "n_poisoned": int(truth.sum())}
+    y = np.asarray(y)
+    row: dict = {"model": name, "n": int(len(y)), "n_poisoned": int(truth.sum())}
+    scores, evidence = rankings(np.asarray(P, dtype=np.float64), y)
     if truth.any():
-        for key, s in rankings(np.asarray(P, dtype=np.float64), np.asarray(y)).items():
+        for key, s in scores.items():
             row[f"auroc_{key}"] = round(float(roc_auc_score(truth, s)), 4)
+    # the minority-mode test per class, beside how much poison the class holds (what the test should find)
+    row["minority_modes"] = {c: {**e, "n_poisoned": int(truth[y == int(c)].sum())} for c, e in evidence.items()}
     return row
 
 

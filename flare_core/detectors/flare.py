@@ -91,7 +91,10 @@ Every result carries a continuous suspicion score: the flagged samples' from the
 (:func:`.scoring.benign_distance_scores`, the latent leaf distance), and in default mode every flagged
 sample outranks every unflagged one; the unflagged are ranked by how atypical they are in their class's
 penultimate features, in a class with flags by that or their own stage score, whichever is higher
-(:func:`.scoring.rank_flagged_first`, :func:`.scoring.unflagged_ranking`); and a
+(:func:`.scoring.rank_flagged_first`, :func:`.scoring.unflagged_ranking`), and with
+``minority_ranking='auto'`` the members of a class's *minority mode* first: where the projections on a
+class's top singular direction (Spectral Signatures' direction) are a light, separate mixture component
+(:mod:`.minority_mode`; ranking only, nothing is flagged from it); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -159,6 +162,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_tail_groups": "auto",
     "use_shortcut": "auto",
     "shortcut_min_drop": 3.0,
+    "minority_ranking": "auto",
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -223,6 +227,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["latent_tail_groups"], "latent_tail_groups", CHANNELS)
     V.check_choice(p["use_shortcut"], "use_shortcut", CHANNELS)
     V.check_float(p["shortcut_min_drop"], "shortcut_min_drop", 0.0, low_open=True)
+    V.check_choice(p["minority_ranking"], "minority_ranking", CHANNELS)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -671,14 +676,26 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | joined
 
     score_rule = "benign distance"
+    minority_report = _minority_report(p, atyp is not None)
     if p["mode"] == "default":
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
         # are in their class's penultimate features (the poison FLARE cannot separate at low rates is),
         # in a class with flags by their stage score when that is higher (the near-misses)
-        unflagged = None if atyp is None else unflagged_ranking(scores, flagged, atyp, y)
+        minority = None
+        if minority_report["used"]:
+            # in a class whose top singular direction holds a separate minority, its members rank first
+            # among the unflagged (minority_mode.py: the premise of Spectral Signatures, tested per class)
+            from flare_core.detectors.minority_mode import class_minority_modes
+
+            with _timed(seconds, "minority_modes"):
+                minority, minority_report["classes"] = class_minority_modes(P, y, random_state=p["random_state"])
+            minority_report["n_members"] = int((minority > 0.5).sum())
+        unflagged = None if atyp is None else unflagged_ranking(scores, flagged, atyp, y, minority)
         scores = rank_flagged_first(scores, flagged, unflagged)
         score_rule = ("flagged first; unflagged by atypicality in their class's penultimate features (in a class "
-                      "with flags, or their own stage score if higher)" if atyp is not None
+                      "with flags, or their own stage score if higher)"
+                      + ("; the members of a class's minority mode along its top singular direction first"
+                         if minority_report["used"] else "") if atyp is not None
                       else "flagged first; unflagged by benign distance")
     evidence = {
         "mode": p["mode"],
@@ -689,6 +706,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "columns_tried": [a["columns"] for a in attempts],
         "latent": latent_report,
         "shortcut": shortcut_report,
+        "minority_modes": minority_report,
         "units": unit_evidence,
         "attempts": attempts,
     }
@@ -716,6 +734,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "latent": {k: ({kk: vv for kk, vv in v.items() if kk != "classes"} if k == "tail_groups" else v)
                    for k, v in latent_report.items() if k != "classes"},
         "shortcut": shortcut_report,
+        "minority_modes": {k: v for k, v in minority_report.items() if k != "classes"},
         "columns_used": list(range(chosen_k)),
         "found": found,
         "n_flagged": int(flagged.sum()),
@@ -729,10 +748,26 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report)
 
 
+def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
+    """Whether the minority-mode ranking runs (:mod:`.minority_mode`), with its settings or why not."""
+    from flare_core.detectors.minority_mode import MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS
+
+    if p["mode"] == "faithful":
+        why_not = "faithful mode reproduces the published method's scores"
+    elif p["minority_ranking"] == "off":
+        why_not = "minority_ranking='off'"
+    elif not has_latent:
+        why_not = "it needs the penultimate features and the class labels (the latent stage's inputs)"
+    else:
+        return {"used": True, "max_weight": MAX_MINORITY_WEIGHT, "min_bic_gain": MIN_BIC_GAIN,
+                "min_rows": MIN_CLASS_ROWS}
+    return {"used": False, "why_not": why_not}
+
+
 def _phase_seconds(seconds: dict[str, float], total: float, n_attempts: int) -> dict[str, Any]:
     """Wall seconds per phase of one fit, summed over every prefix tried: ``umap``, ``hdbscan``,
     ``decision`` (the tree walk and separation tests), ``placing`` (samples outside the clustered sample),
-    ``latent``, ``confirm``, ``tail_groups``, ``join``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
+    ``latent``, ``confirm``, ``tail_groups``, ``join``, ``minority_modes``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
     out: dict[str, Any] = {k: round(v, 3) for k, v in seconds.items()}
     out["other"] = round(max(0.0, total - sum(seconds.values())), 3)
     out["total"] = round(total, 3)
@@ -759,7 +794,7 @@ class FlareDetector(BaseEstimator):
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
-                 shortcut_min_drop: float = 3.0, random_state: Optional[int] = 0):
+                 shortcut_min_drop: float = 3.0, minority_ranking: str = "auto", random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
         self.n_neighbors = n_neighbors
@@ -790,6 +825,7 @@ class FlareDetector(BaseEstimator):
         self.latent_tail_groups = latent_tail_groups
         self.use_shortcut = use_shortcut
         self.shortcut_min_drop = shortcut_min_drop
+        self.minority_ranking = minority_ranking
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,

@@ -95,12 +95,17 @@ def rank_flagged_first(scores: np.ndarray, flagged: np.ndarray, unflagged: Optio
 
 
 def unflagged_ranking(scores: np.ndarray, flagged: np.ndarray, atypicality: np.ndarray,
-                      labels: np.ndarray) -> np.ndarray:
+                      labels: np.ndarray, minority: Optional[np.ndarray] = None) -> np.ndarray:
     """What ranks the unflagged samples (the ``unflagged`` of :func:`rank_flagged_first`): in a class with
     flagged samples, the larger of the sample's own stage score (its distance from the benign cluster, which
     ranks the poison a stage almost caught) and its atypicality; in a class without, its atypicality alone
     (the stage scores of a class where nothing separated rank at chance).  Fashion-MNIST WaNet 10 %: AUROC
-    0.986 with atypicality alone, 0.9996 so; WaNet 1 % (10 epochs): 0.855 with the stage score alone, 0.972 so."""
+    0.986 with atypicality alone, 0.9996 so; WaNet 1 % (10 epochs): 0.855 with the stage score alone, 0.972 so.
+
+    ``minority`` (float N in [0, 1], default none): each sample's membership of its class's minority mode
+    (:func:`.minority_mode.class_minority_modes`; 0 outside such classes).  It is added as a tier: a value
+    ``v`` becomes ``v + m * (1 + max v)``, so the full members of a minority mode rank above every sample
+    outside one, in their own order, and a membership of 0 changes nothing."""
     scores = np.asarray(scores, dtype=np.float64)
     flagged = np.asarray(flagged, dtype=bool)
     labels = np.asarray(labels)
@@ -108,4 +113,10 @@ def unflagged_ranking(scores: np.ndarray, flagged: np.ndarray, atypicality: np.n
     for c in np.unique(labels[flagged]):
         rows = (labels == c) & ~flagged
         out[rows] = np.maximum(scores[rows], out[rows])
+    if minority is not None:
+        m = np.clip(np.asarray(minority, dtype=np.float64), 0.0, 1.0)
+        if m.shape != out.shape:
+            raise ValueError(f"minority must hold one membership per sample ({len(out)}), got shape {m.shape}.")
+        if m.any():
+            out = out + m * (1.0 + float(out.max()))
     return out
