@@ -132,6 +132,20 @@ def shortcut_sentence(report: dict, classes) -> str:
                f"; not added, because {sc['why_not']}." if sc.get("why_not") else ", and are flagged."))
 
 
+def minority_sentence(report: dict, classes) -> str:
+    """Which classes hold a minority mode along their top singular direction (ranking only: nothing is
+    flagged from it, its members rank first among the unflagged)."""
+    mm = ((report.get("evidence") or {}).get("minority_modes") or {})
+    held = [(c, e) for c, e in (mm.get("classes") or {}).items() if e.get("holds")]
+    if not held:
+        return ""
+    return (" In " + "; ".join(f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class)"
+                               for c, e in held)
+            + ", a light, separate group lies along the class's top singular direction (the direction Spectral "
+              "Signatures reads). It is not flagged on that alone; its unflagged members rank first in the scores "
+              "below the flags, so look there next.")
+
+
 def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     """(one sentence on which FLARE stage flagged the samples, the latent stage's per-class table or None).
 
@@ -201,6 +215,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                                      f"{g['island']:.2f}, {g.get('other_base', 0.0):.1%}" for c, g in misfits)
                          + ". Check them: a class's mislabelled images can form such a group too.")
     sentence += shortcut_sentence(report, run.classes)
+    sentence += minority_sentence(report, run.classes)
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

@@ -238,3 +238,22 @@ def test_class_name_is_the_name_or_the_number():
     from flare_core.run_folder import class_name
 
     assert class_name(["cat", "dog"], 1) == "dog" and class_name(["cat"], 3) == "3" and class_name([], -1) == "-1"
+
+
+def test_how_found_names_the_classes_holding_a_minority_mode():
+    from types import SimpleNamespace
+
+    from flare_core.report import how_found
+
+    rep = {"representation": "layers", "found": False, "evidence": {"found": False, "minority_modes": {
+        "used": True, "classes": {"0": {"holds": True, "n_members": 497, "weight": 0.108},
+                                  "1": {"holds": False, "n_members": 0, "weight": 0.46}}}}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["airplane", "car"])
+    sentence = how_found(run)[0]
+    assert "No FLARE stage found" in sentence
+    assert "In airplane (497 samples, 11% of the class), a light, separate group" in sentence
+    assert "car" not in sentence
+    rep["evidence"]["minority_modes"]["classes"]["0"]["holds"] = False
+    assert "top singular direction" not in how_found(run)[0]
+    rep["evidence"]["minority_modes"] = {"used": False, "why_not": "minority_ranking='off'"}
+    assert "top singular direction" not in how_found(run)[0]
