@@ -105,6 +105,8 @@ REPRESENTATION_TEXT = {
     "latent": "the latent stage: a class split into two far-apart populations in its penultimate features",
     "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees or "
              "classifies as another class, inside a class's penultimate features"),
+    "minority": ("the minority-mode stage: a light, separate group along a class's top singular direction that "
+                 "the model fits far better than the rest of the class"),
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
 }
@@ -139,11 +141,22 @@ def minority_sentence(report: dict, classes) -> str:
     held = [(c, e) for c, e in (mm.get("classes") or {}).items() if e.get("holds")]
     if not held:
         return ""
-    return (" In " + "; ".join(f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class)"
-                               for c, e in held)
-            + ", a light, separate group lies along the class's top singular direction (the direction Spectral "
-              "Signatures reads). It is not flagged on that alone; its unflagged members rank first in the scores "
-              "below the flags, so look there next.")
+    def one(c, e):
+        fit = (f", fitted {e['fitted_better']:.3g}x better than the rest" if e.get("fitted_better") is not None else "")
+        return f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class{fit})"
+
+    done = [(c, e) for c, e in held if e.get("flagged")]
+    rest = [(c, e) for c, e in held if not e.get("flagged")]
+    out = ""
+    if done:
+        out += (" Flagged as a minority mode: " + "; ".join(one(c, e) for c, e in done) + ": a light, separate group "
+                "along the class's top singular direction (the direction Spectral Signatures reads) that the model "
+                "fits far better than the rest of the class.")
+    if rest:
+        out += (" In " + "; ".join(one(c, e) for c, e in rest) + ", a light, separate group lies along the class's "
+                "top singular direction. It is not flagged on that alone; its unflagged members rank first in the "
+                "scores below the flags, so look there next.")
+    return out
 
 
 def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
@@ -158,7 +171,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     if not rep:
         return "", None
     parts = rep.split("+")
-    extra = [x for x in ("latent", "tail", "shortcut") if x in parts]
+    extra = [x for x in ("latent", "tail", "shortcut", "minority") if x in parts]
     base = "+".join(x for x in parts if x not in extra)
     if not report.get("found"):
         sentence = "No FLARE stage found a separated group of samples."

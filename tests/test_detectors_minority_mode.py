@@ -99,9 +99,10 @@ def test_unflagged_ranking_puts_minority_members_first_and_membership_zero_chang
 
 # ----------------------------------------------------------------------------- in flare_detect
 
-def _flare_inputs(seed, shift=5.0):
+def _flare_inputs(seed, shift=5.0, fitted=False):
     """Two classes; in class 0, 60 samples moved ``shift`` SDs along one feature: a minority mode along the
-    class's top direction, too close to its class for the latent stage (d' ~5, under its 6.5) and as loose as it."""
+    class's top direction, too close to its class for the latent stage (d' ~5, under its 6.5) and as loose as it.
+    ``fitted``: the model fits the 60 ~1,000x better than the rest of their class (a backdoor's signature)."""
     from test_detectors_latent import abnormality_noise, logits_for
 
     rng = np.random.default_rng(seed)
@@ -111,6 +112,8 @@ def _flare_inputs(seed, shift=5.0):
     truth[:60] = True
     P[:60, 3] += shift
     loss = 1e-2 * np.exp(rng.normal(scale=0.5, size=1200))
+    if fitted:
+        loss[:60] *= 1e-3
     return abnormality_noise(rng, 1200), y, P, logits_for(loss, y), truth
 
 
@@ -119,7 +122,7 @@ def test_flare_detect_ranks_an_unflagged_minority_mode_first_and_records_the_tes
 
     X, y, P, Lg, truth = _flare_inputs(0)
     res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50)
-    off = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, minority_ranking="off")
+    off = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, minority_modes="off")
     assert not res.flagged.any() and not off.flagged.any()  # ranking only: the same (no) flags
     report = res.report["minority_modes"]
     assert report["used"] and report["max_weight"] == MAX_MINORITY_WEIGHT and "classes" not in report
@@ -131,7 +134,48 @@ def test_flare_detect_ranks_an_unflagged_minority_mode_first_and_records_the_tes
     assert roc_auc_score(truth, res.scores) > roc_auc_score(truth, off.scores) + 0.01
     assert res.report["seconds"]["minority_modes"] >= 0
     assert "minority mode" in res.report["score"]
-    assert off.evidence["minority_modes"] == {"used": False, "why_not": "minority_ranking='off'"}
+    assert off.evidence["minority_modes"] == {"used": False, "why_not": "minority_modes='off'"}
+    # not fitted better: not flagged, and the evidence says why
+    assert classes["0"]["fitted_better"] < 100 and "fits its members" in classes["0"]["why_not"]
+    assert res.report["minority_modes"]["n_flagged"] == 0
+
+
+def test_flare_detect_flags_a_minority_mode_the_model_fits_far_better():
+    from flare_core.detectors.flare import flare_detect
+
+    X, y, P, Lg, truth = _flare_inputs(0, fitted=True)
+    res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50)
+    rank = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, minority_modes="rank")
+    c0 = res.evidence["minority_modes"]["classes"]["0"]
+    assert c0["flagged"] and c0["fitted_better"] >= 100
+    assert res.report["representation"] == "minority" and res.report["found"]
+    assert res.flagged.sum() >= c0["n_members"]  # the members, and what the join step adds beside them
+    assert res.flagged[truth].mean() >= 0.95 and (res.flagged & ~truth).sum() <= 3
+    assert res.scores[res.flagged].min() > res.scores[~res.flagged].max()
+    assert c0["cluster"] == int(np.bincount(res.clusters[truth & res.flagged]).argmax())
+    assert not rank.flagged.any() and rank.evidence["minority_modes"]["why_not_flagged"] == "minority_modes='rank'"
+
+
+def test_minority_flags_needs_a_class_without_flags_and_the_loss_signature():
+    from flare_core.detectors.minority_mode import minority_flags
+
+    X, y, P, Lg, truth = _flare_inputs(0, fitted=True)
+    from flare_core.detectors.latent import sample_loss
+
+    loss = sample_loss(Lg, y)
+    member, evidence = class_minority_modes(P, y)
+    before = member.copy()
+    out = minority_flags(member, evidence, y, loss, np.zeros(len(y), bool))
+    assert out.sum() == evidence["0"]["n_members"] and truth[out].all() and evidence["0"]["flagged"]
+    _, evidence = class_minority_modes(P, y)
+    already = np.zeros(len(y), bool)
+    already[100] = True  # another stage flagged a sample of class 0
+    assert not minority_flags(member, evidence, y, loss, already).any()
+    assert "another stage" in evidence["0"]["why_not"]
+    _, evidence = class_minority_modes(P, y)
+    assert not minority_flags(member, evidence, y, loss, np.zeros(len(y), bool), min_fitted_better=1e6).any()
+    assert "the bar is 1e+06x better" in evidence["0"]["why_not"]
+    np.testing.assert_array_equal(member, before)
 
 
 def test_flare_detect_scores_are_unchanged_where_no_class_holds_a_minority_mode():
@@ -139,17 +183,17 @@ def test_flare_detect_scores_are_unchanged_where_no_class_holds_a_minority_mode(
 
     X, y, P, Lg, _ = _flare_inputs(1, shift=0.0)
     res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50)
-    off = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, minority_ranking="off")
+    off = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, minority_modes="off")
     assert not any(c["holds"] for c in res.evidence["minority_modes"]["classes"].values())
     np.testing.assert_array_equal(res.scores, off.scores)
 
 
-def test_faithful_mode_has_no_minority_ranking_and_a_bad_value_raises():
+def test_faithful_mode_has_no_minority_modes_and_a_bad_value_raises():
     from flare_core.detectors.flare import flare_detect
     from flare_core.errors import FlareError
 
     X, y, P, Lg, _ = _flare_inputs(2)
     res = flare_detect(X, y, latent=P, logits=Lg, n_epochs=50, mode="faithful")
     assert not res.report["minority_modes"]["used"] and "faithful" in res.report["minority_modes"]["why_not"]
-    with pytest.raises(FlareError, match="minority_ranking"):
-        flare_detect(X, y, latent=P, logits=Lg, minority_ranking="yes")
+    with pytest.raises(FlareError, match="minority_modes"):
+        flare_detect(X, y, latent=P, logits=Lg, minority_modes="yes")

@@ -253,7 +253,14 @@ def test_how_found_names_the_classes_holding_a_minority_mode():
     assert "No FLARE stage found" in sentence
     assert "In airplane (497 samples, 11% of the class), a light, separate group" in sentence
     assert "car" not in sentence
+    rep.update(representation="minority", found=True)
+    rep["evidence"]["minority_modes"]["classes"]["0"].update(flagged=True, fitted_better=7304.31)
+    sentence = how_found(run)[0]
+    assert sentence.startswith("Flagged by the minority-mode stage")
+    assert "Flagged as a minority mode: airplane (497 samples, 11% of the class, fitted 7.3e+03x better" in sentence
+    assert "It is not flagged on that alone" not in sentence
+    rep.update(representation="layers", found=False)
     rep["evidence"]["minority_modes"]["classes"]["0"]["holds"] = False
     assert "top singular direction" not in how_found(run)[0]
-    rep["evidence"]["minority_modes"] = {"used": False, "why_not": "minority_ranking='off'"}
+    rep["evidence"]["minority_modes"] = {"used": False, "why_not": "minority_modes='off'"}
     assert "top singular direction" not in how_found(run)[0]

@@ -92,9 +92,11 @@ Every result carries a continuous suspicion score: the flagged samples' from the
 sample outranks every unflagged one; the unflagged are ranked by how atypical they are in their class's
 penultimate features, in a class with flags by that or their own stage score, whichever is higher
 (:func:`.scoring.rank_flagged_first`, :func:`.scoring.unflagged_ranking`), and with
-``minority_ranking='auto'`` the members of a class's *minority mode* first: where the projections on a
-class's top singular direction (Spectral Signatures' direction) are a light, separate mixture component
-(:mod:`.minority_mode`; ranking only, nothing is flagged from it); and a
+``minority_modes='auto'`` (or ``'rank'``) the members of a class's *minority mode* first: where the
+projections on a class's top singular direction (Spectral Signatures' direction) are a light, separate
+mixture component (:mod:`.minority_mode`). With ``'auto'`` such a mode is also flagged, before the join step,
+when the other stages flagged under 1 % of the samples and none of its class, and the model fits its members
+at least 100 times better than the rest of the class (a backdoor's loss signature); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -162,13 +164,16 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_tail_groups": "auto",
     "use_shortcut": "auto",
     "shortcut_min_drop": 3.0,
-    "minority_ranking": "auto",
+    "minority_modes": "auto",
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
 #: ``latent_join``: 'auto' = the neighbour rule then the out-of-fold linear rule; 'neighbours' = the
 #: neighbour rule alone (FLARE default up to session 9); 'off'.
 JOIN_CHOICES = ("auto", "neighbours", "off")
+#: ``minority_modes``: 'auto' = rank a class's minority mode first and flag it where the model fits it far
+#: better (:mod:`.minority_mode`); 'rank' = rank only; 'off'.
+MINORITY_CHOICES = ("auto", "rank", "off")
 #: Neighbours (in the clustered feature space) that place a sample left out of the clustered sample.
 EXTEND_NEIGHBOURS = 10
 
@@ -227,7 +232,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["latent_tail_groups"], "latent_tail_groups", CHANNELS)
     V.check_choice(p["use_shortcut"], "use_shortcut", CHANNELS)
     V.check_float(p["shortcut_min_drop"], "shortcut_min_drop", 0.0, low_open=True)
-    V.check_choice(p["minority_ranking"], "minority_ranking", CHANNELS)
+    V.check_choice(p["minority_modes"], "minority_modes", MINORITY_CHOICES)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -657,6 +662,38 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | new
             representation = representation + "+shortcut" if found else "shortcut"
             found = True
+    minority_report, minority = _minority_report(p, atyp is not None), None
+    if minority_report["used"]:
+        # a class whose top singular direction holds a light, separate component (minority_mode.py: the
+        # premise of Spectral Signatures, tested per class): its members rank first among the unflagged, and
+        # are flagged where nothing else was and the model fits them far better than the rest of the class
+        from flare_core.detectors.minority_mode import class_minority_modes, minority_flags
+        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
+
+        with _timed(seconds, "minority_modes"):
+            minority, minority_report["classes"] = class_minority_modes(P, y, random_state=p["random_state"])
+        minority_report["n_members"] = int((minority > 0.5).sum())
+        new = np.zeros(n, dtype=bool)
+        if p["minority_modes"] == "rank":
+            minority_report["why_not_flagged"] = "minority_modes='rank'"
+        elif flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
+            minority_report["why_not_flagged"] = (
+                f"the other stages flagged {flagged.mean():.1%} of the samples; minority modes are flagged when "
+                f"they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+        else:
+            new = minority_flags(minority, minority_report["classes"], y, loss, flagged) & ~flagged
+        minority_report["n_flagged"] = int(new.sum())
+        logger.info("FLARE: minority modes in %d class(es), %d flagged",
+                    sum(e.get("holds", False) for e in minority_report["classes"].values()), int(new.sum()))
+        if new.any():
+            base = int(clusters.max()) + 1 if clusters.size else 0
+            for i, c in enumerate(np.unique(y[new])):
+                clusters[new & (y == c)] = base + i
+                minority_report["classes"][str(c)]["cluster"] = base + i
+            scores = np.where(new, np.maximum(scores, atyp), scores)
+            flagged = flagged | new
+            representation = representation + "+minority" if found else "minority"
+            found = True
     if run_latent and found and p["latent_join"] != "off" and latent_report.get("used"):
         # samples beside the flagged ones in a class with the backdoor's loss signature join them
         from flare_core.detectors.latent import join_flagged_classes
@@ -676,20 +713,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | joined
 
     score_rule = "benign distance"
-    minority_report = _minority_report(p, atyp is not None)
     if p["mode"] == "default":
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
         # are in their class's penultimate features (the poison FLARE cannot separate at low rates is),
         # in a class with flags by their stage score when that is higher (the near-misses)
-        minority = None
-        if minority_report["used"]:
-            # in a class whose top singular direction holds a separate minority, its members rank first
-            # among the unflagged (minority_mode.py: the premise of Spectral Signatures, tested per class)
-            from flare_core.detectors.minority_mode import class_minority_modes
-
-            with _timed(seconds, "minority_modes"):
-                minority, minority_report["classes"] = class_minority_modes(P, y, random_state=p["random_state"])
-            minority_report["n_members"] = int((minority > 0.5).sum())
         unflagged = None if atyp is None else unflagged_ranking(scores, flagged, atyp, y, minority)
         scores = rank_flagged_first(scores, flagged, unflagged)
         score_rule = ("flagged first; unflagged by atypicality in their class's penultimate features (in a class "
@@ -749,18 +776,18 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 
 
 def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
-    """Whether the minority-mode ranking runs (:mod:`.minority_mode`), with its settings or why not."""
-    from flare_core.detectors.minority_mode import MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS
+    """Whether the minority-mode stage runs (:mod:`.minority_mode`), with its settings or why not."""
+    from flare_core.detectors.minority_mode import MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS, MIN_FITTED_BETTER
 
     if p["mode"] == "faithful":
         why_not = "faithful mode reproduces the published method's scores"
-    elif p["minority_ranking"] == "off":
-        why_not = "minority_ranking='off'"
+    elif p["minority_modes"] == "off":
+        why_not = "minority_modes='off'"
     elif not has_latent:
         why_not = "it needs the penultimate features and the class labels (the latent stage's inputs)"
     else:
         return {"used": True, "max_weight": MAX_MINORITY_WEIGHT, "min_bic_gain": MIN_BIC_GAIN,
-                "min_rows": MIN_CLASS_ROWS}
+                "min_rows": MIN_CLASS_ROWS, "min_fitted_better": MIN_FITTED_BETTER}
     return {"used": False, "why_not": why_not}
 
 
@@ -794,7 +821,7 @@ class FlareDetector(BaseEstimator):
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
-                 shortcut_min_drop: float = 3.0, minority_ranking: str = "auto", random_state: Optional[int] = 0):
+                 shortcut_min_drop: float = 3.0, minority_modes: str = "auto", random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
         self.n_neighbors = n_neighbors
@@ -825,7 +852,7 @@ class FlareDetector(BaseEstimator):
         self.latent_tail_groups = latent_tail_groups
         self.use_shortcut = use_shortcut
         self.shortcut_min_drop = shortcut_min_drop
-        self.minority_ranking = minority_ranking
+        self.minority_modes = minority_modes
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,

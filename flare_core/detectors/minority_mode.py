@@ -93,3 +93,46 @@ def class_minority_modes(features: Any, labels: Any, *, max_weight: float = MAX_
         evidence[str(c)] = {"n": int(len(idx)), **{k: round(v, 4) for k, v in stats.items()}, "holds": bool(holds),
                             "n_members": int((post > 0.5).sum()) if holds else 0}
     return membership, evidence
+
+
+#: A minority mode is flagged only when the model fits its members this many times better than the rest of
+#: their class (the latent stage's standalone loss bar, ``latent.DEFAULT_CONFIRM_LOSS_RATIO``: genuine splits
+#: fitted 8-23x better exist; a backdoor's poison is fitted thousands of times better).
+MIN_FITTED_BETTER = 100.0
+
+
+def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any, loss: Any, flagged: Any, *,
+                   min_fitted_better: float = MIN_FITTED_BETTER) -> np.ndarray:
+    """Which minority modes to flag: in a class that holds one (``evidence`` of :func:`class_minority_modes`)
+    and where nothing is ``flagged`` yet, the members (posterior > 0.5) when the model fits them at least
+    ``min_fitted_better`` times better than the rest of the class (the ratio of median ``loss``; a
+    backdoor's signature).  Each tested class's evidence gains ``fitted_better`` and ``flagged`` (or
+    ``why_not``).  Returns the new flags (bool N); inputs other than ``evidence`` are not modified."""
+    from flare_core.detectors.latent import fitted_better
+
+    labels = np.asarray(labels)
+    loss = np.asarray(loss, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    out = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        e = evidence.get(str(c)) or {}
+        if not e.get("holds"):
+            continue
+        in_class = labels == c
+        members = in_class & (np.asarray(membership) > 0.5)
+        rest = in_class & ~members
+        if (in_class & flagged).any():
+            e.update(flagged=False, why_not="another stage flagged samples of this class")
+            continue
+        if not members.any() or not rest.any():
+            e.update(flagged=False, why_not="no members, or no rest of the class to compare them with")
+            continue
+        ratio = fitted_better(loss[members], loss[rest])
+        e["fitted_better"] = round(float(ratio), 2)
+        if ratio >= min_fitted_better:
+            out |= members
+            e["flagged"] = True
+        else:
+            e.update(flagged=False, why_not=f"the model fits its members {ratio:.3g}x as well as the rest of the "
+                                            f"class (the bar is {min_fitted_better:g}x better)")
+    return out
