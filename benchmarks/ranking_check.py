@@ -30,9 +30,9 @@ from benchmarks.zoo import FMNIST_SPECS, build, cifar_specs
 logger = logging.getLogger(__name__)
 
 
-def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-    """The four rankings the study compares (higher = more suspicious), and the minority-mode test's
-    per-class evidence."""
+def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
+    """The four rankings the study compares (higher = more suspicious), the minority-mode test's per-class
+    evidence and every sample's membership of its class's minority mode."""
     from scipy.stats import rankdata
 
     from flare_core.detectors.minority_mode import class_minority_modes
@@ -44,21 +44,36 @@ def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict]
     member, evidence = class_minority_modes(P, y)
     nothing = np.zeros(len(y), dtype=bool)
     return ({"atypicality": atyp, "spectral": ss, "mean_rank": (rankdata(atyp) + rankdata(ss)) / 2.0,
-             "minority_tier": unflagged_ranking(np.zeros(len(y)), nothing, atyp, y, member)}, evidence)
+             "minority_tier": unflagged_ranking(np.zeros(len(y)), nothing, atyp, y, member)}, evidence, member)
 
 
 def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    y, truth, P, _ = cached_arrays(name, specs, cache)
+    from flare_core.detectors.latent import fitted_better, sample_loss
+
+    y, truth, P, logits = cached_arrays(name, specs, cache)
     y = np.asarray(y)
+    P = np.asarray(P, dtype=np.float64)
     row: dict = {"model": name, "n": int(len(y)), "n_poisoned": int(truth.sum())}
-    scores, evidence = rankings(np.asarray(P, dtype=np.float64), y)
+    scores, evidence, member = rankings(P, y)
     if truth.any():
         for key, s in scores.items():
             row[f"auroc_{key}"] = round(float(roc_auc_score(truth, s)), 4)
-    # the minority-mode test per class, beside how much poison the class holds (what the test should find)
-    row["minority_modes"] = {c: {**e, "n_poisoned": int(truth[y == int(c)].sum())} for c, e in evidence.items()}
+    # the minority-mode test per class, beside how much poison the class holds (what the test should find);
+    # in a class holding a mode: how many members are poisoned and, where the cache has the logits, how many
+    # times better the model fits the members than the rest of the class (the stage's flagging bar)
+    loss = sample_loss(np.asarray(logits), y) if logits is not None else None
+    modes = {}
+    for c, e in evidence.items():
+        in_c = y == int(c)
+        modes[c] = {**e, "n_poisoned": int(truth[in_c].sum())}
+        if e.get("holds"):
+            m = in_c & (member > 0.5)
+            modes[c]["members_poisoned"] = int(truth[m].sum())
+            if loss is not None:
+                modes[c]["fitted_better"] = round(float(fitted_better(loss[m], loss[in_c & ~m])), 3)
+    row["minority_modes"] = modes
     return row
 
 

@@ -520,17 +520,38 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"Fashion-MNIST models of `{af['command']}` the smallest ratio is {min(fm):.3f}, so the floored "
                   "stage is the plain one there, sample for sample (their caches were not rebuilt for the floored "
                   "run above)."]
-    # ---- would Spectral Signatures' score help FLARE's ranking of unflagged samples? (benchmarks/ranking_check.py)
+    # ---- Spectral Signatures' direction in FLARE's ranking of unflagged samples (benchmarks/ranking_check.py)
     rc = read_json(results / "ranking_check.json", None)
     if rc and rc.get("rows"):
+        def _modes(r: dict) -> str:
+            held = [(c, e) for c, e in (r.get("minority_modes") or {}).items() if e.get("holds")]
+            return "; ".join(f"class {c}: {e['n_members']}"
+                             + (f" ({e['members_poisoned']} poisoned" if "members_poisoned" in e else " (")
+                             + f"; {e['n_poisoned']} in class), w {e['weight']:.3f}, gain {e['bic_gain']:.2f}"
+                             + (f", fitted {e['fitted_better']:.3g}x" if "fitted_better" in e else "")
+                             for c, e in held) or "none"
+
         rrows = [[r["model"], r["n_poisoned"]] + [fmt_num(r.get(f"auroc_{k}"), 3)
-                                                   for k in ("atypicality", "spectral", "mean_rank")]
-                 for r in rc["rows"] if r.get("n_poisoned")]
-        parts += ["## A study: Spectral Signatures' score in FLARE's ranking of the samples it does not flag",
-                  f"Command: `{rc.get('command')}`. AUROC of the poison over all samples under FLARE default's ranking "
-                  "of unflagged samples (class atypicality), under Spectral Signatures' score, and under the mean of "
-                  "their ranks. A study only: FLARE default does not use it (see the notes, session 19).",
-                  md_table(["model", "poisoned", "atypicality (FLARE)", "spectral (SS)", "mean of ranks"], rrows)]
+                                                   for k in ("atypicality", "spectral", "mean_rank", "minority_tier")]
+                 + [_modes(r)] for r in rc["rows"]]
+        genuine = [e for r in rc["rows"] for e in (r.get("minority_modes") or {}).values()
+                   if e.get("n_poisoned") == 0 and "weight" in e]
+        parts += ["## Spectral Signatures' direction in FLARE's ranking of the samples it does not flag",
+                  f"Command: `{rc.get('command')}`. AUROC of the poison over all samples (as if nothing were flagged) "
+                  "under the class atypicality alone (FLARE default's ranking of unflagged samples up to session 19), "
+                  "under Spectral Signatures' score, under the mean of their ranks (session 19's study, not adopted), "
+                  "and under FLARE default's ranking since session 20 (`minority_tier`: the atypicality, with the members "
+                  "of a class's minority mode along its top singular direction first; `flare_core/detectors/"
+                  "minority_mode.py`). Last column: the classes holding a minority mode (members with posterior > 0.5, "
+                  "how many of them are poisoned, the poisoned samples of that class, the mode's weight w and BIC gain "
+                  "per sample, and, where the cache has the logits, how many times better the model fits the members "
+                  "than the rest of the class: the stage flags a mode at 100x, when the other stages flagged under 1 % "
+                  "and nothing in that class). The rule was fixed "
+                  "on the 14 models cached at the start of session 20; the rest are held out (benchmarks/NOTES.md)."
+                  + (f" Classes without poison: {sum(e['holds'] for e in genuine)} of {len(genuine)} hold a minority mode."
+                     if genuine else ""),
+                  md_table(["model", "poisoned", "atypicality", "spectral (SS)", "mean of ranks",
+                            "FLARE default (minority tier)", "minority modes"], rrows)]
     # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)
     if det and det.get("rows"):
         phases = ("umap", "hdbscan", "latent", "tail_groups", "join", "confirm")

@@ -328,11 +328,12 @@ def test_ranking_check_finds_a_poison_along_a_class_top_direction_and_keeps_shap
     truth[:40] = True
     P[:40, 3] += 5.0  # 10 % of class 0, along one feature
     before = P.copy()
-    r, modes = rankings(P, y)
+    r, modes, member = rankings(P, y)
     assert set(r) == {"atypicality", "spectral", "mean_rank", "minority_tier"}
     assert all(v.shape == (len(y),) and np.all(np.isfinite(v)) for v in r.values())
     assert roc_auc_score(truth, r["spectral"]) > 0.95 and roc_auc_score(truth, r["mean_rank"]) > 0.9
     # the minority-mode test finds the displaced population in class 0 alone, and the tier ranks it first
     assert modes["0"]["holds"] and not modes["1"]["holds"] and not modes["2"]["holds"]
     assert roc_auc_score(truth, r["minority_tier"]) > 0.99
+    assert member.shape == (len(y),) and not member[y != 0].any()
     np.testing.assert_array_equal(P, before)
