@@ -78,11 +78,17 @@ def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
 
 
 def ensure_cache(name: str, specs: dict, cache: Path = CACHE) -> None:
-    """The feature pass ``benchmarks.detect_matrix`` caches (abnormality and penultimate features), if missing."""
+    """The feature pass ``benchmarks.detect_matrix`` caches (abnormality and penultimate features), if missing.
+    It does not train: a zoo model that is not trained yet is an error naming the command that trains it
+    (session 20's ``--build`` trained one silently, 15 minutes of CPU)."""
     if (Path(cache) / name / "pooled.npy").is_file():
         return
     from benchmarks.detect_matrix import _load, cached_features
+    from benchmarks.zoo import entry_paths
 
+    if not entry_paths(specs[name], cache=Path(cache)).model.is_file():
+        raise SystemExit(f"zoo model {name} is not trained; train it first with "
+                         f"`python3 -m benchmarks.zoo {name}{' --cifar ROOT' if name.startswith('cifar') else ''}`.")
     entry = build(specs[name])
     model, dataset = _load(entry, "cpu")
     cached_features(entry, model, dataset, Path(cache) / name)

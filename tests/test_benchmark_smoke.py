@@ -337,3 +337,16 @@ def test_ranking_check_finds_a_poison_along_a_class_top_direction_and_keeps_shap
     assert roc_auc_score(truth, r["minority_tier"]) > 0.99
     assert member.shape == (len(y),) and not member[y != 0].any()
     np.testing.assert_array_equal(P, before)
+
+
+def test_ranking_check_build_refuses_to_train_a_missing_zoo_model(tmp_path):
+    """``--build`` runs a feature pass; a zoo model that was never trained is an error, not a silent training."""
+    import dataclasses
+
+    from benchmarks.ranking_check import ensure_cache
+    from benchmarks.zoo import FMNIST_SPECS
+
+    spec = dataclasses.replace(FMNIST_SPECS["fmnist-clean"], name="fmnist-never-trained")
+    with pytest.raises(SystemExit, match="fmnist-never-trained is not trained; train it first"):
+        ensure_cache("fmnist-never-trained", {"fmnist-never-trained": spec}, cache=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing generated or trained
