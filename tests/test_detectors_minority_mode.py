@@ -138,6 +138,7 @@ def test_flare_detect_ranks_an_unflagged_minority_mode_first_and_records_the_tes
     # not fitted better: not flagged, and the evidence says why
     assert classes["0"]["fitted_better"] < 100 and "fits its members" in classes["0"]["why_not"]
     assert res.report["minority_modes"]["n_flagged"] == 0
+    assert res.evidence["conclusion"].endswith("and no class held a minority mode the model fits far better")
 
 
 def test_flare_detect_flags_a_minority_mode_the_model_fits_far_better():

@@ -746,7 +746,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                                   + (" or held a tight island of atypical samples or a group the model sees as "
                                      "another class" if "tail_groups" in latent_report else "")
                                   + (" and neither smoothing nor sharpening acts as a trigger for the model"
-                                     if shortcut_report.get("used") and not shortcut_report.get("found") else ""))
+                                     if shortcut_report.get("used") and not shortcut_report.get("found") else "")
+                                  + (" and no class held a minority mode the model fits far better"
+                                     if minority_report["used"] and p["minority_modes"] == "auto"
+                                     and "why_not_flagged" not in minority_report else ""))
     per_class = None
     if y is not None:
         classes, counts = np.unique(y[flagged], return_counts=True)
