@@ -53,7 +53,7 @@ MATRIX_CIFAR = ("cifar-clean", "cifar-badnets-10", "cifar-trojan-10", "cifar-ble
                 "cifar-badnets-a2a-1-e12", "cifar-badnets-0.5-e12", "cifar-blended-0.5-e12", "cifar-wanet-0.5-e12",
                 "cifar-blended-a2a-1-e12", "cifar-badnets-a2a-0.5-e12", "cifar-blended-a2a-0.5-e12",
                 "cifar-clean-e12", "cifar-clean-e12-s1", "cifar-badnets-1-e30", "cifar-blended-1-e30",
-                "cifar-badnets-0.5-e30")
+                "cifar-badnets-0.5-e30", "cifar-badnets-0.5")
 
 # Hou et al. (arXiv 2411.19479), CIFAR-10 ResNet-18, FLARE: (TPR %, FPR %). No poison: 2.89 % flagged.
 PUBLISHED = {
