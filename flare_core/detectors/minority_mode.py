@@ -11,8 +11,8 @@ the premise: the projections are fitted by one Gaussian and by a mixture of two,
 *minority mode* when the mixture's smaller component weighs at most ``max_weight`` and the mixture is
 better by at least ``min_bic_gain`` per sample in BIC (both computed on every sample of the class,
 flagged or not).  The members' posterior of that component is what :func:`.scoring.unflagged_ranking`
-adds to the ranking.  A mode alone is not flagged: it can be a genuine sub-population (one of 493 classes
-without poison over 70 zoo models holds one), and a ranking change costs an analyst a look, not a lost
+adds to the ranking.  A mode alone is not flagged: it can be a genuine sub-population (one of 511 classes
+without poison over 73 zoo models holds one), and a ranking change costs an analyst a look, not a lost
 sample.  :func:`minority_flags` flags it only with the backdoor's loss signature as well (the model fits the
 members >= ``MIN_FITTED_BETTER`` times better than the rest of their class; that genuine mode: 0.003x), and
 FLARE default asks that only where its other stages flagged under 1 % and nothing in that class.
