@@ -181,7 +181,7 @@ def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int 
 
 def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
                      params: Optional[dict] = None, logits: Optional[np.ndarray] = None,
-                     shortcut=None) -> dict:
+                     shortcut=None, mode_trigger=None) -> dict:
     """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
     try:
         from flare_core.detectors.registry import DETECTORS
@@ -195,6 +195,8 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
         extra = {"latent": pooled, "logits": logits} if (spec.uses_latent and logits is not None) else {}
         if spec.uses_latent and shortcut is not None and getattr(est, "mode", "") == "default":
             extra["shortcut"] = shortcut
+        if spec.uses_latent and mode_trigger is not None and getattr(est, "mode", "") == "default":
+            extra["mode_trigger"] = mode_trigger
     except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
         est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
         extra = {}
@@ -244,6 +246,11 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
     logits = cached_logits(entry, model, dataset, Path(cache) / spec.name) if "flare" in todo else None
     shortcut = (cached_shortcut(entry, model, dataset, Path(cache) / spec.name, seed, logits=logits)
                 if "flare" in todo else None)
+    mode_trigger = None
+    if "flare" in todo:  # as the pipeline: the minority modes' trigger test (model passes only where a mode is)
+        from flare_core.features.mode_trigger import mode_trigger_evidence
+
+        mode_trigger = mode_trigger_evidence(model, dataset, pooled, logits=logits, random_state=seed)
     rate = spec.rate if spec.attack else 0.1
     extra = {}
     for det in todo:
@@ -259,7 +266,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
         else:
             try:
                 res = run_our_detector(det, X, pooled, dataset.labels, seed=seed, logits=logits,
-                                       shortcut=shortcut)
+                                       shortcut=shortcut, mode_trigger=mode_trigger)
             except Exception as e:  # a broken detector must not stop the matrix: record it
                 logger.exception("%s failed on %s", det, spec.name)
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,

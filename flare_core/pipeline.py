@@ -190,6 +190,15 @@ def run_analysis(
             shortcut = timer.run("shortcut", shortcut_evidence, model, dataset, batch_size=config.batch_size,
                                  seed=config.seed, progress=progress, logits=known)
         shortcut_inputs = {"shortcut": shortcut} if shortcut is not None else {}
+        # FLARE default's minority modes and their trigger test (a class's minority mode's mean image
+        # difference put on other images: two small passes per class that holds a mode, none otherwise)
+        if want_latent and getattr(main, "minority_modes", "off") == "auto":
+            from flare_core.features.mode_trigger import mode_trigger_evidence
+
+            shortcut_inputs["mode_trigger"] = timer.run(
+                "mode_trigger", mode_trigger_evidence, model, dataset, latent_inputs["latent"],
+                logits=latent_inputs["logits"], random_state=getattr(main, "random_state", config.seed),
+                batch_size=config.batch_size, progress=progress)
         timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs,
                   **latent_inputs, **shortcut_inputs)
         flagged = np.asarray(main.flagged_, dtype=bool)

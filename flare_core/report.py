@@ -135,23 +135,32 @@ def shortcut_sentence(report: dict, classes) -> str:
 
 
 def minority_sentence(report: dict, classes) -> str:
-    """Which classes hold a minority mode along their top singular direction (ranking only: nothing is
-    flagged from it, its members rank first among the unflagged)."""
+    """Which classes hold a minority mode along their top singular direction, which of them were flagged and
+    on which sign of a backdoor (the model fits the members far better, or their mean image difference acts
+    as a trigger on other images); unflagged members rank first among the unflagged."""
     mm = ((report.get("evidence") or {}).get("minority_modes") or {})
     held = [(c, e) for c, e in (mm.get("classes") or {}).items() if e.get("holds")]
     if not held:
         return ""
     def one(c, e):
         fit = (f", fitted {e['fitted_better']:.3g}x better than the rest" if e.get("fitted_better") is not None else "")
-        return f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class{fit})"
+        moved = (f"; its mean image difference puts {e['moved_in']:.0%} of other classes' images in the class, "
+                 f"a perturbation as strong without its structure {e.get('moved_in_control', 0.0):.0%}"
+                 if e.get("moved_in") is not None else "")
+        return f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class{fit}{moved})"
 
-    done = [(c, e) for c, e in held if e.get("flagged")]
+    by_loss = [(c, e) for c, e in held if e.get("flagged") and e.get("flagged_by", "loss") == "loss"]
+    by_trigger = [(c, e) for c, e in held if e.get("flagged") and e.get("flagged_by") == "trigger"]
     rest = [(c, e) for c, e in held if not e.get("flagged")]
     out = ""
-    if done:
-        out += (" Flagged as a minority mode: " + "; ".join(one(c, e) for c, e in done) + ": a light, separate group "
-                "along the class's top singular direction (the direction Spectral Signatures reads) that the model "
-                "fits far better than the rest of the class.")
+    if by_loss:
+        out += (" Flagged as a minority mode: " + "; ".join(one(c, e) for c, e in by_loss) + ": a light, separate "
+                "group along the class's top singular direction (the direction Spectral Signatures reads) that the "
+                "model fits far better than the rest of the class.")
+    if by_trigger:
+        out += (" Flagged as a minority mode carrying a trigger: " + "; ".join(one(c, e) for c, e in by_trigger) +
+                ": a light, separate group along the class's top singular direction whose average difference from "
+                "the rest of the class, added to other classes' images, makes the model name the class.")
     if rest:
         out += (" In " + "; ".join(one(c, e) for c, e in rest) + ", a light, separate group lies along the class's "
                 "top singular direction. It is not flagged on that alone; its unflagged members rank first in the "

@@ -167,6 +167,11 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     # the shortcut probe ran on the same model and data (its own two small passes) and is recorded
     assert report["shortcut"]["used"] is True and "shortcut" in run.meta["timings"]
     assert set(report["shortcut"]["strongest"]) == {"smooth", "sharpen"}
+    # the minority modes came with their trigger test (found in the same features; no class of 40 images
+    # is tested, so no model pass ran for it)
+    modes = report["evidence"]["minority_modes"]
+    assert modes["trigger_test"]["used"] is True and "mode_trigger" in run.meta["timings"]
+    assert "test" not in modes["trigger_test"]["seconds"]
     classes = report["evidence"]["latent"]["classes"]
     assert [c["class"] for c in classes] == [0, 1, 2]
     assert all("fewer than" in c["reason"] for c in classes)  # 40 images a class: too few to split

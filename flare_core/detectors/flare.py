@@ -96,12 +96,16 @@ penultimate features, in a class with flags by that or their own stage score, wh
 projections on a class's top singular direction (Spectral Signatures' direction) are a light, separate
 mixture component (:mod:`.minority_mode`). With ``'auto'`` such a mode is also flagged, before the join step,
 when the other stages flagged under 1 % of the samples and none of its class, and the model fits its members
-at least 100 times better than the rest of the class (a backdoor's loss signature); and a
+at least 100 times better than the rest of the class (a backdoor's loss signature) or, given the trigger test
+of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``; the pipeline runs it), the members'
+mean image difference, added to other classes' images, moves at least 20 % of them into the class (and 5 times
+what a perturbation as strong without its structure moves); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import contextmanager
@@ -172,7 +176,7 @@ CHANNELS = ("auto", "off")
 #: neighbour rule alone (FLARE default up to session 9); 'off'.
 JOIN_CHOICES = ("auto", "neighbours", "off")
 #: ``minority_modes``: 'auto' = rank a class's minority mode first and flag it where the model fits it far
-#: better (:mod:`.minority_mode`); 'rank' = rank only; 'off'.
+#: better or its mean image difference acts as a trigger (:mod:`.minority_mode`); 'rank' = rank only; 'off'.
 MINORITY_CHOICES = ("auto", "rank", "off")
 #: Neighbours (in the clustered feature space) that place a sample left out of the clustered sample.
 EXTEND_NEIGHBOURS = 10
@@ -457,7 +461,7 @@ def _latent_inputs(latent: Any, logits: Any, y: Optional[np.ndarray], n: int) ->
 
 def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] = None, channels: Any = None,
                  channel_layer: Any = None, latent: Any = None, logits: Any = None, shortcut: Any = None,
-                 **params: Any) -> FlareResult:
+                 mode_trigger: Any = None, **params: Any) -> FlareResult:
     """Run FLARE on the abnormality matrix ``X`` (N x L, shallow -> deep columns); see the module docstring.
 
     ``y`` (class labels) is required for ``scope='per-class'``; in global scope it is used to count
@@ -466,7 +470,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     ``extract_abnormality_features(channels=True)``) with ``channel_layer`` (its layer per column)
     enables the per-channel stage of the default mode; ``latent`` (N x D penultimate features) with
     ``logits`` (N x K) the latent stage (:mod:`.latent`); ``shortcut`` (a
-    :class:`flare_core.features.shortcuts.ShortcutEvidence`) the shortcut stage.  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
+    :class:`flare_core.features.shortcuts.ShortcutEvidence`) the shortcut stage; ``mode_trigger`` (a
+    :class:`flare_core.features.mode_trigger.ModeTriggerEvidence` found in the same ``latent``) the
+    minority modes with their trigger test (without it the stage finds the modes itself and flags by loss
+    only).  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
     'subspace-search' (prefixes tried), 'umap' and 'hdbscan' (units of the current prefix).
     """
     p = resolve_params(params)
@@ -671,7 +678,16 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
 
         with _timed(seconds, "minority_modes"):
-            minority, minority_report["classes"] = class_minority_modes(P, y, random_state=p["random_state"])
+            if mode_trigger is not None and mode_trigger.matches(latent, p["random_state"]):
+                # the modes the trigger test ran on (found in the same features with the same seed)
+                minority = np.array(mode_trigger.membership, dtype=float, copy=True)
+                minority_report["classes"] = copy.deepcopy(mode_trigger.classes)
+                minority_report["trigger_test"] = {"used": True, "seconds": dict(mode_trigger.seconds)}
+            else:
+                minority, minority_report["classes"] = class_minority_modes(P, y, random_state=p["random_state"])
+                minority_report["trigger_test"] = {"used": False, "why_not": (
+                    "no trigger test was passed (fit(..., mode_trigger=))" if mode_trigger is None else
+                    "the trigger test's modes were found in other features or with another seed")}
         minority_report["n_members"] = int((minority > 0.5).sum())
         new = np.zeros(n, dtype=bool)
         if p["minority_modes"] == "rank":
@@ -780,7 +796,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 
 def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
     """Whether the minority-mode stage runs (:mod:`.minority_mode`), with its settings or why not."""
-    from flare_core.detectors.minority_mode import MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS, MIN_FITTED_BETTER
+    from flare_core.detectors.minority_mode import (MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS,
+                                                    MIN_FITTED_BETTER, MIN_MOVED_IN, MIN_MOVED_IN_OVER_CONTROL)
 
     if p["mode"] == "faithful":
         why_not = "faithful mode reproduces the published method's scores"
@@ -790,7 +807,8 @@ def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
         why_not = "it needs the penultimate features and the class labels (the latent stage's inputs)"
     else:
         return {"used": True, "max_weight": MAX_MINORITY_WEIGHT, "min_bic_gain": MIN_BIC_GAIN,
-                "min_rows": MIN_CLASS_ROWS, "min_fitted_better": MIN_FITTED_BETTER}
+                "min_rows": MIN_CLASS_ROWS, "min_fitted_better": MIN_FITTED_BETTER, "min_moved_in": MIN_MOVED_IN,
+                "min_moved_in_over_control": MIN_MOVED_IN_OVER_CONTROL}
     return {"used": False, "why_not": why_not}
 
 
@@ -860,12 +878,13 @@ class FlareDetector(BaseEstimator):
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
             channel_layer: Any = None, latent: Any = None, logits: Any = None,
-            shortcut: Any = None) -> "FlareDetector":
+            shortcut: Any = None, mode_trigger: Any = None) -> "FlareDetector":
         """``X``: the N x L per-layer matrix; ``channels``/``channel_layer``: the optional per-channel view;
         ``latent``/``logits``: penultimate features and logits for the latent stage; ``shortcut``: the
-        shortcut stage's evidence (see :func:`flare_detect`)."""
+        shortcut stage's evidence; ``mode_trigger``: the minority modes' trigger test (see :func:`flare_detect`)."""
         result = flare_detect(X, y, progress=progress, channels=channels, channel_layer=channel_layer,
-                              latent=latent, logits=logits, shortcut=shortcut, **self.get_params())
+                              latent=latent, logits=logits, shortcut=shortcut, mode_trigger=mode_trigger,
+                              **self.get_params())
         self.flagged_ = result.flagged
         self.scores_ = result.scores
         self.clusters_ = result.clusters

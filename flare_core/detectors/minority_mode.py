@@ -13,9 +13,12 @@ better by at least ``min_bic_gain`` per sample in BIC (both computed on every sa
 flagged or not).  The members' posterior of that component is what :func:`.scoring.unflagged_ranking`
 adds to the ranking.  A mode alone is not flagged: it can be a genuine sub-population (one of 511 classes
 without poison over 73 zoo models holds one), and a ranking change costs an analyst a look, not a lost
-sample.  :func:`minority_flags` flags it only with the backdoor's loss signature as well (the model fits the
-members >= ``MIN_FITTED_BETTER`` times better than the rest of their class; that genuine mode: 0.003x), and
-FLARE default asks that only where its other stages flagged under 1 % and nothing in that class.
+sample.  :func:`minority_flags` flags it only with a model-level sign of a backdoor as well: the loss
+signature (the model fits the members >= ``MIN_FITTED_BETTER`` times better than the rest of their class;
+that genuine mode: 0.003x), or, where :mod:`flare_core.features.mode_trigger` ran, a trigger (the members'
+mean image difference, added to other classes' images, moves >= ``MIN_MOVED_IN`` of them into the class and
+``MIN_MOVED_IN_OVER_CONTROL`` times what a perturbation as strong without its structure moves; the genuine
+mode: 1.9 %).  FLARE default asks that only where its other stages flagged under 1 % and nothing in that class.
 
 Calibrated (session 20, before any held-out model was looked at) on the 14 models whose features were
 cached (``python3 -m benchmarks.ranking_check``; benchmarks/NOTES.md): the poison's class holds a minority
@@ -100,17 +103,39 @@ def class_minority_modes(features: Any, labels: Any, *, max_weight: float = MAX_
 
 #: A minority mode is flagged only when the model fits its members this many times better than the rest of
 #: their class (the latent stage's standalone loss bar, ``latent.DEFAULT_CONFIRM_LOSS_RATIO``: genuine splits
-#: fitted 8-23x better exist; a backdoor's poison is fitted thousands of times better).
+#: fitted 8-23x better exist; a backdoor's poison is fitted thousands of times better) ...
 MIN_FITTED_BETTER = 100.0
+#: ... or when its members' mean image difference, added to other classes' images, moves at least this share
+#: of them into the class (:mod:`flare_core.features.mode_trigger`) ...
+MIN_MOVED_IN = 0.2
+#: ... and at least this many times the share a perturbation as strong without the mode's structure moves.
+MIN_MOVED_IN_OVER_CONTROL = 5.0
+#: The trigger test needs this many members and as many non-members in the class.
+MIN_MEMBERS = 10
+
+
+def carries_trigger(record: dict, *, min_moved_in: float = MIN_MOVED_IN,
+                    min_over_control: float = MIN_MOVED_IN_OVER_CONTROL) -> Optional[bool]:
+    """Whether a class's trigger test (``moved_in`` / ``moved_in_control`` of
+    :func:`flare_core.features.mode_trigger.mode_trigger_evidence`) shows a trigger; None when not tested."""
+    if "moved_in" not in record:
+        return None
+    moved, control = float(record["moved_in"]), float(record.get("moved_in_control", 0.0))
+    return moved >= min_moved_in and moved >= min_over_control * control
 
 
 def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any, loss: Any, flagged: Any, *,
-                   min_fitted_better: float = MIN_FITTED_BETTER) -> np.ndarray:
+                   min_fitted_better: float = MIN_FITTED_BETTER, min_moved_in: float = MIN_MOVED_IN,
+                   min_over_control: float = MIN_MOVED_IN_OVER_CONTROL) -> np.ndarray:
     """Which minority modes to flag: in a class that holds one (``evidence`` of :func:`class_minority_modes`)
-    and where nothing is ``flagged`` yet, the members (posterior > 0.5) when the model fits them at least
-    ``min_fitted_better`` times better than the rest of the class (the ratio of median ``loss``; a
-    backdoor's signature).  Each tested class's evidence gains ``fitted_better`` and ``flagged`` (or
-    ``why_not``).  Returns the new flags (bool N); inputs other than ``evidence`` are not modified."""
+    and where nothing is ``flagged`` yet, the members (posterior > 0.5) when the model shows a backdoor's
+    signature on them: it fits them at least ``min_fitted_better`` times better than the rest of the class
+    (the ratio of median ``loss``), or, where the class's record holds the trigger test of
+    :mod:`flare_core.features.mode_trigger`, their mean image difference moves at least ``min_moved_in`` of
+    other classes' images into the class and ``min_over_control`` times the control's share
+    (:func:`carries_trigger`).  Each tested class's evidence gains ``fitted_better``, ``carries_trigger`` (when
+    tested) and ``flagged`` (or ``why_not``).  Returns the new flags (bool N); inputs other than ``evidence``
+    are not modified."""
     from flare_core.detectors.latent import fitted_better
 
     labels = np.asarray(labels)
@@ -132,10 +157,22 @@ def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any
             continue
         ratio = fitted_better(loss[members], loss[rest])
         e["fitted_better"] = round(float(ratio), 2)
-        if ratio >= min_fitted_better:
+        trigger = carries_trigger(e, min_moved_in=min_moved_in, min_over_control=min_over_control)
+        if trigger is not None:
+            e["carries_trigger"] = bool(trigger)
+        if ratio >= min_fitted_better or trigger:
             out |= members
             e["flagged"] = True
+            e["flagged_by"] = "loss" if ratio >= min_fitted_better else "trigger"
         else:
-            e.update(flagged=False, why_not=f"the model fits its members {ratio:.3g}x as well as the rest of the "
-                                            f"class (the bar is {min_fitted_better:g}x better)")
+            why = (f"the model fits its members {ratio:.3g}x as well as the rest of the class (the bar is "
+                   f"{min_fitted_better:g}x better)")
+            if trigger is None:
+                why += "; their trigger test did not run (no model pass)" if "why_not_tested" not in e else \
+                    f"; their trigger test did not run ({e['why_not_tested']})"
+            else:
+                why += (f", and their mean image difference moves {e['moved_in']:.1%} of other images into the "
+                        f"class (control {e.get('moved_in_control', 0.0):.1%}; the bar is {min_moved_in:.0%} and "
+                        f"{min_over_control:g}x the control)")
+            e.update(flagged=False, why_not=why)
     return out

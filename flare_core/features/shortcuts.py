@@ -122,7 +122,8 @@ def default_per_class(n_classes: int) -> int:
     return int(min(DEFAULT_PER_CLASS, max(MIN_PER_CLASS, PROBE_BUDGET // max(int(n_classes), 1))))
 
 
-def _stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of up to ``per_class`` samples of every class, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     picks = []
     for c in np.unique(labels):
@@ -159,7 +160,7 @@ def probe_shortcuts(model, dataset: ImageDataset, *, per_class: Optional[int] = 
     t0 = time.perf_counter()
     labels = np.asarray(dataset.labels)
     k = int(dataset.num_classes)
-    idx = _stratified_sample(labels, per_class, seed)
+    idx = stratified_sample(labels, per_class, seed)
     images = dataset.images[idx]
     progress("shortcut-probe", 0, len(AXES) + 1)
     before = predict_logits(model, images, batch_size=batch_size).argmax(1)
