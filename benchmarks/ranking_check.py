@@ -11,7 +11,12 @@ ranks it better.  This measures, per cached model, the AUROC of the poison under
 the mean of their ranks (``mean_rank``), over *all* samples (what the ranking would be if nothing were
 flagged; FLARE default puts its flags first, so on rows it finds whole these numbers do not move its AUROC).
 
-    python3 -m benchmarks.ranking_check MODELS ... [--cifar ROOT] [--build] [--merge]
+Where a class holds a minority mode, it also runs FLARE default's trigger test of the mode
+(:mod:`flare_core.features.mode_trigger`: the members' mean image difference put on other classes' images;
+``moved_in`` / ``moved_in_control``), and with ``--all-classes`` the same test of every other class's lighter
+mixture component (groups the stage never tests: how often a genuine group's difference acts as a trigger).
+
+    python3 -m benchmarks.ranking_check MODELS ... [--cifar ROOT] [--build] [--merge] [--all-classes]
     # -> benchmarks/results/ranking_check.json; --build runs the feature pass of a model whose cache is missing
 """
 from __future__ import annotations
@@ -47,7 +52,40 @@ def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict,
              "minority_tier": unflagged_ranking(np.zeros(len(y)), nothing, atyp, y, member)}, evidence, member)
 
 
-def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
+def trigger_tests(name: str, specs: dict, P: np.ndarray, y: np.ndarray, truth: np.ndarray, logits, evidence: dict,
+                  member: np.ndarray, all_classes: bool = False) -> dict:
+    """class -> FLARE default's trigger test of its minority mode (``mode_trigger_evidence``, as the pipeline
+    runs it); with ``all_classes``, a class without a mode gets the same test of its mixture's lighter
+    component (the control population: groups the stage never tests), under ``lighter_component``."""
+    from benchmarks.detect_matrix import _load
+    from flare_core.detectors.minority_mode import minority_mode, top_direction_projection
+    from flare_core.features.mode_trigger import mode_trigger_evidence, probe_images, trigger_test
+    from flare_core.features.shortcuts import default_per_class
+
+    held = [c for c, e in evidence.items() if e.get("holds")]
+    if not held and not all_classes:
+        return {}
+    model, dataset = _load(build(specs[name]), "cpu")
+    out: dict = {}
+    ev = mode_trigger_evidence(model, dataset, P, logits=logits, random_state=0)
+    for c in held:
+        out[c] = {k: v for k, v in ev.classes[c].items()
+                  if k in ("moved_in", "moved_in_control", "probe_n", "delta_rms", "why_not_tested")}
+    if all_classes:
+        probe, before = probe_images(model, dataset, default_per_class(dataset.num_classes), 0, logits=logits)
+        rng = np.random.default_rng(1)
+        for c, e in evidence.items():
+            if c in held or "weight" not in e:
+                continue
+            in_c = np.flatnonzero(y == int(c))
+            post, _ = minority_mode(top_direction_projection(P[in_c]))
+            group = post > 0.5
+            res = trigger_test(model, dataset, int(c), group, probe, before, rng)
+            out[c] = {"lighter_component": {**res, "n": int(group.sum()), "poisoned": int(truth[in_c[group]].sum())}}
+    return out
+
+
+def model_row(name: str, specs: dict, cache: Path = CACHE, all_classes: bool = False) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from flare_core.detectors.latent import fitted_better, sample_loss
@@ -73,6 +111,8 @@ def model_row(name: str, specs: dict, cache: Path = CACHE) -> dict:
             modes[c]["members_poisoned"] = int(truth[m].sum())
             if loss is not None:
                 modes[c]["fitted_better"] = round(float(fitted_better(loss[m], loss[in_c & ~m])), 3)
+    for c, rec in trigger_tests(name, specs, P, y, truth, logits, evidence, member, all_classes).items():
+        modes[c].update(rec)
     row["minority_modes"] = modes
     return row
 
@@ -101,6 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cifar", default=None, help="CIFAR-10 ImageFolder root (adds the cifar-* entries)")
     p.add_argument("--build", action="store_true", help="run the feature pass of a listed model without a cache")
     p.add_argument("--merge", action="store_true", help="keep the other models already in the results")
+    p.add_argument("--all-classes", action="store_true",
+                   help="also run the trigger test on the lighter mixture component of every class without a mode")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     specs = dict(FMNIST_SPECS)
@@ -114,11 +156,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = [r for r in read_json(out, {}).get("rows", []) if r["model"] not in names] if args.merge else []
     command = ("python3 -m benchmarks.ranking_check" + (" MODELS" if args.models else "")
                + (" --cifar ROOT" if args.cifar else "") + (" --build" if args.build else "")
-               + (" --merge" if args.merge else ""))
+               + (" --merge" if args.merge else "") + (" --all-classes" if args.all_classes else ""))
     for n in names:
         if args.build:
             ensure_cache(n, specs)
-        rows.append(model_row(n, specs))
+        rows.append(model_row(n, specs, all_classes=args.all_classes))
         logger.info("%s", rows[-1])
         rows.sort(key=lambda r: r["model"])
         write_json(out, {"command": command, "rows": rows})  # after every model: a long run keeps what it measured

@@ -238,6 +238,41 @@ SETTING = """\
 """
 
 
+def _trigger_summary(rows: list) -> str:
+    """One paragraph on the minority modes' trigger test (``moved_in`` of ``ranking_check``): what it gives on
+    the modes that are poison and on those that are not, and on the control population (the lighter mixture
+    component of every class without a mode, ``--all-classes``)."""
+    import numpy as np
+
+    modes = [(r["model"], c, e) for r in rows for c, e in (r.get("minority_modes") or {}).items()
+             if e.get("holds") and "moved_in" in e]
+    if not modes:
+        return ""
+    a2a = [m for m in modes if "-a2a-" in m[0]]
+    poison = [m for m in modes if m not in a2a and m[2].get("members_poisoned", 0) > 0.5 * m[2]["n_members"]]
+    genuine = [m for m in modes if m[2].get("members_poisoned", 0) <= 0.5 * m[2]["n_members"]]
+    lighter = [e["lighter_component"] for r in rows for e in (r.get("minority_modes") or {}).values()
+               if "moved_in" in (e.get("lighter_component") or {})]
+    clean_lighter = [g for g in lighter if g["poisoned"] <= 0.5 * g["n"]]
+
+    def rng(ms):
+        v = [m[2]["moved_in"] for m in ms]
+        return f"{100 * min(v):.1f}-{100 * max(v):.1f} %" if v else "-"
+
+    out = (f" **Trigger test** (`flare_core/features/mode_trigger.py`: the members' mean image difference added to "
+           f"200 images of each other class; a mode is flagged on it at >= 20 % moved in and >= 5x the control, a "
+           f"perturbation as strong from a random subset of the class): modes that are mostly poison, all-to-one: "
+           f"{rng(poison)} moved in ({len(poison)} modes); all-to-all: {rng(a2a)} ({len(a2a)} modes; the trigger "
+           f"sends only the previous class's images there, about a ninth of the probe); modes that are not poison: "
+           f"{rng(genuine)} ({len(genuine)}).")
+    if clean_lighter:
+        worst = max(clean_lighter, key=lambda g: g["moved_in"])
+        out += (f" Control population (`--all-classes`): the lighter mixture component of {len(clean_lighter)} "
+                f"classes without a mode whose component is not mostly poison moves at most {100 * worst['moved_in']:.1f} % "
+                f"in (median {100 * float(np.median([g['moved_in'] for g in clean_lighter])):.1f} %).")
+    return out
+
+
 def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path = PLOTS, zoo: Path = ZOO) -> Path:
     """Write the Markdown report from ``results`` (plots into ``plots``, linked relative to ``out``)."""
     results, out, plots = Path(results), Path(out), Path(plots)
@@ -529,6 +564,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                              + (f" ({e['members_poisoned']} poisoned" if "members_poisoned" in e else " (")
                              + f"; {e['n_poisoned']} in class), w {e['weight']:.3f}, gain {e['bic_gain']:.2f}"
                              + (f", fitted {e['fitted_better']:.3g}x" if "fitted_better" in e else "")
+                             + (f", moves {100 * e['moved_in']:.1f} % in (control {100 * e['moved_in_control']:.1f} %)"
+                                if "moved_in" in e else "")
                              for c, e in held) or "none"
 
         rrows = [[r["model"], r["n_poisoned"]] + [fmt_num(r.get(f"auroc_{k}"), 3)
@@ -549,7 +586,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "and nothing in that class). The rule was fixed "
                   "on the 14 models cached at the start of session 20; the rest are held out (benchmarks/NOTES.md)."
                   + (f" Classes without poison: {sum(e['holds'] for e in genuine)} of {len(genuine)} hold a minority mode."
-                     if genuine else ""),
+                     if genuine else "") + _trigger_summary(rc["rows"]),
                   md_table(["model", "poisoned", "atypicality", "spectral (SS)", "mean of ranks",
                             "FLARE default (minority tier)", "minority modes"], rrows)]
     # ---- where FLARE default's detector time goes, per model (phase seconds of the detection matrix runs)

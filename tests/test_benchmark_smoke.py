@@ -350,3 +350,26 @@ def test_ranking_check_build_refuses_to_train_a_missing_zoo_model(tmp_path):
     with pytest.raises(SystemExit, match="fmnist-never-trained is not trained; train it first"):
         ensure_cache("fmnist-never-trained", {"fmnist-never-trained": spec}, cache=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing generated or trained
+
+
+def test_trigger_summary_separates_poison_genuine_and_all_to_all_modes():
+    """The RESULTS paragraph on the minority modes' trigger test reads ranking_check's rows: all-to-one poison
+    modes, all-to-all ones and modes that are not poison are reported apart, and the control population's
+    worst case is named; without any test there is no paragraph."""
+    from benchmarks.report import _trigger_summary
+
+    def mode(n, poisoned, moved):
+        return {"holds": True, "n_members": n, "members_poisoned": poisoned, "moved_in": moved, "moved_in_control": 0.01}
+
+    rows = [{"model": "cifar-blended-1-e30", "minority_modes": {"0": mode(497, 475, 0.31)}},
+            {"model": "cifar-badnets-a2a-10-e12", "minority_modes": {"1": mode(520, 520, 0.14)}},
+            {"model": "fmnist-badnets-10-gn", "minority_modes": {
+                "1": mode(581, 0, 0.017),
+                "2": {"holds": False, "lighter_component": {"moved_in": 0.05, "n": 2000, "poisoned": 0}},
+                "0": {"holds": False, "lighter_component": {"moved_in": 0.97, "n": 5999, "poisoned": 5999}}}}]
+    text = _trigger_summary(rows)
+    assert "all-to-one: 31.0-31.0 % moved in (1 modes)" in text
+    assert "all-to-all: 14.0-14.0 % (1 modes" in text
+    assert "not poison: 1.7-1.7 % (1)" in text
+    assert "of 1 classes without a mode" in text and "at most 5.0 %" in text  # the poisoned component is left out
+    assert _trigger_summary([{"model": "m", "minority_modes": {"0": {"holds": False}}}]) == ""

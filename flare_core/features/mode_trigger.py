@@ -82,14 +82,58 @@ def mean_difference(images: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return (a - b).astype(np.float32)
 
 
+def trigger_test(model: Any, dataset: ImageDataset, c: int, members: np.ndarray, probe: np.ndarray,
+                 before: np.ndarray, rng: np.random.Generator, *, batch_size: int = 256) -> dict:
+    """The test of one class ``c``: ``members`` (bool, one per sample labelled ``c``, in dataset order) is
+    the group; ``probe`` the indices of the images it may be put on and ``before`` the model's classes for
+    them unchanged.  Returns ``moved_in``, ``moved_in_control``, ``probe_n`` and ``delta_rms`` (module
+    docstring), or ``why_not_tested``.  ``rng`` draws the control's random subset."""
+    from flare_core.detectors.minority_mode import MIN_MEMBERS
+    from flare_core.models.training import predict_logits
+
+    labels = np.asarray(dataset.labels)
+    members = np.asarray(members, dtype=bool)
+    in_class = np.flatnonzero(labels == c)
+    if len(members) != len(in_class):
+        raise ValueError(f"members must have one entry per sample of class {c} ({len(in_class)}), got {len(members)}.")
+    if members.sum() < MIN_MEMBERS or (~members).sum() < MIN_MEMBERS:
+        return {"why_not_tested": f"fewer than {MIN_MEMBERS} members or non-members"}
+    targets = probe[(labels[probe] != c) & (np.asarray(before) != c)]
+    if len(targets) == 0:
+        return {"why_not_tested": "no image of another class to put the difference on"}
+    images = dataset.images[in_class]
+    delta = mean_difference(images, members)
+    control_rows = np.zeros(len(in_class), dtype=bool)
+    control_rows[rng.permutation(len(in_class))[:int(members.sum())]] = True
+    control = mean_difference(images, control_rows)
+    norm = float(np.linalg.norm(control))
+    control = control * (float(np.linalg.norm(delta)) / norm) if norm > 0 else control
+    shown = dataset.images[targets]
+    after = predict_logits(model, added_difference(shown, delta), batch_size=batch_size).argmax(1)
+    after_control = predict_logits(model, added_difference(shown, control), batch_size=batch_size).argmax(1)
+    return {"moved_in": round(float((after == c).mean()), 4),
+            "moved_in_control": round(float((after_control == c).mean()), 4),
+            "probe_n": int(len(targets)), "delta_rms": round(float(np.sqrt(np.mean(delta ** 2))), 3)}
+
+
+def probe_images(model: Any, dataset: ImageDataset, per_class: int, seed: int, *, logits: Any = None,
+                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, the model's classes for them): the stratified sample the differences are put on."""
+    from flare_core.models.training import predict_logits
+
+    probe = stratified_sample(np.asarray(dataset.labels), per_class, seed)
+    if logits is not None and len(np.asarray(logits)) == len(dataset):
+        return probe, np.asarray(logits)[probe].argmax(1)
+    return probe, predict_logits(model, dataset.images[probe], batch_size=batch_size).argmax(1)
+
+
 def mode_trigger_evidence(model: Any, dataset: ImageDataset, latent: Any, *, logits: Any = None,
                           random_state: Optional[int] = 0, per_class: Optional[int] = None,
                           batch_size: int = 256, progress: Optional[ProgressCallback] = None) -> ModeTriggerEvidence:
     """Find the minority modes in ``latent`` (N x D penultimate features of ``dataset``, the ones FLARE is
     given) and run the trigger test (module docstring) for each class that holds one.  ``logits``: the
     feature pass's (N, K) logits, to skip classifying the probe images unchanged.  Nothing is modified."""
-    from flare_core.detectors.minority_mode import MIN_MEMBERS, class_minority_modes
-    from flare_core.models.training import predict_logits
+    from flare_core.detectors.minority_mode import class_minority_modes
 
     labels = np.asarray(dataset.labels)
     n = len(labels)
@@ -111,40 +155,18 @@ def mode_trigger_evidence(model: Any, dataset: ImageDataset, latent: Any, *, log
     t1 = time.perf_counter()
     seed = 0 if random_state is None else int(random_state)
     rng = np.random.default_rng(seed)
-    probe = stratified_sample(labels, per_class, seed)
-    if logits is not None and len(np.asarray(logits)) == n:
-        before = np.asarray(logits)[probe].argmax(1)
-    else:
-        before = predict_logits(model, dataset.images[probe], batch_size=batch_size).argmax(1)
+    probe, before = probe_images(model, dataset, per_class, seed, logits=logits, batch_size=batch_size)
     for i, key in enumerate(holding):
         progress("mode-trigger", i, len(holding))
         c = int(key)
-        idx = np.flatnonzero(labels == c)
-        members = membership[idx] > 0.5
+        in_class = np.flatnonzero(labels == c)
         record = classes[key]
-        if members.sum() < MIN_MEMBERS or (~members).sum() < MIN_MEMBERS:
-            record["why_not_tested"] = f"fewer than {MIN_MEMBERS} members or non-members"
-            continue
-        targets = probe[(labels[probe] != c) & (before != c)]
-        if len(targets) == 0:
-            record["why_not_tested"] = "no image of another class to put the difference on"
-            continue
-        images = dataset.images[idx]
-        delta = mean_difference(images, members)
-        control_rows = np.zeros(len(idx), dtype=bool)
-        control_rows[rng.permutation(len(idx))[:int(members.sum())]] = True
-        control = mean_difference(images, control_rows)
-        norm = float(np.linalg.norm(control))
-        control = control * (float(np.linalg.norm(delta)) / norm) if norm > 0 else control
-        shown = dataset.images[targets]
-        after = predict_logits(model, added_difference(shown, delta), batch_size=batch_size).argmax(1)
-        after_control = predict_logits(model, added_difference(shown, control), batch_size=batch_size).argmax(1)
-        record.update(moved_in=round(float((after == c).mean()), 4),
-                      moved_in_control=round(float((after_control == c).mean()), 4),
-                      probe_n=int(len(targets)), delta_rms=round(float(np.sqrt(np.mean(delta ** 2))), 3))
-        logger.info("class %d's minority mode: its mean difference moves %.1f%% of %d other images into the "
-                    "class (control %.1f%%)", c, 100 * record["moved_in"], len(targets),
-                    100 * record["moved_in_control"])
+        record.update(trigger_test(model, dataset, c, membership[in_class] > 0.5, probe, before, rng,
+                                   batch_size=batch_size))
+        if "moved_in" in record:
+            logger.info("class %d's minority mode: its mean difference moves %.1f%% of %d other images into "
+                        "the class (control %.1f%%)", c, 100 * record["moved_in"], record["probe_n"],
+                        100 * record["moved_in_control"])
     progress("mode-trigger", len(holding), len(holding))
     seconds["test"] = round(time.perf_counter() - t1, 3)
     return ModeTriggerEvidence(membership, classes, random_state, digest, seconds)
