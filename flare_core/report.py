@@ -147,10 +147,12 @@ def minority_sentence(report: dict, classes) -> str:
         moved = (f"; its mean image difference puts {e['moved_in']:.0%} of other classes' images in the class, "
                  f"a perturbation as strong without its structure {e.get('moved_in_control', 0.0):.0%}"
                  if e.get("moved_in") is not None else "")
-        return f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class{fit}{moved})"
+        part = (f"; other stages had flagged {e['members_flagged']:.0%} of it"
+                if e.get("flagged") and e.get("members_flagged") is not None else "")
+        return f"{class_name(classes, c)} ({e['n_members']:,} samples, {e['weight']:.0%} of the class{fit}{moved}{part})"
 
     by_loss = [(c, e) for c, e in held if e.get("flagged") and e.get("flagged_by", "loss") == "loss"]
-    by_trigger = [(c, e) for c, e in held if e.get("flagged") and e.get("flagged_by") == "trigger"]
+    by_trigger = [(c, e) for c, e in held if e.get("flagged") and str(e.get("flagged_by", "")).startswith("trigger")]
     rest = [(c, e) for c, e in held if not e.get("flagged")]
     out = ""
     if by_loss:

@@ -195,3 +195,24 @@ def test_flare_default_ignores_a_trigger_test_made_with_another_seed():
     tt = res.evidence["minority_modes"]["trigger_test"]
     assert tt["used"] is False and "another seed" in tt["why_not"]
     assert not res.flagged.any()
+
+
+def test_a_trigger_mode_extends_flags_found_in_part_and_not_flags_found_whole():
+    membership, evidence, y, loss = _modes(0.5)
+    part = np.zeros(600, bool)
+    part[:10] = True  # another stage found a third of the mode
+    flags = minority_flags(membership, evidence, y, loss, part)
+    assert flags[:30].all() and not flags[30:].any()
+    assert evidence["0"]["flagged_by"].startswith("trigger") and evidence["0"]["members_flagged"] == pytest.approx(1 / 3, abs=1e-3)
+    whole = np.zeros(600, bool)
+    whole[:20] = True  # two thirds found already: nothing to extend
+    membership, evidence, y, loss = _modes(0.5)
+    assert not minority_flags(membership, evidence, y, loss, whole).any()
+    assert "another stage flagged samples of this class" in evidence["0"]["why_not"]
+    elsewhere = np.zeros(600, bool)
+    elsewhere[100:110] = True  # the other stage's flags lie outside the mode: a different group
+    membership, evidence, y, loss = _modes(0.5)
+    assert not minority_flags(membership, evidence, y, loss, elsewhere).any()
+    membership, evidence, y, loss = _modes(0.05)  # found in part, but no trigger: the loss rule does not extend
+    loss[:30] = 1e-4
+    assert not minority_flags(membership, evidence, y, loss, part).any()

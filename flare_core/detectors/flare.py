@@ -99,7 +99,8 @@ when the other stages flagged under 1 % of the samples and none of its class, an
 at least 100 times better than the rest of the class (a backdoor's loss signature) or, given the trigger test
 of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``; the pipeline runs it), the members'
 mean image difference, added to other classes' images, moves at least 20 % of them into the class (and 5 times
-what a perturbation as strong without its structure moves); and a
+what a perturbation as strong without its structure moves), which in a class the other stages flagged in part
+extends their flags (:func:`.minority_mode.minority_flags`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
