@@ -260,7 +260,7 @@ def _trigger_summary(rows: list) -> str:
         return f"{100 * min(v):.1f}-{100 * max(v):.1f} %" if v else "-"
 
     out = (f" **Trigger test** (`flare_core/features/mode_trigger.py`: the members' mean image difference added to "
-           f"200 images of each other class; a mode is flagged on it at >= 20 % moved in and >= 5x the control, a "
+           f"200 images of each other class; a mode is flagged on it when it moves >= 20 % more than the control, a "
            f"perturbation as strong from a random subset of the class): modes that are mostly poison, all-to-one: "
            f"{rng(poison)} moved in ({len(poison)} modes); all-to-all: {rng(a2a)} ({len(a2a)} modes; the trigger "
            f"sends only the previous class's images there, about a ninth of the probe); modes that are not poison: "

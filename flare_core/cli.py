@@ -223,6 +223,7 @@ def cmd_purify(args) -> int:
         device=_device(args.device), batch_size=args.batch_size, detector=args.method,
         baselines=tuple(b for b in (args.baselines.split(",") if args.baselines else []) if b),
         ground_truth=args.ground_truth, seed=args.seed, views=not args.no_views, params=_params(args.param),
+        trigger_test=not args.no_trigger_test,
     )
     prog = TqdmProgress(not args.quiet)
     run = run_analysis(config, args.out, progress=prog, overwrite=args.overwrite, export=not args.no_export)
@@ -235,6 +236,11 @@ def cmd_purify(args) -> int:
     sentence, _ = how_found(run)
     if sentence and res["n_flagged"]:
         print(f"  {sentence}")
+    from flare_core.report import trigger_sentence
+
+    triggers = trigger_sentence(run)
+    if triggers:
+        print(f"  {triggers}")
     if not res["n_flagged"]:
         print("  Nothing flagged is not proof of a clean set: the highest scores"
               + (" and the highest losses (manifest column 'loss': samples the model does not fit, where a "
@@ -304,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-views", action="store_true", help="skip the per-class views (dashboard plots)")
+    s.add_argument("--no-trigger-test", action="store_true",
+                   help="skip testing whether each class's flagged samples share a trigger (two small model passes "
+                        "per class with flags)")
     s.add_argument("--no-export", action="store_true", help="do not write OUT/purified")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_purify)

@@ -51,6 +51,7 @@ class AnalysisConfig:
     seed: int = 0
     views: bool = True
     params: tuple = ()  # ((key, value), ...) passed to the main detector
+    trigger_test: bool = True  # test whether each class's flagged samples share a trigger (mode_trigger.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -245,6 +246,21 @@ def run_analysis(
         if baselines:
             progress("baselines", len(baselines), len(baselines))
 
+        # do the flagged samples of a class share a trigger?  Their mean image difference from the rest of
+        # the class, put on other classes' images (two small passes per class with flags; the evidence a
+        # review asks for, whichever detector flagged them)
+        flag_triggers = None
+        extra_files = {"features.npy": scratch / "features.npy"}
+        if config.trigger_test and flagged.any():
+            from flare_core.features.mode_trigger import flagged_group_triggers
+
+            known = latent_inputs.get("logits")
+            flag_triggers = timer.run("flag_trigger", flagged_group_triggers, model, dataset, flagged, logits=known,
+                                      random_state=config.seed, batch_size=config.batch_size, progress=progress)
+            if flag_triggers.differences:
+                np.savez(scratch / "triggers.npz", **{f"class_{c}": d for c, d in flag_triggers.differences.items()})
+                extra_files["triggers.npz"] = scratch / "triggers.npz"
+
         evaluation = None
         gt_meta = None
         if config.ground_truth:
@@ -292,6 +308,7 @@ def run_analysis(
                 "flagged_per_class": flagged_per_class.tolist(),
                 "subspace": getattr(main, "subspace_", None),
                 "poison_found": bool(flagged.any()),
+                "flag_triggers": flag_triggers.summary() if flag_triggers is not None else None,
             },
             "ground_truth": gt_meta,
             "evaluation": evaluation,
@@ -312,7 +329,7 @@ def run_analysis(
         progress("write", 0, 1)
         run = write_run(out_dir, meta=meta, manifest=manifest, features=None, pooled=pooled,
                         embedding=getattr(main, "embedding_", None), views=views,
-                        extra_files={"features.npy": scratch / "features.npy"}, overwrite=overwrite,
+                        extra_files=extra_files, overwrite=overwrite,
                         before_commit=finish)
         progress("write", 1, 1)
         return run

@@ -150,6 +150,22 @@ class RunFolder:
         rule = detector_report(self).get("score")
         return str(rule) if rule else None
 
+    def flag_triggers(self) -> dict:
+        """{class: record} of the test whether each class's flagged samples share a trigger (``moved_in``,
+        ``moved_in_control``, ``n_flagged``, ...; :func:`flare_core.features.mode_trigger.flagged_group_triggers`);
+        empty when it did not run."""
+        rec = (self.meta.get("result") or {}).get("flag_triggers") or {}
+        return {int(c): dict(r) for c, r in (rec.get("classes") or {}).items()}
+
+    def trigger_differences(self) -> dict:
+        """{class: float (H, W, C)} the flagged samples' mean image difference from the rest of their class
+        (``triggers.npz``; empty when the test did not run)."""
+        p = self.path / "triggers.npz"
+        if not p.is_file():
+            return {}
+        with np.load(p, allow_pickle=False) as z:
+            return {int(k[len("class_"):]): np.asarray(z[k]) for k in z.files if k.startswith("class_")}
+
     def ground_truth(self) -> Optional[np.ndarray]:
         df = self.manifest
         return df["poisoned"].to_numpy().astype(bool) if "poisoned" in df.columns else None

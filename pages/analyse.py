@@ -19,6 +19,8 @@ STAGE_LABELS = {
     "latent": "Latent stage (per class, penultimate features)",
     "umap": "UMAP embedding", "hdbscan": "HDBSCAN clustering", "baselines": "Baseline detectors",
     "views": "Per-class views", "export": "Export", "write": "Writing the run folder",
+    "shortcut-probe": "Shortcut probe (does the model obey smoothing or sharpening as a trigger?)",
+    "shortcut-test": "Shortcut counter test", "mode-trigger": "Minority modes: trigger test",
 }
 HIDDEN_PARAMS = {"random_state", "progress", "n_jobs", "verbose", "mode"}
 

@@ -195,3 +195,24 @@ else:
             m[3].image(plots.upscale(plots.heat_rgb(cc.mean(axis=0) / max(cc.mean(axis=0).max(), 1e-6)), 160),
                        caption=f"mean CAM of {len(contrast)} unflagged (contrast)", width="stretch")
         st.caption("A bright spot shared by the flagged samples but not by the others is where a trigger likely sits.")
+
+# ---- do the flagged samples share a trigger? (recorded by the analysis: flare_core/features/mode_trigger.py) ------
+from flare_core import report  # noqa: E402
+from flare_core.features.mode_trigger import difference_image  # noqa: E402
+
+trig = report.trigger_table(run)
+if trig is not None:
+    st.divider()
+    st.subheader("Do the flagged samples share a trigger?")
+    st.caption("Per class, the flagged samples' mean image minus the mean of the rest of the class (grey = no "
+               "difference) was added to images of other classes; *moved in* is the share the model then put in the "
+               "class, *control* the same for a perturbation as strong without that structure. Tested on "
+               f"{det_label}'s flags when the run was made, before any review.")
+    st.markdown(report.trigger_sentence(run))
+    st.dataframe(trig, hide_index=True)
+    diffs = run.trigger_differences()
+    if diffs:
+        cols = st.columns(min(len(diffs), 6))
+        for k, (c, d) in enumerate(sorted(diffs.items())):
+            cols[k % len(cols)].image(plots.upscale(difference_image(d), 112), width="stretch",
+                                      caption=f"{shared.class_name(run, c)}: flagged minus the rest")

@@ -13,7 +13,7 @@ from torch import nn
 
 from flare_core.dataset import ImageDataset
 from flare_core.detectors.flare import flare_detect
-from flare_core.detectors.minority_mode import (MIN_MOVED_IN, MIN_MOVED_IN_OVER_CONTROL, carries_trigger,
+from flare_core.detectors.minority_mode import (MIN_MOVED_IN, carries_trigger,
                                                 minority_flags)
 from flare_core.features import mode_trigger as MT
 
@@ -128,7 +128,9 @@ def test_carries_trigger_rule():
     assert carries_trigger({"moved_in": MIN_MOVED_IN, "moved_in_control": 0.0}) is True
     assert carries_trigger({"moved_in": MIN_MOVED_IN - 0.01, "moved_in_control": 0.0}) is False
     # a model that sends any perturbation as strong into the class: not a trigger
-    assert carries_trigger({"moved_in": 0.6, "moved_in_control": 0.6 / MIN_MOVED_IN_OVER_CONTROL + 0.01}) is False
+    assert carries_trigger({"moved_in": 0.6, "moved_in_control": 0.6 - MIN_MOVED_IN + 0.01}) is False
+    # a backdoored model that absorbs some of the control too (Fashion-MNIST Trojan 1 %): still a trigger
+    assert carries_trigger({"moved_in": 0.701, "moved_in_control": 0.17}) is True
 
 
 def _modes(flag_moved_in: float, control: float = 0.0):
@@ -216,3 +218,32 @@ def test_a_trigger_mode_extends_flags_found_in_part_and_not_flags_found_whole():
     membership, evidence, y, loss = _modes(0.05)  # found in part, but no trigger: the loss rule does not extend
     loss[:30] = 1e-4
     assert not minority_flags(membership, evidence, y, loss, part).any()
+
+
+def test_flagged_group_triggers_names_the_group_carrying_the_patch():
+    ds, latent, poisoned, grainy = _data()
+    images = ds.images.copy()
+    flagged = poisoned | grainy
+    flagged[2 * N_PER_CLASS:2 * N_PER_CLASS + 5] = True  # too few flags in class 2 to test
+    before = flagged.copy()
+    out = MT.flagged_group_triggers(PatchModel(), ds, flagged, random_state=0, per_class=60)
+    assert set(out.classes) == {0, 1}
+    assert out.classes[0]["n_flagged"] == N_POISON and carries_trigger(out.classes[0]) is True
+    assert carries_trigger(out.classes[1]) is False  # the grainy images share no trigger
+    assert set(out.differences) == {0, 1} and out.differences[0].shape == (12, 12, 1)
+    assert out.differences[0][:3, :3].min() > 150  # the patch is what the poison shares
+    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(flagged, before)
+    summary = out.summary()
+    assert set(summary["classes"]) == {"0", "1"} and "differences" not in summary
+    assert MT.flagged_group_triggers(PatchModel(), ds, np.zeros(len(ds), bool)).classes == {}
+    with pytest.raises(ValueError, match="one entry per sample"):
+        MT.flagged_group_triggers(PatchModel(), ds, flagged[:-1])
+
+
+def test_difference_image_maps_zero_to_grey_and_keeps_the_sign():
+    d = np.zeros((4, 4, 1), np.float32)
+    assert (MT.difference_image(d) == 128).all()
+    d[0, 0, 0], d[1, 1, 0] = 50.0, -25.0
+    im = MT.difference_image(d)
+    assert im.dtype == np.uint8 and im[0, 0, 0] == 255 and im[1, 1, 0] < 128 < im[0, 0, 0] and im[2, 2, 0] == 128

@@ -1,4 +1,5 @@
 """The whole pipeline and the CLI on tiny data: run folder contents, export round-trip, atomicity, errors."""
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -244,3 +245,39 @@ def test_the_pipeline_measures_kept_tail_groups_for_near_copies(lab, tmp_path, m
     monkeypatch.setattr(NC, "annotate_tail_groups", spy)
     run = run_analysis(_config(lab, views=False), tmp_path / "run")
     assert calls == [(run.n_samples, run.n_samples, (run.n_samples, 12, 12, 1))]
+
+
+def test_the_flagged_groups_trigger_test_is_recorded_shown_and_can_be_skipped(lab, tmp_path, capsys):
+    """Each class with enough flags gets the trigger test; run.json, triggers.npz, the report's table and the
+    CLI's sentence carry it; ``trigger_test=False`` / ``--no-trigger-test`` skips it."""
+    from flare_core.cli import main
+    from flare_core.report import build_report, trigger_table
+
+    cfg = AnalysisConfig(model=str(lab / "model.pt"), data=str(lab / "data"), batch_size=32, views=False,
+                         detector="ss", params=(("eps", 0.3),))  # SS flags 18 of the 40 images of each class
+    run = run_analysis(cfg, tmp_path / "run")
+    rec = run.flag_triggers()
+    assert set(rec) == {0, 1, 2} and all(r["n_flagged"] == 18 for r in rec.values())
+    tested = {c: r for c, r in rec.items() if "moved_in" in r}
+    assert tested and all(0.0 <= r["moved_in"] <= 1.0 and r["probe_n"] > 0 for r in tested.values())
+    # the untrained model names one class for every image: there is nothing to move into that class
+    assert all(r["why_not_tested"] == "no image of another class to put the difference on"
+               for c, r in rec.items() if c not in tested)
+    diffs = run.trigger_differences()
+    assert set(diffs) == {0, 1, 2} and diffs[0].shape == (12, 12, 1)
+    assert "flag_trigger" in run.meta["timings"]
+    tbl = trigger_table(run)
+    assert list(tbl["class"]) == ["cat", "dog", "eel"]
+    assert all(v in ("yes", "no") or v.startswith("not tested (") for v in tbl["shares a trigger"])
+    html = build_report(run, tmp_path / "report.html").read_text()
+    assert "Do the flagged samples share a trigger?" in html
+    skipped = run_analysis(dataclasses.replace(cfg, trigger_test=False), tmp_path / "skipped")
+    assert skipped.flag_triggers() == {} and skipped.trigger_differences() == {} and trigger_table(skipped) is None
+    args = ["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--method", "ss",
+            "--param", "eps=0.3", "--no-views", "--no-export", "--batch-size", "32"]
+    assert main(args + ["--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "moved in, control" in out or "do not move 20% more of other images" in out
+    assert main(args + ["--out", str(tmp_path / "cli-skipped"), "--no-trigger-test"]) == 0
+    assert RunFolder(tmp_path / "cli-skipped").flag_triggers() == {}
+    assert "of other images" not in capsys.readouterr().out

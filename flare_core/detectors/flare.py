@@ -98,8 +98,8 @@ mixture component (:mod:`.minority_mode`). With ``'auto'`` such a mode is also f
 when the other stages flagged under 1 % of the samples and none of its class, and the model fits its members
 at least 100 times better than the rest of the class (a backdoor's loss signature) or, given the trigger test
 of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``; the pipeline runs it), the members'
-mean image difference, added to other classes' images, moves at least 20 % of them into the class (and 5 times
-what a perturbation as strong without its structure moves), which in a class the other stages flagged in part
+mean image difference, added to other classes' images, moves at least 20 % more of them into the class than a
+perturbation as strong without its structure does, which in a class the other stages flagged in part
 extends their flags (:func:`.minority_mode.minority_flags`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
@@ -798,7 +798,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
     """Whether the minority-mode stage runs (:mod:`.minority_mode`), with its settings or why not."""
     from flare_core.detectors.minority_mode import (MAX_MINORITY_WEIGHT, MIN_BIC_GAIN, MIN_CLASS_ROWS,
-                                                    MIN_FITTED_BETTER, MIN_MOVED_IN, MIN_MOVED_IN_OVER_CONTROL)
+                                                    MIN_FITTED_BETTER, MIN_MOVED_IN)
 
     if p["mode"] == "faithful":
         why_not = "faithful mode reproduces the published method's scores"
@@ -808,8 +808,7 @@ def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
         why_not = "it needs the penultimate features and the class labels (the latent stage's inputs)"
     else:
         return {"used": True, "max_weight": MAX_MINORITY_WEIGHT, "min_bic_gain": MIN_BIC_GAIN,
-                "min_rows": MIN_CLASS_ROWS, "min_fitted_better": MIN_FITTED_BETTER, "min_moved_in": MIN_MOVED_IN,
-                "min_moved_in_over_control": MIN_MOVED_IN_OVER_CONTROL}
+                "min_rows": MIN_CLASS_ROWS, "min_fitted_better": MIN_FITTED_BETTER, "min_moved_in_more_than_control": MIN_MOVED_IN}
     return {"used": False, "why_not": why_not}
 
 

@@ -17,7 +17,7 @@ sample.  :func:`minority_flags` flags it only with a model-level sign of a backd
 signature (the model fits the members >= ``MIN_FITTED_BETTER`` times better than the rest of their class;
 that genuine mode: 0.003x), or, where :mod:`flare_core.features.mode_trigger` ran, a trigger (the members'
 mean image difference, added to other classes' images, moves >= ``MIN_MOVED_IN`` of them into the class and
-``MIN_MOVED_IN_OVER_CONTROL`` times what a perturbation as strong without its structure moves; the genuine
+more of them than a perturbation as strong without its structure (the control) moves; the genuine
 mode: 1.7 %).  FLARE default asks that only where its other stages flagged under 1 % of the samples; in a class
 where they flagged some, a mode is flagged only on its trigger, when it holds at least half of those flags and
 under half of its members are flagged (it extends a group found in part: CIFAR-10 Blended 1 % at 30 epochs).
@@ -107,11 +107,11 @@ def class_minority_modes(features: Any, labels: Any, *, max_weight: float = MAX_
 #: their class (the latent stage's standalone loss bar, ``latent.DEFAULT_CONFIRM_LOSS_RATIO``: genuine splits
 #: fitted 8-23x better exist; a backdoor's poison is fitted thousands of times better) ...
 MIN_FITTED_BETTER = 100.0
-#: ... or when its members' mean image difference, added to other classes' images, moves at least this share
-#: of them into the class (:mod:`flare_core.features.mode_trigger`) ...
+#: ... or when its members' mean image difference, added to other classes' images, moves this share of them
+#: into the class more than a perturbation as strong without the mode's structure (the control) does
+#: (:mod:`flare_core.features.mode_trigger`; a margin, not a ratio: a backdoored model can absorb even the
+#: control into its target class, Fashion-MNIST Trojan 1 %: 70.1 % against 17.0 %).
 MIN_MOVED_IN = 0.2
-#: ... and at least this many times the share a perturbation as strong without the mode's structure moves.
-MIN_MOVED_IN_OVER_CONTROL = 5.0
 #: The trigger test needs this many members and as many non-members in the class.
 MIN_MEMBERS = 10
 #: In a class where another stage flagged samples, a mode carrying a trigger is flagged only when at least
@@ -121,28 +121,28 @@ MIN_FLAGGED_INSIDE = 0.5
 MAX_MEMBERS_FLAGGED = 0.5
 
 
-def carries_trigger(record: dict, *, min_moved_in: float = MIN_MOVED_IN,
-                    min_over_control: float = MIN_MOVED_IN_OVER_CONTROL) -> Optional[bool]:
+def carries_trigger(record: dict, *, min_moved_in: float = MIN_MOVED_IN) -> Optional[bool]:
     """Whether a class's trigger test (``moved_in`` / ``moved_in_control`` of
     :func:`flare_core.features.mode_trigger.mode_trigger_evidence`) shows a trigger; None when not tested."""
     if "moved_in" not in record:
         return None
     moved, control = float(record["moved_in"]), float(record.get("moved_in_control", 0.0))
-    return moved >= min_moved_in and moved >= min_over_control * control
+    return moved - control >= min_moved_in
 
 
 def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any, loss: Any, flagged: Any, *,
-                   min_fitted_better: float = MIN_FITTED_BETTER, min_moved_in: float = MIN_MOVED_IN,
-                   min_over_control: float = MIN_MOVED_IN_OVER_CONTROL) -> np.ndarray:
-    """Which minority modes to flag: in a class that holds one (``evidence`` of :func:`class_minority_modes`)
-    and where nothing is ``flagged`` yet, the members (posterior > 0.5) when the model shows a backdoor's
-    signature on them: it fits them at least ``min_fitted_better`` times better than the rest of the class
-    (the ratio of median ``loss``), or, where the class's record holds the trigger test of
-    :mod:`flare_core.features.mode_trigger`, their mean image difference moves at least ``min_moved_in`` of
-    other classes' images into the class and ``min_over_control`` times the control's share
-    (:func:`carries_trigger`).  Each tested class's evidence gains ``fitted_better``, ``carries_trigger`` (when
-    tested) and ``flagged`` (or ``why_not``).  Returns the new flags (bool N); inputs other than ``evidence``
-    are not modified."""
+                   min_fitted_better: float = MIN_FITTED_BETTER, min_moved_in: float = MIN_MOVED_IN) -> np.ndarray:
+    """Which minority modes to flag: in a class that holds one (``evidence`` of :func:`class_minority_modes`),
+    the members (posterior > 0.5) when the model shows a backdoor's signature on them: it fits them at least
+    ``min_fitted_better`` times better than the rest of the class (the ratio of median ``loss``), or, where the
+    class's record holds the trigger test of :mod:`flare_core.features.mode_trigger`, their mean image
+    difference moves at least ``min_moved_in`` more of other classes' images into the class than the control
+    does (:func:`carries_trigger`).  In a class where samples are ``flagged`` already, only the trigger
+    counts, and only when at least ``MIN_FLAGGED_INSIDE`` of those flags are members and under
+    ``MAX_MEMBERS_FLAGGED`` of the members are flagged (the mode extends a group found in part).  Each tested
+    class's evidence gains ``fitted_better``, ``carries_trigger`` (when tested) and ``flagged`` (with
+    ``flagged_by``, or ``why_not``).  Returns the new flags (bool N); inputs other than ``evidence`` are not
+    modified."""
     from flare_core.detectors.latent import fitted_better
 
     labels = np.asarray(labels)
@@ -161,7 +161,7 @@ def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any
             continue
         ratio = fitted_better(loss[members], loss[rest])
         e["fitted_better"] = round(float(ratio), 2)
-        trigger = carries_trigger(e, min_moved_in=min_moved_in, min_over_control=min_over_control)
+        trigger = carries_trigger(e, min_moved_in=min_moved_in)
         if trigger is not None:
             e["carries_trigger"] = bool(trigger)
         found = in_class & flagged
@@ -193,7 +193,7 @@ def minority_flags(membership: np.ndarray, evidence: dict[str, Any], labels: Any
                     f"; their trigger test did not run ({e['why_not_tested']})"
             else:
                 why += (f", and their mean image difference moves {e['moved_in']:.1%} of other images into the "
-                        f"class (control {e.get('moved_in_control', 0.0):.1%}; the bar is {min_moved_in:.0%} and "
-                        f"{min_over_control:g}x the control)")
+                        f"class (control {e.get('moved_in_control', 0.0):.1%}; the bar is {min_moved_in:.0%} more "
+                        "than the control)")
             e.update(flagged=False, why_not=why)
     return out

@@ -170,3 +170,66 @@ def mode_trigger_evidence(model: Any, dataset: ImageDataset, latent: Any, *, log
     progress("mode-trigger", len(holding), len(holding))
     seconds["test"] = round(time.perf_counter() - t1, 3)
     return ModeTriggerEvidence(membership, classes, random_state, digest, seconds)
+
+
+@dataclass
+class GroupTriggers:
+    """The trigger test of the flagged samples of each class (:func:`flagged_group_triggers`): ``classes``
+    maps a class to its record (``n_flagged`` and the keys of :func:`trigger_test`), ``differences`` a
+    class to its group's mean image difference (float (H, W, C), the trigger as the group shows it)."""
+
+    classes: dict
+    differences: dict
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """A JSON-able record for the run's report (no images)."""
+        return {"classes": {str(c): dict(r) for c, r in self.classes.items()}, "seconds": round(self.seconds, 3)}
+
+
+def flagged_group_triggers(model: Any, dataset: ImageDataset, flagged: Any, *, logits: Any = None,
+                           random_state: Optional[int] = 0, per_class: Optional[int] = None,
+                           batch_size: int = 256, max_classes: int = 20,
+                           progress: Optional[ProgressCallback] = None) -> GroupTriggers:
+    """The evidence a review asks for about a flagged group: do the flagged samples of a class share a
+    trigger?  For each class with at least ``MIN_MEMBERS`` flagged samples (and as many unflagged; the
+    ``max_classes`` with most flags), the trigger test (module docstring) of the flagged samples against
+    the rest of their class.  Nothing is modified; two plain forward passes per class tested."""
+    from flare_core.detectors.minority_mode import MIN_MEMBERS
+
+    labels = np.asarray(dataset.labels)
+    flagged = np.asarray(flagged, dtype=bool)
+    if flagged.shape != labels.shape:
+        raise ValueError(f"flagged must have one entry per sample ({len(labels)}), got shape {flagged.shape}.")
+    if per_class is None:
+        per_class = default_per_class(dataset.num_classes)
+    progress = ensure_progress(progress)
+    t0 = time.perf_counter()
+    counts = {int(c): int((flagged & (labels == c)).sum()) for c in np.unique(labels)}
+    tested = sorted((c for c, k in counts.items() if k >= MIN_MEMBERS and (labels == c).sum() - k >= MIN_MEMBERS),
+                    key=lambda c: (-counts[c], c))[:max_classes]
+    out = GroupTriggers({}, {})
+    if not tested:
+        return out
+    seed = 0 if random_state is None else int(random_state)
+    rng = np.random.default_rng(seed)
+    probe, before = probe_images(model, dataset, per_class, seed, logits=logits, batch_size=batch_size)
+    for i, c in enumerate(sorted(tested)):
+        progress("flag-trigger", i, len(tested))
+        in_class = np.flatnonzero(labels == c)
+        group = flagged[in_class]
+        out.classes[c] = {"n_flagged": counts[c], **trigger_test(model, dataset, c, group, probe, before, rng,
+                                                                  batch_size=batch_size)}
+        out.differences[c] = mean_difference(dataset.images[in_class], group)
+    progress("flag-trigger", len(tested), len(tested))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def difference_image(delta: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) picture of a signed mean difference: mid-grey is 0, brighter / darker is more / less
+    than the rest of the class, stretched so the largest difference reaches black or white."""
+    delta = np.asarray(delta, dtype=np.float64)
+    peak = float(np.abs(delta).max()) if delta.size else 0.0
+    scaled = 127.5 + (delta * (127.5 / peak) if peak > 0 else 0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
