@@ -212,7 +212,7 @@ if trig is not None:
     st.dataframe(trig, hide_index=True)
     diffs = run.trigger_differences()
     if diffs:
-        cols = st.columns(min(len(diffs), 6))
+        cols = st.columns(6)  # a fixed grid: one class does not fill the page
         for k, (c, d) in enumerate(sorted(diffs.items())):
             cols[k % len(cols)].image(plots.upscale(difference_image(d), 112), width="stretch",
                                       caption=f"{shared.class_name(run, c)}: flagged minus the rest")

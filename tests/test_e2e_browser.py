@@ -227,6 +227,10 @@ def test_demo_flow_in_a_real_browser(server):
             decisions.nth(1).get_by_text("keep", exact=True).click()
             wait_idle(page)
             assert sorted(run.decisions().values()) == ["keep", "remove"]  # saved to the run folder at once
+            # the demo's BadNets patch is what its flagged samples share: the trigger test says so on the page
+            assert run.flag_triggers(), "the demo run recorded no trigger test of its flagged samples"
+            page.get_by_text("Do the flagged samples share a trigger?").wait_for()
+            assert page.get_by_text("flagged minus the rest").count() >= 1
             shot(page, "inspect")
 
             # ---- Export ---------------------------------------------------------------------------------------
