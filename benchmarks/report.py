@@ -241,8 +241,10 @@ SETTING = """\
 def _trigger_summary(rows: list) -> str:
     """One paragraph on the minority modes' trigger test (``moved_in`` of ``ranking_check``): what it gives on
     the modes that are poison and on those that are not, and on the control population (the lighter mixture
-    component of every class without a mode, ``--all-classes``)."""
+    component of every class without a mode, ``--all-classes``), judged by the stage's own rule."""
     import numpy as np
+
+    from flare_core.detectors.minority_mode import MIN_MOVED_IN, carries_trigger
 
     modes = [(r["model"], c, e) for r in rows for c, e in (r.get("minority_modes") or {}).items()
              if e.get("holds") and "moved_in" in e]
@@ -251,25 +253,37 @@ def _trigger_summary(rows: list) -> str:
     a2a = [m for m in modes if "-a2a-" in m[0]]
     poison = [m for m in modes if m not in a2a and m[2].get("members_poisoned", 0) > 0.5 * m[2]["n_members"]]
     genuine = [m for m in modes if m[2].get("members_poisoned", 0) <= 0.5 * m[2]["n_members"]]
-    lighter = [e["lighter_component"] for r in rows for e in (r.get("minority_modes") or {}).values()
-               if "moved_in" in (e.get("lighter_component") or {})]
-    clean_lighter = [g for g in lighter if g["poisoned"] <= 0.5 * g["n"]]
 
     def rng(ms):
         v = [m[2]["moved_in"] for m in ms]
         return f"{100 * min(v):.1f}-{100 * max(v):.1f} %" if v else "-"
 
+    def passing(ms):
+        return sum(bool(carries_trigger(m[2])) for m in ms)
+
     out = (f" **Trigger test** (`flare_core/features/mode_trigger.py`: the members' mean image difference added to "
-           f"200 images of each other class; a mode is flagged on it when it moves >= 20 % more than the control, a "
-           f"perturbation as strong from a random subset of the class): modes that are mostly poison, all-to-one: "
-           f"{rng(poison)} moved in ({len(poison)} modes); all-to-all: {rng(a2a)} ({len(a2a)} modes; the trigger "
-           f"sends only the previous class's images there, about a ninth of the probe); modes that are not poison: "
-           f"{rng(genuine)} ({len(genuine)}).")
-    if clean_lighter:
-        worst = max(clean_lighter, key=lambda g: g["moved_in"])
-        out += (f" Control population (`--all-classes`): the lighter mixture component of {len(clean_lighter)} "
-                f"classes without a mode whose component is not mostly poison moves at most {100 * worst['moved_in']:.1f} % "
-                f"in (median {100 * float(np.median([g['moved_in'] for g in clean_lighter])):.1f} %).")
+           f"200 images of each other class; a mode carries a trigger when that moves at least {100 * MIN_MOVED_IN:.0f} "
+           f"points more of them into the class than the control, a perturbation as strong from a random subset of the "
+           f"class): modes that are mostly poison, all-to-one: {rng(poison)} moved in ({passing(poison)} of "
+           f"{len(poison)} carry a trigger by the rule); all-to-all: {rng(a2a)} ({passing(a2a)} of {len(a2a)}; the "
+           f"trigger sends only the previous class's images there, about a ninth of the probe); modes that are not "
+           f"poison: {rng(genuine)} ({passing(genuine)} of {len(genuine)}).")
+    comps = [(e["n_poisoned"], e["lighter_component"]) for r in rows for e in (r.get("minority_modes") or {}).values()
+             if "moved_in" in (e.get("lighter_component") or {})]
+    free = [g for k, g in comps if k == 0]
+    mixed = [g for k, g in comps if k > 0 and g["poisoned"] <= 0.5 * g["n"]]
+    if free:
+        margin = [g["moved_in"] - g["moved_in_control"] for g in free]
+        out += (f" Control population (`--all-classes`: the lighter mixture component of each class that holds no "
+                f"mode): in the {len(free)} classes without poison, {passing([(0, 0, g) for g in free])} "
+                f"carry a trigger by the rule (largest margin {100 * max(margin):.1f} points, median moved in "
+                f"{100 * float(np.median([g['moved_in'] for g in free])):.1f} %).")
+    if mixed:
+        out += (f" In classes holding poison, {passing([(0, 0, g) for g in mixed])} of {len(mixed)} components that "
+                "are mostly not poison do: the clean half of a class poisoned half-way (its difference is the trigger "
+                "negated, which the model obeys too), and whole genuine groups of a few low-rate all-to-all models. So "
+                "a group's trigger says the class has a backdoor tied to its difference, not which side of it is "
+                "poison: the stage asks it only of a light minority mode.")
     return out
 
 

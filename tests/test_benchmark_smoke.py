@@ -354,8 +354,9 @@ def test_ranking_check_build_refuses_to_train_a_missing_zoo_model(tmp_path):
 
 def test_trigger_summary_separates_poison_genuine_and_all_to_all_modes():
     """The RESULTS paragraph on the minority modes' trigger test reads ranking_check's rows: all-to-one poison
-    modes, all-to-all ones and modes that are not poison are reported apart, and the control population's
-    worst case is named; without any test there is no paragraph."""
+    modes, all-to-all ones and modes that are not poison are reported apart and judged by the stage's rule;
+    the control population is split into classes without poison and mostly clean groups of poisoned classes;
+    without any test there is no paragraph."""
     from benchmarks.report import _trigger_summary
 
     def mode(n, poisoned, moved):
@@ -365,11 +366,16 @@ def test_trigger_summary_separates_poison_genuine_and_all_to_all_modes():
             {"model": "cifar-badnets-a2a-10-e12", "minority_modes": {"1": mode(520, 520, 0.14)}},
             {"model": "fmnist-badnets-10-gn", "minority_modes": {
                 "1": mode(581, 0, 0.017),
-                "2": {"holds": False, "lighter_component": {"moved_in": 0.05, "n": 2000, "poisoned": 0}},
-                "0": {"holds": False, "lighter_component": {"moved_in": 0.97, "n": 5999, "poisoned": 5999}}}}]
+                "2": {"holds": False, "n_poisoned": 0,
+                      "lighter_component": {"moved_in": 0.17, "moved_in_control": 0.01, "n": 2000, "poisoned": 0}},
+                "0": {"holds": False, "n_poisoned": 6000,
+                      "lighter_component": {"moved_in": 0.97, "moved_in_control": 0.1, "n": 5999, "poisoned": 5999}},
+                "3": {"holds": False, "n_poisoned": 3000,
+                      "lighter_component": {"moved_in": 0.85, "moved_in_control": 0.0, "n": 2500, "poisoned": 2}}}}]
     text = _trigger_summary(rows)
-    assert "all-to-one: 31.0-31.0 % moved in (1 modes)" in text
-    assert "all-to-all: 14.0-14.0 % (1 modes" in text
-    assert "not poison: 1.7-1.7 % (1)" in text
-    assert "of 1 classes without a mode" in text and "at most 5.0 %" in text  # the poisoned component is left out
+    assert "all-to-one: 31.0-31.0 % moved in (1 of 1 carry a trigger by the rule)" in text
+    assert "all-to-all: 14.0-14.0 % (0 of 1;" in text
+    assert "not poison: 1.7-1.7 % (0 of 1)" in text
+    assert "in the 1 classes without poison, 0 carry a trigger by the rule (largest margin 16.0 points" in text
+    assert "1 of 1 components that are mostly not poison do" in text  # the poisoned component is left out
     assert _trigger_summary([{"model": "m", "minority_modes": {"0": {"holds": False}}}]) == ""
