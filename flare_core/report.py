@@ -185,6 +185,9 @@ def trigger_table(run: RunFolder) -> Optional[pd.DataFrame]:
         rows.append({"class": run.class_name(c), "flagged": r.get("n_flagged"),
                      "moved in %": None if "moved_in" not in r else round(100 * r["moved_in"], 1),
                      "control %": None if "moved_in" not in r else round(100 * r["moved_in_control"], 1),
+                     "most from one class": None if "strongest_source" not in r else
+                     f"{run.class_name(r['strongest_source'])}: {100 * r['source_moved_in']:.0f} % "
+                     f"(control {100 * r['source_moved_in_control']:.0f} %)",
                      "shares a trigger": {True: "yes", False: "no", None: "not tested"}[verdict]
                      + (f" ({r['why_not_tested']})" if "why_not_tested" in r else "")})
     return pd.DataFrame(rows)
@@ -206,8 +209,14 @@ def trigger_sentence(run: RunFolder) -> str:
             f"{run.class_name(c)} ({tested[c]['moved_in']:.0%} moved in, control {tested[c]['moved_in_control']:.0%})"
             for c in yes) + " share a trigger: their mean difference from the rest of their class, added to other "
             "classes' images, makes the model name the class.")
+    def from_one(r):
+        gain = r.get("source_moved_in", 0.0) - r.get("source_moved_in_control", 0.0)
+        return (f"; but {r['source_moved_in']:.0%} of {run.class_name(r['strongest_source'])}'s images"
+                if "strongest_source" in r and gain >= 0.5 else "")
+
     if no:
-        out.append("Those of " + ", ".join(f"{run.class_name(c)} ({tested[c]['moved_in']:.0%})" for c in no)
+        out.append("Those of " + ", ".join(f"{run.class_name(c)} ({tested[c]['moved_in']:.0%}{from_one(tested[c])})"
+                                           for c in no)
                    + f" do not move {MIN_MOVED_IN:.0%} more of other images in that way than the control: a warp or a trigger that differs "
                    "from image to image does not survive averaging, an all-to-all trigger moves only its source "
                    "class's images, and a group that is not a backdoor's moves none.")

@@ -97,6 +97,8 @@ def test_a_trigger_mode_moves_other_images_in_and_a_genuine_mode_does_not():
     assert poison_mode["moved_in"] >= 0.9 and poison_mode["moved_in_control"] <= 0.1
     assert genuine_mode["moved_in"] <= 0.05
     assert poison_mode["probe_n"] == 120  # 60 images of each other class, none already predicted class 0
+    # the patch moves the images of every other class alike: the strongest source moves them all
+    assert poison_mode["strongest_source"] in (1, 2) and poison_mode["source_moved_in"] == 1.0
     assert carries_trigger(poison_mode) is True and carries_trigger(genuine_mode) is False
     np.testing.assert_array_equal(ev.membership > 0.5, poisoned | grainy)
     assert ev.matches(latent, 0) and not ev.matches(latent, 1) and not ev.matches(latent[::-1], 0)

@@ -87,7 +87,9 @@ def trigger_test(model: Any, dataset: ImageDataset, c: int, members: np.ndarray,
     """The test of one class ``c``: ``members`` (bool, one per sample labelled ``c``, in dataset order) is
     the group; ``probe`` the indices of the images it may be put on and ``before`` the model's classes for
     them unchanged.  Returns ``moved_in``, ``moved_in_control``, ``probe_n`` and ``delta_rms`` (module
-    docstring), or ``why_not_tested``.  ``rng`` draws the control's random subset."""
+    docstring) and, of the other classes, the one whose images it moves in most above the control
+    (``strongest_source``, ``source_moved_in``, ``source_moved_in_control``: an all-to-all trigger moves only
+    its source class's images); or ``why_not_tested``.  ``rng`` draws the control's random subset."""
     from flare_core.detectors.minority_mode import MIN_MEMBERS
     from flare_core.models.training import predict_logits
 
@@ -111,9 +113,16 @@ def trigger_test(model: Any, dataset: ImageDataset, c: int, members: np.ndarray,
     shown = dataset.images[targets]
     after = predict_logits(model, added_difference(shown, delta), batch_size=batch_size).argmax(1)
     after_control = predict_logits(model, added_difference(shown, control), batch_size=batch_size).argmax(1)
+    # per source class too: an all-to-all trigger moves only the images of the class it was taught to map here
+    sources = labels[targets]
+    by_source = {int(k): (float((after[sources == k] == c).mean()), float((after_control[sources == k] == c).mean()))
+                 for k in np.unique(sources)}
+    best = max(by_source, key=lambda k: (by_source[k][0] - by_source[k][1], -k))
     return {"moved_in": round(float((after == c).mean()), 4),
             "moved_in_control": round(float((after_control == c).mean()), 4),
-            "probe_n": int(len(targets)), "delta_rms": round(float(np.sqrt(np.mean(delta ** 2))), 3)}
+            "probe_n": int(len(targets)), "delta_rms": round(float(np.sqrt(np.mean(delta ** 2))), 3),
+            "strongest_source": best, "source_moved_in": round(by_source[best][0], 4),
+            "source_moved_in_control": round(by_source[best][1], 4)}
 
 
 def probe_images(model: Any, dataset: ImageDataset, per_class: int, seed: int, *, logits: Any = None,
