@@ -53,9 +53,9 @@ def rankings(P: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict,
 
 
 def trigger_tests(name: str, specs: dict, P: np.ndarray, y: np.ndarray, truth: np.ndarray, logits, evidence: dict,
-                  member: np.ndarray, all_classes: bool = False) -> dict:
+                  all_classes: bool = False) -> dict:
     """class -> FLARE default's trigger test of its minority mode (``mode_trigger_evidence``, as the pipeline
-    runs it); with ``all_classes``, a class without a mode gets the same test of its mixture's lighter
+    runs it: it finds the modes again, the same ones as ``evidence``); with ``all_classes``, a class without a mode gets the same test of its mixture's lighter
     component (the control population: groups the stage never tests), under ``lighter_component``."""
     from benchmarks.detect_matrix import _load
     from flare_core.detectors.minority_mode import minority_mode, top_direction_projection
@@ -111,7 +111,7 @@ def model_row(name: str, specs: dict, cache: Path = CACHE, all_classes: bool = F
             modes[c]["members_poisoned"] = int(truth[m].sum())
             if loss is not None:
                 modes[c]["fitted_better"] = round(float(fitted_better(loss[m], loss[in_c & ~m])), 3)
-    for c, rec in trigger_tests(name, specs, P, y, truth, logits, evidence, member, all_classes).items():
+    for c, rec in trigger_tests(name, specs, P, y, truth, logits, evidence, all_classes).items():
         modes[c].update(rec)
     row["minority_modes"] = modes
     return row

@@ -165,6 +165,9 @@ if run is not None:
     sentence, latent_tbl = report.how_found(run)
     if sentence and flagged.any():
         st.caption(sentence)
+    triggers = report.trigger_sentence(run)
+    if triggers:  # the flagged groups' trigger test; the difference images are on the Inspect page
+        st.caption(triggers + " The differences are on the Inspect page.")
     if latent_tbl is not None:
         with st.expander("Latent stage: classes that split in their penultimate features"):
             st.dataframe(latent_tbl, hide_index=True)

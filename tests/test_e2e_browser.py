@@ -196,6 +196,7 @@ def test_demo_flow_in_a_real_browser(server):
             run = RunFolder(run_path)
             assert run.n_samples == 2000 and run.ground_truth() is not None
             run.set_decisions(list(run.decisions()), None)  # a reused cache may hold an earlier test's marks
+            assert page.get_by_text("The differences are on the Inspect page").count() == 1  # the trigger test
             shot(page, "analyse")
 
             # ---- Explore a class, select points ---------------------------------------------------------------

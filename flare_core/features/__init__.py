@@ -5,6 +5,10 @@
 - :func:`abnormality`, :class:`ChannelMoments`: FLARE's per-layer statistic.
 - :func:`extract_abnormality_features`, :func:`extract_pooled_features`, :func:`extract_latent_features`
   (pooled penultimate features and logits of one pass): batched over a dataset.
+
+Model-level evidence (plain forward passes on transformed images, in their own modules): the shortcut probe
+(:mod:`.shortcuts`: does the model obey smoothing or sharpening as a trigger?) and the trigger test
+(:mod:`.mode_trigger`: does a group's mean image difference, put on other classes' images, act as one?).
 """
 from flare_core.features.abnormal import ChannelMoments, abnormality
 from flare_core.features.extract import (FeatureMatrix, LatentFeatures, extract_abnormality_features,

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from flare_core.dataset import ImageDataset
-from flare_core.features.shortcuts import default_per_class, stratified_sample
+from flare_core.features.shortcuts import resolve_per_class, stratified_sample
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
@@ -149,10 +149,7 @@ def mode_trigger_evidence(model: Any, dataset: ImageDataset, latent: Any, *, log
     latent = np.asarray(latent)
     if latent.ndim != 2 or len(latent) != n:
         raise ValueError(f"latent must be (N, D) for the {n} samples of the dataset, got shape {latent.shape}.")
-    if per_class is None:
-        per_class = default_per_class(dataset.num_classes)
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    per_class = resolve_per_class(per_class, dataset.num_classes)
     progress = ensure_progress(progress)
     t0 = time.perf_counter()
     membership, classes = class_minority_modes(latent, labels, random_state=random_state)
@@ -210,8 +207,7 @@ def flagged_group_triggers(model: Any, dataset: ImageDataset, flagged: Any, *, l
     flagged = np.asarray(flagged, dtype=bool)
     if flagged.shape != labels.shape:
         raise ValueError(f"flagged must have one entry per sample ({len(labels)}), got shape {flagged.shape}.")
-    if per_class is None:
-        per_class = default_per_class(dataset.num_classes)
+    per_class = resolve_per_class(per_class, dataset.num_classes)
     progress = ensure_progress(progress)
     t0 = time.perf_counter()
     counts = {int(c): int((flagged & (labels == c)).sum()) for c in np.unique(labels)}

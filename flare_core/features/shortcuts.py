@@ -122,6 +122,15 @@ def default_per_class(n_classes: int) -> int:
     return int(min(DEFAULT_PER_CLASS, max(MIN_PER_CLASS, PROBE_BUDGET // max(int(n_classes), 1))))
 
 
+def resolve_per_class(per_class: Optional[int], n_classes: int) -> int:
+    """``per_class`` checked (a positive integer), or :func:`default_per_class` when it is None."""
+    if per_class is None:
+        return default_per_class(n_classes)
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    return per_class
+
+
 def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted indices of up to ``per_class`` samples of every class, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -152,10 +161,7 @@ def probe_shortcuts(model, dataset: ImageDataset, *, per_class: Optional[int] = 
 
     if not 0.0 < bar <= 1.0:
         raise ValueError(f"bar must be in (0, 1], got {bar!r}.")
-    if per_class is None:
-        per_class = default_per_class(dataset.num_classes)
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    per_class = resolve_per_class(per_class, dataset.num_classes)
     progress = ensure_progress(progress)
     t0 = time.perf_counter()
     labels = np.asarray(dataset.labels)
