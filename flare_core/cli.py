@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-views", action="store_true", help="skip the per-class views (dashboard plots)")
     s.add_argument("--no-trigger-test", action="store_true",
                    help="skip testing whether each class's flagged samples share a trigger (two small model passes "
-                        "per class with flags)")
+                        "per class with flags; FLARE default's own minority-mode test is a detector setting: "
+                        "--param minority_modes=rank|off)")
     s.add_argument("--no-export", action="store_true", help="do not write OUT/purified")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_purify)

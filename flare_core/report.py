@@ -217,9 +217,9 @@ def trigger_sentence(run: RunFolder) -> str:
     if no:
         out.append("Those of " + ", ".join(f"{run.class_name(c)} ({tested[c]['moved_in']:.0%}{from_one(tested[c])})"
                                            for c in no)
-                   + f" do not move {MIN_MOVED_IN:.0%} more of other images in that way than the control: a warp or a trigger that differs "
-                   "from image to image does not survive averaging, an all-to-all trigger moves only its source "
-                   "class's images, and a group that is not a backdoor's moves none.")
+                   + f" do not move {MIN_MOVED_IN:.0%} more of other images in that way than the control: a warp or "
+                   "a trigger that differs from image to image does not survive averaging, an all-to-all trigger "
+                   "moves only its source class's images, and a group that is not a backdoor's moves none.")
     return " ".join(out)
 
 
@@ -502,7 +502,9 @@ def _triggers_html(run: RunFolder) -> list:
             "(below; grey is no difference) is added to images of other classes the model does not put in the "
             "class; <i>moved in</i> is the share it then puts there, <i>control</i> the same for a perturbation as "
             "strong taken from a random subset of the class. A group carrying a patch or blended trigger moves many; "
-            "it counts as sharing one when it moves 20 % more than the control. Tested on the detector's flags, before review.</p>",
+            "it counts as sharing one when it moves 20 % more than the control. A yes says the class has a backdoor tied to "
+            "this difference, not which side is poison: the clean rest of a class poisoned half-way shares it "
+            "negated. Tested on the detector's flags, before review.</p>",
             f"<p>{html.escape(trigger_sentence(run))}</p>", _table_html(tbl),
             f"<div class='grid'>{figs}</div>" if figs else ""]
 

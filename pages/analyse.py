@@ -21,6 +21,7 @@ STAGE_LABELS = {
     "views": "Per-class views", "export": "Export", "write": "Writing the run folder",
     "shortcut-probe": "Shortcut probe (does the model obey smoothing or sharpening as a trigger?)",
     "shortcut-test": "Shortcut counter test", "mode-trigger": "Minority modes: trigger test",
+    "flag-trigger": "Do the flagged samples share a trigger?",
 }
 HIDDEN_PARAMS = {"random_state", "progress", "n_jobs", "verbose", "mode"}
 

@@ -206,8 +206,10 @@ if trig is not None:
     st.subheader("Do the flagged samples share a trigger?")
     st.caption("Per class, the flagged samples' mean image minus the mean of the rest of the class (grey = no "
                "difference) was added to images of other classes; *moved in* is the share the model then put in the "
-               "class, *control* the same for a perturbation as strong without that structure. Tested on "
-               f"{det_label}'s flags when the run was made, before any review.")
+               "class, *control* the same for a perturbation as strong without that structure. A *yes* says the "
+               "class has a backdoor tied to this difference, not which side is poison (the clean rest of a class "
+               f"poisoned half-way shares it negated). Tested on {det_label}'s flags when the run was made, before "
+               "any review.")
     st.markdown(report.trigger_sentence(run))
     st.dataframe(trig, hide_index=True)
     diffs = run.trigger_differences()

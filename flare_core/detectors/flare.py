@@ -95,12 +95,12 @@ penultimate features, in a class with flags by that or their own stage score, wh
 ``minority_modes='auto'`` (or ``'rank'``) the members of a class's *minority mode* first: where the
 projections on a class's top singular direction (Spectral Signatures' direction) are a light, separate
 mixture component (:mod:`.minority_mode`). With ``'auto'`` such a mode is also flagged, before the join step,
-when the other stages flagged under 1 % of the samples and none of its class, and the model fits its members
-at least 100 times better than the rest of the class (a backdoor's loss signature) or, given the trigger test
-of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``; the pipeline runs it), the members'
-mean image difference, added to other classes' images, moves at least 20 % more of them into the class than a
-perturbation as strong without its structure does, which in a class the other stages flagged in part
-extends their flags (:func:`.minority_mode.minority_flags`); and a
+when the other stages flagged under 1 % of the samples and the model shows a backdoor's sign on its members:
+in a class without flags, it fits them at least 100 times better than the rest of the class (the loss
+signature), or, given the trigger test of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``;
+the pipeline runs it), their mean image difference, added to other classes' images, moves at least 20 % more of
+them into the class than a perturbation as strong without its structure does; in a class the other stages
+flagged in part, the trigger alone extends their flags (:func:`.minority_mode.minority_flags`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """

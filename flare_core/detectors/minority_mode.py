@@ -16,9 +16,9 @@ without poison over 73 zoo models holds one), and a ranking change costs an anal
 sample.  :func:`minority_flags` flags it only with a model-level sign of a backdoor as well: the loss
 signature (the model fits the members >= ``MIN_FITTED_BETTER`` times better than the rest of their class;
 that genuine mode: 0.003x), or, where :mod:`flare_core.features.mode_trigger` ran, a trigger (the members'
-mean image difference, added to other classes' images, moves >= ``MIN_MOVED_IN`` of them into the class and
-more of them than a perturbation as strong without its structure (the control) moves; the genuine
-mode: 1.7 %).  FLARE default asks that only where its other stages flagged under 1 % of the samples; in a class
+mean image difference, added to other classes' images, moves at least ``MIN_MOVED_IN`` more of them into the
+class than a perturbation as strong without its structure, the control; the genuine mode: 1.7 %, control
+2.8 %).  FLARE default asks that only where its other stages flagged under 1 % of the samples; in a class
 where they flagged some, a mode is flagged only on its trigger, when it holds at least half of those flags and
 under half of its members are flagged (it extends a group found in part: CIFAR-10 Blended 1 % at 30 epochs).
 
