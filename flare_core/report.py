@@ -106,7 +106,8 @@ REPRESENTATION_TEXT = {
     "tail": ("the tail-group stage: a small, tight island of atypical samples, or a group the model sees or "
              "classifies as another class, inside a class's penultimate features"),
     "minority": ("the minority-mode stage: a light, separate group along a class's top singular direction that "
-                 "the model fits far better than the rest of the class"),
+                 "the model fits far better than the rest of the class, or whose mean image difference acts as a "
+                 "trigger"),
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
 }
