@@ -171,27 +171,32 @@ def minority_sentence(report: dict, classes) -> str:
     return out
 
 
-def trigger_table(run: RunFolder) -> Optional[pd.DataFrame]:
-    """Per class whose flagged samples were tested: do they share a trigger?  Columns: class, flagged, moved
-    in % (of other classes' images the model names the class after their mean difference is added), control
-    % (a perturbation as strong without its structure) and the verdict.  None when the test did not run."""
+def trigger_frame(records: dict, name) -> Optional[pd.DataFrame]:
+    """The trigger test's records ({class: record}, of :func:`flare_core.features.mode_trigger.flagged_group_triggers`)
+    as a table: class (``name(c)``), samples tested, moved in %, control %, the source class moved in most, and
+    the verdict; None when there is none."""
     from flare_core.detectors.minority_mode import carries_trigger
 
-    rec = run.flag_triggers()
-    if not rec:
+    if not records:
         return None
     rows = []
-    for c, r in sorted(rec.items()):
+    for c, r in sorted(records.items()):
         verdict = carries_trigger(r)
-        rows.append({"class": run.class_name(c), "flagged": r.get("n_flagged"),
+        rows.append({"class": name(c), "flagged": r.get("n_flagged"),
                      "moved in %": None if "moved_in" not in r else round(100 * r["moved_in"], 1),
                      "control %": None if "moved_in" not in r else round(100 * r["moved_in_control"], 1),
                      "most from one class": None if "strongest_source" not in r else
-                     f"{run.class_name(r['strongest_source'])}: {100 * r['source_moved_in']:.0f} % "
+                     f"{name(r['strongest_source'])}: {100 * r['source_moved_in']:.0f} % "
                      f"(control {100 * r['source_moved_in_control']:.0f} %)",
                      "shares a trigger": {True: "yes", False: "no", None: "not tested"}[verdict]
                      + (f" ({r['why_not_tested']})" if "why_not_tested" in r else "")})
     return pd.DataFrame(rows)
+
+
+def trigger_table(run: RunFolder) -> Optional[pd.DataFrame]:
+    """Per class whose flagged samples were tested when the run was made: do they share a trigger?  Columns
+    as :func:`trigger_frame`; None when the test did not run."""
+    return trigger_frame(run.flag_triggers(), run.class_name)
 
 
 def trigger_sentence(run: RunFolder) -> str:

@@ -1,4 +1,6 @@
 """Inspect: flagged (or selected) samples next to their Grad-CAM overlays; keep/remove decisions saved at once."""
+import hashlib
+
 import numpy as np
 import streamlit as st
 
@@ -21,7 +23,9 @@ if len(dataset) != run.n_samples:
              "load the dataset the run was made from.")
     shared.stop_page()
 
+from flare_core import report  # noqa: E402
 from flare_core.detectors.tail_groups import strongest_other_class  # noqa: E402
+from flare_core.features.mode_trigger import difference_image  # noqa: E402
 from flare_core.gradcam import METHODS, default_target_layer, gradcam, list_cam_layers, overlay  # noqa: E402
 
 det = run.detectors()[0]
@@ -42,6 +46,17 @@ def _layers(key: str, _model) -> tuple:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _cams(key: str, indices: tuple, method: str, layer: str, _model, _images) -> tuple:
     return gradcam(_model, _images, target_layer=layer, method=method, return_logits=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _group_trigger(key: str, digest: str, _model, _dataset, _indices) -> tuple:
+    """The trigger test of the shown samples (records, differences), keyed on the model and a digest of them."""
+    from flare_core.features.mode_trigger import flagged_group_triggers
+
+    mask = np.zeros(len(_dataset), dtype=bool)
+    mask[np.asarray(_indices, dtype=np.int64)] = True
+    out = flagged_group_triggers(_model, _dataset, mask)
+    return out.classes, out.differences
 
 
 def _bump() -> None:
@@ -168,6 +183,29 @@ with shared.friendly_errors("Grad-CAM"):
             )
             info.caption(f"`{df['source'].iat[i]}`")
 
+# ---- on request: do the shown samples share a trigger? ----------------------------------------------------------
+if len(idx) and source != "flagged":
+    with st.expander("Do these samples share a trigger? (test them as a group)"):
+        st.caption("For each class with at least 10 of the shown samples: their mean image minus the mean of the rest "
+                   "of the class, added to images of other classes the model does not put in the class; the share it "
+                   "then puts there, against a perturbation as strong without that structure. A few seconds per class.")
+        digest = hashlib.sha1(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()
+        if st.button("Run the trigger test", key="inspect_trigger_test"):
+            ss["inspect_trigger_for"] = (source, digest)
+        if ss.get("inspect_trigger_for") == (source, digest):  # shown until the set of samples changes
+            with shared.friendly_errors("The trigger test"):
+                with st.spinner("Putting the group's mean difference on other classes' images…"):
+                    records, diffs = _group_trigger(model_key, digest, model, dataset, idx)
+                tbl = report.trigger_frame(records, lambda c: shared.class_name(run, c))
+                if tbl is None:
+                    st.info("No class holds 10 of the shown samples (and 10 others): nothing to test.")
+                else:
+                    st.dataframe(tbl.rename(columns={"flagged": "samples"}), hide_index=True)
+                    cols = st.columns(6)
+                    for k, (c, d) in enumerate(sorted(diffs.items())):
+                        cols[k % 6].image(plots.upscale(difference_image(d), 112), width="stretch",
+                                          caption=f"{shared.class_name(run, c)}: shown minus the rest")
+
 # ---- mean CAM: where the trigger sits ------------------------------------------------------------------------------
 st.divider()
 st.subheader("Mean Grad-CAM over the flagged samples")
@@ -197,8 +235,6 @@ else:
         st.caption("A bright spot shared by the flagged samples but not by the others is where a trigger likely sits.")
 
 # ---- do the flagged samples share a trigger? (recorded by the analysis: flare_core/features/mode_trigger.py) ------
-from flare_core import report  # noqa: E402
-from flare_core.features.mode_trigger import difference_image  # noqa: E402
 
 trig = report.trigger_table(run)
 if trig is not None:

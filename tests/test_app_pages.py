@@ -353,6 +353,24 @@ def test_inspect_selection_source(env, run, cam_ready):
     assert len([r for r in at.radio if r.key and r.key.startswith("dec_")]) == 2
 
 
+def test_inspect_tests_a_selection_as_a_trigger_group_on_request(env, cam_ready):
+    """An Explore selection (12 samples of class 'zero') gets the trigger test only when asked; the result is a
+    table row for that class; the flagged set has no such button (the run holds its test)."""
+    run = make_run(env / "run", per_class=30)
+    state = dict(run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(), selection=list(range(12)),
+                 inspect_source="selection")
+    at = app("inspect", **state)
+    no_errors(at)
+    assert not any(df.value is not None and "moved in %" in df.value.columns for df in at.dataframe)
+    at.button(key="inspect_trigger_test").click().run()
+    no_errors(at)
+    tables = [df.value for df in at.dataframe if "moved in %" in df.value.columns]
+    assert len(tables) == 1 and list(tables[0]["class"]) == ["zero"] and list(tables[0]["samples"]) == [12]
+    flagged = app("inspect", **{**state, "inspect_source": "flagged"})
+    no_errors(flagged)
+    assert not [b for b in flagged.button if b.key == "inspect_trigger_test"]
+
+
 def test_inspect_highest_scores_lists_the_top_samples_flagged_or_not(env, run, cam_ready):
     at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(),
              inspect_source="ranked")

@@ -228,6 +228,11 @@ def test_demo_flow_in_a_real_browser(server):
             decisions.nth(1).get_by_text("keep", exact=True).click()
             wait_idle(page)
             assert sorted(run.decisions().values()) == ["keep", "remove"]  # saved to the run folder at once
+            # the selection can be tested as a trigger group on request (the result is a table on the page)
+            page.get_by_text("Do these samples share a trigger?").click()
+            page.get_by_role("button", name="Run the trigger test").click()
+            wait_for(page, page.get_by_text("shown minus the rest").first, 300)
+            no_error_on_page(page)
             # the demo's BadNets patch is what its flagged samples share: the trigger test says so on the page
             assert run.flag_triggers(), "the demo run recorded no trigger test of its flagged samples"
             page.get_by_text("Do the flagged samples share a trigger?").wait_for()
