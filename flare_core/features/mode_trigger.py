@@ -1,4 +1,8 @@
-"""Does a class's minority mode carry a trigger?  Its members' mean image difference, put on other images.
+"""Does a group of a class carry a trigger?  Its mean image difference from the rest, put on other images.
+
+Two uses: FLARE default's minority modes (:func:`mode_trigger_evidence`, below) and, after any detector, the
+flagged samples of each class as evidence for a review (:func:`flagged_group_triggers`); both run
+:func:`trigger_test`.
 
 :mod:`flare_core.detectors.minority_mode` finds, per class, a light separate component along the class's
 top singular direction of the penultimate features.  Most such modes are poison (73-100 % over the zoo), but
@@ -46,12 +50,12 @@ class ModeTriggerEvidence:
     membership: np.ndarray
     classes: dict
     random_state: Optional[int]
-    latent_digest: str = ""
+    digest: str = ""  # of the features the modes were found in (:func:`latent_digest`)
     seconds: dict = field(default_factory=dict)
 
     def matches(self, latent: Any, random_state: Optional[int]) -> bool:
         """Whether these modes were found in ``latent`` with ``random_state`` (FLARE reuses them only then)."""
-        return self.random_state == random_state and self.latent_digest == latent_digest(latent)
+        return self.random_state == random_state and self.digest == latent_digest(latent)
 
     def tested(self) -> dict:
         """class -> its trigger test record, for the classes that hold a mode."""
