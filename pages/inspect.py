@@ -59,6 +59,14 @@ def _group_trigger(key: str, digest: str, _model, _dataset, _indices) -> tuple:
     return out.classes, out.differences
 
 
+def _difference_grid(diffs: dict, what: str) -> None:
+    """Each class's mean image difference (grey = none) in a fixed six-column grid."""
+    cols = st.columns(6)  # fixed: one class does not fill the page
+    for k, (c, d) in enumerate(sorted(diffs.items())):
+        cols[k % 6].image(plots.upscale(difference_image(d), 112), width="stretch",
+                          caption=f"{shared.class_name(run, c)}: {what} minus the rest")
+
+
 def _bump() -> None:
     ss["decisions_version"] = ss.get("decisions_version", 0) + 1
 
@@ -201,10 +209,7 @@ if len(idx) and source != "flagged":
                     st.info("No class holds 10 of the shown samples (and 10 others): nothing to test.")
                 else:
                     st.dataframe(tbl.rename(columns={"flagged": "samples"}), hide_index=True)
-                    cols = st.columns(6)
-                    for k, (c, d) in enumerate(sorted(diffs.items())):
-                        cols[k % 6].image(plots.upscale(difference_image(d), 112), width="stretch",
-                                          caption=f"{shared.class_name(run, c)}: shown minus the rest")
+                    _difference_grid(diffs, "shown")
 
 # ---- mean CAM: where the trigger sits ------------------------------------------------------------------------------
 st.divider()
@@ -235,7 +240,6 @@ else:
         st.caption("A bright spot shared by the flagged samples but not by the others is where a trigger likely sits.")
 
 # ---- do the flagged samples share a trigger? (recorded by the analysis: flare_core/features/mode_trigger.py) ------
-
 trig = report.trigger_table(run)
 if trig is not None:
     st.divider()
@@ -250,7 +254,4 @@ if trig is not None:
     st.dataframe(trig, hide_index=True)
     diffs = run.trigger_differences()
     if diffs:
-        cols = st.columns(6)  # a fixed grid: one class does not fill the page
-        for k, (c, d) in enumerate(sorted(diffs.items())):
-            cols[k % len(cols)].image(plots.upscale(difference_image(d), 112), width="stretch",
-                                      caption=f"{shared.class_name(run, c)}: flagged minus the rest")
+        _difference_grid(diffs, "flagged")
