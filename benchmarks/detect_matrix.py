@@ -181,7 +181,7 @@ def cached_shortcut(entry: ZooEntry, model, dataset, cache_dir: Path, seed: int 
 
 def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.ndarray, seed: int = 0,
                      params: Optional[dict] = None, logits: Optional[np.ndarray] = None,
-                     shortcut=None, mode_trigger=None) -> dict:
+                     shortcut=None, mode_trigger=None, images: Optional[np.ndarray] = None) -> dict:
     """Fit one registered detector on the input it declares; flagged, scores, seconds, subspace, report."""
     try:
         from flare_core.detectors.registry import DETECTORS
@@ -197,6 +197,8 @@ def run_our_detector(name: str, X: np.ndarray, pooled: np.ndarray, labels: np.nd
             extra["shortcut"] = shortcut
         if spec.uses_latent and mode_trigger is not None and getattr(est, "mode", "") == "default":
             extra["mode_trigger"] = mode_trigger
+        if spec.uses_latent and images is not None and getattr(est, "mode", "") == "default":
+            extra["images"] = images  # as the pipeline: the input-pattern stage reads the pixels
     except ImportError:  # registry not there yet: the estimators directly (the classes the registry wraps)
         est, inp = _direct(name, seed, params or {}), (X if name.startswith("flare") else pooled)
         extra = {}
@@ -266,7 +268,7 @@ def run_model(entry: ZooEntry, detectors: Sequence[str] = ALL_DETECTORS, *, devi
         else:
             try:
                 res = run_our_detector(det, X, pooled, dataset.labels, seed=seed, logits=logits,
-                                       shortcut=shortcut, mode_trigger=mode_trigger)
+                                       shortcut=shortcut, mode_trigger=mode_trigger, images=dataset.images)
             except Exception as e:  # a broken detector must not stop the matrix: record it
                 logger.exception("%s failed on %s", det, spec.name)
                 res = {"flagged": np.zeros(len(dataset), bool), "scores": None, "seconds": 0.0,

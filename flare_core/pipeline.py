@@ -200,6 +200,10 @@ def run_analysis(
                 "mode_trigger", mode_trigger_evidence, model, dataset, latent_inputs["latent"],
                 logits=latent_inputs["logits"], random_state=getattr(main, "random_state", config.seed),
                 batch_size=config.batch_size, progress=progress)
+        if (main_spec.uses_latent and getattr(main, "input_pattern", "off") == "auto"
+                and getattr(main, "mode", "") == "default"):
+            # FLARE default's last stage reads the pixels: does the flagged samples' pattern recur elsewhere?
+            shortcut_inputs["images"] = dataset.images
         timer.run("detector", _fit, main, inputs_for(main_spec), dataset.labels, progress, **channel_inputs,
                   **latent_inputs, **shortcut_inputs)
         flagged = np.asarray(main.flagged_, dtype=bool)

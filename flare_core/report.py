@@ -110,7 +110,27 @@ REPRESENTATION_TEXT = {
                  "trigger"),
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
+    "input-pattern": ("the input-pattern stage: samples that carry, in their pixels, the pattern a linear model "
+                      "learnt to tell the other stages' flags from the rest"),
 }
+
+
+def input_pattern_sentence(report: dict, classes) -> str:
+    """What the input-pattern stage did (:mod:`flare_core.detectors.input_pattern`): the flags it added and
+    where, or, when it learnt a model but added nothing, why."""
+    rec = ((report.get("evidence") or {}).get("input_pattern") or {})
+    if not rec.get("used"):
+        return ""
+    if rec.get("n_new"):
+        where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
+            (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
+        return (f" A linear model on the pixels, trained out of fold to tell the {rec['n_positives']:,} flagged "
+                f"samples from the rest, separates {rec['separated']:.0%} of them; it flagged {rec['n_new']:,} more "
+                f"that carry the same pattern ({where}). Poison the model fitted one by one, where its backdoor took "
+                "only in part, is found this way.")
+    return (f" The flagged samples do not share a pixel pattern a linear model reads ({rec['separated']:.0%} of them "
+            "separated; a warp or a trigger that differs from image to image does not show this way), so no more "
+            "were flagged by it.")
 
 
 def shortcut_sentence(report: dict, classes) -> str:
@@ -241,7 +261,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
     if not rep:
         return "", None
     parts = rep.split("+")
-    extra = [x for x in ("latent", "tail", "shortcut", "minority") if x in parts]
+    extra = [x for x in ("latent", "tail", "shortcut", "minority", "input-pattern") if x in parts]
     base = "+".join(x for x in parts if x not in extra)
     if not report.get("found"):
         sentence = "No FLARE stage found a separated group of samples."
@@ -299,6 +319,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          + ". Check them: a class's mislabelled images can form such a group too.")
     sentence += shortcut_sentence(report, run.classes)
     sentence += minority_sentence(report, run.classes)
+    sentence += input_pattern_sentence(report, run.classes)
     classes = ((report.get("evidence") or {}).get("latent") or {}).get("classes") or []
     rows = []
     for c in classes:

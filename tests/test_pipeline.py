@@ -173,6 +173,9 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     modes = report["evidence"]["minority_modes"]
     assert modes["trigger_test"]["used"] is True and "mode_trigger" in run.meta["timings"]
     assert "test" not in modes["trigger_test"]["seconds"]
+    # the input-pattern stage was given the pixels (nothing was flagged here for it to learn from)
+    assert report["input_pattern"] == {
+        "used": False, "why_not": "no other stage flagged anything to learn a pattern from"}
     classes = report["evidence"]["latent"]["classes"]
     assert [c["class"] for c in classes] == [0, 1, 2]
     assert all("fewer than" in c["reason"] for c in classes)  # 40 images a class: too few to split

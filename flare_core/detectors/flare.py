@@ -100,7 +100,11 @@ in a class without flags, it fits them at least 100 times better than the rest o
 signature), or, given the trigger test of :mod:`flare_core.features.mode_trigger` (``fit(..., mode_trigger=)``;
 the pipeline runs it), their mean image difference, added to other classes' images, moves at least 20 % more of
 them into the class than a perturbation as strong without its structure does; in a class the other stages
-flagged in part, the trigger alone extends their flags (:func:`.minority_mode.minority_flags`); and a
+flagged in part, the trigger alone extends their flags (:func:`.minority_mode.minority_flags`);
+``input_pattern='auto'`` with ``fit(..., images=)``, last, when the other stages flagged under 1 % of the
+samples: a linear model on the pixels, cross-fitted with the flagged samples as positives, flags the unflagged
+samples of any class that carry the same pixel pattern, only when it separates the flagged ones from the rest
+(a patch or a blend does, a warp does not; :mod:`.input_pattern`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -170,6 +174,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "use_shortcut": "auto",
     "shortcut_min_drop": 3.0,
     "minority_modes": "auto",
+    "input_pattern": "auto",
     "random_state": 0,
 }
 CHANNELS = ("auto", "off")
@@ -238,6 +243,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_choice(p["use_shortcut"], "use_shortcut", CHANNELS)
     V.check_float(p["shortcut_min_drop"], "shortcut_min_drop", 0.0, low_open=True)
     V.check_choice(p["minority_modes"], "minority_modes", MINORITY_CHOICES)
+    V.check_choice(p["input_pattern"], "input_pattern", CHANNELS)
     V.check_random_state(p["random_state"])
     if p["standardize"] is None:
         p["standardize"] = "none" if p["mode"] == "faithful" else "robust"
@@ -462,7 +468,7 @@ def _latent_inputs(latent: Any, logits: Any, y: Optional[np.ndarray], n: int) ->
 
 def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] = None, channels: Any = None,
                  channel_layer: Any = None, latent: Any = None, logits: Any = None, shortcut: Any = None,
-                 mode_trigger: Any = None, **params: Any) -> FlareResult:
+                 mode_trigger: Any = None, images: Any = None, **params: Any) -> FlareResult:
     """Run FLARE on the abnormality matrix ``X`` (N x L, shallow -> deep columns); see the module docstring.
 
     ``y`` (class labels) is required for ``scope='per-class'``; in global scope it is used to count
@@ -474,7 +480,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     :class:`flare_core.features.shortcuts.ShortcutEvidence`) the shortcut stage; ``mode_trigger`` (a
     :class:`flare_core.features.mode_trigger.ModeTriggerEvidence` found in the same ``latent``) the
     minority modes with their trigger test (without it the stage finds the modes itself and flags by loss
-    only).  Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
+    only); ``images`` (the N training images, uint8) the input-pattern stage (:mod:`.input_pattern`).
+    Inputs are not modified.  ``progress(stage, done, total)`` is called with the stages
     'subspace-search' (prefixes tried), 'umap' and 'hdbscan' (units of the current prefix).
     """
     p = resolve_params(params)
@@ -490,6 +497,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     run_latent = p["mode"] == "default" and p["use_latent"] == "auto" and latent is not None
     if run_latent:  # checked before the (slow) layer stage, so a bad input fails at once
         P, Lg = _latent_inputs(latent, logits, y, n)
+    pattern_report = _input_pattern_report(p, images, y, n)  # checked here too, for the same reason
 
     if p["standardize"] == "robust":
         Z, center, scale = robust_standardize(X)
@@ -729,6 +737,32 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                 scores[joined & (y == c)] = np.maximum(scores[joined & (y == c)], float(np.min(scores[in_c])))
             flagged = flagged | joined
 
+    if pattern_report.get("ready"):
+        del pattern_report["ready"]
+        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
+
+        if not found:
+            pattern_report["why_not"] = "no other stage flagged anything to learn a pattern from"
+        elif flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
+            pattern_report["why_not"] = (
+                f"the other stages flagged {flagged.mean():.1%} of the samples; the input-pattern stage adds flags "
+                f"when they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+        else:
+            # the flagged samples' shared pixel pattern (a patch, a blend), read by a cross-fitted linear model,
+            # finds the poison the model fitted one by one (a backdoor that took in part)
+            from flare_core.detectors.input_pattern import input_pattern_flags
+
+            with _timed(seconds, "input_pattern"):
+                new, _, record = input_pattern_flags(images, y, flagged, random_state=p["random_state"])
+            pattern_report = {**pattern_report, **record}
+            if new.any():
+                cid = int(clusters.max()) + 1 if clusters.size else 0
+                clusters[new] = cid
+                pattern_report["cluster"] = cid
+                scores = np.where(new, np.maximum(scores, float(np.min(scores[flagged]))), scores)
+                flagged = flagged | new
+                representation = representation + "+input-pattern"
+
     score_rule = "benign distance"
     if p["mode"] == "default":
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
@@ -751,6 +785,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "latent": latent_report,
         "shortcut": shortcut_report,
         "minority_modes": minority_report,
+        "input_pattern": pattern_report,
         "units": unit_evidence,
         "attempts": attempts,
     }
@@ -782,6 +817,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                    for k, v in latent_report.items() if k != "classes"},
         "shortcut": shortcut_report,
         "minority_modes": {k: v for k, v in minority_report.items() if k != "classes"},
+        "input_pattern": pattern_report,
         "columns_used": list(range(chosen_k)),
         "found": found,
         "n_flagged": int(flagged.sum()),
@@ -793,6 +829,21 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "evidence": evidence,
     }
     return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report)
+
+
+def _input_pattern_report(p: dict[str, Any], images: Any, y: Optional[np.ndarray], n: int) -> dict[str, Any]:
+    """Whether the input-pattern stage (:mod:`.input_pattern`) can run (``ready``), or why not."""
+    if p["mode"] != "default":
+        return {"used": False, "why_not": "faithful mode reproduces the published method, which has no such stage"}
+    if p["input_pattern"] == "off":
+        return {"used": False, "why_not": "input_pattern='off'"}
+    if images is None:
+        return {"used": False, "why_not": "no images were passed (fit(..., images=))"}
+    if y is None:
+        return {"used": False, "why_not": "the input-pattern stage needs the class labels y"}
+    if len(images) != n:
+        raise FlareError(f"images must hold one image per row of X ({n}), got {len(images)}.")
+    return {"used": False, "ready": True}
 
 
 def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
@@ -815,7 +866,7 @@ def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
 def _phase_seconds(seconds: dict[str, float], total: float, n_attempts: int) -> dict[str, Any]:
     """Wall seconds per phase of one fit, summed over every prefix tried: ``umap``, ``hdbscan``,
     ``decision`` (the tree walk and separation tests), ``placing`` (samples outside the clustered sample),
-    ``latent``, ``confirm``, ``tail_groups``, ``join``, ``minority_modes``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
+    ``latent``, ``confirm``, ``tail_groups``, ``join``, ``minority_modes``, ``input_pattern``; ``other`` is the rest (standardising, collecting); ``prefixes_tried``."""
     out: dict[str, Any] = {k: round(v, 3) for k, v in seconds.items()}
     out["other"] = round(max(0.0, total - sum(seconds.values())), 3)
     out["total"] = round(total, 3)
@@ -842,7 +893,8 @@ class FlareDetector(BaseEstimator):
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
-                 shortcut_min_drop: float = 3.0, minority_modes: str = "auto", random_state: Optional[int] = 0):
+                 shortcut_min_drop: float = 3.0, minority_modes: str = "auto", input_pattern: str = "auto",
+                 random_state: Optional[int] = 0):
         self.mode = mode
         self.scope = scope
         self.n_neighbors = n_neighbors
@@ -874,16 +926,19 @@ class FlareDetector(BaseEstimator):
         self.use_shortcut = use_shortcut
         self.shortcut_min_drop = shortcut_min_drop
         self.minority_modes = minority_modes
+        self.input_pattern = input_pattern
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, progress: Optional[ProgressCallback] = None, channels: Any = None,
             channel_layer: Any = None, latent: Any = None, logits: Any = None,
-            shortcut: Any = None, mode_trigger: Any = None) -> "FlareDetector":
+            shortcut: Any = None, mode_trigger: Any = None, images: Any = None) -> "FlareDetector":
         """``X``: the N x L per-layer matrix; ``channels``/``channel_layer``: the optional per-channel view;
         ``latent``/``logits``: penultimate features and logits for the latent stage; ``shortcut``: the
-        shortcut stage's evidence; ``mode_trigger``: the minority modes' trigger test (see :func:`flare_detect`)."""
+        shortcut stage's evidence; ``mode_trigger``: the minority modes' trigger test; ``images``: the training
+        images for the input-pattern stage (see :func:`flare_detect`)."""
         result = flare_detect(X, y, progress=progress, channels=channels, channel_layer=channel_layer,
                               latent=latent, logits=logits, shortcut=shortcut, mode_trigger=mode_trigger,
+                              images=images,
                               **self.get_params())
         self.flagged_ = result.flagged
         self.scores_ = result.scores
