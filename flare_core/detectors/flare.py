@@ -102,9 +102,10 @@ the pipeline runs it), their mean image difference, added to other classes' imag
 them into the class than a perturbation as strong without its structure does; in a class the other stages
 flagged in part, the trigger alone extends their flags (:func:`.minority_mode.minority_flags`);
 ``input_pattern='auto'`` with ``fit(..., images=)``, last, when the other stages flagged under 1 % of the
-samples: a linear model on the pixels, cross-fitted with the flagged samples as positives, flags the unflagged
-samples of any class that carry the same pixel pattern, only when it separates the flagged ones from the rest
-(a patch or a blend does, a warp does not; :mod:`.input_pattern`); and a
+samples: a linear model on the pixels, cross-fitted with the flagged samples as positives, flags a group of
+unflagged samples of any class that carry the same pixel pattern, only when it separates the flagged ones
+from the rest (a patch or a blend does, a warp does not) and the group stands apart on top of the scores,
+not at the end of their tail (:mod:`.input_pattern`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """
@@ -653,20 +654,18 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         shortcut_report["why_not"] = "the shortcut stage needs the class labels y"
     else:
         from flare_core.detectors.shortcut_stage import check_evidence, shortcut_flags
-        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
 
         drop, after = check_evidence(shortcut, n)
         short_flagged = shortcut_flags(drop, after, y, shortcut.target, min_drop=p["shortcut_min_drop"])
         shortcut_report = {"used": True, **shortcut.summary(), "n_flagged": int(short_flagged.sum()),
                            "min_drop": p["shortcut_min_drop"]}
-        if flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
+        over = _over_add_on_share(flagged, "the shortcut stage adds flags")
+        if over:
             # a poison population the other stages separate: the stage would add genuine samples beside it
             # (Fashion-MNIST WaNet 10 %: +22 poisoned, +54 genuine), so like the tail-group stage it adds
             # only where they flagged under 1 %
             short_flagged = np.zeros(n, dtype=bool)
-            shortcut_report["why_not"] = (
-                f"the other stages flagged {flagged.mean():.1%} of the samples; the shortcut stage adds flags "
-                f"when they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+            shortcut_report["why_not"] = over
         new = short_flagged & ~flagged
         shortcut_report["n_new"] = int(new.sum())
         logger.info("FLARE: shortcut stage -> %d flagged (%d new)", int(short_flagged.sum()), int(new.sum()))
@@ -684,7 +683,6 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         # premise of Spectral Signatures, tested per class): its members rank first among the unflagged, and
         # are flagged where nothing else was and the model fits them far better than the rest of the class
         from flare_core.detectors.minority_mode import class_minority_modes, minority_flags
-        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
 
         with _timed(seconds, "minority_modes"):
             if mode_trigger is not None and mode_trigger.matches(latent, p["random_state"]):
@@ -701,10 +699,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         new = np.zeros(n, dtype=bool)
         if p["minority_modes"] == "rank":
             minority_report["why_not_flagged"] = "minority_modes='rank'"
-        elif flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
-            minority_report["why_not_flagged"] = (
-                f"the other stages flagged {flagged.mean():.1%} of the samples; minority modes are flagged when "
-                f"they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+        elif _over_add_on_share(flagged, "minority modes are flagged"):
+            minority_report["why_not_flagged"] = _over_add_on_share(flagged, "minority modes are flagged")
         else:
             new = minority_flags(minority, minority_report["classes"], y, loss, flagged) & ~flagged
         minority_report["n_flagged"] = int(new.sum())
@@ -739,14 +735,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 
     if pattern_report.get("ready"):
         del pattern_report["ready"]
-        from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
-
         if not found:
             pattern_report["why_not"] = "no other stage flagged anything to learn a pattern from"
-        elif flagged.mean() >= TAIL_MAX_FLAGGED_SHARE:
-            pattern_report["why_not"] = (
-                f"the other stages flagged {flagged.mean():.1%} of the samples; the input-pattern stage adds flags "
-                f"when they flagged under {TAIL_MAX_FLAGGED_SHARE:.0%}")
+        elif _over_add_on_share(flagged, "the input-pattern stage adds flags"):
+            pattern_report["why_not"] = _over_add_on_share(flagged, "the input-pattern stage adds flags")
         else:
             # the flagged samples' shared pixel pattern (a patch, a blend), read by a cross-fitted linear model,
             # finds the poison the model fitted one by one (a backdoor that took in part)
@@ -829,6 +821,18 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "evidence": evidence,
     }
     return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report)
+
+
+def _over_add_on_share(flagged: np.ndarray, what: str) -> Optional[str]:
+    """Why an add-on stage (shortcut, minority modes, input pattern) adds nothing: the other stages flagged
+    at least ``TAIL_MAX_FLAGGED_SHARE`` of the samples (a separated poison population, beside which such a
+    stage would add genuine samples); None when it may add flags.  ``what`` ends the sentence."""
+    from flare_core.detectors.tail_groups import TAIL_MAX_FLAGGED_SHARE
+
+    if flagged.mean() < TAIL_MAX_FLAGGED_SHARE:
+        return None
+    return (f"the other stages flagged {flagged.mean():.1%} of the samples; {what} when they flagged under "
+            f"{TAIL_MAX_FLAGGED_SHARE:.0%}")
 
 
 def _input_pattern_report(p: dict[str, Any], images: Any, y: Optional[np.ndarray], n: int) -> dict[str, Any]:

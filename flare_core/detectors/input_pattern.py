@@ -38,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: The flagged samples the classifier is trained on must number at least this many.
 MIN_POSITIVES = 20
-#: Negatives drawn per positive for training (from the unflagged samples).
+#: Negatives drawn per positive for training (from the unflagged samples), at most ``MAX_NEGATIVES`` in all
+#: (the training rows are held as float32 pixels: 20,000 CIFAR-10 images are 246 MB).
 NEGATIVES_PER_POSITIVE = 20
+MAX_NEGATIVES = 20000
 #: Cross-fitting folds.
 FOLDS = 2
 #: L2 strength of the logistic regression (sklearn's C) on pixels scaled to [0, 1].
@@ -144,7 +146,7 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
         record["why_not"] = "too few unflagged samples to compare the flagged ones with"
         return new, score, record
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
-    n_neg = min(len(unflagged), negatives_per_positive * len(positives))
+    n_neg = min(len(unflagged), negatives_per_positive * len(positives), MAX_NEGATIVES)
     negatives = np.sort(rng.choice(unflagged, size=n_neg, replace=False))
     rest = np.setdiff1d(unflagged, negatives, assume_unique=True)
     pos_s, neg_s, rest_s = cross_fitted_scores(images, positives, negatives, rest, random_state=random_state)
@@ -170,6 +172,6 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
     record["n_new"] = int(new.sum())
     classes, counts = np.unique(labels[new], return_counts=True)
     record["new_per_class"] = {str(int(k)): int(v) for k, v in zip(classes, counts)}
-    logger.info("input pattern: %.0f%% of %d flagged separated, %d new flags", 100 * separated, len(positives),
-                int(new.sum()))
+    logger.info("input pattern: %.0f%% of %d flagged separated, gap %s times the tail's scale, %d new flags",
+                100 * separated, len(positives), record.get("gap_ratio", "-"), int(new.sum()))
     return new, score, record
