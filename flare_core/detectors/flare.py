@@ -733,8 +733,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                 scores[joined & (y == c)] = np.maximum(scores[joined & (y == c)], float(np.min(scores[in_c])))
             flagged = flagged | joined
 
-    if pattern_report.get("ready"):
-        del pattern_report["ready"]
+    if "why_not" not in pattern_report:  # images and labels given, the stage on
         if not found:
             pattern_report["why_not"] = "no other stage flagged anything to learn a pattern from"
         elif _over_add_on_share(flagged, "the input-pattern stage adds flags"):
@@ -836,7 +835,7 @@ def _over_add_on_share(flagged: np.ndarray, what: str) -> Optional[str]:
 
 
 def _input_pattern_report(p: dict[str, Any], images: Any, y: Optional[np.ndarray], n: int) -> dict[str, Any]:
-    """Whether the input-pattern stage (:mod:`.input_pattern`) can run (``ready``), or why not."""
+    """The input-pattern stage's record before it runs: ``why_not`` when it cannot (:mod:`.input_pattern`)."""
     if p["mode"] != "default":
         return {"used": False, "why_not": "faithful mode reproduces the published method, which has no such stage"}
     if p["input_pattern"] == "off":
@@ -847,7 +846,7 @@ def _input_pattern_report(p: dict[str, Any], images: Any, y: Optional[np.ndarray
         return {"used": False, "why_not": "the input-pattern stage needs the class labels y"}
     if len(images) != n:
         raise FlareError(f"images must hold one image per row of X ({n}), got {len(images)}.")
-    return {"used": False, "ready": True}
+    return {"used": False}
 
 
 def _minority_report(p: dict[str, Any], has_latent: bool) -> dict[str, Any]:
