@@ -110,8 +110,8 @@ REPRESENTATION_TEXT = {
                  "trigger"),
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
-    "input-pattern": ("the input-pattern stage: samples that carry, in their pixels, the pattern a linear model "
-                      "learnt to tell the other stages' flags from the rest"),
+    "input-pattern": ("the input-pattern stage: samples that carry, in their pixels' fine detail, the pattern a "
+                      "linear model learnt to tell the other stages' flags from the rest"),
 }
 
 
@@ -121,13 +121,19 @@ def input_pattern_sentence(report: dict, classes) -> str:
     rec = ((report.get("evidence") or {}).get("input_pattern") or {})
     if not rec.get("used"):
         return ""
+    what = ("the images' fine detail (each pixel minus the mean of its 3x3 neighbourhood)"
+            if rec.get("view", "highpass") == "highpass" else "the pixels")
     if rec.get("n_new"):
         where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
             (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
-        return (f" A linear model on the pixels, trained out of fold to tell the {rec['n_positives']:,} flagged "
+        return (f" A linear model on {what}, trained out of fold to tell the {rec['n_positives']:,} flagged "
                 f"samples from the rest, separates {rec['separated']:.0%} of them; it flagged {rec['n_new']:,} more "
                 f"that carry the same pattern ({where}). Poison the model fitted one by one, where its backdoor took "
                 "only in part, is found this way.")
+    if rec.get("separated", 0.0) >= rec.get("min_separated", 1.0):
+        return (f" A linear model on {what}, trained out of fold to tell the {rec['n_positives']:,} flagged "
+                f"samples from the rest, separates {rec['separated']:.0%} of them, but no group of unflagged samples "
+                "stands apart on top of its scores, so no more were flagged by it.")
     return (f" The flagged samples do not share a pixel pattern a linear model reads ({rec['separated']:.0%} of them "
             "separated; a warp or a trigger that differs from image to image does not show this way), so no more "
             "were flagged by it.")

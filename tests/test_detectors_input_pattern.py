@@ -3,8 +3,8 @@ the unflagged samples that carry it, and refuses where the flagged samples share
 import numpy as np
 import pytest
 
-from flare_core.detectors.input_pattern import (MIN_GAP, MIN_POSITIVES, cross_fitted_scores, input_pattern_flags,
-                                                top_group)
+from flare_core.detectors.input_pattern import (MIN_GAP, MIN_POSITIVES, cross_fitted_scores, highpass_rows,
+                                                input_pattern_flags, top_group)
 from flare_core.errors import FlareError
 
 
@@ -76,6 +76,10 @@ def test_when_every_patched_image_is_flagged_no_genuine_one_is_added():
     new, _, rec = input_pattern_flags(imgs, y, flagged)
     assert rec["used"] and rec["separated"] >= 0.8  # the pattern is read ...
     assert not new.any() and "no group of unflagged samples stands apart" in rec["why_not"]  # ... nothing left
+    from flare_core.report import input_pattern_sentence
+
+    text = input_pattern_sentence({"evidence": {"input_pattern": rec}}, ["a", "b", "c"])
+    assert "but no group of unflagged samples stands apart" in text and "do not share" not in text
 
 
 def test_too_few_flags_say_why_and_flag_nothing():
@@ -96,6 +100,57 @@ def test_a_group_larger_than_the_flags_it_extends_is_found_whole():
     new, _, rec = input_pattern_flags(imgs, y, flagged)
     assert rec["used"] and rec["gap_ratio"] >= 15
     assert set(np.flatnonzero(new)) == set(patched[20:])
+
+
+def test_a_missed_group_in_the_flagged_class_is_found_below_another_class_s_genuine_tail():
+    """All-to-one: the missed poison sits in the flagged class.  Another class holds a continuum of genuine
+    images that look more or less like the pattern, so over all samples no group stands apart; inside the
+    flagged class, against that class's own tail, the missed poison does."""
+    imgs, y = _images(11, n_per_class=1000)
+    rng = np.random.default_rng(11)
+    poison = rng.choice(np.flatnonzero(y == 0), 50, replace=False)
+    imgs = _plant_patch(imgs, poison)
+    board = (np.indices((3, 3)).sum(0) % 2 * 255).astype(np.float32)
+    for i, a in zip(rng.choice(np.flatnonzero(y == 1), 300, replace=False), rng.uniform(0, 1, 300)):
+        region = imgs[i, -4:-1, -4:-1, 0].astype(np.float32)
+        imgs[i, -4:-1, -4:-1, 0] = np.clip((1 - a) * region + a * board, 0, 255).astype(np.uint8)
+    flagged = np.zeros(len(y), dtype=bool)
+    flagged[poison[:30]] = True
+    new, _, rec = input_pattern_flags(imgs, y, flagged)
+    assert rec["gap_ratio"] < MIN_GAP  # over every class: the genuine continuum hides the group
+    assert rec["classes"]["0"]["gap_ratio"] >= MIN_GAP and rec["classes"]["0"]["n_new"] == 20
+    assert set(np.flatnonzero(new)) == set(poison[30:])  # the 20 missed, and no genuine image
+    assert rec["new_per_class"] == {"0": 20} and rec["threshold"] > rec["negative_quantile"]
+
+
+def test_highpass_rows_drop_smooth_content_and_keep_a_patch():
+    side = 12
+    ramp = np.tile(np.linspace(0, 200, side, dtype=np.float32), (side, 1))
+    imgs = np.stack([np.full((side, side), 90, np.float32), ramp]).astype(np.uint8)[..., None]
+    imgs = np.concatenate([imgs, _plant_patch(imgs[:1], np.array([0]))])  # the flat image with a patch
+    before = imgs.copy()
+    rows = highpass_rows(imgs, np.arange(3))
+    assert rows.shape == (3, side * side) and rows.dtype == np.float32
+    assert np.abs(rows[0]).max() < 1e-6  # a flat image has nothing left
+    inner = rows[1].reshape(side, side)[1:-1, 1:-1]
+    assert np.abs(inner).max() < 0.01  # a linear ramp neither (inside the edges)
+    patch = rows[2].reshape(side, side)[-4:-1, -4:-1]
+    assert np.abs(patch).max() > 0.3  # a checkerboard patch is what stays
+    np.testing.assert_array_equal(imgs, before)
+
+
+def test_top_group_counts_only_groups_above_the_floor():
+    rng = np.random.default_rng(9)
+    scores = np.concatenate([rng.exponential(1.0, size=3000), 40.0 + rng.normal(0, 0.5, 25)])
+    assert top_group(scores, 1000, floor=30.0)[0] == 25
+    k, ratio, _ = top_group(scores, 1000, floor=50.0)  # the group is below the floor: nothing counts
+    assert k == 0 and ratio == 0.0
+
+
+def test_an_unknown_view_raises():
+    imgs, y, _, flagged = _poisoned()
+    with pytest.raises(ValueError, match="view must be one of"):
+        input_pattern_flags(imgs, y, flagged, view="edges")
 
 
 def test_top_group_needs_a_gap_far_wider_than_the_tail_spacing():

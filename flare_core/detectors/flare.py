@@ -102,10 +102,11 @@ the pipeline runs it), their mean image difference, added to other classes' imag
 them into the class than a perturbation as strong without its structure does; in a class the other stages
 flagged in part, the trigger alone extends their flags (:func:`.minority_mode.minority_flags`);
 ``input_pattern='auto'`` with ``fit(..., images=)``, last, when the other stages flagged under 1 % of the
-samples: a linear model on the pixels, cross-fitted with the flagged samples as positives, flags a group of
-unflagged samples of any class that carry the same pixel pattern, only when it separates the flagged ones
-from the rest (a patch or a blend does, a warp does not) and the group stands apart on top of the scores,
-not at the end of their tail (:mod:`.input_pattern`); and a
+samples: a linear model on the images' fine detail (pixels minus their local mean), cross-fitted with the
+flagged samples as positives, flags a group of unflagged samples that carry the same pattern, only when it
+separates the flagged ones from the rest (a patch or a blend does, a warp does not) and the group stands
+apart on top of the scores over all classes or inside a flagged class, not at the end of their tail
+(:mod:`.input_pattern`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """

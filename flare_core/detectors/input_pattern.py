@@ -4,26 +4,36 @@ The model-side stages find poison through what the backdoored model does with it
 took only in part (Fashion-MNIST BadNets all-to-all at 0.5 %, ASR 4 %), some classes' poison leaves no mark
 there: the model fitted those samples one by one, like genuine hard ones.  But the poison still *carries
 the trigger*, and a patch, a blended pattern or a sinusoid is a fixed pattern at fixed pixels that a linear
-model reads from the pixels whatever the image shows.  So: train a linear classifier on the pixels
-(logistic regression, L2, balanced classes) with the flagged samples as positives and a random sample of the
-unflagged as negatives, cross-fitted (``FOLDS`` folds: every score a sample gets comes from a model that did
-not see it), and
+model reads from the pixels whatever the image shows.  So: train a linear classifier on the images' fine
+detail (:func:`highpass_rows`: each pixel minus the mean of its 3x3 neighbourhood; logistic regression, L2,
+balanced classes) with the flagged samples as positives and a random sample of the unflagged as negatives,
+cross-fitted (``FOLDS`` folds: every score a sample gets comes from a model that did not see it), and
 
 * **use it only if it reads a shared pattern**: at least ``MIN_SEPARATED`` of the held-out positives must
   score above the ``NEGATIVE_QUANTILE`` quantile of the held-out negatives.  A warp (WaNet) is not a fixed
-  pixel pattern, so its flagged samples are not separated (Fashion-MNIST WaNet 0.5 %: about 5 % are) and the
+  pixel pattern, so its flagged samples are not separated (Fashion-MNIST WaNet 0.5 %: 0-5 % are) and the
   stage adds nothing there; a genuine clump is separated by content only as well as the class's other
   images let it;
-* then flag the unflagged samples (of *any* class: an all-to-all backdoor spreads its poison over every
-  class, and the classes where the model showed nothing are the point) only where they stand *apart* from
-  the tail of the scores: ordering the unflagged scores from the top, s(1) >= s(2) >= ..., the normalised
-  spacing ``k * (s(k) - s(k+1))`` of an exponential tail is exponentially distributed with the tail's scale
-  (estimated as the median spacing over the top ``TAIL_ROWS`` / ln 2).  The top k are flagged when their gap
-  to the rest is at least ``MIN_GAP`` times that scale (the largest such gap for k up to half the rows
-  looked at) and the k-th score is above the negatives' quantile.  A heavy genuine tail without a group on
-  top (Fashion-MNIST Blended 0.5 % at 2 and 10 epochs: the largest ratio is 8.4 / 9.0) flags nothing; the
-  poison of the all-to-all classes the model showed nothing in stands 51-62 times the scale apart (and, held
-  out, 32-80 times on CIFAR-10 BadNets / Blended all-to-all 1 %; benchmarks/NOTES.md, session 22).
+* then flag unflagged samples only where they stand *apart* from the tail of the scores: ordering the
+  scores from the top, s(1) >= s(2) >= ..., the normalised spacing ``k * (s(k) - s(k+1))`` of an
+  exponential tail is exponentially distributed with the tail's scale (estimated as the median spacing over
+  the top ``TAIL_ROWS`` / ln 2).  The top k are flagged when their gap to the rest is at least ``MIN_GAP``
+  times that scale (the largest such gap for k up to half the rows looked at, among the k whose k-th score
+  is above the negatives' quantile).  This is asked twice: over the unflagged samples of *every* class (an
+  all-to-all backdoor spreads its poison over every class, and the classes where the model showed nothing
+  are the point), then inside each class holding at least ``MIN_POSITIVES`` flags, against that class's own
+  tail (an all-to-one backdoor's missed poison sits in the flagged class, and other classes' genuine tails
+  can reach above it).  A heavy genuine tail without a group on top flags nothing.
+
+Why the fine detail and not the pixels (session 23): the flagged samples are the poison the model showed,
+which can come from a few source classes only (Fashion-MNIST Blended 0.5 % at 2 epochs: trousers, sandals,
+sneakers and boots flagged; pullovers, dresses, coats, shirts and bags missed), and a model on the pixels
+learns their *content* as well as the pattern: it ranked the missed poison at the top of its class only in
+part (41 of the top 168).  Taking the smooth content away leaves a patch, a noise blend or a glyph; the same
+model then ranks all 168 first in their class (gap 36 times the tail's scale; 158 flagged, no genuine
+image).  On BadNets all-to-all 0.5 % the gap over all classes grows from 51-61 to 400-484 times the scale.
+Null models (the flagged samples' pattern is read but no group is left): the largest ratio, over all classes
+or inside one, is 7.6 (benchmarks/NOTES.md, session 23).
 
 Nothing here reads the model: it is pixels, labels and the other stages' flags.  Pure functions; the
 estimator that runs it is FLARE default (``input_pattern='auto'``, ``fit(..., images=)``).
@@ -66,21 +76,41 @@ def pixel_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return flat / 255.0 if np.asarray(images).dtype == np.uint8 else flat
 
 
-def decision_scores(model: Any, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``model.decision_function`` of ``images[rows]``, a chunk at a time."""
+def highpass_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), H*W*C): the pixels of ``images[rows]`` in [0, 1] minus their 3x3 local mean (per
+    channel, edges repeated): what is left of an image once its smooth content is taken away."""
+    from scipy.ndimage import uniform_filter
+
+    sub = np.asarray(images[np.asarray(rows)])
+    x = sub.astype(np.float32)
+    if np.asarray(images).dtype == np.uint8:
+        x /= 255.0
+    size = (1, 3, 3) + (1,) * (x.ndim - 3)  # (N, H, W[, C]): smooth over H and W only
+    return (x - uniform_filter(x, size=size, mode="nearest")).reshape(len(sub), -1)
+
+
+#: What the linear model reads: ``"highpass"`` (default, :func:`highpass_rows`) or ``"pixels"``.
+VIEWS = {"highpass": highpass_rows, "pixels": pixel_rows}
+VIEW = "highpass"
+
+
+def decision_scores(model: Any, images: np.ndarray, rows: np.ndarray, view: str = VIEW) -> np.ndarray:
+    """``model.decision_function`` of ``images[rows]`` in ``view``, a chunk at a time."""
     rows = np.asarray(rows)
     out = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), CHUNK):
         part = rows[start:start + CHUNK]
-        out[start:start + len(part)] = model.decision_function(pixel_rows(images, part))
+        out[start:start + len(part)] = model.decision_function(VIEWS[view](images, part))
     return out
 
 
 def cross_fitted_scores(images: np.ndarray, positives: np.ndarray, negatives: np.ndarray, score_rows: np.ndarray,
-                        *, folds: int = FOLDS, c: float = C, random_state: Optional[int] = 0) -> tuple:
+                        *, folds: int = FOLDS, c: float = C, random_state: Optional[int] = 0,
+                        view: str = VIEW) -> tuple:
     """(held-out scores of ``positives``, of ``negatives``, scores of ``score_rows``): a logistic regression
-    per fold trained on the other folds' positives (label 1) and negatives (label 0); ``score_rows`` (none
-    of them a positive or negative) get the mean of the fold models' scores."""
+    on ``view`` of the images (:data:`VIEWS`) per fold, trained on the other folds' positives (label 1) and
+    negatives (label 0); ``score_rows`` (none of them a positive or negative) get the mean of the fold
+    models' scores."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
@@ -94,18 +124,20 @@ def cross_fitted_scores(images: np.ndarray, positives: np.ndarray, negatives: np
         train = np.concatenate([positives[pos_fold != k], negatives[neg_fold != k]])
         target = np.concatenate([np.ones((pos_fold != k).sum()), np.zeros((neg_fold != k).sum())])
         clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
-        clf.fit(pixel_rows(images, train), target)
-        pos_s[pos_fold == k] = decision_scores(clf, images, positives[pos_fold == k])
-        neg_s[neg_fold == k] = decision_scores(clf, images, negatives[neg_fold == k])
+        clf.fit(VIEWS[view](images, train), target)
+        pos_s[pos_fold == k] = decision_scores(clf, images, positives[pos_fold == k], view)
+        neg_s[neg_fold == k] = decision_scores(clf, images, negatives[neg_fold == k], view)
         if len(score_rows):
-            rest_s += decision_scores(clf, images, score_rows) / folds
+            rest_s += decision_scores(clf, images, score_rows, view) / folds
     return pos_s, neg_s, rest_s
 
 
-def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP) -> tuple[int, float, float]:
+def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP,
+              floor: float = -np.inf) -> tuple[int, float, float]:
     """(k, gap ratio, tail scale): the top-k group of ``scores`` (descending order taken here) whose
     normalised gap ``k * (s(k) - s(k+1))`` to the rest is largest relative to the tail's scale, for k up to
-    half of the top ``rows``; k is 0 when that ratio is under ``min_gap``."""
+    half of the top ``rows`` and with the k-th score above ``floor``; k is 0 when that ratio is under
+    ``min_gap`` (or no score is above ``floor``: ratio 0)."""
     srt = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
     m = min(len(srt) - 1, int(rows))
     if m < 2:
@@ -115,26 +147,31 @@ def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP) -> tuple[
     scale = float(np.median(spacing) / np.log(2))
     if scale <= 0:
         return 0, 0.0, scale
-    ratio = spacing[:max(1, m // 2)] / scale
+    half = max(1, m // 2)
+    ratio = np.where(srt[:half] > floor, spacing[:half] / scale, 0.0)
     j = int(np.argmax(ratio))
     return (j + 1 if ratio[j] >= min_gap else 0), float(ratio[j]), scale
 
 
 def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state: Optional[int] = 0,
                         min_positives: int = MIN_POSITIVES, negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
-                        min_separated: float = MIN_SEPARATED, min_gap: float = MIN_GAP) -> tuple[np.ndarray, np.ndarray, dict]:
+                        min_separated: float = MIN_SEPARATED, min_gap: float = MIN_GAP,
+                        view: str = VIEW) -> tuple[np.ndarray, np.ndarray, dict]:
     """The new flags of the stage (module docstring): (bool N, the classifier's score of every sample
     (held-out for the flagged and the sampled negatives; NaN when it did not run), a JSON-able record with
-    ``used``, ``separated`` (share of held-out positives past the negatives' quantile), ``gap_ratio``,
-    ``n_new``, ``new_per_class`` or ``why_not``).  Inputs are not modified."""
+    ``used``, ``view``, ``separated`` (share of held-out positives past the negatives' quantile), ``gap_ratio``
+    (over all unflagged samples), ``classes`` (the test inside each class holding at least ``min_positives``
+    flags: ``gap_ratio``, ``n_new``), ``n_new``, ``new_per_class`` or ``why_not``).  Inputs are not modified."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     flagged = np.asarray(flagged, dtype=bool)
     n = len(labels)
-    if images.ndim < 2 or len(images) != n:
+    if images.ndim < 3 or len(images) != n:
         raise ValueError(f"images must hold one image per sample ({n}), got shape {images.shape}.")
     if flagged.shape != (n,):
         raise ValueError(f"flagged must have one entry per sample ({n}), got shape {flagged.shape}.")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {sorted(VIEWS)}, got {view!r}.")
     new = np.zeros(n, dtype=bool)
     score = np.full(n, np.nan)
     positives = np.flatnonzero(flagged)
@@ -150,29 +187,54 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
     n_neg = min(len(unflagged), negatives_per_positive * len(positives), MAX_NEGATIVES)
     negatives = np.sort(rng.choice(unflagged, size=n_neg, replace=False))
     rest = np.setdiff1d(unflagged, negatives, assume_unique=True)
-    pos_s, neg_s, rest_s = cross_fitted_scores(images, positives, negatives, rest, random_state=random_state)
+    pos_s, neg_s, rest_s = cross_fitted_scores(images, positives, negatives, rest, random_state=random_state,
+                                               view=view)
     score[positives], score[negatives], score[rest] = pos_s, neg_s, rest_s
     neg_q = float(np.quantile(neg_s, NEGATIVE_QUANTILE))
     separated = float((pos_s > neg_q).mean())
-    record.update({"used": True, "n_negatives": int(n_neg), "separated": round(separated, 4),
+    record.update({"used": True, "view": view, "n_negatives": int(n_neg), "separated": round(separated, 4),
                    "negative_quantile": round(neg_q, 4), "min_separated": min_separated, "min_gap": min_gap})
     if separated < min_separated:
         record["why_not"] = (f"the flagged samples do not share a pixel pattern a linear model reads: "
                              f"{separated:.0%} of them score above the unflagged's {NEGATIVE_QUANTILE:.0%} quantile "
                              f"(at least {min_separated:.0%} needed)")
     else:
-        order = unflagged[np.argsort(-score[unflagged], kind="stable")]
-        k, ratio, scale = top_group(score[order], max(TAIL_ROWS, 4 * len(positives)), min_gap)
+        rows = max(TAIL_ROWS, 4 * len(positives))
+        # over every unflagged sample (an all-to-all backdoor's poison in classes with no flag) ...
+        k, ratio, scale = _group_on_top(unflagged, score, rows, min_gap, neg_q, new)
         record.update({"gap_ratio": round(ratio, 2), "tail_scale": round(scale, 4)})
-        if k and score[order[k - 1]] > neg_q:
-            new[order[:k]] = True
-            record["threshold"] = round(float(score[order[k - 1]]), 4)
-        else:
+        # ... and inside each class holding flags, where its own tail is the reference (an all-to-one
+        # backdoor's missed poison sits in the flagged class, below other classes' genuine tails)
+        per_class: dict[str, Any] = {}
+        for c in np.unique(labels[flagged]):
+            in_class = labels == c
+            if (flagged & in_class).sum() < min_positives:
+                continue
+            kc, ratio_c, _ = _group_on_top(np.flatnonzero(~flagged & ~new & in_class), score, rows, min_gap,
+                                           neg_q, new)
+            per_class[str(int(c))] = {"gap_ratio": round(ratio_c, 2), "n_new": int(kc)}
+        record["classes"] = per_class
+        if not new.any():
+            best = max([ratio] + [e["gap_ratio"] for e in per_class.values()])
             record["why_not"] = (f"no group of unflagged samples stands apart on top of the scores (largest gap "
-                                 f"{ratio:.1f} times the tail's scale; {min_gap:g} needed)")
+                                 f"{best:.1f} times the tail's scale; {min_gap:g} needed)")
+        else:
+            record["threshold"] = round(float(score[new].min()), 4)
     record["n_new"] = int(new.sum())
     classes, counts = np.unique(labels[new], return_counts=True)
     record["new_per_class"] = {str(int(k)): int(v) for k, v in zip(classes, counts)}
-    logger.info("input pattern: %.0f%% of %d flagged separated, gap %s times the tail's scale, %d new flags",
-                100 * separated, len(positives), record.get("gap_ratio", "-"), int(new.sum()))
+    logger.info("input pattern (%s): %.0f%% of %d flagged separated, gap %s times the tail's scale (per class: %s), "
+                "%d new flags", view, 100 * separated, len(positives), record.get("gap_ratio", "-"),
+                {c: e["gap_ratio"] for c, e in record.get("classes", {}).items()}, int(new.sum()))
     return new, score, record
+
+
+def _group_on_top(candidates: np.ndarray, score: np.ndarray, rows: int, min_gap: float, floor: float,
+                  new: np.ndarray) -> tuple[int, float, float]:
+    """:func:`top_group` of ``score[candidates]`` above ``floor``; marks the group in ``new`` (in place)."""
+    if len(candidates) < 3:
+        return 0, 0.0, 0.0
+    order = candidates[np.argsort(-score[candidates], kind="stable")]
+    k, ratio, scale = top_group(score[order], rows, min_gap, floor)
+    new[order[:k]] = True
+    return k, ratio, scale
