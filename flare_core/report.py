@@ -128,8 +128,8 @@ def input_pattern_sentence(report: dict, classes) -> str:
             (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
         return (f" A linear model on {what}, trained out of fold to tell the {rec['n_positives']:,} flagged "
                 f"samples from the rest, separates {rec['separated']:.0%} of them; it flagged {rec['n_new']:,} more "
-                f"that carry the same pattern ({where}). Poison the model fitted one by one, where its backdoor took "
-                "only in part, is found this way.")
+                f"that carry the same pattern ({where}). Poison in which the model showed no sign of its backdoor "
+                "(it took only in part, or the model read those images by their content) is found this way.")
     if rec.get("separated", 0.0) >= rec.get("min_separated", 1.0):
         return (f" A linear model on {what}, trained out of fold to tell the {rec['n_positives']:,} flagged "
                 f"samples from the rest, separates {rec['separated']:.0%} of them, but no group of unflagged samples "
