@@ -11,7 +11,7 @@ cross-fitted (``FOLDS`` folds: every score a sample gets comes from a model that
 
 * **use it only if it reads a shared pattern**: at least ``MIN_SEPARATED`` of the held-out positives must
   score above the ``NEGATIVE_QUANTILE`` quantile of the held-out negatives.  A warp (WaNet) is not a fixed
-  pixel pattern, so its flagged samples are not separated (Fashion-MNIST WaNet 0.5 %: 0-5 % are) and the
+  pixel pattern, so its flagged samples are not separated (Fashion-MNIST WaNet 0.5 % and 1 %: 0-2 % are) and the
   stage adds nothing there; a genuine clump is separated by content only as well as the class's other
   images let it;
 * then flag unflagged samples only where they stand *apart* from the tail of the scores: ordering the
