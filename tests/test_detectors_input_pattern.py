@@ -147,6 +147,17 @@ def test_top_group_counts_only_groups_above_the_floor():
     assert k == 0 and ratio == 0.0
 
 
+def test_the_pixels_view_still_reads_a_patch_and_is_named_in_the_sentence():
+    """The raw-pixel view (session 22's, kept for comparison) on the simple case: same finding, its own words."""
+    imgs, y, truth, flagged = _poisoned()
+    new, _, rec = input_pattern_flags(imgs, y, flagged, view="pixels")
+    assert rec["view"] == "pixels" and set(np.flatnonzero(new)) == set(np.flatnonzero(truth & ~flagged))
+    from flare_core.report import input_pattern_sentence
+
+    text = input_pattern_sentence({"evidence": {"input_pattern": rec}}, ["a", "b", "c"])
+    assert "A linear model on the pixels," in text and "fine detail" not in text
+
+
 def test_an_unknown_view_raises():
     imgs, y, _, flagged = _poisoned()
     with pytest.raises(ValueError, match="view must be one of"):
