@@ -123,6 +123,8 @@ def input_pattern_sentence(report: dict, classes) -> str:
         return ""
     what = ("the images' fine detail (each pixel minus the mean of its 3x3 neighbourhood)"
             if rec.get("view", "highpass") == "highpass" else "the pixels")
+    if rec.get("seed"):
+        return _seeded_input_pattern_sentence(rec, what, classes)
     if rec.get("n_new"):
         where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
             (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
@@ -137,6 +139,28 @@ def input_pattern_sentence(report: dict, classes) -> str:
     return (f" The flagged samples do not share a pixel pattern a linear model reads ({rec['separated']:.0%} of them "
             "separated; a warp or a trigger that differs from image to image does not show this way), so no more "
             "were flagged by it.")
+
+
+def _seeded_input_pattern_sentence(rec: dict, what: str, classes) -> str:
+    """:func:`input_pattern_sentence` where the stage started from the samples the model fits worst
+    (:func:`flare_core.detectors.input_pattern.seeded_input_pattern_flags`)."""
+    seed = rec["seed"]
+    began = (f" The other stages flagged {seed['n_flagged_before']:,} sample(s), too few to learn a pattern from, so "
+             f"the input-pattern stage began with the {seed['n']:,} samples the model fits worst (its top "
+             f"{seed['share']:.1%} by training loss, with any flagged ones): a linear model on {what}, trained out "
+             f"of fold to tell them from the rest, separates {rec['separated']:.0%} of them "
+             f"({rec['min_separated']:.0%} needed; genuine hard samples share no pattern, the poison of a backdoor "
+             "the model did not learn does)")
+    if rec.get("n_new"):
+        where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
+            (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
+        return (began + f", and it flagged {rec['n_new']:,} sample(s) that carry the same pattern ({where}; "
+                f"{seed['n_flagged']:,} of them from that seed). A trigger in the images that the model did not "
+                "learn, or learnt only in part, is found this way: such poison may not work on this model, but a "
+                "model trained longer on the same data can learn it.")
+    if rec["separated"] >= rec["min_separated"]:
+        return began + ", but no group of other samples stands apart on top of its scores, so nothing was flagged by it."
+    return began + ", so nothing was flagged by it."
 
 
 def shortcut_sentence(report: dict, classes) -> str:

@@ -3,8 +3,9 @@ the unflagged samples that carry it, and refuses where the flagged samples share
 import numpy as np
 import pytest
 
-from flare_core.detectors.input_pattern import (MIN_GAP, MIN_POSITIVES, cross_fitted_scores, highpass_rows,
-                                                input_pattern_flags, top_group)
+from flare_core.detectors.input_pattern import (MIN_GAP, MIN_POSITIVES, SEED_MIN_SEPARATED, cross_fitted_scores,
+                                                highpass_rows, input_pattern_flags, least_fitted_seed,
+                                                seeded_input_pattern_flags, top_group)
 from flare_core.errors import FlareError
 
 
@@ -255,3 +256,98 @@ def test_flare_detect_refuses_an_unknown_input_pattern_setting():
     imgs, y, _, found = _poisoned()
     with pytest.raises(FlareError, match="input_pattern"):
         flare_detect(_abnormality(y, found), y, images=imgs, input_pattern="always")
+
+
+# --- the seed from the samples the model fits worst (the other stages flagged too few) ---------------------------
+
+def _not_learnt(seed: int = 21, n_per_class: int = 1000, n_patched: int = 30, in_seed: int = 12):
+    """A patch the model did not learn (1 % of the samples): ``n_patched`` patched images, ``in_seed`` of them
+    among the 20 with the highest loss (the rest of those 20 genuine hard samples), the other patched ones fitted
+    like genuine ones."""
+    imgs, y = _images(seed, n_per_class=n_per_class)
+    rng = np.random.default_rng(seed)
+    patched = rng.choice(len(y), n_patched, replace=False)
+    imgs = _plant_patch(imgs, patched)
+    loss = rng.exponential(0.05, len(y))
+    hard = rng.choice(np.setdiff1d(np.arange(len(y)), patched), MIN_POSITIVES - in_seed, replace=False)
+    loss[np.concatenate([patched[:in_seed], hard])] = rng.uniform(3.0, 6.0, MIN_POSITIVES)
+    truth = np.zeros(len(y), dtype=bool)
+    truth[patched] = True
+    return imgs, y, loss, truth, hard
+
+
+def test_least_fitted_seed_is_the_flags_and_the_worst_fitted():
+    loss = np.array([0.1, 5.0, 0.2, 3.0, 0.05, 4.0])
+    flagged = np.array([False, False, True, False, False, False])
+    before = (loss.copy(), flagged.copy())
+    seed = least_fitted_seed(loss, flagged, share=0.5, min_rows=2)
+    np.testing.assert_array_equal(seed, [False, True, True, True, False, True])  # 3 worst fitted + the flag
+    assert least_fitted_seed(loss, np.zeros(6, bool), share=0.1, min_rows=2).sum() == 2  # at least min_rows
+    np.testing.assert_array_equal(loss, before[0])
+    np.testing.assert_array_equal(flagged, before[1])
+
+
+def test_least_fitted_seed_refuses_a_loss_of_another_length():
+    with pytest.raises(ValueError, match="one entry per sample"):
+        least_fitted_seed(np.ones(5), np.zeros(6, bool))
+
+
+def test_least_fitted_seed_refuses_a_non_finite_loss():
+    with pytest.raises(ValueError, match="finite"):
+        least_fitted_seed(np.array([0.1, np.nan, 0.3]), np.zeros(3, bool))
+
+
+def test_least_fitted_seed_refuses_a_share_outside_0_1():
+    with pytest.raises(ValueError, match="share"):
+        least_fitted_seed(np.ones(4), np.zeros(4, bool), share=1.5)
+
+
+def test_a_patch_the_model_did_not_learn_is_found_from_the_worst_fitted_samples():
+    imgs, y, loss, truth, hard = _not_learnt()
+    flagged = np.zeros(len(y), dtype=bool)  # the other stages found nothing
+    before = (imgs.copy(), loss.copy())
+    new, _, rec = seeded_input_pattern_flags(imgs, y, flagged, loss)
+    assert rec["used"] and SEED_MIN_SEPARATED <= rec["separated"] < 0.8  # a mixed seed: 12 patched of 20
+    assert rec["seed"]["n"] == MIN_POSITIVES and rec["seed"]["n_flagged_before"] == 0
+    np.testing.assert_array_equal(new, truth)  # every patched image (12 from the seed), no genuine hard one
+    assert rec["seed"]["n_flagged"] == 12 and rec["n_new"] == 30 and not new[hard].any()
+    np.testing.assert_array_equal(imgs, before[0])
+    np.testing.assert_array_equal(loss, before[1])
+    from flare_core.report import input_pattern_sentence
+
+    text = input_pattern_sentence({"evidence": {"input_pattern": rec}}, ["a", "b", "c"])
+    assert "began with the 20 samples the model fits worst" in text and "it flagged 30 sample(s)" in text
+    assert "12 of them from that seed" in text
+
+
+def test_worst_fitted_samples_without_a_shared_pattern_flag_nothing():
+    imgs, y, loss, _, hard = _not_learnt(22, in_seed=0)  # a patched group exists, but none of it is in the seed
+    new, _, rec = seeded_input_pattern_flags(imgs, y, np.zeros(len(y), bool), loss)
+    assert rec["used"] and rec["separated"] < SEED_MIN_SEPARATED
+    assert not new.any() and rec["n_new"] == 0 and rec["seed"]["n_flagged"] == 0
+    from flare_core.report import input_pattern_sentence
+
+    text = input_pattern_sentence({"evidence": {"input_pattern": rec}}, ["a", "b", "c"])
+    assert "separates" in text and "so nothing was flagged by it" in text and "no group" not in text
+
+
+def test_flare_detect_seeds_the_stage_with_the_worst_fitted_when_nothing_else_is_found():
+    from flare_core.detectors.flare import flare_detect
+
+    imgs, y, loss, truth, _ = _not_learnt(23)
+    rng = np.random.default_rng(23)
+    X = rng.normal(size=(len(y), 6))  # no layer, channel or latent finding
+    latent = rng.normal(size=(len(y), 8))
+    logits = np.zeros((len(y), 3))
+    logits[np.arange(len(y)), y] = -np.log(np.expm1(loss) / 2)  # cross-entropy of the label == loss
+    kw = dict(n_neighbors=15, random_state=0, latent=latent, logits=logits)
+    res = flare_detect(X, y, images=imgs, **kw)
+    rec = res.report["input_pattern"]
+    assert rec["seed"]["n_flagged_before"] == 0
+    np.testing.assert_array_equal(res.flagged, truth)
+    assert res.report["found"] and res.report["representation"] == "input-pattern"
+    assert res.scores[res.flagged].min() > res.scores[~res.flagged].max()
+    no_images = flare_detect(X, y, **kw)
+    assert not no_images.flagged.any() and not no_images.report["found"]
+    no_logits = flare_detect(X, y, images=imgs, n_neighbors=15, random_state=0)
+    assert not no_logits.flagged.any() and "without logits" in no_logits.report["input_pattern"]["why_not"]

@@ -544,6 +544,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         logger.info("FLARE: per-channel columns -> %s", "split found" if channel_found else "no split")
     report_progress("subspace-search", len(prefixes), len(prefixes))
     latent_flagged = None
+    loss: Optional[np.ndarray] = None  # the per-sample training loss, when the latent stage's inputs are given
     latent_report: dict[str, Any] = {"used": False}
     if p["mode"] == "faithful":
         latent_report["why_not"] = "faithful mode reproduces the published method, which has no latent stage"
@@ -735,25 +736,36 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | joined
 
     if "why_not" not in pattern_report:  # images and labels given, the stage on
-        if not found:
-            pattern_report["why_not"] = "no other stage flagged anything to learn a pattern from"
+        from flare_core.detectors.input_pattern import (MIN_POSITIVES, input_pattern_flags,
+                                                        seeded_input_pattern_flags)
+
+        seeded = int(flagged.sum()) < MIN_POSITIVES
+        if seeded and loss is None:
+            pattern_report["why_not"] = (f"the other stages flagged fewer than {MIN_POSITIVES} samples to learn a "
+                                         "pattern from, and without logits the samples the model fits worst "
+                                         "cannot stand in for them")
         elif _over_add_on_share(flagged, "the input-pattern stage adds flags"):
             pattern_report["why_not"] = _over_add_on_share(flagged, "the input-pattern stage adds flags")
         else:
             # the flagged samples' shared pixel pattern (a patch, a blend), read by a cross-fitted linear model,
-            # finds the poison the model fitted one by one (a backdoor that took in part)
-            from flare_core.detectors.input_pattern import input_pattern_flags
-
+            # finds the poison the model fitted one by one (a backdoor that took in part); with too few flags,
+            # the samples the model fits worst are the seed (a backdoor that did not take)
             with _timed(seconds, "input_pattern"):
-                new, _, record = input_pattern_flags(images, y, flagged, random_state=p["random_state"])
+                if seeded:
+                    new, _, record = seeded_input_pattern_flags(images, y, flagged, loss,
+                                                                random_state=p["random_state"])
+                else:
+                    new, _, record = input_pattern_flags(images, y, flagged, random_state=p["random_state"])
             pattern_report = {**pattern_report, **record}
             if new.any():
                 cid = int(clusters.max()) + 1 if clusters.size else 0
                 clusters[new] = cid
                 pattern_report["cluster"] = cid
-                scores = np.where(new, np.maximum(scores, float(np.min(scores[flagged]))), scores)
+                floor = float(np.min(scores[flagged])) if flagged.any() else float(np.max(scores))
+                scores = np.where(new, np.maximum(scores, floor), scores)
                 flagged = flagged | new
-                representation = representation + "+input-pattern"
+                representation = ((representation + "+") if found else "") + "input-pattern"
+                found = True
 
     score_rule = "benign distance"
     if p["mode"] == "default":
