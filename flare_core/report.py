@@ -111,7 +111,8 @@ REPRESENTATION_TEXT = {
     "shortcut": ("the shortcut stage: samples whose label the model's image-wide transform trigger carries "
                  "(they lose it when the transform is undone)"),
     "input-pattern": ("the input-pattern stage: samples that carry, in their pixels' fine detail, the pattern a "
-                      "linear model learnt to tell the other stages' flags from the rest"),
+                      "linear model learnt to tell the other stages' flags (where they flagged too few: the "
+                      "samples the model fits worst) from the rest"),
 }
 
 

@@ -173,9 +173,11 @@ def test_latent_stage_runs_through_the_pipeline_and_is_reported(lab, tmp_path):
     modes = report["evidence"]["minority_modes"]
     assert modes["trigger_test"]["used"] is True and "mode_trigger" in run.meta["timings"]
     assert "test" not in modes["trigger_test"]["seconds"]
-    # the input-pattern stage was given the pixels (nothing was flagged here for it to learn from)
-    assert report["input_pattern"] == {
-        "used": False, "why_not": "no other stage flagged anything to learn a pattern from"}
+    # the input-pattern stage was given the pixels and, with nothing flagged here to learn from, the samples the
+    # model fits worst as its seed; they share no pattern in this clean lab data, so it flagged nothing
+    pattern = report["input_pattern"]
+    assert pattern["used"] is True and pattern["seed"]["n_flagged_before"] == 0 and pattern["n_new"] == 0
+    assert pattern["separated"] < pattern["min_separated"] and "do not share a pixel pattern" in pattern["why_not"]
     classes = report["evidence"]["latent"]["classes"]
     assert [c["class"] for c in classes] == [0, 1, 2]
     assert all("fewer than" in c["reason"] for c in classes)  # 40 images a class: too few to split

@@ -105,8 +105,9 @@ flagged in part, the trigger alone extends their flags (:func:`.minority_mode.mi
 samples: a linear model on the images' fine detail (pixels minus their local mean), cross-fitted with the
 flagged samples as positives, flags a group of unflagged samples that carry the same pattern, only when it
 separates the flagged ones from the rest (a patch or a blend does, a warp does not) and the group stands
-apart on top of the scores over all classes or inside a flagged class, not at the end of their tail
-(:mod:`.input_pattern`); and a
+apart on top of the scores over all classes or inside a flagged class, not at the end of their tail; where
+the other stages flagged fewer than 20 samples, the samples the model fits worst stand in for the flags (a
+backdoor that did not take) and a third of them must separate (:mod:`.input_pattern`); and a
 JSON-serialisable report with every parameter, the chosen subspace, the tree statistics and the
 package versions.
 """

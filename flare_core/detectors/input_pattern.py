@@ -36,8 +36,19 @@ Where no group is left (the 28 models of the stage's domain, checked old against
 largest ratio is 8.1 over all classes and 11.4 inside one class; held out, CIFAR-10 BadNets / Blended
 all-to-all 1 % stand 3,561 / 2,711 times the scale apart, SIG 1 % 15.65 (benchmarks/NOTES.md, session 23).
 
-Nothing here reads the model: it is pixels, labels and the other stages' flags.  Pure functions; the
-estimator that runs it is FLARE default (``input_pattern='auto'``, ``fit(..., images=)``).
+Where the other stages flagged fewer than ``MIN_POSITIVES`` samples (a backdoor that did not take: the model
+shows nothing), the positives are the samples the model fits worst instead (:func:`seeded_input_pattern_flags`:
+its top ``SEED_SHARE`` by training loss, with any flags).  A trigger the model did not learn leaves its poison
+fitted one sample at a time, late, so the poison is over-represented there among genuine hard samples that
+share nothing; the gate is then ``SEED_MIN_SEPARATED`` of the seed, and the seed's samples past the negatives'
+quantile are flagged with the group when one stands apart.  Over the 19 models of the benchmark where the other
+stages flag nothing, the seed separates 53-81 % on the six CIFAR-10 BadNets / Blended rows whose backdoor did
+not take (all their poison found, 0-2 genuine samples), 0-3.3 % on the clean controls, SIG 0.5 % and WaNet
+(where nothing is flagged); benchmarks/NOTES.md, session 24.
+
+The stage reads the model only through that loss: otherwise it is pixels, labels and the other stages' flags.
+Pure functions; the estimator that runs it is FLARE default (``input_pattern='auto'``, ``fit(..., images=)``,
+and ``latent=``/``logits=`` for the seed).
 """
 from __future__ import annotations
 
