@@ -127,8 +127,7 @@ def input_pattern_sentence(report: dict, classes) -> str:
     if rec.get("seed"):
         return _seeded_input_pattern_sentence(rec, what, classes)
     if rec.get("n_new"):
-        where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
-            (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
+        where = _new_per_class_text(rec, classes)
         return (f" A linear model on {what}, trained out of fold to tell the {rec['n_positives']:,} flagged "
                 f"samples from the rest, separates {rec['separated']:.0%} of them; it flagged {rec['n_new']:,} more "
                 f"that carry the same pattern ({where}). Poison in which the model showed no sign of its backdoor "
@@ -142,6 +141,12 @@ def input_pattern_sentence(report: dict, classes) -> str:
             "were flagged by it.")
 
 
+def _new_per_class_text(rec: dict, classes) -> str:
+    """'class k, ...' of the input-pattern stage's new flags, most first."""
+    return ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
+        (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
+
+
 def _seeded_input_pattern_sentence(rec: dict, what: str, classes) -> str:
     """:func:`input_pattern_sentence` where the stage started from the samples the model fits worst
     (:func:`flare_core.detectors.input_pattern.seeded_input_pattern_flags`)."""
@@ -153,8 +158,7 @@ def _seeded_input_pattern_sentence(rec: dict, what: str, classes) -> str:
              f"({rec['min_separated']:.0%} needed; genuine hard samples share no pattern, the poison of a backdoor "
              "the model did not learn does)")
     if rec.get("n_new"):
-        where = ", ".join(f"{class_name(classes, int(c))} {k:,}" for c, k in sorted(
-            (rec.get("new_per_class") or {}).items(), key=lambda kv: (-kv[1], int(kv[0]))))
+        where = _new_per_class_text(rec, classes)
         return (began + f", and it flagged {rec['n_new']:,} sample(s) that carry the same pattern ({where}; "
                 f"{seed['n_flagged']:,} of them from that seed). A trigger in the images that the model did not "
                 "learn, or learnt only in part, is found this way: such poison may not work on this model, but a "

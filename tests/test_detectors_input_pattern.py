@@ -325,6 +325,7 @@ def test_worst_fitted_samples_without_a_shared_pattern_flag_nothing():
     new, _, rec = seeded_input_pattern_flags(imgs, y, np.zeros(len(y), bool), loss)
     assert rec["used"] and rec["separated"] < SEED_MIN_SEPARATED
     assert not new.any() and rec["n_new"] == 0 and rec["seed"]["n_flagged"] == 0
+    assert rec["why_not"].startswith("the samples the model fits worst (the seed) do not share a pixel pattern")
     from flare_core.report import input_pattern_sentence
 
     text = input_pattern_sentence({"evidence": {"input_pattern": rec}}, ["a", "b", "c"])

@@ -173,12 +173,14 @@ def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP,
 def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state: Optional[int] = 0,
                         min_positives: int = MIN_POSITIVES, negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
                         min_separated: float = MIN_SEPARATED, min_gap: float = MIN_GAP,
-                        view: str = VIEW) -> tuple[np.ndarray, np.ndarray, dict]:
+                        view: str = VIEW, positives_are: str = "the flagged samples"
+                        ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The new flags of the stage (module docstring): (bool N, the classifier's score of every sample
     (held-out for the flagged and the sampled negatives; NaN when it did not run), a JSON-able record with
     ``used``, ``view``, ``separated`` (share of held-out positives past the negatives' quantile), ``gap_ratio``
     (over all unflagged samples), ``classes`` (the test inside each class holding at least ``min_positives``
-    flags: ``gap_ratio``, ``n_new``), ``n_new``, ``new_per_class`` or ``why_not``).  Inputs are not modified."""
+    flags: ``gap_ratio``, ``n_new``), ``n_new``, ``new_per_class`` or ``why_not``, which names the positives
+    ``positives_are``).  Inputs are not modified."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     flagged = np.asarray(flagged, dtype=bool)
@@ -212,7 +214,7 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
     record.update({"used": True, "view": view, "n_negatives": int(n_neg), "separated": round(separated, 4),
                    "negative_quantile": neg_q, "min_separated": min_separated, "min_gap": min_gap})
     if separated < min_separated:
-        record["why_not"] = (f"the flagged samples do not share a pixel pattern a linear model reads: "
+        record["why_not"] = (f"{positives_are} do not share a pixel pattern a linear model reads: "
                              f"{separated:.0%} of them score above the unflagged's {NEGATIVE_QUANTILE:.0%} quantile "
                              f"(at least {min_separated:.0%} needed)")
     else:
@@ -293,7 +295,8 @@ def seeded_input_pattern_flags(images: Any, labels: Any, flagged: Any, loss: Any
     flagged = np.asarray(flagged, dtype=bool)
     seed = least_fitted_seed(loss, flagged, share)
     new, score, record = input_pattern_flags(images, labels, seed, random_state=random_state,
-                                             min_separated=min_separated, min_gap=min_gap, view=view)
+                                             min_separated=min_separated, min_gap=min_gap, view=view,
+                                             positives_are="the samples the model fits worst (the seed)")
     seeded = np.zeros_like(new)
     if new.any():
         seeded = seed & ~flagged & (score > record["negative_quantile"])
