@@ -264,3 +264,28 @@ def test_how_found_names_the_classes_holding_a_minority_mode():
     assert "top singular direction" not in how_found(run)[0]
     rep["evidence"]["minority_modes"] = {"used": False, "why_not": "minority_modes='off'"}
     assert "top singular direction" not in how_found(run)[0]
+
+
+def test_how_found_names_the_least_fitted_seed_when_only_the_input_pattern_stage_flagged():
+    from types import SimpleNamespace
+
+    from flare_core.report import how_found
+
+    seed = {"rule": "least fitted (highest training loss)", "share": 0.002, "n": 100, "n_flagged_before": 0,
+            "n_flagged": 64}
+    pattern = {"used": True, "view": "highpass", "n_positives": 100, "separated": 0.65, "min_separated": 0.3,
+               "n_new": 250, "new_per_class": {"0": 250}, "seed": seed}
+    rep = {"representation": "input-pattern", "found": True, "evidence": {"found": True, "input_pattern": pattern}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["plane", "car"])
+    sentence = how_found(run)[0]
+    assert sentence.startswith("Flagged by the input-pattern stage") and "per-layer" not in sentence
+    assert "began with the 100 samples the model fits worst (its top 0.2% by training loss" in sentence
+    assert "separates 65% of them (30% needed" in sentence
+    assert "it flagged 250 sample(s) that carry the same pattern (plane 250; 64 of them from that seed)" in sentence
+    # a clean model: the seed shares nothing, so the run says no stage found anything and why this one did not
+    rep.update(representation="layers", found=False)
+    pattern.update(separated=0.02, n_new=0, new_per_class={}, seed={**seed, "n_flagged": 0},
+                   why_not="the samples the model fits worst (the seed) do not share a pixel pattern")
+    sentence = how_found(run)[0]
+    assert sentence.startswith("No FLARE stage found") and "separates 2% of them (30% needed" in sentence
+    assert sentence.endswith("so nothing was flagged by it.") and "carry the same pattern" not in sentence
