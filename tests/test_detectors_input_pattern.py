@@ -352,3 +352,20 @@ def test_flare_detect_seeds_the_stage_with_the_worst_fitted_when_nothing_else_is
     assert not no_images.flagged.any() and not no_images.report["found"]
     no_logits = flare_detect(X, y, images=imgs, n_neighbors=15, random_state=0)
     assert not no_logits.flagged.any() and "without logits" in no_logits.report["input_pattern"]["why_not"]
+
+
+def test_large_images_get_fewer_negatives_within_the_memory_budget():
+    imgs, y, truth, flagged = _poisoned()
+    row_bytes = 4 * int(np.prod(imgs.shape[1:]))
+    n_pos = int(flagged.sum())
+    new, _, rec = input_pattern_flags(imgs, y, flagged, max_train_bytes=row_bytes * (n_pos + 300))
+    assert rec["used"] and rec["n_negatives"] == 300  # not 20 per positive (480)
+    assert new[truth & ~flagged].all() and not (new & ~truth).any()  # still found
+
+
+def test_images_too_large_for_the_memory_budget_say_why_and_flag_nothing():
+    imgs, y, _, flagged = _poisoned()
+    row_bytes = 4 * int(np.prod(imgs.shape[1:]))
+    new, score, rec = input_pattern_flags(imgs, y, flagged, max_train_bytes=row_bytes * int(1.5 * flagged.sum()))
+    assert not rec["used"] and not new.any() and np.isnan(score).all()
+    assert rec["why_not"].startswith("the images are too large for the stage's memory budget")

@@ -65,6 +65,10 @@ MIN_POSITIVES = 20
 #: (the training rows are held as float32 pixels: 20,000 CIFAR-10 images are 246 MB).
 NEGATIVES_PER_POSITIVE = 20
 MAX_NEGATIVES = 20000
+#: The training rows (positives and negatives, float32) may take at most this many bytes: large images get
+#: fewer negatives (224x224x3: about 1,780 rows in all), and the stage does not run when there would be fewer
+#: negatives than positives.
+MAX_TRAIN_BYTES = 1 << 30
 #: Cross-fitting folds.
 FOLDS = 2
 #: L2 strength of the logistic regression (sklearn's C) on pixels scaled to [0, 1].
@@ -173,14 +177,15 @@ def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP,
 def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state: Optional[int] = 0,
                         min_positives: int = MIN_POSITIVES, negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
                         min_separated: float = MIN_SEPARATED, min_gap: float = MIN_GAP,
-                        view: str = VIEW, positives_are: str = "the flagged samples"
-                        ) -> tuple[np.ndarray, np.ndarray, dict]:
+                        view: str = VIEW, positives_are: str = "the flagged samples",
+                        max_train_bytes: int = MAX_TRAIN_BYTES) -> tuple[np.ndarray, np.ndarray, dict]:
     """The new flags of the stage (module docstring): (bool N, the classifier's score of every sample
     (held-out for the flagged and the sampled negatives; NaN when it did not run), a JSON-able record with
     ``used``, ``view``, ``separated`` (share of held-out positives past the negatives' quantile), ``gap_ratio``
     (over all unflagged samples), ``classes`` (the test inside each class holding at least ``min_positives``
     flags: ``gap_ratio``, ``n_new``), ``n_new``, ``new_per_class`` or ``why_not``, which names the positives
-    ``positives_are``).  Inputs are not modified."""
+    ``positives_are``).  The training rows are kept under ``max_train_bytes`` (:data:`MAX_TRAIN_BYTES`).
+    Inputs are not modified."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     flagged = np.asarray(flagged, dtype=bool)
@@ -203,7 +208,14 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
         record["why_not"] = "too few unflagged samples to compare the flagged ones with"
         return new, score, record
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
-    n_neg = min(len(unflagged), negatives_per_positive * len(positives), MAX_NEGATIVES)
+    row_bytes = 4 * int(np.prod(images.shape[1:]))
+    n_neg = min(len(unflagged), negatives_per_positive * len(positives), MAX_NEGATIVES,
+                max_train_bytes // row_bytes - len(positives))
+    if n_neg < len(positives):
+        record["why_not"] = (f"the images are too large for the stage's memory budget: {len(positives):,} positives "
+                             f"and as many negatives of {row_bytes // 4:,} values each need more than "
+                             f"{max_train_bytes / 2**30:.1f} GiB")
+        return new, score, record
     negatives = np.sort(rng.choice(unflagged, size=n_neg, replace=False))
     rest = np.setdiff1d(unflagged, negatives, assume_unique=True)
     pos_s, neg_s, rest_s = cross_fitted_scores(images, positives, negatives, rest, random_state=random_state,
