@@ -280,7 +280,8 @@ def trigger_sentence(run: RunFolder) -> str:
                                            for c in no)
                    + f" do not move {MIN_MOVED_IN:.0%} more of other images in that way than the control: a warp or "
                    "a trigger that differs from image to image does not survive averaging, an all-to-all trigger "
-                   "moves only its source class's images, and a group that is not a backdoor's moves none.")
+                   "moves only its source class's images, and neither a trigger the model did not learn nor a group "
+                   "that is not a backdoor's moves any.")
     return " ".join(out)
 
 

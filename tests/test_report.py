@@ -289,3 +289,15 @@ def test_how_found_names_the_least_fitted_seed_when_only_the_input_pattern_stage
     sentence = how_found(run)[0]
     assert sentence.startswith("No FLARE stage found") and "separates 2% of them (30% needed" in sentence
     assert sentence.endswith("so nothing was flagged by it.") and "carry the same pattern" not in sentence
+
+
+def test_trigger_sentence_names_a_trigger_the_model_did_not_learn_among_the_reasons_it_moves_nothing():
+    from types import SimpleNamespace
+
+    from flare_core.report import trigger_sentence
+
+    tested = {0: {"moved_in": 0.0, "moved_in_control": 0.0}}
+    run = SimpleNamespace(flag_triggers=lambda: tested, class_name=lambda c: ["airplane", "car"][int(c)])
+    text = trigger_sentence(run)
+    assert text.startswith("Those of airplane (0%) do not move")
+    assert "a trigger the model did not learn" in text and "share a trigger" not in text
