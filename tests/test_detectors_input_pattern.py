@@ -5,7 +5,7 @@ import pytest
 
 from flare_core.detectors.input_pattern import (MIN_GAP, MIN_POSITIVES, SEED_MIN_SEPARATED, cross_fitted_scores,
                                                 highpass_rows, input_pattern_flags, least_fitted_seed,
-                                                seeded_input_pattern_flags, top_group)
+                                                seeded_input_pattern_flags, top_group, windowed_top_group)
 from flare_core.errors import FlareError
 
 
@@ -369,3 +369,29 @@ def test_images_too_large_for_the_memory_budget_say_why_and_flag_nothing():
     new, score, rec = input_pattern_flags(imgs, y, flagged, max_train_bytes=row_bytes * int(1.5 * flagged.sum()))
     assert not rec["used"] and not new.any() and np.isnan(score).all()
     assert rec["why_not"].startswith("the images are too large for the stage's memory budget")
+
+
+
+def _scores_from_spacings(d: np.ndarray) -> np.ndarray:
+    """Descending scores whose normalised spacings k * (s(k) - s(k+1)) are ``d`` (the gap tests' own terms)."""
+    k = np.arange(1, len(d) + 1)
+    return np.cumsum((d / k)[::-1])[::-1]
+
+
+def test_windowed_gap_finds_a_group_whose_edge_no_single_gap_singles_out():
+    """A group of 180 on top of an exponential tail, its normalised spacings 8-18 (a fuzzy lower edge, no single
+    one 15 times the tail's scale): the single-gap rule finds nothing, the windowed one finds the group's bulk."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        scores = _scores_from_spacings(np.concatenate([8 + 10 * np.arange(1, 181) / 180, rng.exponential(1.0, 2820)]))
+        assert top_group(scores, 1000)[0] == 0
+        k, ratio = windowed_top_group(scores, 1000)
+        assert 150 <= k <= 180 and ratio >= 8  # inside the group, most of it
+        assert windowed_top_group(scores, 1000, floor=scores[100])[0] <= 100  # the k-th score above the floor
+
+
+def test_windowed_gap_flags_nothing_on_an_exponential_tail():
+    for seed in range(10):
+        scores = _scores_from_spacings(np.random.default_rng(seed).exponential(1.0, 3000))
+        k, ratio = windowed_top_group(scores, 1000)
+        assert k == 0 and ratio < 3

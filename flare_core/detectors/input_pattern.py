@@ -81,6 +81,11 @@ MIN_SEPARATED = 0.8
 TAIL_ROWS = 1000
 #: A group on top is flagged when its gap to the rest is this many times the tail's scale.
 MIN_GAP = 15.0
+#: Where no single gap passes ``MIN_GAP``, a group of at least ``WINDOW_MIN_GROUP`` is also flagged when its gap
+#: read over w = k // 10 spacings, k * (s(k) - s(k+w)) / w, is at least ``MIN_WINDOW_GAP`` times the tail's
+#: scale (:func:`windowed_top_group`: a large group whose lower edge is fuzzy, poison and genuine interleaving).
+MIN_WINDOW_GAP = 8.0
+WINDOW_MIN_GROUP = 50
 #: Rows scored at a time (pixels are converted to float per chunk, not for the whole dataset).
 CHUNK = 4096
 #: Where the other stages flagged fewer than ``MIN_POSITIVES`` samples, the seed is this share of the samples
@@ -174,6 +179,29 @@ def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP,
     return (j + 1 if ratio[j] >= min_gap else 0), float(ratio[j]), scale
 
 
+def windowed_top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_WINDOW_GAP, floor: float = -np.inf,
+                       min_group: int = WINDOW_MIN_GROUP) -> tuple[int, float]:
+    """(k, ratio): the top-k group of ``scores`` (descending order taken here), k from ``min_group`` up to half
+    of the top ``rows`` with the k-th score above ``floor``, whose gap read over w = k // 10 spacings,
+    ``k * (s(k) - s(k+w)) / w``, is largest relative to the tail's scale (as in :func:`top_group`); k is 0 when
+    that ratio is under ``min_gap``.  Under an exponential tail the ratio is a mean of w unit-mean spacings
+    (a Gamma(w) / w variable), so a wide window needs a far lower bar than a single spacing."""
+    srt = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    m = min(len(srt) - 1, int(rows))
+    if m < 2:
+        return 0, 0.0
+    k = np.arange(1, m + 1)
+    scale = float(np.median(k * (srt[:m] - srt[1:m + 1])) / np.log(2))
+    k = np.arange(int(min_group), max(1, m // 2) + 1)
+    w = np.maximum(1, k // 10)
+    k, w = k[k + w <= m], w[k + w <= m]
+    if scale <= 0 or not len(k):
+        return 0, 0.0
+    ratio = np.where(srt[k - 1] > floor, k * (srt[k - 1] - srt[k - 1 + w]) / (w * scale), 0.0)
+    j = int(np.argmax(ratio))
+    return (int(k[j]) if ratio[j] >= min_gap else 0), float(ratio[j])
+
+
 def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state: Optional[int] = 0,
                         min_positives: int = MIN_POSITIVES, negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
                         min_separated: float = MIN_SEPARATED, min_gap: float = MIN_GAP,
@@ -232,8 +260,9 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
     else:
         rows = max(TAIL_ROWS, 4 * len(positives))
         # over every unflagged sample (an all-to-all backdoor's poison in classes with no flag) ...
-        k, ratio, scale = _group_on_top(unflagged, score, rows, min_gap, neg_q, new)
-        record.update({"gap_ratio": round(ratio, 2), "tail_scale": round(scale, 4)})
+        k, ratio, scale, window = _group_on_top(unflagged, score, rows, min_gap, neg_q, new)
+        record.update({"gap_ratio": round(ratio, 2), "window_gap_ratio": round(window, 2),
+                       "tail_scale": round(scale, 4)})
         # ... and inside each class holding flags, where its own tail is the reference (an all-to-one
         # backdoor's missed poison sits in the flagged class, below other classes' genuine tails)
         per_class: dict[str, Any] = {}
@@ -241,14 +270,17 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
             in_class = labels == c
             if (flagged & in_class).sum() < min_positives:
                 continue
-            kc, ratio_c, _ = _group_on_top(np.flatnonzero(~flagged & ~new & in_class), score, rows, min_gap,
-                                           neg_q, new)
-            per_class[str(int(c))] = {"gap_ratio": round(ratio_c, 2), "n_new": int(kc)}
+            kc, ratio_c, _, window_c = _group_on_top(np.flatnonzero(~flagged & ~new & in_class), score, rows,
+                                                     min_gap, neg_q, new)
+            per_class[str(int(c))] = {"gap_ratio": round(ratio_c, 2), "window_gap_ratio": round(window_c, 2),
+                                      "n_new": int(kc)}
         record["classes"] = per_class
         if not new.any():
             best = max([ratio] + [e["gap_ratio"] for e in per_class.values()])
+            best_w = max([window] + [e["window_gap_ratio"] for e in per_class.values()])
             record["why_not"] = (f"no group of unflagged samples stands apart on top of the scores (largest gap "
-                                 f"{best:.1f} times the tail's scale; {min_gap:g} needed)")
+                                 f"{best:.1f} times the tail's scale, {min_gap:g} needed; over a window of spacings "
+                                 f"{best_w:.1f}, {MIN_WINDOW_GAP:g} needed)")
         else:
             record["threshold"] = round(float(score[new].min()), 4)
     record = _count_new(record, labels, new)
@@ -259,14 +291,18 @@ def input_pattern_flags(images: Any, labels: Any, flagged: Any, *, random_state:
 
 
 def _group_on_top(candidates: np.ndarray, score: np.ndarray, rows: int, min_gap: float, floor: float,
-                  new: np.ndarray) -> tuple[int, float, float]:
-    """:func:`top_group` of ``score[candidates]`` above ``floor``; marks the group in ``new`` (in place)."""
+                  new: np.ndarray) -> tuple[int, float, float, float]:
+    """(k, gap ratio, tail scale, windowed gap ratio): :func:`top_group` of ``score[candidates]`` above
+    ``floor``, or where it finds no group :func:`windowed_top_group`; marks the group in ``new`` (in place)."""
     if len(candidates) < 3:
-        return 0, 0.0, 0.0
+        return 0, 0.0, 0.0, 0.0
     order = candidates[np.argsort(-score[candidates], kind="stable")]
     k, ratio, scale = top_group(score[order], rows, min_gap, floor)
+    window = 0.0
+    if k == 0:
+        k, window = windowed_top_group(score[order], rows, floor=floor)
     new[order[:k]] = True
-    return k, ratio, scale
+    return k, ratio, scale, window
 
 
 def least_fitted_seed(loss: Any, flagged: Any, share: float = SEED_SHARE, min_rows: int = MIN_POSITIVES) -> np.ndarray:
