@@ -169,19 +169,26 @@ def top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_GAP,
     normalised gap ``k * (s(k) - s(k+1))`` to the rest is largest relative to the tail's scale, for k up to
     half of the top ``rows`` and with the k-th score above ``floor``; k is 0 when that ratio is under
     ``min_gap`` (or no score is above ``floor``: ratio 0)."""
-    srt = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    m = min(len(srt) - 1, int(rows))
+    srt, m, spacing, scale = _tail(scores, rows)
     if m < 2:
         return 0, 0.0, 0.0
-    k = np.arange(1, m + 1)
-    spacing = k * (srt[:m] - srt[1:m + 1])
-    scale = float(np.median(spacing) / np.log(2))
     if scale <= 0:
         return 0, 0.0, scale
     half = max(1, m // 2)
     ratio = np.where(srt[:half] > floor, spacing[:half] / scale, 0.0)
     j = int(np.argmax(ratio))
     return (j + 1 if ratio[j] >= min_gap else 0), float(ratio[j]), scale
+
+
+def _tail(scores: np.ndarray, rows: int) -> tuple[np.ndarray, int, np.ndarray, float]:
+    """(scores sorted descending, m = the top rows looked at, the normalised spacings k * (s(k) - s(k+1)) for
+    k = 1..m, the tail's scale: their median / ln 2); m < 2 means too few scores (spacings empty, scale 0)."""
+    srt = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    m = min(len(srt) - 1, int(rows))
+    if m < 2:
+        return srt, m, np.empty(0), 0.0
+    spacing = np.arange(1, m + 1) * (srt[:m] - srt[1:m + 1])
+    return srt, m, spacing, float(np.median(spacing) / np.log(2))
 
 
 def windowed_top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_WINDOW_GAP, floor: float = -np.inf,
@@ -191,12 +198,9 @@ def windowed_top_group(scores: np.ndarray, rows: int, min_gap: float = MIN_WINDO
     ``k * (s(k) - s(k+w)) / w``, is largest relative to the tail's scale (as in :func:`top_group`); k is 0 when
     that ratio is under ``min_gap``.  Under an exponential tail the ratio is a mean of w unit-mean spacings
     (a Gamma(w) / w variable), so a wide window needs a far lower bar than a single spacing."""
-    srt = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    m = min(len(srt) - 1, int(rows))
+    srt, m, _, scale = _tail(scores, rows)
     if m < 2:
         return 0, 0.0
-    k = np.arange(1, m + 1)
-    scale = float(np.median(k * (srt[:m] - srt[1:m + 1])) / np.log(2))
     k = np.arange(int(min_group), max(1, m // 2) + 1)
     w = np.maximum(1, k // 10)
     k, w = k[k + w <= m], w[k + w <= m]
