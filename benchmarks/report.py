@@ -620,6 +620,21 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       "on the shared 2-core CPU; `-` = the stage did not run (the tail-group stage runs only when the "
                       "other stages flagged under 1 %). The feature pass is not included (see the speed section).",
                       md_table(["model", "N", "total s", "prefixes tried"] + [f"{k} s" for k in phases] + ["other s"], prow)]
+    # ---- the subspace search in worker processes (benchmarks/search_parallel.py)
+    sp_ = read_json(results / "search_parallel.json", None)
+    if sp_ and sp_.get("models"):
+        rows = [[m, e["n"], e["columns"], k, r["workers"], r["tries"], fmt_num(r["wall_s"], 1), fmt_num(r["speedup"], 2),
+                 {None: "(reference)", True: "yes", False: "**no**"}[r["identical_to_one_process"]], f"`{e['command']}`"]
+                for m, e in sp_["models"].items() for k, r in e["runs"].items()]
+        parts += ["## The subspace search in worker processes (`n_jobs`)",
+                  "FLARE default's layer stage alone (UMAP + HDBSCAN over the column prefixes) on a cached abnormality "
+                  "matrix, in one process and with worker processes (`flare_core/detectors/execution.py`: the first "
+                  "prefix in the process, the rest side by side, read back in order). *Identical*: flags, scores, "
+                  "clusters, embedding, chosen subspace and the record of every try equal the one-process run's. "
+                  "`auto` (what the CLI and the dashboard use) takes workers only where the first try's time says "
+                  "they save at least 30 s: not on Fashion-MNIST's 4 prefixes. 2-core CPU, nothing else running.",
+                  md_table(["model", "N", "columns", "n_jobs", "workers", "tries", "wall s", "speed-up", "identical",
+                            "command"], rows)]
     # ---- the shortcut stage's calibration (benchmarks/shortcut_probe.py)
     sp = read_json(results / "shortcut_probe.json", None)
     if sp:

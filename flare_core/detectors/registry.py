@@ -28,12 +28,17 @@ class DetectorSpec:
     uses_latent: bool = False
 
 
+#: The CLI and the dashboard (whose entry points are safe for worker processes) let FLARE's subspace search
+#: use them where that pays (:mod:`.execution`); the estimator's own default is one process, as in scikit-learn.
+APP_N_JOBS = "auto"
+
+
 def _flare(**params: Any) -> FlareDetector:
-    return FlareDetector(**{"mode": "default", **params})
+    return FlareDetector(**{"mode": "default", "n_jobs": APP_N_JOBS, **params})
 
 
 def _flare_faithful(**params: Any) -> FlareDetector:
-    return FlareDetector(**{**params, "mode": "faithful"})
+    return FlareDetector(**{"n_jobs": APP_N_JOBS, **params, "mode": "faithful"})
 
 
 DETECTORS: dict[str, DetectorSpec] = {

@@ -1,0 +1,152 @@
+"""The subspace search's execution backend: worker processes change the wall time, never the answer."""
+import numpy as np
+import pytest
+
+from flare_core.detectors import FlareDetector, flare_detect
+from flare_core.detectors import execution
+from flare_core.errors import FlareError
+
+
+def _square(x):
+    return x * x
+
+
+def _fail_on_three(x):
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+def test_ordered_map_yields_in_task_order(n_jobs):
+    assert list(execution.ordered_map(_square, [(i,) for i in range(7)], n_jobs)) == [i * i for i in range(7)]
+
+
+def test_workers_do_not_import_the_callers_main_script(monkeypatch, tmp_path):
+    # Streamlit (and AppTest) install the app script as __main__; multiprocessing's spawn and forkserver would
+    # run it again in every worker.  Ours start as `python -m flare_core.detectors.search_worker`.
+    import sys
+    import types
+
+    script = tmp_path / "app_like.py"
+    script.write_text("raise SystemExit('the main script was run in a worker')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]
+
+
+def test_worker_serves_until_its_input_closes():
+    import io
+    import pickle
+
+    from flare_core.detectors.search_worker import serve
+
+    inp = io.BytesIO(pickle.dumps((_square, (3,))) + pickle.dumps((_fail_on_three, (3,))))
+    out = io.BytesIO()
+    serve(inp, out)
+    out.seek(0)
+    assert pickle.load(out) == (True, 9)
+    ok, exc = pickle.load(out)
+    assert not ok and isinstance(exc, ValueError)
+
+
+def test_ordered_map_stops_early_and_raises_a_workers_error_at_its_turn():
+    results = execution.ordered_map(_fail_on_three, [(i,) for i in range(6)], 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="three"):
+        next(results)
+    early = execution.ordered_map(_square, [(i,) for i in range(50)], 2)
+    assert next(early) == 0
+    early.close()  # the workers are stopped at once; nothing hangs
+
+
+def test_resolve_n_jobs(monkeypatch):
+    monkeypatch.setattr(execution, "usable_cpus", lambda: 8)
+    assert execution.resolve_n_jobs(None, 18, 60.0) == 1
+    assert execution.resolve_n_jobs(1, 18, 60.0) == 1
+    assert execution.resolve_n_jobs(3, 18, 0.1) == 3  # a number given is used, however short the tries
+    assert execution.resolve_n_jobs(16, 18, 60.0) == 8  # at most one per usable CPU
+    assert execution.resolve_n_jobs(-1, 18, 60.0) == 8
+    assert execution.resolve_n_jobs(-1, 5, 60.0) == 5  # at most one per try
+    assert execution.resolve_n_jobs(4, 1, 60.0) == 1
+    # 'auto': workers only where they save at least AUTO_MIN_SAVING_S, counting their start
+    assert execution.resolve_n_jobs("auto", 18, 20.0) == execution.AUTO_MAX_WORKERS  # CIFAR-10, nothing found
+    assert execution.resolve_n_jobs("auto", 3, 5.0) == 1  # Fashion-MNIST's small CNN: 4 prefixes in all
+    assert execution.resolve_n_jobs("auto", 18, 1.0) == 1  # tries too short to pay for the start
+
+
+def test_expected_saving():
+    assert execution.expected_saving(18, 20.0, 1) == 0.0
+    # 18 tries of 20 s: 360 s in one process; 4 workers take 5 rounds (100 s) plus their start
+    assert execution.expected_saving(18, 20.0, 4) == pytest.approx(360.0 - 100.0 - execution.WORKER_START_S)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "many"])
+def test_bad_n_jobs_is_refused_with_the_valid_values(bad):
+    with pytest.raises(FlareError, match="n_jobs must be None or 1"):
+        flare_detect(np.zeros((20, 3)), n_jobs=bad)
+
+
+def _matrix(n=600, L=5, n_poison=0, shift=4.0, split_deep=0, seed=0):
+    """Gaussian columns; ``n_poison`` rows shifted in the first two; ``split_deep`` deepest columns split every
+    sample into two far halves (a structure that is not poison and hides it until those columns are dropped)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, L))
+    poison = np.zeros(n, dtype=bool)
+    if n_poison:
+        poison[rng.choice(n, n_poison, replace=False)] = True
+        X[poison, :2] -= shift
+    if split_deep:
+        X[:, -split_deep:] += 10 * (rng.random((n, 1)) < 0.5)
+    return X, poison
+
+
+def _same(a, b):
+    return (all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("flagged", "scores", "clusters", "embedding"))
+            and a.subspace == b.subspace and a.report["evidence"]["attempts"] == b.report["evidence"]["attempts"])
+
+
+@pytest.fixture(scope="module")
+def clean_runs():
+    X, _ = _matrix()
+    X_before = X.copy()
+    return X, X_before, flare_detect(X, random_state=0), flare_detect(X, random_state=0, n_jobs=2)
+
+
+def test_workers_give_the_one_process_answer_where_every_prefix_is_tried(clean_runs):
+    X, X_before, one, two = clean_runs
+    assert len(one.report["evidence"]["attempts"]) == X.shape[1] - 1  # L .. min_layers (2): all tried
+    assert not one.flagged.any() and _same(one, two)
+    assert np.array_equal(X, X_before)
+    assert one.report["search"] == {"n_jobs": None, "workers": 1}  # the estimator's default
+    assert two.report["search"]["workers"] == 2 and two.report["params"]["n_jobs"] == 2
+
+
+def test_found_at_the_first_try_starts_no_worker():
+    X, poison = _matrix(n_poison=30)
+    det = FlareDetector(random_state=0, n_jobs=2).fit(X)
+    assert det.subspace_ == X.shape[1] and len(det.report_["evidence"]["attempts"]) == 1
+    assert (det.flagged_ & poison).sum() >= 28
+    assert det.report_["search"]["workers"] == 1
+
+
+def test_workers_stop_where_the_search_stops():
+    X, poison = _matrix(L=8, n_poison=30, shift=6.0, split_deep=3)
+    one = flare_detect(X, random_state=0)
+    two = flare_detect(X, random_state=0, n_jobs=2)
+    assert one.subspace == 6 and len(one.report["evidence"]["attempts"]) == 3  # found at the third try
+    assert (one.flagged & poison).sum() == 30 and one.flagged.sum() == 30
+    # the workers' speculative tries past the chosen prefix are not reported, and the answer is the same
+    assert two.report["search"]["workers"] == 2 and _same(one, two)
+
+
+def test_the_app_runs_flare_with_auto_workers_and_auto_keeps_a_short_search_in_the_process(clean_runs):
+    from flare_core.detectors.registry import DETECTORS
+
+    for name in ("flare", "flare-faithful"):
+        assert DETECTORS[name].factory().get_params()["n_jobs"] == "auto"
+        assert DETECTORS[name].factory(n_jobs=1).get_params()["n_jobs"] == 1  # --param n_jobs=1 wins
+    X, _, one, _ = clean_runs
+    auto = flare_detect(X, random_state=0, n_jobs="auto")
+    assert auto.report["search"]["workers"] == 1 and _same(one, auto)
