@@ -36,6 +36,14 @@ def test_workers_do_not_import_the_callers_main_script(monkeypatch, tmp_path):
     assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]
 
 
+def test_no_worker_can_start_so_the_tasks_run_in_this_process(monkeypatch, tmp_path, caplog):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]
+    assert "could not start a subspace-search worker" in caplog.text
+
+
 def test_worker_serves_until_its_input_closes():
     import io
     import pickle

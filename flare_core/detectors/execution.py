@@ -123,13 +123,24 @@ def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int) -> 
     """``fn(*task)`` for each task, yielded in the order of ``tasks``.  With ``n_jobs`` > 1 the next
     ``n_jobs`` tasks in line run in worker processes (task i on worker i mod n_jobs) while the caller reads
     the results; a caller that stops reading (``break``, or closing the generator) stops the workers at once.
+    Where no worker can be started, the tasks run in this process (with a warning).
     ``fn`` must be a module-level function and the tasks picklable.  A worker's exception is raised here, at
     that task's turn."""
     if n_jobs <= 1:
         for task in tasks:
             yield fn(*task)
         return
-    workers = [_Worker() for _ in range(min(n_jobs, len(tasks)))]
+    workers: list[_Worker] = []
+    try:
+        for _ in range(min(n_jobs, len(tasks))):
+            workers.append(_Worker())
+    except OSError as exc:  # no interpreter to start (an embedded Python): the same answer, in this process
+        logger.warning("could not start a subspace-search worker (%s); trying the prefixes in this process", exc)
+        for worker in workers:
+            worker.close()
+        for task in tasks:
+            yield fn(*task)
+        return
     n = len(workers)
     try:
         for i, task in enumerate(tasks[:n]):
