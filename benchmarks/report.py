@@ -613,14 +613,16 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                 continue
             rest = ph.get("total", r["seconds"]) - sum(ph.get(k, 0) for k in phases)
             prow.append([r["model"], r["n"], fmt_num(ph.get("total", r["seconds"]), 1), ph.get("prefixes_tried", "-")]
-                        + [fmt_num(ph[k], 1) if k in ph else "-" for k in phases] + [fmt_num(rest, 1)])
+                        + [fmt_num(ph[k], 1) if k in ph else "-" for k in phases]
+                        + [fmt_num(rest, 1) if rest >= 0 else "- (workers)"])
         if prow:
             parts += ["## Where FLARE default's detector time goes, per model",
                       "Seconds of each stage of `FlareDetector.fit` in the detection-matrix runs above (same commands), "
                       "on the shared 2-core CPU; `-` = the stage did not run (the tail-group stage runs only when the "
                       "other stages flagged under 1 %). The feature pass is not included (see the speed section). Rows run "
                       "since session 25 may have tried prefixes in worker processes (`n_jobs='auto'`, next section): "
-                      "their UMAP and HDBSCAN seconds are summed over the workers and can exceed the total.",
+                      "their UMAP and HDBSCAN seconds are summed over the workers and can exceed the total (the last "
+                      "column then reads '- (workers)').",
                       md_table(["model", "N", "total s", "prefixes tried"] + [f"{k} s" for k in phases] + ["other s"], prow)]
     # ---- the subspace search in worker processes (benchmarks/search_parallel.py)
     sp_ = read_json(results / "search_parallel.json", None)
