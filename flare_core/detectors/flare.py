@@ -121,6 +121,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -537,20 +538,21 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     chosen_k = L
     # only the first prefix's runs (the picture when nothing is found) and a prefix that finds something
     # are kept, so only those place the samples outside the clustered sample
-    tasks = [(Z[:, :k], units, n, p, y, i == 0, None) for i, k in enumerate(prefixes)]
+    tasks = [(Z[:, :k], units, n, p, y, i == 0) for i, k in enumerate(prefixes)]
     report_progress("subspace-search", 0, len(prefixes))
     t_first = time.perf_counter()
     n_workers = 1
 
     def tries():  # the first try in this process; the rest where execution.resolve_n_jobs says
         nonlocal n_workers
-        yield _try_prefix(*tasks[0][:-1], report_progress)
+        yield _try_prefix(*tasks[0], progress=report_progress)
         n_workers = execution.resolve_n_jobs(p["n_jobs"], len(tasks) - 1, time.perf_counter() - t_first)
         if n_workers > 1:
             logger.info("FLARE: trying the other %d prefixes %d at a time in worker processes", len(tasks) - 1,
                         n_workers)
-        rest = [t if n_workers > 1 else (*t[:-1], report_progress) for t in tasks[1:]]
-        yield from execution.ordered_map(_try_prefix, rest, n_workers)
+        # a worker gets the bare function (a callback cannot travel); in this process, the progress goes along
+        fn = _try_prefix if n_workers > 1 else partial(_try_prefix, progress=report_progress)
+        yield from execution.ordered_map(fn, tasks[1:], n_workers)
 
     results = tries()
     try:

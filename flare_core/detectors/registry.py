@@ -28,8 +28,8 @@ class DetectorSpec:
     uses_latent: bool = False
 
 
-#: The CLI and the dashboard (whose entry points are safe for worker processes) let FLARE's subspace search
-#: use them where that pays (:mod:`.execution`); the estimator's own default is one process, as in scikit-learn.
+#: The CLI and the dashboard let FLARE's subspace search use worker processes where that pays
+#: (:mod:`.execution`); the estimator's own default is one process, as in scikit-learn.
 APP_N_JOBS = "auto"
 
 
