@@ -628,7 +628,9 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     sp_ = read_json(results / "search_parallel.json", None)
     if sp_ and sp_.get("models"):
         rows = [[m, e["n"], e["columns"], k, r["workers"], r["tries"], fmt_num(r["wall_s"], 1), fmt_num(r["speedup"], 2),
-                 {None: "(reference)", True: "yes", False: "**no**"}[r["identical_to_one_process"]], f"`{e['command']}`"]
+                 {None: "(reference)", True: "yes", False: "**no**"}[r["identical_to_one_process"]],
+                 "-" if r.get("mb_sent") is None else f"{r['rows_sent']:,} / {fmt_num(r['mb_sent'], 1)}",
+                 f"`{e['command']}`"]
                 for m, e in sp_["models"].items() for k, r in e["runs"].items()]
         parts += ["## The subspace search in worker processes (`n_jobs`)",
                   "FLARE default's layer stage alone (UMAP + HDBSCAN over the column prefixes) on a cached abnormality "
@@ -636,9 +638,22 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "prefix in the process, the rest side by side, read back in order). *Identical*: flags, scores, "
                   "clusters, embedding, chosen subspace and the record of every try equal the one-process run's. "
                   "`auto` (what the CLI and the dashboard use) takes workers only where the first try's time says "
-                  "they save at least 30 s: not on Fashion-MNIST's 4 prefixes. 2-core CPU, nothing else running.",
+                  "they save at least 30 s: not on Fashion-MNIST's 4 prefixes. 2-core CPU, nothing else running. The "
+                  "same one-process search has taken 287-376 s on this machine (sessions 25-26), so read the "
+                  "speed-up as 1.4-2.0x.",
                   md_table(["model", "N", "columns", "n_jobs", "workers", "tries", "wall s", "speed-up", "identical",
-                            "command"], rows)]
+                            "rows a try / MB sent", "command"], rows)]
+        if sp_.get("payload"):
+            pl = sp_["payload"]
+            parts += ["What one worker try is sent (its pickle, the second prefix of a synthetic 20-column matrix with "
+                      "10 classes): since session 26 only the rows the try clusters, with their classes and positions "
+                      "(FLARE default clusters at most `sample_size` = 20,000, stratified by class; the chosen "
+                      "prefix's other samples are placed in the calling process), so it does not grow with N; "
+                      "session 25's search sent the whole prefix with every label and sample index. "
+                      f"Command: `{pl['command']}`.",
+                      md_table(["N", "rows sent", "MB sent", "MB sent before (session 25)"],
+                               [[r["n"], r["clustered_rows"], fmt_num(r["mb_sent"], 1), fmt_num(r["mb_before"], 1)]
+                                for r in pl["rows"]])]
     # ---- the shortcut stage's calibration (benchmarks/shortcut_probe.py)
     sp = read_json(results / "shortcut_probe.json", None)
     if sp:

@@ -19,7 +19,10 @@ def _fail_on_three(x):
 
 @pytest.mark.parametrize("n_jobs", [1, 2, 3])
 def test_ordered_map_yields_in_task_order(n_jobs):
-    assert list(execution.ordered_map(_square, [(i,) for i in range(7)], n_jobs)) == [i * i for i in range(7)]
+    stats = {}
+    assert list(execution.ordered_map(_square, [(i,) for i in range(7)], n_jobs, stats)) == [i * i for i in range(7)]
+    assert stats["tasks_sent"] == (0 if n_jobs == 1 else 7)  # every task went to a worker, once
+    assert (stats["bytes_sent"] > 0) == (n_jobs > 1)
 
 
 def test_workers_do_not_import_the_callers_main_script(monkeypatch, tmp_path):
@@ -147,6 +150,44 @@ def test_workers_stop_where_the_search_stops():
     assert (one.flagged & poison).sum() == 30 and one.flagged.sum() == 30
     # the workers' speculative tries past the chosen prefix are not reported, and the answer is the same
     assert two.report["search"]["workers"] == 2 and _same(one, two)
+
+
+def _arrays(obj):
+    """Every numpy array inside nested tuples / lists."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [a for item in obj for a in _arrays(item)]
+    return []
+
+
+def test_workers_are_sent_only_the_rows_they_cluster_and_give_the_same_answer(monkeypatch):
+    """Above ``sample_size`` a worker gets the clustered sample's rows (and their classes and positions), nothing
+    of size N; the found prefix's other samples are placed in this process, so flags, clusters, embedding and
+    records match one process."""
+    from flare_core.detectors import execution
+
+    X, poison = _matrix(L=8, n_poison=30, shift=6.0, split_deep=3)
+    y = np.arange(len(X)) % 3
+    sent = []
+    real_map = execution.ordered_map
+
+    def spying_map(fn, tasks, n_jobs, **kwargs):
+        sent.extend(tasks)
+        return real_map(fn, tasks, n_jobs, **kwargs)
+
+    monkeypatch.setattr(execution, "ordered_map", spying_map)
+    one = flare_detect(X, y, random_state=0, sample_size=300)
+    two = flare_detect(X, y, random_state=0, sample_size=300, n_jobs=2)
+    # found at the second try, which ran in a worker: its run came back unplaced and was placed here
+    assert one.subspace == 7 and two.report["search"]["workers"] == 2 and _same(one, two)
+    assert [task[0].shape for task in sent] == [(300, k) for k in range(7, 1, -1)]  # 100 of each class
+    assert max(len(a) for task in sent for a in _arrays(task)) == 300  # the labels and positions too
+    record = two.report["search"]
+    assert record["rows_sent"] == 300 and 1 <= record["tries_sent"] <= 6 and 0 < record["mb_sent"] < 1
+    ev = [u for u in two.report["evidence"]["units"] if "placed_by_neighbours" in u]
+    assert ev and ev[0]["placed_by_neighbours"] == 300 and ev[0]["clustered_sample"] == 300
+    assert len(two.flagged) == 600 and (two.flagged & poison).sum() == 30 == two.flagged.sum()
 
 
 def test_the_app_runs_flare_with_auto_workers_and_auto_keeps_a_short_search_in_the_process(clean_runs):

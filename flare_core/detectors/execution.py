@@ -93,9 +93,12 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "flare_core.detectors.search_worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
-    def send(self, fn: Callable[..., Any], task: tuple) -> None:
-        pickle.dump((fn, task), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, fn: Callable[..., Any], task: tuple) -> int:
+        """Send ``fn(*task)`` to the worker; the bytes sent."""
+        data = pickle.dumps((fn, task), protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.write(data)
         self.proc.stdin.flush()
+        return len(data)
 
     def receive(self) -> Any:
         try:
@@ -119,13 +122,22 @@ class _Worker:
                 pass
 
 
-def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int) -> Iterator[Any]:
+def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int,
+                stats: Optional[dict[str, int]] = None) -> Iterator[Any]:
     """``fn(*task)`` for each task, yielded in the order of ``tasks``.  With ``n_jobs`` > 1 the next
     ``n_jobs`` tasks in line run in worker processes (task i on worker i mod n_jobs) while the caller reads
     the results; a caller that stops reading (``break``, or closing the generator) stops the workers at once.
     Where no worker can be started, the tasks run in this process (with a warning).
     ``fn`` must be a module-level function and the tasks picklable.  A worker's exception is raised here, at
-    that task's turn."""
+    that task's turn.  ``stats``, where given, counts the ``tasks_sent`` to workers and their ``bytes_sent``."""
+    stats = {} if stats is None else stats
+    stats.setdefault("tasks_sent", 0)
+    stats.setdefault("bytes_sent", 0)
+
+    def send(worker: _Worker, task: tuple) -> None:
+        stats["bytes_sent"] += worker.send(fn, task)
+        stats["tasks_sent"] += 1
+
     if n_jobs <= 1:
         for task in tasks:
             yield fn(*task)
@@ -144,17 +156,23 @@ def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int) -> 
     n = len(workers)
     try:
         for i, task in enumerate(tasks[:n]):
-            workers[i].send(fn, task)
+            send(workers[i], task)
         for i in range(len(tasks)):
             result = workers[i % n].receive()
             if i + n < len(tasks):  # that worker is idle now: give it the next task in line
-                workers[i % n].send(fn, tasks[i + n])
+                send(workers[i % n], tasks[i + n])
             yield result
     finally:
         for worker in workers:
             worker.close()
 
 
-def describe(n_workers: int, n_jobs: Optional[Any]) -> dict[str, Any]:
-    """What the run record keeps about where the search ran."""
-    return {"n_jobs": n_jobs, "workers": int(n_workers)}
+def describe(n_workers: int, n_jobs: Optional[Any], stats: Optional[dict[str, int]] = None,
+             rows_sent: Optional[int] = None) -> dict[str, Any]:
+    """What the run record keeps about where the search ran (and, where workers ran, what they were sent:
+    ``rows_sent`` matrix rows a try, ``tries_sent`` tries and ``mb_sent`` MB in all)."""
+    out: dict[str, Any] = {"n_jobs": n_jobs, "workers": int(n_workers)}
+    if stats and stats.get("tasks_sent"):
+        out.update(rows_sent=None if rows_sent is None else int(rows_sent), tries_sent=int(stats["tasks_sent"]),
+                   mb_sent=round(stats["bytes_sent"] / 1e6, 2))
+    return out

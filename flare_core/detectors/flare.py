@@ -12,7 +12,8 @@ the chosen ``subspace``; when none does, nothing is flagged and ``subspace`` is 
 whose embedding is returned).  ``n_jobs`` runs the next prefixes in line side by side in worker processes
 after the first (:mod:`.execution`; default one process, as in scikit-learn; ``'auto'``, what the CLI and the
 dashboard use: up to 4 workers, where the first try's time says they save at least 30 s); the answer is the
-same, only the wall time changes.
+same, only the wall time changes.  A worker is sent only the rows its try clusters (with their classes);
+the samples outside the clustered sample are placed here, for the prefix that is chosen.
 
 Two modes:
 
@@ -121,7 +122,6 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -269,9 +269,9 @@ class _UnitRun:
     decision: Optional[Decision]
     embedding: np.ndarray
     info: dict[str, Any]
-    #: (Z rows of the unit, positions of the clustered sample) while the samples outside the clustered
-    #: sample are not placed yet (:func:`_place`); None once every sample has its group.
-    pending: Optional[tuple] = None
+    #: positions (into ``index``) of the clustered sample while the samples outside it are not placed yet
+    #: (:func:`_place`); None once every sample has its group.
+    pending: Optional[np.ndarray] = None
 
 
 @contextmanager
@@ -324,64 +324,94 @@ def _extend(Z: np.ndarray, sampled: np.ndarray, emb_s: np.ndarray, groups_s: np.
     return emb, groups
 
 
-def _run_unit(Z: np.ndarray, index: np.ndarray, label: Optional[int], n_total: int, p: dict[str, Any],
-              progress: ProgressCallback, step: int, n_steps: int, y: Optional[np.ndarray] = None,
-              seconds: Optional[dict[str, float]] = None, place: bool = True) -> _UnitRun:
-    """Embed, cluster and decide for the samples ``index`` (all, or one class) of ``Z``.
+@dataclass
+class _Unit:
+    """One unit of the search (all samples, or one class) and its clustered sample, the same for every prefix."""
+    label: Optional[int]
+    index: np.ndarray  #: the unit's sample indices
+    sampled: np.ndarray  #: positions (into ``index``) of the samples it clusters (:func:`_sample`)
 
-    Default mode clusters at most ``sample_size`` of them (stratified by class) and places the rest by
-    their nearest clustered neighbours in ``Z`` (:func:`_extend`); faithful mode clusters all.  With
-    ``place=False`` a unit that found nothing leaves that placement pending (:func:`_place`): the
-    subspace search discards most such runs, and placing 30k samples cost ~6 s a prefix on CIFAR-10.
-    """
-    n = len(index)
-    info: dict[str, Any] = {"class": label, "n": n}
-    if n < MIN_UNIT_SAMPLES:
+    @property
+    def rows(self) -> np.ndarray:
+        return self.index[self.sampled]
+
+
+def _plan_units(n: int, y: Optional[np.ndarray], p: dict[str, Any]) -> list[_Unit]:
+    """The units of ``p['scope']`` with their clustered samples: faithful mode clusters all; default mode at
+    most ``sample_size`` per unit, stratified by class."""
+    size = None if p["mode"] == "faithful" else p["sample_size"]
+    return [_Unit(label, idx, _sample(idx, y, size, p["random_state"])) for label, idx in _units(n, y, p["scope"])]
+
+
+def _cluster_unit(Zr: np.ndarray, yr: Optional[np.ndarray], label: Optional[int], n_unit: int, n_total: int,
+                  p: dict[str, Any], progress: ProgressCallback, step: int, n_steps: int,
+                  seconds: dict[str, float]) -> tuple[Optional[Decision], np.ndarray, dict[str, Any]]:
+    """Embed, cluster and decide on the clustered sample ``Zr`` (with its classes ``yr``) of a unit of
+    ``n_unit`` samples: (decision or None where the unit is too small, the sample's embedding, the record)."""
+    info: dict[str, Any] = {"class": label, "n": n_unit}
+    if n_unit < MIN_UNIT_SAMPLES:  # sample_size >= 100, so such a unit is its own clustered sample
         info.update(skipped=f"fewer than {MIN_UNIT_SAMPLES} samples", found=False, n_flagged=0)
-        return _UnitRun(label, index, None, pca_2d(Z[index]), info)
-    faithful = p["mode"] == "faithful"
-    sampled = _sample(index, y, None if faithful else p["sample_size"], p["random_state"])
-    rows = index[sampled]
-    n_fit = len(rows)
+        return None, pca_2d(Zr), info
+    n_fit = len(Zr)
     if p["min_cluster_size"] is not None:
         m = p["min_cluster_size"]
-    elif faithful:
+    elif p["mode"] == "faithful":
         m = REFERENCE_MIN_CLUSTER_SIZE
     else:  # the clustered sample stands for the whole set: scale the size rule to it
-        m = auto_min_cluster_size(n_fit if n_fit < n else n_total,
+        m = auto_min_cluster_size(n_fit if n_fit < n_unit else n_total,
                                   n_fit if p["scope"] == "per-class" else None)
-    seconds = {} if seconds is None else seconds
     progress("umap", step, n_steps)
     with _timed(seconds, "umap"):
-        emb, method = umap_2d(Z[rows], n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
+        emb, method = umap_2d(Zr, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
                               random_state=p["random_state"], n_epochs=p["n_epochs"])
     progress("hdbscan", step, n_steps)
     with _timed(seconds, "hdbscan"):
         _, tree = run_hdbscan(emb, m, p["min_samples"])
     with _timed(seconds, "decision"):
-        decision = _decide(tree, emb, Z[rows], y[rows] if (y is not None and p["scope"] == "global") else None, p)
+        decision = _decide(tree, emb, Zr, yr if p["scope"] == "global" else None, p)
     info.update(min_cluster_size=int(m), embedding_method=method, found=decision.found,
                 n_flagged=int(decision.flagged.sum()), n_clustered=n_fit)
-    run = _UnitRun(label, index, decision, emb, info, (Z[index], sampled) if n_fit < n else None)
-    if place or decision.found:
-        _place(run, seconds)
-    return run
+    return decision, emb, info
 
 
-def _place(run: _UnitRun, seconds: Optional[dict[str, float]] = None) -> _UnitRun:
-    """Give every sample of the unit its group and coordinates from the clustered sample (:func:`_extend`)
-    when that is still pending; the unit's flags are the flagged groups of the sample."""
+def _unit_run(unit: _Unit, decision: Optional[Decision], emb: np.ndarray, info: dict[str, Any]) -> _UnitRun:
+    """A unit's run from its clustered sample's result, the other samples' placement pending (:func:`_place`)."""
+    pending = unit.sampled if decision is not None and len(unit.sampled) < len(unit.index) else None
+    return _UnitRun(unit.label, unit.index, decision, emb, info, pending)
+
+
+def _run_unit(Z: np.ndarray, unit: _Unit, n_total: int, p: dict[str, Any], progress: ProgressCallback, step: int,
+              n_steps: int, y: Optional[np.ndarray] = None, seconds: Optional[dict[str, float]] = None,
+              place: bool = True) -> _UnitRun:
+    """Embed, cluster and decide for the samples of ``unit`` (all, or one class) in ``Z`` (N rows).
+
+    Default mode clusters at most ``sample_size`` of them (stratified by class) and places the rest by
+    their nearest clustered neighbours in ``Z`` (:func:`_extend`); faithful mode clusters all.  With
+    ``place=False`` the placement is left pending (:func:`_place`): the subspace search discards most
+    runs, and placing 30k samples cost ~6 s a prefix on CIFAR-10.
+    """
+    rows = unit.rows
+    seconds = {} if seconds is None else seconds
+    run = _unit_run(unit, *_cluster_unit(Z[rows], None if y is None else y[rows], unit.label, len(unit.index),
+                                         n_total, p, progress, step, n_steps, seconds))
+    return _place(run, Z, seconds) if place else run
+
+
+def _place(run: _UnitRun, Z: np.ndarray, seconds: Optional[dict[str, float]] = None) -> _UnitRun:
+    """Give every sample of the unit its group and coordinates from the clustered sample (:func:`_extend`,
+    in ``Z``: all samples' rows) when that is still pending; the unit's flags are the flagged groups of the
+    sample."""
     if run.pending is None:
         return run
-    Zu, sampled = run.pending
+    sampled = run.pending
     decision = run.decision
     with _timed({} if seconds is None else seconds, "placing"):
         flagged_groups = np.unique(decision.clusters[decision.flagged])
-        emb, clusters = _extend(Zu, sampled, run.embedding, decision.clusters)
+        emb, clusters = _extend(Z[run.index], sampled, run.embedding, decision.clusters)
         flagged = np.isin(clusters, flagged_groups)
     run.decision = Decision(clusters, flagged, ~flagged, decision.found,
                             {**decision.evidence, "clustered_sample": int(len(sampled)),
-                             "placed_by_neighbours": int(len(Zu) - len(sampled))})
+                             "placed_by_neighbours": int(len(run.index) - len(sampled))})
     run.embedding, run.pending = emb, None
     run.info["n_flagged"] = int(flagged.sum())
     return run
@@ -399,19 +429,23 @@ def _decide(tree: Any, emb: np.ndarray, Zr: np.ndarray, labels: Optional[np.ndar
                           max_label_share=p["max_label_share"], random_state=p["random_state"])
 
 
-def _try_prefix(Zk: np.ndarray, units: list, n: int, p: dict[str, Any], y: Optional[np.ndarray], keep: bool,
+def _try_prefix(Zk: np.ndarray, yk: Optional[np.ndarray], jobs: list, n: int, p: dict[str, Any], keep: bool,
                 progress: Optional[ProgressCallback] = None) -> tuple:
-    """One try of the subspace search, on the column prefix ``Zk``: (found, the units' summaries, the units'
-    runs when ``keep`` or found (else None), the phases' seconds).  Module-level and free of shared state, so
-    a worker process can run it (:mod:`.execution`)."""
+    """One try of the subspace search on a column prefix: (found, the units' summaries, the units' results
+    (decision, embedding, record; :func:`_cluster_unit`) when ``keep`` or found (else None), the phases'
+    seconds).  ``jobs`` holds per unit (label, its number of samples, the rows of ``Zk`` / ``yk`` it
+    clusters): all N rows in this process, only the clustered ones in a worker (:mod:`.execution`), which is
+    why it is module-level and free of shared state.  Placing the other samples is the caller's."""
     seconds: dict[str, float] = {}
     report = ensure_progress(progress)
     logger.info("FLARE (%s, %s): clustering the first %d columns", p["mode"], p["scope"], Zk.shape[1])
-    runs = [_run_unit(Zk, idx, lab, n, p, report, j, len(units), y, seconds, place=keep)
-            for j, (lab, idx) in enumerate(units)]
-    report("hdbscan", len(units), len(units))
-    found = any(r.info.get("found") for r in runs)
-    return found, [_summary(r.info, r.decision) for r in runs], (runs if keep or found else None), seconds
+    results = [_cluster_unit(Zk[rows], None if yk is None else yk[rows], label, n_unit, n, p, report, j, len(jobs),
+                             seconds)
+               for j, (label, n_unit, rows) in enumerate(jobs)]
+    report("hdbscan", len(jobs), len(jobs))
+    found = any(info.get("found") for _, _, info in results)
+    return (found, [_summary(info, decision) for decision, _, info in results], (results if keep or found else None),
+            seconds)
 
 
 def _units(n: int, y: Optional[np.ndarray], scope: str) -> list[tuple[Optional[int], np.ndarray]]:
@@ -531,53 +565,62 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         Z, scaling = X, {"method": "none"}
 
     prefixes = list(range(L, min(p["min_layers"], L) - 1, -1))
-    units = _units(n, y, p["scope"])
+    units = _plan_units(n, y, p)
     attempts: list[dict[str, Any]] = []
     first: Optional[list[_UnitRun]] = None
     chosen: Optional[list[_UnitRun]] = None
     chosen_k = L
-    # only the first prefix's runs (the picture when nothing is found) and a prefix that finds something
-    # are kept, so only those place the samples outside the clustered sample
-    tasks = [(Z[:, :k], units, n, p, y, i == 0) for i, k in enumerate(prefixes)]
+    # a try returns its units' results only where it finds something (and the first try, the picture when
+    # nothing is found); only those runs place the samples outside the clustered sample, here
     report_progress("subspace-search", 0, len(prefixes))
     t_first = time.perf_counter()
     n_workers = 1
+    sent: dict[str, Any] = {}  # what the workers were sent (execution.ordered_map's stats, and rows a try)
+    jobs = [(u.label, len(u.index), u.rows) for u in units]
 
     def tries():  # the first try in this process; the rest where execution.resolve_n_jobs says
         nonlocal n_workers
-        yield _try_prefix(*tasks[0], progress=report_progress)
-        n_workers = execution.resolve_n_jobs(p["n_jobs"], len(tasks) - 1, time.perf_counter() - t_first)
-        if n_workers > 1:
-            logger.info("FLARE: trying the other %d prefixes %d at a time in worker processes", len(tasks) - 1,
-                        n_workers)
-        # a worker gets the bare function (a callback cannot travel); in this process, the progress goes along
-        fn = _try_prefix if n_workers > 1 else partial(_try_prefix, progress=report_progress)
-        yield from execution.ordered_map(fn, tasks[1:], n_workers)
+        yield _try_prefix(Z[:, :prefixes[0]], y, jobs, n, p, True, progress=report_progress)
+        n_workers = execution.resolve_n_jobs(p["n_jobs"], len(prefixes) - 1, time.perf_counter() - t_first)
+        if n_workers <= 1:  # views of Z, with the progress callback
+            yield from (_try_prefix(Z[:, :k], y, jobs, n, p, False, progress=report_progress) for k in prefixes[1:])
+            return
+        # a worker is sent only the rows it clusters, their classes and their positions (N rows at most)
+        rows = np.unique(np.concatenate([u.rows for u in units]))
+        Zs, ys = Z[rows], None if y is None else y[rows]
+        worker_jobs = [(label, n_unit, np.searchsorted(rows, r)) for label, n_unit, r in jobs]
+        logger.info("FLARE: trying the other %d prefixes %d at a time in worker processes (%d of %d rows each)",
+                    len(prefixes) - 1, n_workers, len(rows), n)
+        sent["rows"] = len(rows)
+        yield from execution.ordered_map(_try_prefix, [(Zs[:, :k], ys, worker_jobs, n, p, False)
+                                                       for k in prefixes[1:]], n_workers, stats=sent)
 
     results = tries()
     try:
-        for i, (k, (found, summaries, runs, try_seconds)) in enumerate(zip(prefixes, results)):
+        for i, (k, (found, summaries, unit_results, try_seconds)) in enumerate(zip(prefixes, results)):
             for phase, value in try_seconds.items():
                 seconds[phase] = seconds.get(phase, 0.0) + value
             attempts.append({"columns": k, "found": found, "units": summaries})
             logger.info("FLARE: %d columns -> %s", k, "split found" if found else "no split")
             report_progress("subspace-search", i + 1, len(prefixes))
+            runs = None if unit_results is None else [_unit_run(u, *r) for u, r in zip(units, unit_results)]
             if first is None:
                 first = runs
-            if found:
-                chosen, chosen_k = [_place(r, seconds) for r in runs], k  # per-class: units that found nothing too
+            if found:  # placed here, where all rows are (per-class: the units that found nothing too)
+                chosen, chosen_k = [_place(r, Z[:, :k], seconds) for r in runs], k
+                attempts[-1]["units"] = [_summary(r.info, r.decision) for r in chosen]
                 break
     finally:
         results.close()  # stops the workers' speculative tries past the chosen prefix
     layer_found = chosen is not None
-    layer_runs = chosen if layer_found else first
+    layer_runs = chosen if layer_found else [_place(r, Z, seconds) for r in first]
     channel_runs: Optional[list[_UnitRun]] = None
     channel_found = False
     if channels is not None and p["mode"] == "default" and p["use_channels"] == "auto":
         Zc, _ = _channel_matrix(channels, channel_layer, n, L)
         logger.info("FLARE: clustering the %d per-channel columns", Zc.shape[1])
-        channel_runs = [_run_unit(Zc, idx, lab, n, p, report_progress, j, len(units), y, seconds)
-                        for j, (lab, idx) in enumerate(units)]
+        channel_runs = [_run_unit(Zc, u, n, p, report_progress, j, len(units), y, seconds)
+                        for j, u in enumerate(units)]
         channel_found = any(r.info.get("found") for r in channel_runs)
         attempts.append({"columns": f"channels ({Zc.shape[1]})", "found": channel_found,
                          "units": [_summary(r.info, r.decision) for r in channel_runs]})
@@ -869,7 +912,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "scaling": scaling,
         "score": score_rule,
         "seconds": _phase_seconds(seconds, time.perf_counter() - t_start, len(attempts)),
-        "search": execution.describe(n_workers, p["n_jobs"]),
+        "search": execution.describe(n_workers, p["n_jobs"], sent, sent.get("rows")),
         "versions": package_versions(),
         "evidence": evidence,
     }
