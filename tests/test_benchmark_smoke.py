@@ -379,3 +379,14 @@ def test_trigger_summary_separates_poison_genuine_and_all_to_all_modes():
     assert "in the 1 classes without poison, 0 carry a trigger by the rule (largest margin 16.0 points" in text
     assert "1 of 1 components that are mostly not poison do" in text  # the poisoned component is left out
     assert _trigger_summary([{"model": "m", "minority_modes": {"0": {"holds": False}}}]) == ""
+
+
+def test_search_payload_measures_a_worker_try_that_does_not_grow_with_n():
+    """The benchmark's measurement of what one worker try is sent runs against the search's own internals:
+    above ``sample_size`` the try carries the clustered rows only, below it every row."""
+    from benchmarks.search_parallel import payload
+
+    small, large = payload(5_000, columns=4), payload(60_000, columns=4)
+    assert small["clustered_rows"] == 5_000 and large["clustered_rows"] == 20_000
+    assert large["mb_sent"] < large["mb_before"] / 2  # 20,000 rows of 3 columns (+ labels, positions) vs 60,000
+    assert small["mb_sent"] <= small["mb_before"]
