@@ -71,6 +71,18 @@ def test_training_does_not_touch_global_state_or_input():
     np.testing.assert_array_equal(ds.labels, labels)
 
 
+def test_read_only_arrays_train_without_a_warning_and_stay_unchanged(recwarn):
+    """A memory-mapped or otherwise read-only dataset (what the dashboard's reruns hold) trains as is."""
+    ds = separable(32)
+    ds.images.setflags(write=False)
+    ds.labels.setflags(write=False)
+    images, labels = ds.images.copy(), ds.labels.copy()
+    train_model(ds, epochs=1, batch_size=16, num_threads=1)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(ds.labels, labels)
+
+
 def test_resnet_trains_one_step_on_colour_data():
     ds = separable(8, size=8, channels=3)
     model, history = train_model(ds, arch="narrow-resnet", epochs=1, batch_size=4, num_threads=1)

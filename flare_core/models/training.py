@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple, Union
 
@@ -265,8 +266,10 @@ def train_model(
             model = model.to(memory_format=torch.channels_last)
         opt = make_optimizer(optimizer, model, lr, weight_decay, momentum)
         gen = torch.Generator().manual_seed(seed)
-        images = torch.from_numpy(np.ascontiguousarray(dataset.images))
-        labels = torch.from_numpy(dataset.labels)
+        with warnings.catch_warnings():  # a read-only (e.g. memory-mapped) array: the tensor is only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # (indexing it below copies)
+        labels = torch.from_numpy(np.array(dataset.labels, dtype=np.int64))  # N ints: a copy costs nothing
         if device != "cpu":
             images, labels = images.to(device), labels.to(device)
         step = 0
