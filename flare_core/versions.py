@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("flare-workbench", "torch", "torchvision", "numpy", "scikit-learn", "umap-learn", "hdbscan", "numba", "grad-cam")
+PACKAGES = ("flare-workbench", "torch", "torchvision", "numpy", "scikit-learn", "joblib", "umap-learn", "hdbscan", "numba", "grad-cam")
 
 
 def package_versions() -> dict:

@@ -27,7 +27,7 @@ def test_ordered_map_yields_in_task_order(n_jobs):
 
 def test_workers_do_not_import_the_callers_main_script(monkeypatch, tmp_path):
     # Streamlit (and AppTest) install the app script as __main__; multiprocessing's spawn and forkserver would
-    # run it again in every worker.  Ours start as `python -m flare_core.detectors.search_worker`.
+    # run it again in every worker.  loky's workers do not.
     import sys
     import types
 
@@ -39,37 +39,57 @@ def test_workers_do_not_import_the_callers_main_script(monkeypatch, tmp_path):
     assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]
 
 
-def test_no_worker_can_start_so_the_tasks_run_in_this_process(monkeypatch, tmp_path, caplog):
-    import sys
+def _square_or_die_in_a_worker(x, parent_pid):
+    import os
 
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]
-    assert "could not start a subspace-search worker" in caplog.text
-
-
-def test_worker_serves_until_its_input_closes():
-    import io
-    import pickle
-
-    from flare_core.detectors.search_worker import serve
-
-    inp = io.BytesIO(pickle.dumps((_square, (3,))) + pickle.dumps((_fail_on_three, (3,))))
-    out = io.BytesIO()
-    serve(inp, out)
-    out.seek(0)
-    assert pickle.load(out) == (True, 9)
-    ok, exc = pickle.load(out)
-    assert not ok and isinstance(exc, ValueError)
+    if os.getpid() != parent_pid and x == 2:
+        os._exit(3)  # as a worker killed for memory would
+    return x * x
 
 
-def test_ordered_map_stops_early_and_raises_a_workers_error_at_its_turn():
+def test_a_worker_that_dies_leaves_its_tasks_to_this_process(caplog):
+    import os
+
+    tasks = [(i, os.getpid()) for i in range(6)]
+    assert list(execution.ordered_map(_square_or_die_in_a_worker, tasks, 2)) == [i * i for i in range(6)]
+    assert "workers stopped" in caplog.text and "in this process" in caplog.text
+
+
+def _fail_on_three_or_sleep(x):
+    import time
+
+    if x == 3:
+        raise ValueError("three")
+    if x > 3:
+        time.sleep(2)
+    return x
+
+
+def _slow_square(x):
+    import time
+
+    time.sleep(0.2 if x == 0 else 30)
+    return x * x
+
+
+def test_ordered_map_stops_early_and_raises_a_workers_error_at_its_turn(recwarn):
+    import time
+
+    # task 1 is slow and task 3 fails at once: the error is raised at task 3's turn, after 0, 1, 2
     results = execution.ordered_map(_fail_on_three, [(i,) for i in range(6)], 2)
     assert [next(results) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="three"):
         next(results)
-    early = execution.ordered_map(_square, [(i,) for i in range(50)], 2)
+    slow_first = execution.ordered_map(_fail_on_three_or_sleep, [(i,) for i in (4, 3, 5)], 2)
+    assert next(slow_first) == 4  # task 1's error, which came first, did not jump the queue
+    with pytest.raises(ValueError, match="three"):
+        next(slow_first)
+    early = execution.ordered_map(_slow_square, [(i,) for i in range(50)], 2)
     assert next(early) == 0
-    early.close()  # the workers are stopped at once; nothing hangs
+    start = time.perf_counter()
+    early.close()  # the worker busy with a 30 s task is killed at once; nothing hangs
+    assert time.perf_counter() - start < 10
+    assert not [w for w in recwarn if "cancelled" in str(w.message)]  # stopping early is not worth a warning
 
 
 def test_resolve_n_jobs(monkeypatch):

@@ -12,23 +12,22 @@ always runs in this process: most poisoned sets are found there, and then no wor
 This is the project's execution backend for the search: :func:`ordered_map` is all the search asks of it,
 so a backend that sends the tries to other machines would implement the same function.
 
-Each worker is a fresh ``python3 -m flare_core.detectors.search_worker`` process (:mod:`.search_worker`) that
-reads pickled tasks on its stdin and writes their pickled results on its stdout.  So nothing is forked (the
-thread pools of PyTorch and OpenMP are not fork-safe), and, unlike ``multiprocessing``'s spawn and forkserver,
-nothing re-imports the caller's main script: a script needs no ``if __name__ == "__main__":`` guard, and the
-dashboard, whose main module Streamlit replaces with the app script, starts no copy of the app.  The pickles
-only ever travel between this process and workers it started itself.  Each worker loads UMAP's compiled code
-itself (about 10 s, even with a warm ``NUMBA_CACHE_DIR``), which is why ``'auto'`` uses workers only where the
-first try's time says they will save at least :data:`AUTO_MIN_SAVING_S`.  The estimator's default is one
-process, as in scikit-learn.
+The workers are joblib's loky processes (``joblib.Parallel(backend="loky")``; joblib comes with scikit-learn).
+loky starts fresh interpreters, so nothing is forked (the thread pools of PyTorch and OpenMP are not fork-safe),
+and, unlike ``multiprocessing``'s spawn and forkserver, it does not re-import the caller's main script: a script
+needs no ``if __name__ == "__main__":`` guard, and the dashboard, whose main module Streamlit replaces with the
+app script, starts no copy of the app.  loky keeps idle workers for a few minutes, so a second search soon after
+(the dashboard's next run) does not pay their start again; stopping a search early kills the workers still
+busy with speculative tries.  Each new worker loads UMAP's compiled code itself (about 10 s, even with a warm
+``NUMBA_CACHE_DIR``), which is why ``'auto'`` uses workers only where the first try's time says they will
+save at least :data:`AUTO_MIN_SAVING_S`.  The estimator's default is one process, as in scikit-learn.
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-import subprocess
-import sys
+import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from flare_core.errors import FlareError
@@ -85,86 +84,59 @@ def check_n_jobs(n_jobs: Any) -> None:
                          f"CPU) or 'auto', got {n_jobs!r}.")
 
 
-class _Worker:
-    """One ``search_worker`` process: :meth:`send` a task, :meth:`receive` its result (in the order sent)."""
-
-    def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the same flare_core
-        self.proc = subprocess.Popen([sys.executable, "-m", "flare_core.detectors.search_worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-
-    def send(self, fn: Callable[..., Any], task: tuple) -> int:
-        """Send ``fn(*task)`` to the worker; the bytes sent."""
-        data = pickle.dumps((fn, task), protocol=pickle.HIGHEST_PROTOCOL)
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-        return len(data)
-
-    def receive(self) -> Any:
-        try:
-            ok, value = pickle.load(self.proc.stdout)
-        except EOFError:
-            code = self.proc.wait()
-            raise RuntimeError(f"a subspace-search worker stopped unexpectedly (exit code {code}); run with "
-                               f"n_jobs=1 to see the error in this process.") from None
-        if ok:
-            return value
-        raise value
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-
 def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int,
                 stats: Optional[dict[str, int]] = None) -> Iterator[Any]:
     """``fn(*task)`` for each task, yielded in the order of ``tasks``.  With ``n_jobs`` > 1 the next
-    ``n_jobs`` tasks in line run in worker processes (task i on worker i mod n_jobs) while the caller reads
-    the results; a caller that stops reading (``break``, or closing the generator) stops the workers at once.
-    Where no worker can be started, the tasks run in this process (with a warning).
-    ``fn`` must be a module-level function and the tasks picklable.  A worker's exception is raised here, at
-    that task's turn.  ``stats``, where given, counts the ``tasks_sent`` to workers and their ``bytes_sent``."""
+    ``n_jobs`` tasks in line run in worker processes while the caller reads the results; a caller that stops
+    reading (``break``, or closing the generator) stops the workers at once.  Where the workers cannot start,
+    or one dies (killed for memory, say), the remaining tasks run in this process, with a warning: the answer
+    is the same.  ``fn`` must be importable (module-level) and the tasks picklable.  A task's exception is
+    raised here, at that task's turn.  ``stats``, where given, counts the ``tasks_sent`` to workers and their
+    ``bytes_sent`` (the size of each task's pickle)."""
     stats = {} if stats is None else stats
     stats.setdefault("tasks_sent", 0)
     stats.setdefault("bytes_sent", 0)
-
-    def send(worker: _Worker, task: tuple) -> None:
-        stats["bytes_sent"] += worker.send(fn, task)
-        stats["tasks_sent"] += 1
-
     if n_jobs <= 1:
         for task in tasks:
             yield fn(*task)
         return
-    workers: list[_Worker] = []
-    try:
-        for _ in range(min(n_jobs, len(tasks))):
-            workers.append(_Worker())
-    except OSError as exc:  # no interpreter to start (an embedded Python): the same answer, in this process
-        logger.warning("could not start a subspace-search worker (%s); trying the prefixes in this process", exc)
-        for worker in workers:
-            worker.close()
+    from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    def calls():  # read by joblib one task at a time, as it sends each
         for task in tasks:
-            yield fn(*task)
-        return
-    n = len(workers)
+            stats["bytes_sent"] += len(pickle.dumps((fn, task), protocol=pickle.HIGHEST_PROTOCOL))
+            stats["tasks_sent"] += 1
+            yield delayed(_captured)(fn, task)
+
+    n = min(n_jobs, len(tasks))
+    done = 0
+    results = Parallel(n_jobs=n, backend="loky", return_as="generator", pre_dispatch="n_jobs", batch_size=1)(calls())
     try:
-        for i, task in enumerate(tasks[:n]):
-            send(workers[i], task)
-        for i in range(len(tasks)):
-            result = workers[i % n].receive()
-            if i + n < len(tasks):  # that worker is idle now: give it the next task in line
-                send(workers[i % n], tasks[i + n])
-            yield result
+        for ok, value in results:
+            if not ok:
+                raise value
+            done += 1
+            yield value
+    except BrokenProcessPool as exc:
+        logger.warning("subspace-search workers stopped (%s); trying the other %d prefixes in this process",
+                       str(exc).splitlines()[0], len(tasks) - done)
+        for task in tasks[done:]:
+            yield fn(*task)
     finally:
-        for worker in workers:
-            worker.close()
+        with warnings.catch_warnings():  # "... tasks ... have been cancelled": stopping early is the point
+            warnings.filterwarnings("ignore", message=r".*(been cancelled|not used)", category=UserWarning)
+            results.close()
+
+
+def _captured(fn: Callable[..., Any], task: tuple) -> tuple[bool, Any]:
+    """In a worker: ``(True, fn(*task))``, or ``(False, the exception)`` so that it is raised at the task's turn
+    (joblib raises a worker's error as soon as it happens, which would stop a search on a speculative try
+    past the prefix it keeps)."""
+    try:
+        return True, fn(*task)
+    except Exception as exc:
+        return False, exc
 
 
 def describe(n_workers: int, n_jobs: Optional[Any], stats: Optional[dict[str, int]] = None,
