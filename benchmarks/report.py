@@ -705,6 +705,49 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "list, not a detector: it would flag about 1 % of any data set, poisoned or not.",
                   md_table(["model", "ASR %", "loss AUROC", "FLARE default AUROC", "median loss, poisoned",
                             "median loss, genuine", "top 1 %: TPR / FPR %"], rows)]
+    # ---- a clean dataset pooled from two sources (benchmarks/second_source.py)
+    ss_ = read_json(results / "second_source.json", None)
+    if ss_ and ss_.get("rows"):
+        def _flags(r: dict) -> str:
+            per = r.get("flagged_per_class") or {}
+            return (f"{r['n_flagged']:,} ({r['flagged_second_source']:,} second-source; "
+                    f"{len(per)} class{'es' if len(per) != 1 else ''})") if r["n_flagged"] else "0"
+
+        def _tvs(r: dict) -> str:
+            wide = r.get("dataset_wide_split") or {}
+            return ", ".join(f"{w['next_class_tv']:.2f}" for _, w in sorted(wide.items(), key=lambda kv: int(kv[0]))) or "-"
+
+        rows = [[name, f"{e['second_source']:,} of {e['n']:,}", _flags(e["without_wide_rule"]), _flags(e["default"]),
+                 _tvs(e["default"]), f"`{e['default']['command']}`"]
+                for name, e in ss_["rows"].items()]
+        parts += ["## A clean dataset pooled from two sources: FLARE default's dataset-wide rule",
+                  f"Command: `{ss_['command']}`. A *clean* Fashion-MNIST (every label right, no trigger) in which a share "
+                  "of every class's images comes from a second source: `invert` = 255 - x (a white background), `dim` "
+                  "= a second scanner (contrast x0.6, a grey floor of 60, noise sd 8). A small CNN trained on it by "
+                  "`flare train` (4 epochs, seed 0); `flare purify` with FLARE default, and with its dataset-wide rule "
+                  "off (`--param latent_wide_share=0`: the behaviour before session 27). Every flag is a false alarm. "
+                  "The rule (`flare_core/detectors/latent.py`, `widely_flagged_classes`): two or more classes with "
+                  "flagged parts of >= 5 % of the class, fitted less than 10x better than the rest, whose next class "
+                  "after the label is distributed like the rest's (median total variation <= 0.2) are a second source, "
+                  "not poison; last column: that distance per class of the split.",
+                  md_table(["row", "second-source images", "flagged, rule off", "flagged, FLARE default",
+                            "next-class TV of the split's classes", "command (default)"], rows)]
+        pois = (ss_.get("poisoned") or {}).get("models") or {}
+        if pois:
+            many = {m: e for m, e in pois.items() if len(e["classes"]) >= 2}
+            one = {m: e for m, e in pois.items() if len(e["classes"]) == 1}
+            every = [v for e in many.values() for v in e["classes"].values()]
+            singles = [v for e in one.values() for v in e["classes"].values()]
+            text = (f"The same distance between the poisoned and the genuine samples of a class, on the cached "
+                    f"benchmark models (ground truth; `{ss_['poisoned']['command']}`): ")
+            if many:
+                text += (f"poison in two or more classes (all-to-all, {len(many)} models): median over a model's "
+                         f"classes {min(e['median'] for e in many.values()):.2f}-"
+                         f"{max(e['median'] for e in many.values()):.2f}, class by class {min(every):.2f}-{max(every):.2f}")
+            if one:
+                text += (f"; poison in one class ({len(one)} models, never a dataset-wide split): "
+                         f"{min(singles):.2f}-{max(singles):.2f}")
+            parts.append(text + ".")
     # ---- the latent cross-check, on and off (benchmarks/confirm_study.py)
     cs = read_json(results / "confirm_study.json", None)
     if cs and cs.get("rows"):

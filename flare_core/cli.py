@@ -236,6 +236,12 @@ def cmd_purify(args) -> int:
     sentence, _ = how_found(run)
     if sentence and res["n_flagged"]:
         print(f"  {sentence}")
+    elif not res["n_flagged"]:
+        from flare_core.report import dataset_wide_sentence, detector_report
+
+        wide = dataset_wide_sentence(detector_report(run), run.classes).strip()
+        if wide:
+            print(f"  {wide}")
     from flare_core.report import trigger_sentence
 
     triggers = trigger_sentence(run)

@@ -168,6 +168,22 @@ def _seeded_input_pattern_sentence(rec: dict, what: str, classes) -> str:
     return began + ", so nothing was flagged by it."
 
 
+def dataset_wide_sentence(report: dict, classes) -> str:
+    """Which classes FLARE found split the same way and did not flag: a dataset-wide split
+    (:func:`flare_core.detectors.latent.widely_flagged_classes`), shown so the analyst can look."""
+    wide = ((report.get("evidence") or {}).get("latent") or {}).get("dataset_wide_split") or {}
+    if not wide:
+        return ""
+    parts = ", ".join(f"{class_name(classes, int(c))} ({w['share']:.0%})"
+                      for c, w in sorted(wide.items(), key=lambda kv: int(kv[0])))
+    return (f" {len(wide)} classes split into two far-apart populations whose split-off parts the model reads as "
+            f"their own class's images ({parts} of the class): it rates the same classes next after the label "
+            "for them as for the rest of their class, and fits them no better. That is what a dataset pooled "
+            "from different sources or styles looks like, not a backdoor's poison (all-to-one poison lies in one "
+            "class; all-to-all poison is another class's images, which the model rates next as that class), so "
+            "they were not flagged. The per-class views show the two populations: look at some images of each.")
+
+
 def shortcut_sentence(report: dict, classes) -> str:
     """What the shortcut probe found about the model (a model-level finding, flagged samples or not)."""
     sc = report.get("shortcut") or {}
@@ -353,6 +369,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          + "; ".join(f"{name(c)} -> {name(g['seen_as'])}: {g['size']}, {g['purity']:.2f}, "
                                      f"{g['island']:.2f}, {g.get('other_base', 0.0):.1%}" for c, g in misfits)
                          + ". Check them: a class's mislabelled images can form such a group too.")
+    sentence += dataset_wide_sentence(report, run.classes)
     sentence += shortcut_sentence(report, run.classes)
     sentence += minority_sentence(report, run.classes)
     sentence += input_pattern_sentence(report, run.classes)
@@ -501,6 +518,16 @@ def _run_param(run: RunFolder, name: str):
     return params.get(name, "?")
 
 
+def _wide_clause(run: RunFolder) -> str:
+    """The latent caption's words on dataset-wide splits; empty for a run made before the rule or without it."""
+    share = (detector_report(run).get("params") or {}).get("latent_wide_share")
+    if not share:
+        return ""
+    return (f", except where several classes split that way with flagged parts of {float(share):.0%} of the class "
+            "or more that the model fits no such amount better and rates the same classes next as the rest of "
+            "their class (a dataset-wide split, not flagged)")
+
+
 def _pooled_clause(run: RunFolder) -> str:
     """The cross-check caption's words on the pooled test; empty for a run made before it existed."""
     pooled = (detector_report(run).get("params") or {}).get("latent_confirm_pooled")
@@ -646,7 +673,7 @@ def build_report(
             sections += ["<p class='muted'>Latent stage, per class: a split stands at held-out d' &ge; "
                          f"{html.escape(str(_latent_threshold(run)))}; parts holding under 35 % of the class, or "
                          f"fitted {html.escape(str(_run_param(run, 'latent_loss_ratio')))}x better than the "
-                         "reference part, are flagged.</p>", _table_html(latent_tbl)]
+                         f"reference part, are flagged{_wide_clause(run)}.</p>", _table_html(latent_tbl)]
     check_tbl = cross_check_table(run) if sentence else None
     if check_tbl is not None:
         sections += ["<p class='muted'>Groups found by the per-layer stage, cross-checked in the penultimate "

@@ -166,6 +166,9 @@ if run is not None:
     sentence, latent_tbl = report.how_found(run)
     if sentence and flagged.any():
         st.caption(sentence)
+    elif report.dataset_wide_sentence(report.detector_report(run), run.classes):
+        st.warning(report.dataset_wide_sentence(report.detector_report(run), run.classes).strip(),
+                   icon=":material/call_split:")
     triggers = report.trigger_sentence(run)
     if triggers:  # the flagged groups' trigger test; the difference images are on the Inspect page
         st.caption(triggers + " The differences are on the Inspect page.")

@@ -223,6 +223,104 @@ def test_latent_detect_skips_tiny_classes():
     assert not flagged.any() and "fewer than" in ev[0]["reason"]
 
 
+# ----------------------------------------------------------------------------- dataset-wide splits
+
+def split_classes(rng, shares, n=600, part_loss=1e-2, genuine_loss=1e-2, shift=12.0, relabelled=False):
+    """One class per entry of ``shares``: a genuine cloud, and that share of the class as a second cloud far
+    away along the same directions, or none for share 0.  The class each sample's logits rate next after its
+    label: for the genuine samples of class c mostly c + 1; for the part the same (a second source: the class's
+    own images restyled) or, with ``relabelled``, mostly c - 1 (all-to-all poison: the previous class's images
+    relabelled c).  Returns X, y, loss, part mask, next class."""
+    k = len(shares)
+    X, y, loss, part, nxt = [], [], [], [], []
+
+    def next_of(c, m, source):
+        usual = (c - 1) % k if source else (c + 1) % k
+        other = (c + 2 + rng.integers(0, max(k - 2, 1), m)) % k
+        return np.where(rng.random(m) < 0.8, usual, other)
+
+    for c, share in enumerate(shares):
+        m = int(round(share * n))
+        X += [cloud(rng, n - m) + 3.0 * c, cloud(rng, m, shift) + 3.0 * c]
+        loss += [losses(rng, n - m, genuine_loss), losses(rng, m, part_loss)]
+        y.append(np.full(n, c))
+        part.append(np.r_[np.zeros(n - m, bool), np.ones(m, bool)])
+        nxt += [next_of(c, n - m, False), next_of(c, m, relabelled)]
+    return np.vstack(X), np.concatenate(y), np.concatenate(loss), np.concatenate(part), np.concatenate(nxt)
+
+
+def logits_with_next(loss, y, nxt, k):
+    """Logits whose label loss is about ``loss`` and whose next class after the label is ``nxt``."""
+    z = logits_for(loss, y, k)
+    z[np.arange(len(y)), nxt] = 0.5
+    return z
+
+
+@pytest.mark.parametrize("share", [0.1, 0.3])
+def test_a_split_of_every_class_into_its_own_images_is_a_second_source_not_poison(share):
+    rng = np.random.default_rng(21)
+    X, y, loss, part, nxt = split_classes(rng, [share] * 4)
+    before = LT.latent_detect(X, y, loss, next_class=nxt, wide_share=0)  # the rule off: each part is flagged
+    assert before[0][part].mean() >= 0.99 and before[0][~part].mean() <= 0.01
+    assert LT.latent_detect(X, y, loss)[0][part].mean() >= 0.99  # without the next classes, no test either
+    flagged, scores, _, ev = LT.latent_detect(X, y, loss, next_class=nxt)
+    assert not flagged.any() and not scores.any()
+    assert all(e["dataset_wide"]["share"] == share and e["n_flagged"] == 0 and "dataset-wide split" in e["reason"]
+               for e in ev)
+    assert all(len(e["leaves"]) >= 2 for e in ev)  # the split is kept as evidence
+
+
+@pytest.mark.parametrize("share", [0.1, 0.3])
+def test_all_to_all_poison_is_another_class_relabelled_and_is_still_flagged(share):
+    rng = np.random.default_rng(23)
+    X, y, loss, part, nxt = split_classes(rng, [share] * 4, relabelled=True)
+    flagged, _, _, ev = LT.latent_detect(X, y, loss, next_class=nxt)
+    assert flagged[part].mean() >= 0.99 and flagged[~part].mean() <= 0.01
+    assert not any(e.get("dataset_wide") for e in ev)
+
+
+def test_poison_in_one_class_is_still_flagged_even_of_its_own_images():
+    # all-to-one, clean-label (the target class's own images with a trigger): one class is never a split
+    rng = np.random.default_rng(22)
+    X, y, loss, part, nxt = split_classes(rng, [0.3, 0.0, 0.0, 0.0])
+    flagged, _, _, ev = LT.latent_detect(X, y, loss, next_class=nxt)
+    assert flagged[part].mean() >= 0.99 and flagged[~part].mean() <= 0.01
+    assert not any(e.get("dataset_wide") for e in ev)
+
+
+def test_parts_the_model_fits_far_better_are_still_flagged_in_several_classes():
+    # two clean-label attacks on two targets: their own images, but with the backdoor's loss signature
+    rng = np.random.default_rng(24)
+    X, y, loss, part, nxt = split_classes(rng, [0.3, 0.3, 0.0, 0.0], part_loss=1e-4)
+    flagged, _, _, ev = LT.latent_detect(X, y, loss, next_class=nxt)
+    assert flagged[part].mean() >= 0.99 and flagged[~part].mean() <= 0.01
+
+
+def test_widely_flagged_classes_contract():
+    rng = np.random.default_rng(25)
+    _, y, loss, part, nxt = split_classes(rng, [0.3, 0.3, 0.0])
+    part0, nxt0 = part.copy(), nxt.copy()
+    wide = LT.widely_flagged_classes(part, y, loss, nxt)
+    np.testing.assert_array_equal(part, part0)
+    np.testing.assert_array_equal(nxt, nxt0)
+    assert sorted(wide) == [0, 1]
+    assert all(w["share"] == 0.3 and w["fitted_better"] < 10 and w["next_class_tv"] < 0.2 for w in wide.values())
+    assert LT.widely_flagged_classes(part, y, loss, nxt, min_classes=3) == {}
+    assert LT.widely_flagged_classes(part, y, loss, None) == {}
+    assert LT.widely_flagged_classes(part, y, loss, nxt, wide_share=0) == {}
+    assert LT.widely_flagged_classes(part, y, loss, nxt, wide_share=0.35) == {}
+    assert LT.widely_flagged_classes(part, y, np.where(part, loss / 100, loss), nxt) == {}  # fitted far better
+    assert LT.widely_flagged_classes(y == 0, y, loss, nxt) == {}  # a class flagged whole is not a split
+    _, y2, loss2, part2, nxt2 = split_classes(rng, [0.3, 0.3, 0.0], relabelled=True)
+    assert LT.widely_flagged_classes(part2, y2, loss2, nxt2) == {}  # another class's images
+
+
+def test_next_class_is_the_highest_logit_after_the_label():
+    z = np.array([[5.0, 1.0, 3.0], [0.0, 9.0, 2.0], [1.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(LT.next_class(z, np.array([0, 1, 2])), [2, 2, 0])
+    np.testing.assert_array_equal(LT.next_class(z, np.array([2, 2, 2])), [0, 1, 0])
+
+
 # ----------------------------------------------------------------------------- inside flare_detect
 
 def abnormality_noise(rng, n, L=2):  # two columns: one prefix, one UMAP per fit
@@ -242,6 +340,27 @@ def test_flare_detect_flags_what_only_the_latent_stage_sees():
     assert set(np.unique(res.clusters[truth])).isdisjoint(np.unique(res.clusters[~truth]))
     assert np.median(res.scores[truth]) > np.percentile(res.scores[~truth], 99)
     assert res.evidence["latent"]["classes"][0]["n_flagged"] >= 300
+
+
+def test_flare_detect_reports_a_dataset_wide_split_and_flags_none_of_it():
+    from flare_core.report import dataset_wide_sentence
+
+    rng = np.random.default_rng(26)
+    P, y, loss, part, nxt = split_classes(rng, [0.3, 0.3, 0.3], n=400)
+    X = abnormality_noise(rng, len(P))
+    logits = logits_with_next(loss, y, nxt, 3)
+    res = flare_detect(X, y, latent=P, logits=logits, n_epochs=50)
+    assert not res.flagged.any() and sorted(res.report["latent"]["dataset_wide_split"]) == ["0", "1", "2"]
+    # the tail-group stage, which runs where the others flagged little, found the same parts: dropped at the end
+    assert res.report["latent"]["tail_groups"]["n_flagged"] == res.report["latent"]["dataset_wide_unflagged"] == 360
+    sentence = dataset_wide_sentence({"evidence": res.evidence}, ["a", "b", "c"])
+    assert sentence.startswith(" 3 classes split") and "a (30%), b (30%), c (30%)" in sentence
+    off = flare_detect(X, y, latent=P, logits=logits, n_epochs=50, latent_wide_share=0)
+    assert off.flagged[part].mean() >= 0.99 and "dataset_wide_split" not in off.report["latent"]
+    assert dataset_wide_sentence({"evidence": off.evidence}, None) == ""
+    _, _, _, _, relabelled = split_classes(np.random.default_rng(26), [0.3, 0.3, 0.3], n=400, relabelled=True)
+    a2a = flare_detect(X, y, latent=P, logits=logits_with_next(loss, y, relabelled, 3), n_epochs=50)
+    assert a2a.flagged[part].mean() >= 0.99 and "dataset_wide_split" not in a2a.report["latent"]
 
 
 def test_flare_detect_latent_clean_set_comes_back_clean():
@@ -334,6 +453,10 @@ def test_bad_latent_parameters_raise(small):
         flare_detect(X, y, latent_confirm_loss=-1)
     with pytest.raises(FlareError, match="latent_confirm_pooled"):
         flare_detect(X, y, latent_confirm_pooled=-1)
+    with pytest.raises(FlareError, match="latent_wide_share"):
+        flare_detect(X, y, latent_wide_share=-0.1)
+    with pytest.raises(FlareError, match="latent_wide_share"):
+        flare_detect(X, y, latent_wide_share=1.5)
     with pytest.raises(FlareError):
         flare_detect(X, y, latent_max_clusters=13)
     with pytest.raises(FlareError):

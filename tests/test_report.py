@@ -117,6 +117,22 @@ def test_manifest_with_decisions_adds_columns_and_leaves_run_unchanged(run):
     assert run.manifest.equals(before) and "decision" not in run.manifest.columns
 
 
+def test_how_found_names_a_dataset_wide_split_that_was_not_flagged():
+    from types import SimpleNamespace
+
+    from flare_core.report import how_found
+
+    wide = {"7": {"share": 0.3075, "fitted_better": 0.54}, "1": {"share": 0.2917, "fitted_better": 0.45}}
+    rep = {"representation": "layers", "found": False, "subspace": 4,
+           "evidence": {"found": False, "latent": {"used": True, "classes": [], "dataset_wide_split": wide}}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=[str(k) for k in range(8)])
+    sentence = how_found(run)[0]
+    assert sentence.startswith("No FLARE stage found")
+    assert "2 classes split into two far-apart populations" in sentence and "1 (29%), 7 (31%) of the class" in sentence
+    del rep["evidence"]["latent"]["dataset_wide_split"]
+    assert "far-apart" not in how_found(run)[0]
+
+
 def test_how_found_names_the_latent_stage_and_lists_split_classes():
     from types import SimpleNamespace
 

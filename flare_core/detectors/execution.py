@@ -17,8 +17,9 @@ loky starts fresh interpreters, so nothing is forked (the thread pools of PyTorc
 and, unlike ``multiprocessing``'s spawn and forkserver, it does not re-import the caller's main script: a script
 needs no ``if __name__ == "__main__":`` guard, and the dashboard, whose main module Streamlit replaces with the
 app script, starts no copy of the app.  loky keeps idle workers for a few minutes, so a second search soon after
-(the dashboard's next run) does not pay their start again; stopping a search early kills the workers still
-busy with speculative tries.  Each new worker loads UMAP's compiled code itself (about 10 s, even with a warm
+(the dashboard's next run) does not pay their start again.  A search that stops early starts no more tries;
+the ones already running (at most ``n_jobs - 1``) finish in their workers, unread: loky cannot kill a busy
+worker without leaving its semaphores behind (the resource tracker then warns about them at exit).  Each new worker loads UMAP's compiled code itself (about 10 s, even with a warm
 ``NUMBA_CACHE_DIR``), which is why ``'auto'`` uses workers only where the first try's time says they will
 save at least :data:`AUTO_MIN_SAVING_S`.  The estimator's default is one process, as in scikit-learn.
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from flare_core.errors import FlareError
@@ -41,6 +41,9 @@ AUTO_MAX_WORKERS = 4
 #: counting ``WORKER_START_S`` to start them (each loads UMAP's compiled code itself: about 10 s measured).
 AUTO_MIN_SAVING_S = 30.0
 WORKER_START_S = 15.0
+#: Idle workers are kept this many seconds (loky's reusable executor), so the next search soon after does not
+#: start them again.
+WORKER_IDLE_S = 300
 
 
 def usable_cpus() -> int:
@@ -87,12 +90,13 @@ def check_n_jobs(n_jobs: Any) -> None:
 def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int,
                 stats: Optional[dict[str, int]] = None) -> Iterator[Any]:
     """``fn(*task)`` for each task, yielded in the order of ``tasks``.  With ``n_jobs`` > 1 the next
-    ``n_jobs`` tasks in line run in worker processes while the caller reads the results; a caller that stops
-    reading (``break``, or closing the generator) stops the workers at once.  Where the workers cannot start,
-    or one dies (killed for memory, say), the remaining tasks run in this process, with a warning: the answer
-    is the same.  ``fn`` must be importable (module-level) and the tasks picklable.  A task's exception is
-    raised here, at that task's turn.  ``stats``, where given, counts the ``tasks_sent`` to workers and their
-    ``bytes_sent`` (the size of each task's pickle)."""
+    ``n_jobs`` tasks in line run in worker processes while the caller reads the results.  A caller that stops
+    reading (``break``, or closing the generator) starts no more tasks; the ones already running finish in
+    their workers and are dropped (killing them would leave their semaphores to the resource tracker, which
+    warns about them at exit).  Where the workers cannot start, or one dies (killed for memory, say), the
+    remaining tasks run in this process, with a warning: the answer is the same.  ``fn`` must be importable
+    (module-level) and the tasks picklable.  A task's exception is raised here, at that task's turn.  ``stats``,
+    where given, counts the ``tasks_sent`` to workers and their ``bytes_sent`` (the size of each task's pickle)."""
     stats = {} if stats is None else stats
     stats.setdefault("tasks_sent", 0)
     stats.setdefault("bytes_sent", 0)
@@ -100,33 +104,51 @@ def ordered_map(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int,
         for task in tasks:
             yield fn(*task)
         return
-    from joblib import Parallel, delayed
-    from joblib.externals.loky.process_executor import BrokenProcessPool
+    from concurrent.futures import BrokenExecutor
 
-    def calls():  # read by joblib one task at a time, as it sends each
-        for task in tasks:
-            stats["bytes_sent"] += len(pickle.dumps((fn, task), protocol=pickle.HIGHEST_PROTOCOL))
-            stats["tasks_sent"] += 1
-            yield delayed(_captured)(fn, task)
+    from joblib.externals.loky import get_reusable_executor
 
     n = min(n_jobs, len(tasks))
+    futures: dict[int, Any] = {}
+
+    def replies() -> Iterator[tuple[bool, Any]]:  # the workers' (ok, value), in order; the next task sent on resume
+        executor = get_reusable_executor(max_workers=n, timeout=WORKER_IDLE_S)
+
+        def submit(i: int) -> None:
+            stats["bytes_sent"] += len(pickle.dumps((fn, tasks[i]), protocol=pickle.HIGHEST_PROTOCOL))
+            stats["tasks_sent"] += 1
+            futures[i] = executor.submit(_captured, fn, tasks[i])
+
+        for i in range(n):
+            submit(i)
+        for i in range(len(tasks)):
+            yield futures.pop(i).result()
+            if i + n < len(tasks):  # the caller wants more: that worker takes the next task in line
+                submit(i + n)
+
     done = 0
-    results = Parallel(n_jobs=n, backend="loky", return_as="generator", pre_dispatch="n_jobs", batch_size=1)(calls())
+    it = replies()
     try:
-        for ok, value in results:
+        while True:
+            try:
+                ok, value = next(it)
+            except StopIteration:
+                return
+            except (BrokenExecutor, OSError) as exc:  # from the pool, never from a task (those come back as values)
+                logger.warning("subspace-search workers stopped or could not start (%s); trying the other %d "
+                               "prefixes in this process", str(exc).splitlines()[0] if str(exc) else
+                               type(exc).__name__, len(tasks) - done)
+                for task in tasks[done:]:
+                    yield fn(*task)
+                return
             if not ok:
                 raise value
             done += 1
             yield value
-    except BrokenProcessPool as exc:
-        logger.warning("subspace-search workers stopped (%s); trying the other %d prefixes in this process",
-                       str(exc).splitlines()[0], len(tasks) - done)
-        for task in tasks[done:]:
-            yield fn(*task)
     finally:
-        with warnings.catch_warnings():  # "... tasks ... have been cancelled": stopping early is the point
-            warnings.filterwarnings("ignore", message=r".*(been cancelled|not used)", category=UserWarning)
-            results.close()
+        it.close()
+        for future in futures.values():
+            future.cancel()  # only a task not yet started can be cancelled; the running ones finish unread
 
 
 def _captured(fn: Callable[..., Any], task: tuple) -> tuple[bool, Any]:

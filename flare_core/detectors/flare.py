@@ -57,7 +57,13 @@ Default mode also (ours):
   the poisoned sets of Blended 0.5 % and WaNet 10 %, both 10 epochs, split off at 5.81 / 6.20, fitted 14x /
   1,400x better). Poison found in one class is the second signal for the others: then a class's *first*
   split stands at ``latent_loss_separation`` when its smaller side is a minority, fitted better or not
-  (all-to-all attacks put a poison set in every class). With those inputs a group the per-layer stage flags
+  (all-to-all attacks put a poison set in every class). Where two or more classes have flagged parts of at
+  least ``latent_wide_share`` (5 %; 0 = off) of the class that the model fits less than ``latent_loss_ratio``
+  times better and rates the same classes next after the label as the rest of their class (median total
+  variation <= 0.2), none of them is flagged, whichever stage flagged them: that is a dataset pooled from
+  sources that differ (a second scanner, inverted images), not a backdoor, whose all-to-one poison lies in
+  one class and whose all-to-all poison is another class's images, rated next as that class
+  (:func:`.latent.widely_flagged_classes`; benchmarks/results/second_source.json). With those inputs a group the per-layer stage flags
   is also cross-checked there: it is kept only when, in its classes, it is a population of its own in the
   penultimate features (median held-out d' >= ``latent_confirm``, 4.5) *or* the model fits its main class
   part ``latent_confirm_loss`` (100) times better than the rest of that class (the backdoor's loss
@@ -173,6 +179,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_separation": 6.5,
     "latent_loss_ratio": 10.0,
     "latent_loss_separation": 5.5,
+    "latent_wide_share": 0.05,
     "latent_confirm": 4.5,
     "latent_confirm_loss": 100.0,
     "latent_confirm_pooled": 3.0,
@@ -242,6 +249,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     V.check_float(p["latent_confirm"], "latent_confirm", 0.0)
     # 0 = off; at or above latent_separation it has no effect
     V.check_float(p["latent_loss_separation"], "latent_loss_separation", 0.0)
+    V.check_float(p["latent_wide_share"], "latent_wide_share", 0.0, 1.0)
     if 0 < V.check_float(p["latent_confirm_loss"], "latent_confirm_loss", 0.0) < 1:
         raise FlareError(f"latent_confirm_loss must be 0 (the cross-check by separation only) or a ratio >= 1, "
                          f"got {p['latent_confirm_loss']}.")
@@ -628,6 +636,7 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
     report_progress("subspace-search", len(prefixes), len(prefixes))
     latent_flagged = None
     loss: Optional[np.ndarray] = None  # the per-sample training loss, when the latent stage's inputs are given
+    nxt: Optional[np.ndarray] = None  # the class the logits rate next after the label, with the loss
     latent_report: dict[str, Any] = {"used": False}
     if p["mode"] == "faithful":
         latent_report["why_not"] = "faithful mode reproduces the published method, which has no latent stage"
@@ -637,19 +646,23 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         if latent is None:
             latent_report["why_not"] = "no penultimate features/logits were passed (fit(..., latent=, logits=))"
         else:
-            from flare_core.detectors.latent import latent_detect, sample_loss
+            from flare_core.detectors.latent import latent_detect, next_class, sample_loss
 
             report_progress("latent", 0, 1)
             loss = sample_loss(Lg, y)  # also read by the cross-check and the join step below
+            nxt = next_class(Lg, y)  # the class rated next after the label: the dataset-wide test
             with _timed(seconds, "latent"):
                 latent_flagged, latent_scores, latent_leaf, latent_evidence = latent_detect(
                     P, y, loss, min_separation=p["latent_separation"],
                     loss_ratio=p["latent_loss_ratio"], max_clusters=p["latent_max_clusters"],
                     loss_separation=p["latent_loss_separation"] or None,
-                    random_state=p["random_state"])
+                    wide_share=p["latent_wide_share"], next_class=nxt, random_state=p["random_state"])
             report_progress("latent", 1, 1)
             latent_report = {"used": True, "found": bool(latent_flagged.any()), "n_flagged": int(latent_flagged.sum()),
                              "classes": latent_evidence}
+            wide = {str(e["class"]): e["dataset_wide"] for e in latent_evidence if e.get("dataset_wide")}
+            if wide:  # {class: {"share", "fitted_better", "next_class_tv"}} (latent.widely_flagged_classes)
+                latent_report["dataset_wide_split"] = wide
             logger.info("FLARE: latent stage -> %d flagged", int(latent_flagged.sum()))
     latent_found = latent_flagged is not None and bool(latent_flagged.any())
     found = layer_found or channel_found
@@ -850,6 +863,22 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                 representation = ((representation + "+") if found else "") + "input-pattern"
                 found = True
 
+    if run_latent and loss is not None and latent_report.get("used") and flagged.any():
+        # a split of several classes at a large share that the model fits no better: a second source, not
+        # poison (latent.widely_flagged_classes), whichever stage flagged it
+        from flare_core.detectors.latent import widely_flagged_classes
+
+        wide = widely_flagged_classes(flagged, y, loss, nxt, wide_share=p["latent_wide_share"],
+                                      loss_ratio=p["latent_loss_ratio"])
+        if wide:
+            drop = flagged & np.isin(y, list(wide))
+            flagged = flagged & ~drop
+            latent_report["dataset_wide_split"] = {**latent_report.get("dataset_wide_split", {}),
+                                                   **{str(c): w for c, w in wide.items()}}
+            latent_report["dataset_wide_unflagged"] = int(drop.sum())  # by the other stages, after the latent stage
+            logger.info("FLARE: %d flags in classes %s dropped: a dataset-wide split", int(drop.sum()), sorted(wide))
+            found = bool(flagged.any())
+
     score_rule = "benign distance"
     if p["mode"] == "default":
         # every flagged sample outranks every unflagged one; the unflagged are ranked by how atypical they
@@ -991,7 +1020,8 @@ class FlareDetector(BaseEstimator):
                  max_fraction: float = 0.5,
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
-                 latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_confirm: float = 4.5,
+                 latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_wide_share: float = 0.05,
+                 latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
                  shortcut_min_drop: float = 3.0, minority_modes: str = "auto", input_pattern: str = "auto",
@@ -1018,6 +1048,7 @@ class FlareDetector(BaseEstimator):
         self.latent_separation = latent_separation
         self.latent_loss_ratio = latent_loss_ratio
         self.latent_loss_separation = latent_loss_separation
+        self.latent_wide_share = latent_wide_share
         self.latent_confirm = latent_confirm
         self.latent_confirm_loss = latent_confirm_loss
         self.latent_confirm_pooled = latent_confirm_pooled

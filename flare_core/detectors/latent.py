@@ -52,6 +52,20 @@ Per class (pure functions, no state):
    its class are mostly flagged is flagged too, repeated until nothing changes (label propagation by
    majority vote): poisoned samples left at the border of a flagged part (WaNet: 95.4 % -> 97.9 % TPR,
    FPR 0.02 % -> 0.04 %).
+6. **dataset-wide splits are not poison** (:func:`widely_flagged_classes`): where two or more classes have
+   flagged parts holding at least ``wide_share`` (5 %) of the class, fitted less than ``loss_ratio`` times
+   better than the rest of it, and the model rates the same classes next after the label for those parts
+   as for the rest of their classes (total variation distance of that class, median over the classes,
+   <= 0.2), none of those classes is flagged.  A dataset pooled from two sources (a second scanner,
+   inverted or restyled images) splits every class at the share of the second source, and the classes
+   where that split is far enough apart would otherwise be flagged: as an all-to-all attack would be.
+   What tells them apart is the content: all-to-all poison is another class's images relabelled, so the
+   model rates its source class next (TV 0.51-0.96 per model on the benchmark), while a second source holds
+   the class's own images (0.06-0.10).  All-to-one poison lies in one class and is never touched.  A
+   clean-label attack on two or more classes at once would be taken for a second source.
+   FLARE default applies the same test to its final flags, whichever stage made them
+   (:func:`flare_core.detectors.flare.flare_detect`), since the stages that look for small groups where the
+   others flagged little would otherwise flag the same parts.
 
 Calibration (benchmarks/results/latent_calibration.json, ``python3 -m benchmarks.latent_calibration``):
 on nine Fashion-MNIST small-CNN models (clean, seven attacks, BadNets 0.5 %), the first split of every
@@ -91,6 +105,17 @@ DEFAULT_CONFIRM_LOSS_RATIO = 100.0
 #: 90 poisoned of 96, a backdoor that did not take).  Set between, on those same models, so it is a
 #: measured choice; a model trained after it was fixed (``fmnist-badnets-a2a-0.5-e20-s1``) is the check.
 DEFAULT_CONFIRM_POOLED_SEPARATION = 3.0
+#: A dataset-wide split (:func:`widely_flagged_classes`): a class counts when its flagged parts hold at least this
+#: share of it (small groups of flags beside a poison set do not make a split of the class) ...
+DEFAULT_WIDE_SHARE = 0.05
+#: ... and the split is a second source, not poison, when the classes the model rates next after the label
+#: differ this little between the flagged parts and the rest of their classes (total variation distance,
+#: median over the classes).  Dirty-label poison keeps its source class there: over the 26 benchmark models
+#: with all-to-all poison or poison in one class, the poisoned part of a class against its genuine samples
+#: had a median of 0.51-0.96 over the classes of one model (class by class 0.25-1.0, clean-label SIG 0.09-0.55);
+#: second-source parts (a clean Fashion-MNIST with 15-50 % of every class inverted or rescanned) 0.01-0.41,
+#: medians 0.06-0.10 (benchmarks/results/second_source.json).
+DEFAULT_WIDE_MAX_TV = 0.2
 #: Peeling inside a class already found poisoned: the smaller side must be this far apart (held-out d').
 DEFAULT_PEEL_SEPARATION = 4.5
 #: Neighbours that vote in the join step (the same number FLARE uses to place unclustered samples).
@@ -503,6 +528,68 @@ def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: 
     return ClassSplit(int(label), leaves, flagged, splits, losses, reason, scores, evidence)
 
 
+def next_class(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The class each sample's logits rate highest after its label (N,)."""
+    z = np.array(logits, dtype=np.float64, copy=True)
+    z[np.arange(len(z)), np.asarray(y)] = -np.inf
+    return z.argmax(axis=1)
+
+
+def _tv(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Total variation distance between the class histograms of ``a`` and ``b`` (0 = same, 1 = disjoint)."""
+    pa = np.bincount(a, minlength=k) / max(len(a), 1)
+    pb = np.bincount(b, minlength=k) / max(len(b), 1)
+    return float(0.5 * np.abs(pa - pb).sum())
+
+
+def widely_flagged_classes(flagged: np.ndarray, y: np.ndarray, loss: np.ndarray, nxt: Optional[np.ndarray], *,
+                           wide_share: Optional[float] = DEFAULT_WIDE_SHARE, loss_ratio: float = DEFAULT_LOSS_RATIO,
+                           max_tv: float = DEFAULT_WIDE_MAX_TV,
+                           min_classes: int = 2) -> dict[int, dict[str, float]]:
+    """The classes of a dataset-wide split (step 6 of the module docstring): ``{class: {"share",
+    "fitted_better", "next_class_tv"}}``.  A class is a candidate when its ``flagged`` samples hold at least
+    ``wide_share`` of it and are fitted less than ``loss_ratio`` times better than its other samples
+    (:func:`fitted_better`); with at least ``min_classes`` candidates whose flagged samples' next class
+    (``nxt``, :func:`next_class`) is distributed like the rest of their class (median total variation over the
+    candidates <= ``max_tv``), every candidate is returned; else ``{}``.  ``wide_share`` 0 or None, or no
+    ``nxt``: never.  A class flagged whole is not a split and does not count."""
+    if not wide_share or nxt is None:
+        return {}
+    k = int(max(int(np.max(nxt)), int(np.max(y)))) + 1
+    wide = {}
+    for c in np.unique(y[flagged]):
+        in_c = y == c
+        part, rest = flagged & in_c, ~flagged & in_c
+        if not rest.any():
+            continue
+        share = int(part.sum()) / int(in_c.sum())
+        better = fitted_better(loss[part], loss[rest])
+        if share >= wide_share and better < loss_ratio:
+            wide[int(c)] = {"share": round(float(share), 4), "fitted_better": round(float(better), 3),
+                            "next_class_tv": round(_tv(nxt[part], nxt[rest], k), 3)}
+    if len(wide) < min_classes or np.median([w["next_class_tv"] for w in wide.values()]) > max_tv:
+        return {}
+    return wide
+
+
+def _flag_mask(results: dict, y: np.ndarray) -> np.ndarray:
+    """The samples the per-class ``results`` (:class:`ClassSplit` by class) flag."""
+    flagged = np.zeros(len(y), dtype=bool)
+    for c, res in results.items():
+        idx = np.flatnonzero(y == c)
+        for i in res.flagged_leaves:
+            flagged[idx[res.leaves[i]]] = True
+    return flagged
+
+
+def _unflag(res: ClassSplit, why: str) -> ClassSplit:
+    """``res`` with nothing flagged (its split kept as evidence), and why."""
+    evidence = {**res.evidence, "reason": res.evidence["reason"] + "; " + why, "n_flagged": 0,
+                "leaves": [{**leaf, "flagged": False} for leaf in res.evidence["leaves"]]}
+    return ClassSplit(res.label, res.leaves, [], res.splits, res.leaf_loss, res.reason + "; " + why,
+                      np.zeros_like(res.scores), evidence)
+
+
 def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any) -> tuple:
     """Run :func:`split_class` on every class with at least ``MIN_SPLIT_ROWS`` samples.
 
@@ -513,6 +600,9 @@ def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any)
     (CIFAR-10 Blended all-to-all, 12 epochs: eight classes split off their poison exactly at d' 6.7-8.9,
     two at 5.70 / 6.24, fitted no better than their genuine samples); over the 25 calibration models the
     first minority splits of genuine-only classes reach d' 5.13 at most.
+
+    Given ``next_class`` (:func:`next_class` of the logits), the classes of a dataset-wide split
+    (:func:`widely_flagged_classes`, ``wide_share``) are not flagged, and do not lower the bar for the others.
 
     Returns (flagged (N,) bool, scores (N,) float, leaf id (N,) int: 0 = the class's reference leaf,
     1.. others, per class; evidence list).
@@ -525,6 +615,9 @@ def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any)
     evidence: dict = {}
     minority = params.get("minority", DEFAULT_MINORITY)
     second_bar = params.get("loss_separation", DEFAULT_LOSS_SEPARATION)
+    wide_share = params.pop("wide_share", DEFAULT_WIDE_SHARE)
+    nxt = params.pop("next_class", None)
+    loss_ratio = params.get("loss_ratio", DEFAULT_LOSS_RATIO)
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         if len(idx) < MIN_SPLIT_ROWS:
@@ -532,7 +625,9 @@ def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any)
                            "splits": [], "leaves": [], "n_flagged": 0}
             continue
         results[c] = split_class(P[idx], loss[idx], int(c), **params)
-    if second_bar is not None and any(r.flagged_leaves for r in results.values()):
+    wide = widely_flagged_classes(_flag_mask(results, y), y, loss, nxt, wide_share=wide_share,
+                                  loss_ratio=loss_ratio)
+    if second_bar is not None and any(r.flagged_leaves for c, r in results.items() if int(c) not in wide):
         for c, res in list(results.items()):
             first = res.splits[0] if res.splits else None
             if (res.flagged_leaves or first is None or first["accepted"] or first["dprime"] < second_bar
@@ -541,6 +636,16 @@ def latent_detect(P: np.ndarray, y: np.ndarray, loss: np.ndarray, **params: Any)
             idx = np.flatnonzero(y == c)
             results[c] = split_class(P[idx], loss[idx], int(c), first_minority_separation=second_bar, **params)
             results[c].evidence["reason"] += " (first split accepted at the lower bar: poison found in another class)"
+    wide = widely_flagged_classes(_flag_mask(results, y), y, loss, nxt, wide_share=wide_share,
+                                  loss_ratio=loss_ratio)
+    if wide:
+        shares = ", ".join(f"{w['share']:.0%}" for w in wide.values())
+        why = (f"not flagged: {len(wide)} classes split this way (flagged shares {shares}, fitted less than "
+               f"{loss_ratio:g}x better, the same classes rated next as the rest of the class), a dataset-wide "
+               "split such as a second source, not a backdoor's poison")
+        for c, w in wide.items():
+            results[c] = _unflag(results[c], why)
+            results[c].evidence["dataset_wide"] = w
     for c, res in results.items():
         idx = np.flatnonzero(y == c)
         ref = next((i for i, e in enumerate(res.evidence["leaves"]) if e["reference"]), 0)
