@@ -315,6 +315,17 @@ def test_widely_flagged_classes_contract():
     assert LT.widely_flagged_classes(part2, y2, loss2, nxt2) == {}  # another class's images
 
 
+def test_final_wide_classes_drops_one_class_of_a_known_split_flagged_again():
+    rng = np.random.default_rng(27)
+    _, y, loss, part, nxt = split_classes(rng, [0.3, 0.3, 0.3])
+    again = part & (y == 1)  # a later stage flagged class 1's part again, alone
+    assert LT.widely_flagged_classes(again, y, loss, nxt) == {}  # one class is not a split ...
+    assert list(LT.final_wide_classes(again, y, loss, nxt)) == []
+    assert list(LT.final_wide_classes(again, y, loss, nxt, known={"0": {}, "1": {}, "2": {}})) == [1]  # ... of its own
+    assert list(LT.final_wide_classes(again, y, loss, nxt, known=["0", "2"])) == []  # class 1 was not in the split
+    assert LT.final_wide_classes(again, y, np.where(again, loss / 100, loss), nxt, known=["1"]) == {}  # signature
+
+
 def test_next_class_is_the_highest_logit_after_the_label():
     z = np.array([[5.0, 1.0, 3.0], [0.0, 9.0, 2.0], [1.0, 1.0, 0.0]])
     np.testing.assert_array_equal(LT.next_class(z, np.array([0, 1, 2])), [2, 2, 0])

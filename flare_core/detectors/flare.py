@@ -865,11 +865,11 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
 
     if run_latent and loss is not None and latent_report.get("used") and flagged.any():
         # a split of several classes at a large share that the model fits no better: a second source, not
-        # poison (latent.widely_flagged_classes), whichever stage flagged it
-        from flare_core.detectors.latent import widely_flagged_classes
+        # poison (latent.final_wide_classes), whichever stage flagged it
+        from flare_core.detectors.latent import final_wide_classes
 
-        wide = widely_flagged_classes(flagged, y, loss, nxt, wide_share=p["latent_wide_share"],
-                                      loss_ratio=p["latent_loss_ratio"])
+        wide = final_wide_classes(flagged, y, loss, nxt, known=latent_report.get("dataset_wide_split", {}),
+                                  wide_share=p["latent_wide_share"], loss_ratio=p["latent_loss_ratio"])
         if wide:
             drop = flagged & np.isin(y, list(wide))
             flagged = flagged & ~drop

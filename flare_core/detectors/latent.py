@@ -572,6 +572,20 @@ def widely_flagged_classes(flagged: np.ndarray, y: np.ndarray, loss: np.ndarray,
     return wide
 
 
+def final_wide_classes(flagged: np.ndarray, y: np.ndarray, loss: np.ndarray, nxt: Optional[np.ndarray],
+                       known: Any = (), **params: Any) -> dict[int, dict[str, float]]:
+    """:func:`widely_flagged_classes` on FLARE's final flags, whichever stage made them; and, in the ``known``
+    classes of a split the latent stage already found dataset-wide, each class on its own (one class flagged
+    again by a later stage is a part of that split, not poison found anew)."""
+    wide = widely_flagged_classes(flagged, y, loss, nxt, **params)
+    known = [int(c) for c in known]
+    if known:
+        again = widely_flagged_classes(flagged & np.isin(y, known), y, loss, nxt,
+                                       **{**params, "min_classes": 1, "max_tv": 1.0})
+        wide.update({c: w for c, w in again.items() if c not in wide})
+    return wide
+
+
 def _flag_mask(results: dict, y: np.ndarray) -> np.ndarray:
     """The samples the per-class ``results`` (:class:`ClassSplit` by class) flag."""
     flagged = np.zeros(len(y), dtype=bool)
