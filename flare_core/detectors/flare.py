@@ -864,8 +864,9 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
                 found = True
 
     if run_latent and loss is not None and latent_report.get("used") and flagged.any():
-        # a split of several classes at a large share that the model fits no better: a second source, not
-        # poison (latent.final_wide_classes), whichever stage flagged it
+        # parts of several classes (>= latent_wide_share of each) that the model fits no better and reads as
+        # their own class's images: a second source, not poison (latent.final_wide_classes), whichever stage
+        # flagged them
         from flare_core.detectors.latent import final_wide_classes
 
         wide = final_wide_classes(flagged, y, loss, nxt, known=latent_report.get("dataset_wide_split", {}),
@@ -878,6 +879,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             latent_report["dataset_wide_unflagged"] = int(drop.sum())  # by the other stages, after the latent stage
             logger.info("FLARE: %d flags in classes %s dropped: a dataset-wide split", int(drop.sum()), sorted(wide))
             found = bool(flagged.any())
+            if not found:
+                representation = "layers"  # as when no stage finds anything
 
     score_rule = "benign distance"
     if p["mode"] == "default":
