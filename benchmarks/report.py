@@ -639,8 +639,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "clusters, embedding, chosen subspace and the record of every try equal the one-process run's. "
                   "`auto` (what the CLI and the dashboard use) takes workers only where the first try's time says "
                   "they save at least 30 s: not on Fashion-MNIST's 4 prefixes. 2-core CPU, nothing else running. The "
-                  "same one-process search has taken 287-376 s on this machine (sessions 25-26), so read the "
-                  "speed-up as 1.4-1.7x.",
+                  "same one-process search has taken 287-376 s on this machine (sessions 25-27), so read the "
+                  "speed-up as 1.4-1.8x. Since session 27 the workers are loky's reusable executor (see NOTES).",
                   md_table(["model", "N", "columns", "n_jobs", "workers", "tries", "wall s", "speed-up", "identical",
                             "rows a try / MB sent in all", "command"], rows)]
         if sp_.get("payload"):

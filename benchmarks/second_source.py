@@ -117,7 +117,7 @@ def purify(row: str, model: Path, data: Path, params: list[str]) -> dict:
 def poisoned_next_class_tv(min_poisoned: int = 20) -> dict:
     """Per cached poisoned model: the next-class total variation between the poisoned and the genuine samples
     of each class with at least ``min_poisoned`` poisoned ones (ground truth, not flags)."""
-    from flare_core.detectors.latent import _tv, next_class
+    from flare_core.detectors.latent import histogram_distance, next_class
 
     out = {}
     for gt_path in sorted(CACHE.glob("*/ground_truth.json")):
@@ -130,7 +130,7 @@ def poisoned_next_class_tv(min_poisoned: int = 20) -> dict:
         truth = np.zeros(len(y), bool)
         truth[np.asarray(idx, dtype=np.int64)] = True
         nxt, k = next_class(logits, y), logits.shape[1]
-        tvs = {str(c): round(_tv(nxt[(y == c) & truth], nxt[(y == c) & ~truth], k), 3)
+        tvs = {str(c): round(histogram_distance(nxt[(y == c) & truth], nxt[(y == c) & ~truth], k), 3)
                for c in range(k) if ((y == c) & truth).sum() >= min_poisoned}
         if tvs:
             out[folder.name] = {"classes": tvs, "median": round(float(np.median(list(tvs.values()))), 3)}

@@ -326,6 +326,13 @@ def test_final_wide_classes_drops_one_class_of_a_known_split_flagged_again():
     assert LT.final_wide_classes(again, y, np.where(again, loss / 100, loss), nxt, known=["1"]) == {}  # signature
 
 
+def test_histogram_distance_is_zero_for_the_same_classes_and_one_for_disjoint_ones():
+    a = np.array([0, 1, 1, 2])
+    assert LT.histogram_distance(a, a[::-1], 4) == 0.0
+    assert LT.histogram_distance(a, np.array([3, 3]), 4) == 1.0
+    assert LT.histogram_distance(np.array([0, 0]), np.array([0, 1]), 2) == 0.5
+
+
 def test_next_class_is_the_highest_logit_after_the_label():
     z = np.array([[5.0, 1.0, 3.0], [0.0, 9.0, 2.0], [1.0, 1.0, 0.0]])
     np.testing.assert_array_equal(LT.next_class(z, np.array([0, 1, 2])), [2, 2, 0])

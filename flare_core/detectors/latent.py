@@ -60,8 +60,8 @@ Per class (pure functions, no state):
    inverted or restyled images) splits every class at the share of the second source, and the classes
    where that split is far enough apart would otherwise be flagged: as an all-to-all attack would be.
    What tells them apart is the content: all-to-all poison is another class's images relabelled, so the
-   model rates its source class next (TV 0.51-0.96 per model on the benchmark), while a second source holds
-   the class's own images (0.06-0.10).  All-to-one poison lies in one class and is never touched.  A
+   model rates its source class next (median TV 0.51-0.99 per model on the benchmark), while a second
+   source holds the class's own images (0.08-0.10).  All-to-one poison lies in one class and is never touched.  A
    clean-label attack on two or more classes at once would be taken for a second source.
    FLARE default applies the same test to its final flags, whichever stage made them
    (:func:`flare_core.detectors.flare.flare_detect`), since the stages that look for small groups where the
@@ -110,11 +110,12 @@ DEFAULT_CONFIRM_POOLED_SEPARATION = 3.0
 DEFAULT_WIDE_SHARE = 0.05
 #: ... and the split is a second source, not poison, when the classes the model rates next after the label
 #: differ this little between the flagged parts and the rest of their classes (total variation distance,
-#: median over the classes).  Dirty-label poison keeps its source class there: over the 26 benchmark models
-#: with all-to-all poison or poison in one class, the poisoned part of a class against its genuine samples
-#: had a median of 0.51-0.96 over the classes of one model (class by class 0.25-1.0, clean-label SIG 0.09-0.55);
-#: second-source parts (a clean Fashion-MNIST with 15-50 % of every class inverted or rescanned) 0.01-0.41,
-#: medians 0.06-0.10 (benchmarks/results/second_source.json).
+#: median over the classes).  Dirty-label poison keeps its source class there: on the 16 cached benchmark
+#: models with poison in two or more classes (all-to-all), the poisoned part of a class against its genuine
+#: samples had a median of 0.51-0.99 over the classes of one model (class by class 0.25-1.0; poison in one
+#: class, 39 models: 0.09-0.74, clean-label SIG lowest), while the flagged parts of the two second-source rows
+#: that FLARE flagged (a clean Fashion-MNIST with 15 % / 30 % of every class inverted) had 0.02-0.41, medians
+#: 0.10 / 0.08 (``python3 -m benchmarks.second_source [--poisoned]``, benchmarks/results/second_source.json).
 DEFAULT_WIDE_MAX_TV = 0.2
 #: Peeling inside a class already found poisoned: the smaller side must be this far apart (held-out d').
 DEFAULT_PEEL_SEPARATION = 4.5
@@ -535,7 +536,7 @@ def next_class(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return z.argmax(axis=1)
 
 
-def _tv(a: np.ndarray, b: np.ndarray, k: int) -> float:
+def histogram_distance(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Total variation distance between the class histograms of ``a`` and ``b`` (0 = same, 1 = disjoint)."""
     pa = np.bincount(a, minlength=k) / max(len(a), 1)
     pb = np.bincount(b, minlength=k) / max(len(b), 1)
@@ -566,7 +567,7 @@ def widely_flagged_classes(flagged: np.ndarray, y: np.ndarray, loss: np.ndarray,
         better = fitted_better(loss[part], loss[rest])
         if share >= wide_share and better < loss_ratio:
             wide[int(c)] = {"share": round(float(share), 4), "fitted_better": round(float(better), 3),
-                            "next_class_tv": round(_tv(nxt[part], nxt[rest], k), 3)}
+                            "next_class_tv": round(histogram_distance(nxt[part], nxt[rest], k), 3)}
     if len(wide) < min_classes or np.median([w["next_class_tv"] for w in wide.values()]) > max_tv:
         return {}
     return wide
