@@ -108,7 +108,8 @@ def purify(row: str, model: Path, data: Path, params: list[str]) -> dict:
     y = manifest["label"].to_numpy()
     rep = meta["detector"]["report"]["report"]
     per_class = {str(c): int(flagged[y == c].sum()) for c in np.unique(y) if flagged[y == c].any()}
-    return {"params": params, "command": show_cmd(args).replace(str(Path(tempfile.gettempdir())), "TMP"),
+    shown = [("OUT" if a == out else a) for a in args]  # the run folder was a temporary one
+    return {"params": params, "command": show_cmd(shown),
             "n_flagged": int(flagged.sum()), "flagged_second_source": int((flagged & pick).sum()),
             "flagged_per_class": per_class, "representation": rep.get("representation"),
             "dataset_wide_split": (rep.get("latent") or {}).get("dataset_wide_split"), "seconds": round(seconds, 1)}

@@ -390,3 +390,20 @@ def test_search_payload_measures_a_worker_try_that_does_not_grow_with_n():
     assert small["clustered_rows"] == 5_000 and large["clustered_rows"] == 20_000
     assert large["mb_sent"] < large["mb_before"] / 2  # 20,000 rows of 3 columns (+ labels, positions) vs 60,000
     assert small["mb_sent"] <= small["mb_before"]
+
+
+def test_second_source_restyles_a_share_of_the_images_and_leaves_the_input_unchanged():
+    from benchmarks.second_source import second_source
+
+    x = np.random.default_rng(0).integers(0, 256, size=(2000, 4, 4, 1), dtype=np.uint8)
+    x0 = x.copy()
+    inv, pick = second_source(x, 0.3, "invert")
+    np.testing.assert_array_equal(x, x0)
+    assert 0.25 < pick.mean() < 0.35
+    np.testing.assert_array_equal(inv[pick], 255 - x[pick])
+    np.testing.assert_array_equal(inv[~pick], x[~pick])
+    dim, pick2 = second_source(x, 0.3, "dim")
+    np.testing.assert_array_equal(pick, pick2)  # the same images, whatever the source
+    assert dim[pick].min() >= 20 and dim.dtype == np.uint8  # the grey floor of 60, less the noise
+    with pytest.raises(ValueError, match="invert"):
+        second_source(x, 0.3, "sepia")

@@ -12,16 +12,18 @@ always runs in this process: most poisoned sets are found there, and then no wor
 This is the project's execution backend for the search: :func:`ordered_map` is all the search asks of it,
 so a backend that sends the tries to other machines would implement the same function.
 
-The workers are joblib's loky processes (``joblib.Parallel(backend="loky")``; joblib comes with scikit-learn).
-loky starts fresh interpreters, so nothing is forked (the thread pools of PyTorch and OpenMP are not fork-safe),
-and, unlike ``multiprocessing``'s spawn and forkserver, it does not re-import the caller's main script: a script
-needs no ``if __name__ == "__main__":`` guard, and the dashboard, whose main module Streamlit replaces with the
-app script, starts no copy of the app.  loky keeps idle workers for a few minutes, so a second search soon after
-(the dashboard's next run) does not pay their start again.  A search that stops early starts no more tries;
-the ones already running (at most ``n_jobs - 1``) finish in their workers, unread: loky cannot kill a busy
-worker without leaving its semaphores behind (the resource tracker then warns about them at exit).  Each new worker loads UMAP's compiled code itself (about 10 s, even with a warm
-``NUMBA_CACHE_DIR``), which is why ``'auto'`` uses workers only where the first try's time says they will
-save at least :data:`AUTO_MIN_SAVING_S`.  The estimator's default is one process, as in scikit-learn.
+The workers are the processes of loky's reusable executor (``joblib.externals.loky``; joblib comes with
+scikit-learn).  loky starts fresh interpreters, so nothing is forked (the thread pools of PyTorch and OpenMP
+are not fork-safe), and, unlike ``multiprocessing``'s spawn and forkserver, it does not re-import the caller's
+main script: a script needs no ``if __name__ == "__main__":`` guard, and the dashboard, whose main module
+Streamlit replaces with the app script, starts no copy of the app.  Idle workers are kept
+:data:`WORKER_IDLE_S` seconds, so a second search soon after (the dashboard's next run) does not pay their
+start again.  A search that stops early starts no more tries; the ones already running (at most
+``n_jobs - 1``) finish in their workers, unread: loky cannot kill a busy worker without leaving its semaphores
+behind (the resource tracker then warns about them at exit).  Each new worker loads UMAP's compiled code
+itself (about 10 s, even with a warm ``NUMBA_CACHE_DIR``), which is why ``'auto'`` uses workers only where the
+first try's time says they will save at least :data:`AUTO_MIN_SAVING_S`.  The estimator's default is one
+process, as in scikit-learn.
 """
 from __future__ import annotations
 
