@@ -94,6 +94,17 @@ def test_ordered_map_stops_early_and_raises_a_workers_error_at_its_turn():
     assert list(execution.ordered_map(_square, [(i,) for i in range(4)], 2)) == [0, 1, 4, 9]  # the pool still works
 
 
+def _missing_file(x):
+    raise FileNotFoundError(f"no file {x}")
+
+
+def test_a_tasks_own_os_error_is_raised_not_taken_for_a_broken_pool(caplog):
+    results = execution.ordered_map(_missing_file, [(i,) for i in range(3)], 2)
+    with pytest.raises(FileNotFoundError, match="no file 0"):
+        next(results)
+    assert "in this process" not in caplog.text  # not re-run here as if the workers had stopped
+
+
 def test_a_search_that_stops_in_a_worker_leaves_nothing_for_the_resource_tracker(tmp_path):
     # killing a busy loky worker leaks its semaphores, and the resource tracker warns about them when the
     # program exits: every `flare purify` whose search stopped early in a worker printed that warning
