@@ -164,11 +164,11 @@ if run is not None:
                 + (" and *Least fitted by the model*" if run.losses() is not None else "") + " lists.",
                 icon=":material/info:")
     sentence, latent_tbl = report.how_found(run)
+    wide = "" if flagged.any() else report.dataset_wide_sentence(report.detector_report(run), run.classes)
     if sentence and flagged.any():
         st.caption(sentence)
-    elif report.dataset_wide_sentence(report.detector_report(run), run.classes):
-        st.warning(report.dataset_wide_sentence(report.detector_report(run), run.classes).strip(),
-                   icon=":material/call_split:")
+    elif wide:
+        st.warning(wide.strip(), icon=":material/call_split:")
     triggers = report.trigger_sentence(run)
     if triggers:  # the flagged groups' trigger test; the difference images are on the Inspect page
         st.caption(triggers + " The differences are on the Inspect page.")
