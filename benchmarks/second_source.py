@@ -75,8 +75,9 @@ def build_data(row: str) -> Path:
     return data
 
 
-def build_model(row: str, data: Path, retrain: bool = False) -> Path:
-    model_dir = ZOO / f"second-source-{row}"
+def train_small_cnn(model_dir: Path, data: Path, command: str, retrain: bool = False) -> Path:
+    """``MODEL_DIR/model.pt``: the clean control's recipe (``flare train``, small CNN, 4 epochs, seed 0), made once;
+    ``build.json`` records ``command`` (the benchmark command that made it) and the CLI equivalent."""
     model = model_dir / "model.pt"
     if model.exists() and not retrain:
         return model
@@ -84,15 +85,20 @@ def build_model(row: str, data: Path, retrain: bool = False) -> Path:
     args = ["train", "--data", data, "--arch", "small-cnn", "--epochs", EPOCHS, "--seed", SEED, "--out", model,
             "--metrics-out", model_dir / "metrics.json"]
     seconds = run_flare(args)
-    write_json(model_dir / "build.json", {"command": "python3 -m benchmarks.second_source " + row,
-                                          "cli_equivalent": show_cmd(args), "train_seconds_wall": round(seconds, 1),
+    write_json(model_dir / "build.json", {"command": command, "cli_equivalent": show_cmd(args),
+                                          "train_seconds_wall": round(seconds, 1),
                                           "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()})
     return model
 
 
-def purify(row: str, model: Path, data: Path, params: list[str]) -> dict:
-    """One ``flare purify`` run: what it flagged, against the second-source mask."""
-    pick = np.load(CACHE / f"second-source-{row}" / "second.npy")
+def build_model(row: str, data: Path, retrain: bool = False) -> Path:
+    return train_small_cnn(ZOO / f"second-source-{row}", data, "python3 -m benchmarks.second_source " + row, retrain)
+
+
+def purify_against(marked: np.ndarray, model: Path, data: Path, params: list[str],
+                   keep: Path | None = None) -> dict:
+    """One ``flare purify`` run (small CNN): what it flagged, against a mask of the images that carry the quirk
+    (``flagged_marked``).  ``keep``: a folder to copy the run's ``manifest.csv`` and ``run.json`` into."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         args = ["purify", "--model", model, "--arch", "small-cnn", "--data", data, "--out", out]
@@ -103,15 +109,28 @@ def purify(row: str, model: Path, data: Path, params: list[str]) -> dict:
 
         manifest = pd.read_csv(out / "manifest.csv")
         meta = json.loads((out / "run.json").read_text())
+        if keep is not None:
+            import shutil
+
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("manifest.csv", "run.json"):
+                shutil.copyfile(out / name, keep / name)
     flagged = manifest["flagged"].to_numpy().astype(bool)
     y = manifest["label"].to_numpy()
     rep = meta["detector"]["report"]["report"]
     per_class = {str(c): int(flagged[y == c].sum()) for c in np.unique(y) if flagged[y == c].any()}
     shown = [("OUT" if a == out else a) for a in args]  # the run folder was a temporary one
     return {"params": params, "command": show_cmd(shown),
-            "n_flagged": int(flagged.sum()), "flagged_second_source": int((flagged & pick).sum()),
+            "n_flagged": int(flagged.sum()), "flagged_marked": int((flagged & marked).sum()),
             "flagged_per_class": per_class, "representation": rep.get("representation"),
             "dataset_wide_split": (rep.get("latent") or {}).get("dataset_wide_split"), "seconds": round(seconds, 1)}
+
+
+def purify(row: str, model: Path, data: Path, params: list[str]) -> dict:
+    """One ``flare purify`` run: what it flagged, against the second-source mask."""
+    rec = purify_against(np.load(CACHE / f"second-source-{row}" / "second.npy"), model, data, params)
+    rec["flagged_second_source"] = rec.pop("flagged_marked")
+    return rec
 
 
 def poisoned_next_class_tv(min_poisoned: int = 20) -> dict:

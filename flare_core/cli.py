@@ -237,9 +237,9 @@ def cmd_purify(args) -> int:
     if sentence and res["n_flagged"]:
         print(f"  {sentence}")
     elif not res["n_flagged"]:
-        from flare_core.report import dataset_wide_sentence, detector_report
+        from flare_core.report import detector_report, not_poison_sentence
 
-        wide = dataset_wide_sentence(detector_report(run), run.classes).strip()
+        wide = not_poison_sentence(detector_report(run), run.classes).strip()
         if wide:
             print(f"  {wide}")
     from flare_core.report import trigger_sentence

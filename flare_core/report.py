@@ -184,6 +184,29 @@ def dataset_wide_sentence(report: dict, classes) -> str:
             "they were not flagged. The per-class views show the two populations: look at some images of each.")
 
 
+def label_noise_sentence(report: dict, classes) -> str:
+    """Which classes' split-off parts FLARE took for mislabelled images and did not flag
+    (:func:`flare_core.detectors.label_noise.contradicted_classes`), shown so the analyst can look."""
+    latent = (report.get("evidence") or {}).get("latent") or {}
+    noisy = latent.get("label_noise") or {}
+    if not noisy:
+        return ""
+    parts = ", ".join(f"{class_name(classes, int(c))} ({v['contradicted']:.0%} of {v['flagged']:,}; "
+                      f"{v['classes_given']} classes)" for c, v in sorted(noisy.items(), key=lambda kv: int(kv[0])))
+    n = int(latent.get("label_noise_unflagged") or 0)
+    return (f" {len(noisy)} classes had parts standing apart whose labels the model contradicts: it classifies "
+            f"them as other classes, and as many different ones ({parts}: the share it classifies as another "
+            "class, and how many classes take a tenth of those). That is what mislabelled images look like, not a "
+            "backdoor's poison (an attacker relabels one source class's images, so the model gives them one class), "
+            f"so those {n:,} samples were not flagged. They lead the Inspect page's *Least fitted by the model* "
+            "list: review their labels.")
+
+
+def not_poison_sentence(report: dict, classes) -> str:
+    """The splits FLARE found and did not flag, and why (a dataset-wide split; label noise)."""
+    return dataset_wide_sentence(report, classes) + label_noise_sentence(report, classes)
+
+
 def shortcut_sentence(report: dict, classes) -> str:
     """What the shortcut probe found about the model (a model-level finding, flagged samples or not)."""
     sc = report.get("shortcut") or {}
@@ -369,7 +392,7 @@ def how_found(run: RunFolder) -> tuple[str, Optional[pd.DataFrame]]:
                          + "; ".join(f"{name(c)} -> {name(g['seen_as'])}: {g['size']}, {g['purity']:.2f}, "
                                      f"{g['island']:.2f}, {g.get('other_base', 0.0):.1%}" for c, g in misfits)
                          + ". Check them: a class's mislabelled images can form such a group too.")
-    sentence += dataset_wide_sentence(report, run.classes)
+    sentence += not_poison_sentence(report, run.classes)
     sentence += shortcut_sentence(report, run.classes)
     sentence += minority_sentence(report, run.classes)
     sentence += input_pattern_sentence(report, run.classes)

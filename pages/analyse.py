@@ -164,7 +164,7 @@ if run is not None:
                 + (" and *Least fitted by the model*" if run.losses() is not None else "") + " lists.",
                 icon=":material/info:")
     sentence, latent_tbl = report.how_found(run)
-    wide = "" if flagged.any() else report.dataset_wide_sentence(report.detector_report(run), run.classes)
+    wide = "" if flagged.any() else report.not_poison_sentence(report.detector_report(run), run.classes)
     if sentence and flagged.any():
         st.caption(sentence)
     elif wide:

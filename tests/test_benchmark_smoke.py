@@ -407,3 +407,59 @@ def test_second_source_restyles_a_share_of_the_images_and_leaves_the_input_uncha
     assert dim[pick].min() >= 20 and dim.dtype == np.uint8  # the grey floor of 60, less the noise
     with pytest.raises(ValueError, match="invert"):
         second_source(x, 0.3, "sepia")
+
+
+def test_label_noise_moves_a_share_of_the_labels_to_another_class_and_leaves_the_input_unchanged():
+    from benchmarks.clean_unusual import label_noise
+
+    y = np.arange(3000) % 10
+    y0 = y.copy()
+    noisy, pick = label_noise(y, 0.1, 10)
+    np.testing.assert_array_equal(y, y0)
+    assert 0.08 < pick.mean() < 0.12
+    assert (noisy[pick] != y[pick]).all() and (noisy[~pick] == y[~pick]).all()
+    assert set(np.unique(noisy[pick])) == set(range(10))  # every class receives some
+
+
+def test_near_duplicates_are_jittered_copies_with_their_originals_label():
+    from benchmarks.clean_unusual import near_duplicates
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(1000, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, 1000)
+    x0, y0 = x.copy(), y.copy()
+    xd, yd, marked = near_duplicates(x, y, 0.1, copies=10)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    assert marked.sum() == 10 + 100  # 10 originals and their 100 copies
+    changed = (xd != x).any(axis=(1, 2, 3))
+    assert changed.sum() == 100 and not changed[~marked].any()
+    originals = np.flatnonzero(marked & ~changed)
+    assert len(originals) == 10
+    for i in np.flatnonzero(changed):  # each copy is close to one original (up to a one-pixel shift and noise) ...
+        err = [np.abs(np.roll(np.roll(x[o].astype(float), dy, 0), dx, 1) - xd[i]).mean()
+               for o in originals for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        best = originals[int(np.argmin(err)) // 9]
+        assert min(err) < 8 and yd[i] == y[best]  # ... and carries its label
+
+
+def test_long_tail_keeps_geometrically_falling_class_sizes():
+    from benchmarks.clean_unusual import long_tail
+
+    y = np.repeat(np.arange(10), 600)
+    keep = long_tail(y, 100, 10, head=600)
+    sizes = np.bincount(y[keep], minlength=10)
+    assert sizes[0] == 600 and sizes[-1] == 6 and (np.diff(sizes) < 0).all()
+    assert len(np.unique(keep)) == len(keep)
+
+
+def test_label_flip_swaps_a_share_of_each_look_alike_pair_only():
+    from benchmarks.clean_unusual import label_flip
+
+    y = np.arange(10_000) % 10
+    flipped, pick = label_flip(y, 0.2, pairs=((0, 6), (2, 4)))
+    assert set(np.unique(y[pick])) == {0, 6, 2, 4}
+    pairs = {0: 6, 6: 0, 2: 4, 4: 2}
+    assert all(flipped[i] == pairs[y[i]] for i in np.flatnonzero(pick))
+    np.testing.assert_array_equal(flipped[~pick], y[~pick])
+    assert all(0.15 < pick[y == c].mean() < 0.25 for c in (0, 6, 2, 4))

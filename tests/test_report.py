@@ -133,6 +133,25 @@ def test_how_found_names_a_dataset_wide_split_that_was_not_flagged():
     assert "far-apart" not in how_found(run)[0]
 
 
+def test_how_found_names_label_noise_that_was_not_flagged():
+    from types import SimpleNamespace
+
+    from flare_core.report import how_found
+
+    noisy = {"2": {"flagged": 259, "contradicted": 0.996, "top_share": 0.295, "classes_given": 4},
+             "0": {"flagged": 369, "contradicted": 0.995, "top_share": 0.221, "classes_given": 5}}
+    rep = {"representation": "layers", "found": False, "subspace": 4,
+           "evidence": {"found": False, "latent": {"used": True, "classes": [], "label_noise": noisy,
+                                                   "label_noise_unflagged": 4272}}}
+    run = SimpleNamespace(meta={"detector": {"report": {"report": rep}}}, classes=["top", "trouser", "pullover"])
+    sentence = how_found(run)[0]
+    assert sentence.startswith("No FLARE stage found") and "2 classes had parts" in sentence
+    assert "top (100% of 369; 5 classes), pullover (100% of 259; 4 classes)" in sentence  # in class order
+    assert "those 4,272 samples were not flagged" in sentence and "Least fitted by the model" in sentence
+    del rep["evidence"]["latent"]["label_noise"]
+    assert "contradicts" not in how_found(run)[0]
+
+
 def test_how_found_names_the_latent_stage_and_lists_split_classes():
     from types import SimpleNamespace
 

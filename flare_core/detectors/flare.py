@@ -63,7 +63,12 @@ Default mode also (ours):
   variation <= 0.2), none of them is flagged, whichever stage flagged them: that is a dataset pooled from
   sources that differ (a second scanner, inverted images), not a backdoor, whose all-to-one poison lies in
   one class and whose all-to-all poison is another class's images, rated next as that class
-  (:func:`.latent.widely_flagged_classes`; benchmarks/results/second_source.json). With those inputs a group the per-layer stage flags
+  (:func:`.latent.widely_flagged_classes`; benchmarks/results/second_source.json). Where at least
+  ``label_noise_classes`` (3; 0 = off) classes have flagged parts that the model mostly classifies as another
+  class, and as many different classes (the most common one holds at most half of them, median over those
+  classes), those samples are not flagged either: they are mislabelled images, not poison, whose attacker
+  relabels one source class's images (:func:`.label_noise.contradicted_classes`;
+  benchmarks/results/clean_unusual.json). With those inputs a group the per-layer stage flags
   is also cross-checked there: it is kept only when, in its classes, it is a population of its own in the
   penultimate features (median held-out d' >= ``latent_confirm``, 4.5) *or* the model fits its main class
   part ``latent_confirm_loss`` (100) times better than the rest of that class (the backdoor's loss
@@ -180,6 +185,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "latent_loss_ratio": 10.0,
     "latent_loss_separation": 5.5,
     "latent_wide_share": 0.05,
+    "label_noise_classes": 3,
     "latent_confirm": 4.5,
     "latent_confirm_loss": 100.0,
     "latent_confirm_pooled": 3.0,
@@ -250,6 +256,7 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     # 0 = off; at or above latent_separation it has no effect
     V.check_float(p["latent_loss_separation"], "latent_loss_separation", 0.0)
     V.check_float(p["latent_wide_share"], "latent_wide_share", 0.0, 1.0)
+    V.check_int(p["label_noise_classes"], "label_noise_classes", 0)
     if 0 < V.check_float(p["latent_confirm_loss"], "latent_confirm_loss", 0.0) < 1:
         raise FlareError(f"latent_confirm_loss must be 0 (the cross-check by separation only) or a ratio >= 1, "
                          f"got {p['latent_confirm_loss']}.")
@@ -635,6 +642,22 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         logger.info("FLARE: per-channel columns -> %s", "split found" if channel_found else "no split")
     report_progress("subspace-search", len(prefixes), len(prefixes))
     latent_flagged = None
+    noise_dropped = np.zeros(n, dtype=bool)  # the samples unflagged as label noise, by any stage
+
+    def _drop_label_noise(mask: np.ndarray, groups: np.ndarray, where: str) -> np.ndarray:
+        """What the label-noise rule unflags in ``mask`` (label_noise.label_noise_drop), noted in the report."""
+        nonlocal noise_dropped
+        from flare_core.detectors.label_noise import label_noise_drop
+
+        drop, noisy = label_noise_drop(mask, y, Lg.argmax(axis=1), groups, p["label_noise_classes"])
+        if drop.any():
+            noise_dropped = noise_dropped | drop
+            latent_report["label_noise"] = {**latent_report.get("label_noise", {}),
+                                            **{str(c): v for c, v in noisy.items()}}
+            latent_report["label_noise_unflagged"] = int(noise_dropped.sum())  # by any stage, counted once
+            logger.info("FLARE: %s: %d flags in classes %s dropped: the model gives them many other classes "
+                        "(label noise)", where, int(drop.sum()), sorted(noisy))
+        return drop
     loss: Optional[np.ndarray] = None  # the per-sample training loss, when the latent stage's inputs are given
     nxt: Optional[np.ndarray] = None  # the class the logits rate next after the label, with the loss
     latent_report: dict[str, Any] = {"used": False}
@@ -663,6 +686,13 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             wide = {str(e["class"]): e["dataset_wide"] for e in latent_evidence if e.get("dataset_wide")}
             if wide:  # {class: {"share", "fitted_better", "next_class_tv"}} (latent.widely_flagged_classes)
                 latent_report["dataset_wide_split"] = wide
+            # mislabelled images, not poison (label_noise.py): dropped here, so that the stages that run only
+            # where little was flagged still run, and again after those stages and on the final flags below
+            drop = _drop_label_noise(latent_flagged, latent_leaf, "latent stage")
+            if drop.any():
+                latent_flagged = latent_flagged & ~drop
+                latent_scores = np.where(drop, 0.0, latent_scores)  # as a dataset-wide split's
+                latent_report.update(found=bool(latent_flagged.any()), n_flagged=int(latent_flagged.sum()))
             logger.info("FLARE: latent stage -> %d flagged", int(latent_flagged.sum()))
     latent_found = latent_flagged is not None and bool(latent_flagged.any())
     found = layer_found or channel_found
@@ -741,6 +771,10 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             flagged = flagged | new
             representation = representation + "+tail" if found else "tail"
             found = True
+        drop = _drop_label_noise(flagged, clusters, "tail-group stage")
+        if drop.any():  # before the stages that add flags only where little is flagged
+            flagged = flagged & ~drop
+            found = bool(flagged.any())
     shortcut_report: dict[str, Any] = {"used": False}
     if p["mode"] == "faithful":
         shortcut_report["why_not"] = "faithful mode reproduces the published method, which has no shortcut stage"
@@ -881,6 +915,13 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
             found = bool(flagged.any())
             if not found:
                 representation = "layers"  # as when no stage finds anything
+    if run_latent and latent_report.get("used"):
+        drop = _drop_label_noise(flagged, clusters, "final flags")
+        if drop.any():
+            flagged = flagged & ~drop
+            found = bool(flagged.any())
+            if not found:
+                representation = "layers"
 
     score_rule = "benign distance"
     if p["mode"] == "default":
@@ -1024,7 +1065,7 @@ class FlareDetector(BaseEstimator):
                  n_epochs: Optional[int] = None, use_channels: str = "off", sample_size: Optional[int] = 20000,
                  max_label_share: float = 0.9, use_latent: str = "auto", latent_separation: float = 6.5,
                  latent_loss_ratio: float = 10.0, latent_loss_separation: float = 5.5, latent_wide_share: float = 0.05,
-                 latent_confirm: float = 4.5,
+                 label_noise_classes: int = 3, latent_confirm: float = 4.5,
                  latent_confirm_loss: float = 100.0, latent_confirm_pooled: float = 3.0, latent_join: str = "auto",
                  latent_max_clusters: int = 6, latent_tail_groups: str = "auto", use_shortcut: str = "auto",
                  shortcut_min_drop: float = 3.0, minority_modes: str = "auto", input_pattern: str = "auto",
@@ -1052,6 +1093,7 @@ class FlareDetector(BaseEstimator):
         self.latent_loss_ratio = latent_loss_ratio
         self.latent_loss_separation = latent_loss_separation
         self.latent_wide_share = latent_wide_share
+        self.label_noise_classes = label_noise_classes
         self.latent_confirm = latent_confirm
         self.latent_confirm_loss = latent_confirm_loss
         self.latent_confirm_pooled = latent_confirm_pooled
