@@ -75,15 +75,17 @@ def build_data(row: str) -> Path:
     return data
 
 
-def train_small_cnn(model_dir: Path, data: Path, command: str, retrain: bool = False) -> Path:
+def train_small_cnn(model_dir: Path, data: Path, command: str, retrain: bool = False,
+                    extra: tuple = ()) -> Path:
     """``MODEL_DIR/model.pt``: the clean control's recipe (``flare train``, small CNN, 4 epochs, seed 0), made once;
-    ``build.json`` records ``command`` (the benchmark command that made it) and the CLI equivalent."""
+    ``build.json`` records ``command`` (the benchmark command that made it) and the CLI equivalent.  ``extra``:
+    more ``flare train`` arguments (test sets)."""
     model = model_dir / "model.pt"
     if model.exists() and not retrain:
         return model
     model_dir.mkdir(parents=True, exist_ok=True)
     args = ["train", "--data", data, "--arch", "small-cnn", "--epochs", EPOCHS, "--seed", SEED, "--out", model,
-            "--metrics-out", model_dir / "metrics.json"]
+            "--metrics-out", model_dir / "metrics.json", *extra]
     seconds = run_flare(args)
     write_json(model_dir / "build.json", {"command": command, "cli_equivalent": show_cmd(args),
                                           "train_seconds_wall": round(seconds, 1),
