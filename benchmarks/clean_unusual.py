@@ -158,38 +158,41 @@ def _noisy_poisoned(model: str, folder: Path, share: float = 0.1) -> Path:
 
 
 def run_row(row: str, retrain: bool = False) -> dict:
+    """Train (once) and purify one row: FLARE default, and for the label-noise rows also with the label-noise
+    rule off (``--param label_noise_classes=0``)."""
+    import pandas as pd
+
     data = build_data(row)
     folder = CACHE / f"clean-unusual-{row}"
+    poisoned = row.startswith("noisy-")
     extra: tuple = ()
-    if row.startswith("noisy-"):  # BA and ASR on the zoo model's own test sets
+    if poisoned:  # BA and ASR on the zoo model's own test sets
         src = CACHE / row[len("noisy-"):]
         extra = ("--test-data", src / "test_clean.npz", "--poisoned-test", src / "test_poisoned.npz")
     model = train_small_cnn(ZOO / f"clean-unusual-{row}", data, "python3 -m benchmarks.clean_unusual " + row, retrain,
                             extra)
     marked = np.load(folder / "marked.npy")
-    if row.startswith("noisy-"):
-        noise = np.load(folder / "noise.npy")
-        metrics = read_json(model.parent / "metrics.json", {}) or {}
-        runs = {}
-        for name, params in (("default", []), ("without_label_noise_rule", ["label_noise_classes=0"])):
-            rec = purify_against(marked, model, data, params, keep=folder / f"run-{name}")
-            import pandas as pd
-
-            flagged = pd.read_csv(folder / f"run-{name}" / "manifest.csv")["flagged"].to_numpy().astype(bool)
-            rec.update(tpr=round(float(flagged[marked].mean()), 4), flagged_noise=int((flagged & noise).sum()),
-                       flagged_other=int((flagged & ~noise & ~marked).sum()))
-            runs[name] = rec
-        return {"row": row, "n": int(len(marked)), "marked": int(marked.sum()), "noise": int(noise.sum()),
-                "benign_accuracy": metrics.get("benign_accuracy"), "attack_success_rate": metrics.get("attack_success_rate"),
-                "train_accuracy": ((metrics.get("history") or {}).get("train_accuracy") or [None])[-1],
-                **runs, "machine": machine()}
     metrics = read_json(model.parent / "metrics.json", {}) or {}
-    history = metrics.get("history") or {}
-    y = np.load(data)["y"]
-    return {"row": row, "n": int(len(marked)), "marked": int(marked.sum()),
-            "class_sizes": np.bincount(y).tolist(),
-            "train_accuracy": (history.get("train_accuracy") or [None])[-1],
-            "default": purify_against(marked, model, data, [], keep=CACHE / f"clean-unusual-{row}" / "run"), "machine": machine()}
+    rec = {"row": row, "n": int(len(marked)), "marked": int(marked.sum()),
+           "class_sizes": np.bincount(np.load(data)["y"]).tolist(),
+           "train_accuracy": ((metrics.get("history") or {}).get("train_accuracy") or [None])[-1]}
+    runs = [("default", [])]
+    if poisoned or row.startswith("label-noise"):
+        runs.append(("without_label_noise_rule", ["label_noise_classes=0"]))
+    noise = np.load(folder / "noise.npy") if poisoned else None
+    for name, params in runs:
+        keep = folder / ("run" if name == "default" else f"run-{name}")
+        res = purify_against(marked, model, data, params, keep=keep)
+        if poisoned:
+            flagged = pd.read_csv(keep / "manifest.csv")["flagged"].to_numpy().astype(bool)
+            res.update(tpr=round(float(flagged[marked].mean()), 4), flagged_noise=int((flagged & noise).sum()),
+                       flagged_other=int((flagged & ~noise & ~marked).sum()))
+        rec[name] = res
+    if poisoned:
+        rec.update(noise=int(noise.sum()), benign_accuracy=metrics.get("benign_accuracy"),
+                   attack_success_rate=metrics.get("attack_success_rate"))
+    rec["machine"] = machine()
+    return rec
 
 
 def main(argv=None) -> None:
@@ -216,6 +219,8 @@ def main(argv=None) -> None:
                   f"genuine flagged; rule off: TPR {w['tpr']:.1%}, {w['flagged_noise']} / {w['flagged_other']}",
                   flush=True)
             continue
+        if "without_label_noise_rule" in rec:
+            print(f"{row}: rule off: {rec['without_label_noise_rule']['n_flagged']} flagged", flush=True)
         print(f"{row}: {d['n_flagged']} flagged of {rec['n']} ({d['flagged_marked']} of the {rec['marked']} marked); "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 

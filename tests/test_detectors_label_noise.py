@@ -151,3 +151,22 @@ def test_contradicted_mask_by_group_takes_a_mostly_contradicted_group_whole_and_
     assert (mask & (predicted == y)).any()
     with pytest.raises(ValueError, match="groups"):
         contradicted_mask(flagged, y, predicted, [0], groups=groups[:-1])
+
+
+def test_by_group_mislabelled_images_in_the_class_of_obeyed_poison_count_too():
+    # all-to-one poison that the model obeys (class 0, group 2) beside mislabelled images in every class: class
+    # 0's flagged samples are mostly obeyed, but its mislabelled group is label noise like the others'
+    rng = np.random.default_rng(10)
+    y, flagged, predicted = parts(rng)
+    groups = np.where(flagged, 1, 0)
+    poison = np.flatnonzero(y == 0)[:200]
+    flagged[poison], groups[poison], predicted[poison] = True, 2, 0
+    whole = contradicted_classes(flagged, y, predicted)
+    assert sorted(whole) == [1, 2, 3]  # class 0 as a whole: 200 of its 280 flagged are obeyed
+    by_group = contradicted_classes(flagged, y, predicted, groups=groups)
+    assert sorted(by_group) == [0, 1, 2, 3] and by_group[0]["flagged"] == 80
+    from flare_core.detectors.label_noise import label_noise_drop
+
+    drop, noisy = label_noise_drop(flagged, y, predicted, groups)
+    assert sorted(noisy) == [0, 1, 2, 3] and not drop[poison].any()
+    np.testing.assert_array_equal(drop, flagged & (groups == 1))
