@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import CACHE, RESULTS, ZOO, machine, read_json, write_json
+from benchmarks.common import (CACHE, RESULTS, ZOO, chosen_rows, machine, read_json, results_with_rows,
+                               write_json)
 from benchmarks.second_source import EPOCHS, SEED, purify_against, train_small_cnn
 
 ROWS = ("label-noise-0.1", "label-flip-0.2", "duplicates-0.05", "longtail-100", "noisy-fmnist-badnets-1")
@@ -200,13 +201,8 @@ def main(argv=None) -> None:
     ap.add_argument("rows", nargs="*", help=f"rows to run (default: all of {', '.join(ROWS)})")
     ap.add_argument("--retrain", action="store_true", help="train the models again")
     args = ap.parse_args(argv)
-    rows = args.rows or list(ROWS)
-    bad = [r for r in rows if r not in ROWS]
-    if bad:
-        raise SystemExit(f"unknown row(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
-    results = read_json(OUT, {}) or {}
-    results.setdefault("rows", {})
-    results["command"] = "python3 -m benchmarks.clean_unusual [ROW ...]"
+    rows = chosen_rows(args.rows, ROWS)
+    results = results_with_rows(OUT, "python3 -m benchmarks.clean_unusual [ROW ...]")
     for row in rows:
         t0 = time.perf_counter()
         rec = run_row(row, args.retrain)

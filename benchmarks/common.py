@@ -172,3 +172,20 @@ def cpu_seconds() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def chosen_rows(rows: Sequence[str], allowed: Sequence[str]) -> list:
+    """The rows a benchmark command was asked for (all of ``allowed`` when none); exits naming the unknown ones."""
+    rows = list(rows) or list(allowed)
+    bad = [r for r in rows if r not in allowed]
+    if bad:
+        raise SystemExit(f"unknown row(s) {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return rows
+
+
+def results_with_rows(path: Path, command: str) -> dict:
+    """A benchmark's results file as it stands (rows are added one by one), with its command."""
+    results = read_json(path, {}) or {}
+    results.setdefault("rows", {})
+    results["command"] = command
+    return results

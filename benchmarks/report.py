@@ -752,27 +752,41 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     cu = read_json(results / "clean_unusual.json", None)
     if cu and cu.get("rows"):
         what = {"label-noise": "labels moved to another class", "label-flip": "labels moved to a look-alike class",
-                "duplicates": "near-duplicates and their originals",
-                "longtail": "images in classes under 500"}
+                "duplicates": "near-duplicates and their originals", "longtail": "images in classes under 500"}
+
+        def _cu_flags(e: dict, d: Optional[dict]) -> str:
+            if not d:
+                return "-"
+            if "tpr" in d:  # a poisoned row: the marked images are the poison
+                return (f"TPR {100 * d['tpr']:.1f} %; {d['flagged_noise'] + d['flagged_other']:,} genuine flagged "
+                        f"({d['flagged_noise']:,} mislabelled)")
+            per = d.get("flagged_per_class") or {}
+            return (f"{d['n_flagged']:,} ({100 * d['n_flagged'] / e['n']:.2f} %; {d['flagged_marked']:,} marked; "
+                    f"{len(per)} class{'es' if len(per) != 1 else ''})") if d["n_flagged"] else "0"
+
         rows = []
         for name, e in cu["rows"].items():
-            d = e["default"]
-            per = d.get("flagged_per_class") or {}
-            flags = (f"{d['n_flagged']:,} ({100 * d['n_flagged'] / e['n']:.2f} %; {d['flagged_marked']:,} marked; "
-                     f"{len(per)} class{'es' if len(per) != 1 else ''})") if d["n_flagged"] else "0"
-            rows.append([name, f"{e['n']:,}", f"{e['marked']:,} {what.get(name.rsplit('-', 1)[0], '')}",
+            kind = name.rsplit("-", 1)[0]
+            marked = (f"{e['marked']:,} poisoned (BadNets 1 %; BA {100 * e['benign_accuracy']:.1f} %, ASR "
+                      f"{100 * e['attack_success_rate']:.1f} %) + {e['noise']:,} relabelled genuine"
+                      if name.startswith("noisy-") else f"{e['marked']:,} {what.get(kind, '')}")
+            rows.append([name, f"{e['n']:,}", marked,
                          "-" if e.get("train_accuracy") is None else f"{100 * e['train_accuracy']:.1f}",
-                         flags, f"`{d['command']}`"])
+                         _cu_flags(e, e.get("without_label_noise_rule")), _cu_flags(e, e["default"]),
+                         f"`{e['default']['command']}`"])
         parts += ["## Clean but unusual data sets: label noise, near-duplicates, a long tail",
                   f"Command: `{cu['command']}`. A *clean* Fashion-MNIST (no trigger) with one property of scraped data "
                   "the clean control lacks: symmetric label noise (a share of the labels moved to another class), asymmetric "
                   "label noise (a share of each of three pairs of look-alike classes labelled as the other one), "
                   "near-duplicates (a share of the images replaced by ten jittered copies each of a few others, with "
-                  "their original's label), or a long tail (class sizes falling geometrically from 6,000 to 60). "
-                  "A small CNN trained on it by `flare train` (4 epochs, seed 0), then `flare purify` (FLARE default). "
-                  "Every flag is a false alarm; *marked* counts the flags on the images that carry the quirk.",
-                  md_table(["row", "images", "marked", "train accuracy %", "flagged, FLARE default",
-                            "command"], rows)]
+                  "their original's label), or a long tail (class sizes falling geometrically from 6,000 to 60); and "
+                  "the converse, a poisoned zoo training set with label noise added to its genuine samples "
+                  "(`noisy-...`). A small CNN trained on it by `flare train` (4 epochs, seed 0), then `flare purify` "
+                  "(FLARE default; for the label-noise rows also with the label-noise rule off, "
+                  "`--param label_noise_classes=0`). On the clean rows every flag is a false alarm; *marked* counts "
+                  "the flags on the images that carry the quirk.",
+                  md_table(["row", "images", "marked", "train accuracy %", "flagged, label-noise rule off",
+                            "flagged, FLARE default", "command (default)"], rows)]
         if cu.get("note"):
             parts.append(cu["note"])
     # ---- the latent cross-check, on and off (benchmarks/confirm_study.py)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import CACHE, RESULTS, ZOO, machine, read_json, run_flare, show_cmd, write_json
+from benchmarks.common import (CACHE, RESULTS, ZOO, chosen_rows, machine, read_json, results_with_rows,
+                               run_flare, show_cmd, write_json)
 
 ROWS = ("invert-0.15", "invert-0.3", "invert-0.5", "dim-0.3")
 EPOCHS = 4
@@ -187,13 +188,8 @@ def main(argv=None) -> None:
         print(f"{len(results['poisoned']['models'])} poisoned models; poison in two or more classes: medians "
               f"{min(med):.2f}-{max(med):.2f}" if med else "no model with poison in two or more classes")
         return
-    rows = args.rows or list(ROWS)
-    bad = [r for r in rows if r not in ROWS]
-    if bad:
-        raise SystemExit(f"unknown row(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
-    results = read_json(OUT, {}) or {}
-    results.setdefault("rows", {})
-    results["command"] = "python3 -m benchmarks.second_source [ROW ...]"
+    rows = chosen_rows(args.rows, ROWS)
+    results = results_with_rows(OUT, "python3 -m benchmarks.second_source [ROW ...]")
     for row in rows:
         rec = run_row(row, args.retrain)
         results["rows"][row] = rec

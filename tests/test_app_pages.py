@@ -240,6 +240,24 @@ def test_analyse_with_nothing_flagged_says_it_is_no_proof_and_where_to_look(env,
     assert ("Least fitted by the model" in text) == losses
 
 
+def test_analyse_with_label_noise_unflagged_says_so(env):
+    from flare_core.run_folder import RunFolder
+
+    r = make_run(env / "noise", flag=False, losses=True)
+    meta = json.loads((r.path / "run.json").read_text())
+    meta["detector"]["report"]["report"] = {
+        "representation": "layers", "found": False,
+        "evidence": {"found": False, "latent": {"used": True, "classes": [], "label_noise_unflagged": 12,
+                                                 "label_noise": {"0": {"flagged": 12, "contradicted": 1.0,
+                                                                       "top_share": 0.25, "classes_given": 3}}}}}
+    (r.path / "run.json").write_text(json.dumps(meta))
+    r = RunFolder(r.path)
+    at = app("analyse", run_path=str(r.path), dataset=make_dataset(r))
+    no_errors(at)
+    text = " ".join(w.value for w in at.warning)
+    assert "labels the model contradicts" in text and "those 12 samples were not flagged" in text
+
+
 def test_analyse_without_config_points_to_load(env):
     at = app("analyse")
     no_errors(at)

@@ -463,3 +463,11 @@ def test_label_flip_swaps_a_share_of_each_look_alike_pair_only():
     assert all(flipped[i] == pairs[y[i]] for i in np.flatnonzero(pick))
     np.testing.assert_array_equal(flipped[~pick], y[~pick])
     assert all(0.15 < pick[y == c].mean() < 0.25 for c in (0, 6, 2, 4))
+
+
+def test_chosen_rows_defaults_to_all_and_names_unknown_rows():
+    from benchmarks.common import chosen_rows
+
+    assert chosen_rows([], ("a", "b")) == ["a", "b"] and chosen_rows(["b"], ("a", "b")) == ["b"]
+    with pytest.raises(SystemExit, match="unknown row.*c; choose from a, b"):
+        chosen_rows(["c"], ("a", "b"))
