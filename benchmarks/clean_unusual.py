@@ -41,7 +41,8 @@ from benchmarks.common import (CACHE, RESULTS, ZOO, chosen_rows, machine, read_j
                                write_json)
 from benchmarks.second_source import EPOCHS, SEED, purify_against, train_small_cnn
 
-ROWS = ("label-noise-0.1", "label-flip-0.2", "duplicates-0.05", "longtail-100", "noisy-fmnist-badnets-1")
+ROWS = ("label-noise-0.1", "label-noise-0.03", "label-noise-0.3", "label-flip-0.2", "duplicates-0.05", "longtail-100",
+        "noisy-fmnist-badnets-1")
 FLIP_PAIRS = ((0, 6), (2, 4), (5, 7))  # T-shirt/shirt, pullover/coat, sandal/sneaker
 OUT = RESULTS / "clean_unusual.json"
 TAIL_CLASS = 500
