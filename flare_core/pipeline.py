@@ -230,6 +230,9 @@ def run_analysis(
                 manifest["loss"] = np.round(sample_loss(logits, dataset.labels), 6)
                 manifest["next_class"] = (strongest_other_class(logits, dataset.labels) if logits.shape[1] > 1
                                           else np.full(n, -1))
+        label_noise = getattr(main, "label_noise_", None)
+        if label_noise is not None:  # split off, but left unflagged as mislabelled images (label_noise.py)
+            manifest["label_noise"] = np.asarray(label_noise, dtype=bool).astype(int)
         if shortcut is not None and shortcut.found:
             # how far the label's log-probability falls when the model's transform trigger is undone
             manifest["shortcut_drop"] = np.round(shortcut.drop, 4)

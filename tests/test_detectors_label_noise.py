@@ -109,6 +109,8 @@ def test_flare_detect_does_not_flag_label_noise_and_says_so():
     latent = res.report["latent"]
     assert sorted(latent["label_noise"]) == ["0", "1", "2", "3"]
     assert latent["label_noise_unflagged"] == int(off.flagged.sum())
+    np.testing.assert_array_equal(res.label_noise, off.flagged)  # the manifest's label_noise column
+    assert off.label_noise is not None and not off.label_noise.any()
     # dropped after the latent stage and again after the tail-group stage (which found the same parts), so the
     # stages that add flags only where the others flagged little still ran
     assert latent["tail_groups"]["n_flagged"] == int(off.flagged.sum())
@@ -127,6 +129,8 @@ def test_flare_detect_still_flags_all_to_all_poison_the_model_did_not_learn():
     res = flare_detect(rng.normal(size=(len(y), 2)), y, latent=P, logits=logits, n_epochs=50)
     assert res.flagged[part].mean() >= 0.99 and res.flagged[~part].mean() <= 0.01
     assert "label_noise" not in res.report["latent"]
+    faithful = flare_detect(rng.normal(size=(len(y), 2)), y, latent=P, logits=logits, n_epochs=50, mode="faithful")
+    assert faithful.label_noise is None  # the rule is FLARE default's: no manifest column then
 
 
 def test_label_noise_classes_is_validated():

@@ -234,7 +234,8 @@ def test_cli_purify_with_nothing_flagged_points_to_the_losses(lab, tmp_path, cap
     printed = capsys.readouterr().out
     assert json.loads((out / "run.json").read_text())["result"]["n_flagged"] == 0
     assert "Nothing flagged is not proof of a clean set" in printed and "manifest column 'loss'" in printed
-    assert "loss" in (out / "manifest.csv").read_text().splitlines()[0].split(",")
+    header = (out / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert "loss" in header and "label_noise" in header  # FLARE default with logits: the label-noise rule ran
 
 
 def test_the_pipeline_measures_kept_tail_groups_for_near_copies(lab, tmp_path, monkeypatch):

@@ -221,6 +221,9 @@ class FlareResult:
     subspace: int
     evidence: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    # the samples a stage split off that the label-noise rule left unflagged (label_noise.py); None where the
+    # rule did not run (faithful mode, no latent inputs)
+    label_noise: Optional[np.ndarray] = None
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -989,7 +992,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         "versions": package_versions(),
         "evidence": evidence,
     }
-    return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report)
+    return FlareResult(flagged, scores, clusters, embedding, chosen_k, evidence, report,
+                       noise_dropped if run_latent and latent_report.get("used") else None)
 
 
 def _over_add_on_share(flagged: np.ndarray, what: str) -> Optional[str]:
@@ -1125,4 +1129,5 @@ class FlareDetector(BaseEstimator):
         self.subspace_ = result.subspace
         self.evidence_ = result.evidence
         self.report_ = result.report
+        self.label_noise_ = result.label_noise
         return self
