@@ -198,8 +198,8 @@ def label_noise_sentence(report: dict, classes) -> str:
             f"them as other classes, and as many different ones ({parts}: the share it classifies as another "
             "class, and how many classes take a tenth of those). That is what mislabelled images look like, not a "
             "backdoor's poison (an attacker relabels one source class's images, so the model gives them one class), "
-            f"so those {n:,} samples were not flagged. They lead the Inspect page's *Least fitted by the model* "
-            "list: review their labels.")
+            f"so those {n:,} samples were not flagged. The Inspect page lists them as *Likely mislabelled* (the "
+            "manifest's label_noise column): review their labels.")
 
 
 def not_poison_sentence(report: dict, classes) -> str:

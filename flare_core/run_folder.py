@@ -139,6 +139,12 @@ class RunFolder:
         df = self.manifest
         return df["loss"].to_numpy().astype(float) if "loss" in df.columns else None
 
+    def label_noise(self) -> Optional[np.ndarray]:
+        """Per sample, whether a FLARE stage split it off and the label-noise rule left it unflagged as a
+        mislabelled image (None for runs where the rule did not run)."""
+        df = self.manifest
+        return df["label_noise"].to_numpy().astype(bool) if "label_noise" in df.columns else None
+
     def next_classes(self) -> Optional[np.ndarray]:
         """Per sample, the class the model rates highest after the label (None when not recorded)."""
         df = self.manifest

@@ -87,6 +87,9 @@ SOURCES = {"flagged": f"Flagged by {det_label}", "removal": "Marked for removal"
 losses = run.losses()
 if losses is not None:
     SOURCES["unfitted"] = "Least fitted by the model"
+noise = run.label_noise()
+if noise is not None and noise.any():
+    SOURCES["label_noise"] = "Likely mislabelled"
 if ss.get("inspect_source") not in SOURCES:
     ss["inspect_source"] = "flagged"
 source = st.radio("Show", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="inspect_source")
@@ -109,6 +112,12 @@ elif source == "unfitted":
     st.caption("The samples whose label the model fits worst (highest loss), flagged or not. Poison of a backdoor "
                "the model did not learn sits here, where FLARE, which reads what the model learnt, does not see it; "
                "so does label noise. Their next class after the label is what the model sees in them.")
+elif source == "label_noise":
+    idx = np.flatnonzero(noise)
+    idx = idx[np.argsort(-losses[idx], kind="stable")] if losses is not None else idx
+    st.caption(f"{len(idx):,} samples that stood apart in their class but that the model classifies as other "
+               "classes, and as many different ones: mislabelled images, not a backdoor's poison, so they are not "
+               "flagged (least fitted first). Check their labels; *Remove all* drops them from the export.")
 else:
     with_views = run.class_labels_with_views()
     cc1, cc2 = st.columns(2)
@@ -122,7 +131,7 @@ else:
         idx = np.asarray(v.indices)[v.clusters == cid]
     else:
         idx = np.flatnonzero(labels == label)
-if source != "unfitted":  # that list keeps its own order (highest loss first)
+if source not in ("unfitted", "label_noise"):  # those lists keep their own order (highest loss first)
     idx = idx[np.argsort(-scores[idx], kind="stable")] if len(idx) else idx
 
 g1, g2, g3 = st.columns([1, 2, 2])

@@ -419,6 +419,38 @@ def test_inspect_least_fitted_lists_the_highest_losses_in_loss_order(env, cam_re
     assert sum("· loss " in m.value for m in at.markdown) == 4
 
 
+def test_inspect_lists_the_likely_mislabelled_least_fitted_first_and_can_remove_them(env, cam_ready):
+    import pandas as pd
+    from flare_core.run_folder import RunFolder
+    from test_app_support import make_run
+
+    run = make_run(env / "run-noise", losses=True, flag=False)
+    df = pd.read_csv(run.path / "manifest.csv", keep_default_na=False)
+    noise = np.zeros(len(df), int)
+    noise[[3, 7, 11, 20]] = 1
+    df["label_noise"] = noise
+    df.to_csv(run.path / "manifest.csv", index=False)
+    run = RunFolder(run.path)
+    np.testing.assert_array_equal(run.label_noise(), noise.astype(bool))
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(),
+             inspect_source="label_noise")
+    no_errors(at)
+    assert "Likely mislabelled" in at.radio(key="inspect_source").options
+    shown = [int(r.key.split("_")[1]) for r in at.radio if r.key and r.key.startswith("dec_")]
+    want = [3, 7, 11, 20]
+    assert sorted(shown) == want and shown[0] == max(want, key=lambda i: run.losses()[i])
+    assert any("mislabelled images, not a backdoor's poison" in c.value for c in at.caption)
+    at.button(key="inspect_bulk_remove").click().run()
+    no_errors(at)
+    assert np.flatnonzero(RunFolder(run.path).removal_mask()).tolist() == want
+
+
+def test_inspect_offers_likely_mislabelled_only_when_the_run_has_some(env, run, cam_ready):
+    at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model())
+    no_errors(at)
+    assert "Likely mislabelled" not in at.radio(key="inspect_source").options and run.label_noise() is None
+
+
 def test_inspect_offers_least_fitted_only_when_the_run_has_losses(env, run, cam_ready):
     at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model())
     no_errors(at)

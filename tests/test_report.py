@@ -147,7 +147,7 @@ def test_how_found_names_label_noise_that_was_not_flagged():
     sentence = how_found(run)[0]
     assert sentence.startswith("No FLARE stage found") and "2 classes had parts" in sentence
     assert "top (100% of 369; 5 classes), pullover (100% of 259; 4 classes)" in sentence  # in class order
-    assert "those 4,272 samples were not flagged" in sentence and "Least fitted by the model" in sentence
+    assert "those 4,272 samples were not flagged" in sentence and "Likely mislabelled" in sentence
     del rep["evidence"]["latent"]["label_noise"]
     assert "contradicts" not in how_found(run)[0]
 
