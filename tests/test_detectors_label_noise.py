@@ -77,6 +77,8 @@ def test_bad_arguments_raise():
     y, flagged, predicted = parts(np.random.default_rng(5))
     with pytest.raises(ValueError, match="one entry per sample"):
         contradicted_classes(flagged[:-1], y, predicted)
+    with pytest.raises(ValueError, match="groups"):
+        contradicted_classes(flagged, y, predicted, groups=np.zeros(len(y) - 1, int))
     with pytest.raises(ValueError, match="min_classes"):
         contradicted_classes(flagged, y, predicted, min_classes=0)
 
@@ -106,6 +108,7 @@ def test_flare_detect_does_not_flag_label_noise_and_says_so():
     assert off.flagged[part].mean() >= 0.99 and off.flagged[~part].mean() <= 0.01  # the parts stand apart
     res = flare_detect(X, y, latent=P, logits=logits, n_epochs=50)
     assert not res.flagged.any() and not res.report["found"]
+    assert res.report["representation"] == "layers"  # as when no stage finds anything (the tail stage's flags went)
     latent = res.report["latent"]
     assert sorted(latent["label_noise"]) == ["0", "1", "2", "3"]
     assert latent["label_noise_unflagged"] == int(off.flagged.sum())

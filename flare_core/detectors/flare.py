@@ -923,8 +923,8 @@ def flare_detect(X: Any, y: Any = None, *, progress: Optional[ProgressCallback] 
         if drop.any():
             flagged = flagged & ~drop
             found = bool(flagged.any())
-            if not found:
-                representation = "layers"
+        if not found:  # also where the tail-group stage's flags were all dropped as label noise
+            representation = "layers"
 
     score_rule = "benign distance"
     if p["mode"] == "default":

@@ -57,6 +57,7 @@ def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarr
     if not (len(flagged) == len(y) == len(predicted)):
         raise ValueError(f"flagged, y and predicted must have one entry per sample; got {len(flagged)}, "
                          f"{len(y)} and {len(predicted)}")
+    groups = _checked_groups(groups, len(y))
     if min_classes < 1:
         raise ValueError(f"min_classes must be at least 1; got {min_classes}")
     k = int(max(int(y.max(initial=0)), int(predicted.max(initial=0)))) + 1
@@ -73,6 +74,15 @@ def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarr
     if len(found) < min_classes or np.median([f["top_share"] for f in found.values()]) > max_top_share:
         return {}
     return found
+
+
+def _checked_groups(groups: np.ndarray | None, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups must have one entry per sample; got {len(groups)} for {n} samples")
+    return groups
 
 
 def _class_part(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarray, groups: np.ndarray | None, c: int,
@@ -99,11 +109,9 @@ def contradicted_mask(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarray,
     Groups keep together what a stage split off together: a few of its samples the model gives their label by
     a small margin go with the rest, and a group the model obeys (poison whose backdoor took) stays flagged."""
     flagged, y, predicted = np.asarray(flagged, bool), np.asarray(y), np.asarray(predicted)
+    groups = _checked_groups(groups, len(y))
     if groups is None:
         return flagged & np.isin(y, list(classes)) & (predicted != y)
-    groups = np.asarray(groups)
-    if len(groups) != len(y):
-        raise ValueError(f"groups must have one entry per sample; got {len(groups)} for {len(y)} samples")
     out = np.zeros(len(y), dtype=bool)
     for c in classes:
         out |= _class_part(flagged, y, predicted, groups, int(c), min_contradicted)
