@@ -124,7 +124,10 @@ def test_a_search_that_stops_in_a_worker_leaves_nothing_for_the_resource_tracker
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["6", "2"]  # found at the third try, in a worker, with one try still running
+    subspace, workers = map(int, out.stdout.split())
+    # found after the first try, in a worker, with the next try still running in the other one (the third try
+    # on the machines CI runs on, the second on others: UMAP's floating point differs between CPUs)
+    assert subspace in (6, 7) and workers == 2
     assert "leaked" not in out.stderr, out.stderr[-2000:]
 
 
@@ -202,7 +205,9 @@ def test_workers_stop_where_the_search_stops():
     X, poison = _matrix(L=8, n_poison=30, shift=6.0, split_deep=3)
     one = flare_detect(X, random_state=0)
     two = flare_detect(X, random_state=0, n_jobs=2)
-    assert one.subspace == 6 and len(one.report["evidence"]["attempts"]) == 3  # found at the third try
+    # found once the deepest split columns go: at the second or third try (UMAP's floating point differs between
+    # CPUs; at prefix 5 no split is left)
+    assert one.subspace in (6, 7) and len(one.report["evidence"]["attempts"]) == 8 - one.subspace + 1
     assert (one.flagged & poison).sum() == 30 and one.flagged.sum() == 30
     # the workers' speculative tries past the chosen prefix are not reported, and the answer is the same
     assert two.report["search"]["workers"] == 2 and _same(one, two)
