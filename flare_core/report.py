@@ -480,12 +480,50 @@ def manifest_with_decisions(run: RunFolder, detector: Optional[str] = None) -> p
 
 def example_indices(run: RunFolder, n: int, detector: Optional[str] = None) -> np.ndarray:
     """Up to ``n`` samples to show: those to remove, highest score first, taken round-robin over classes."""
-    removal = run.removal_mask(detector)
-    idx = np.flatnonzero(removal)
+    return _round_robin(run, run.removal_mask(detector), run.scores(detector), n)
+
+
+def label_noise_table(run: RunFolder) -> Optional[pd.DataFrame]:
+    """Per class, the samples FLARE split off but left unflagged as likely mislabelled (the manifest's
+    ``label_noise`` column), and the classes the model rates highest after their label (for an image the model
+    contradicts, the class it gives it: its likely true class); None when the run has none."""
+    noise = run.label_noise()
+    if noise is None or not noise.any():
+        return None
+    labels = run.manifest["label"].to_numpy()
+    nxt = run.next_classes()
+    loss = run.losses()
+    rows = []
+    for c in np.unique(labels[noise]):
+        m = noise & (labels == c)
+        row = {"class": run.class_name(int(c)), "likely mislabelled": int(m.sum()),
+               "share of class": f"{m.sum() / (labels == c).sum():.1%}"}
+        if nxt is not None:
+            got = np.bincount(nxt[m], minlength=len(run.classes))
+            top = [k for k in np.argsort(-got, kind="stable")[:3] if got[k]]
+            row["model says (top 3)"] = ", ".join(f"{run.class_name(int(k))} {got[k]:,}" for k in top)
+        if loss is not None:
+            row["median loss"] = round(float(np.median(loss[m])), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def label_noise_indices(run: RunFolder, n: int) -> np.ndarray:
+    """Up to ``n`` likely mislabelled samples to show: least fitted first, taken round-robin over classes."""
+    noise = run.label_noise()
+    if noise is None:
+        return np.array([], dtype=np.int64)
+    loss = run.losses()
+    return _round_robin(run, noise, loss if loss is not None else np.zeros(len(noise)), n)
+
+
+def _round_robin(run: RunFolder, mask: np.ndarray, key: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` of the samples in ``mask``, highest ``key`` first within each class, one class at a time."""
+    idx = np.flatnonzero(mask)
     if len(idx) == 0 or n <= 0:
         return np.array([], dtype=np.int64)
     labels = run.manifest["label"].to_numpy()
-    order = idx[np.argsort(-run.scores(detector)[idx], kind="stable")]
+    order = idx[np.argsort(-key[idx], kind="stable")]
     by_class: dict = {}
     for i in order:
         by_class.setdefault(int(labels[i]), []).append(int(i))
@@ -563,10 +601,11 @@ def _latent_threshold(run: RunFolder):
     return _run_param(run, "latent_separation")
 
 
-def _examples_html(run: RunFolder, dataset, model, n_examples: int) -> str:
-    idx = example_indices(run, n_examples)
+def _examples_html(run: RunFolder, dataset, model, idx: np.ndarray,
+                   empty: str = "No sample is marked for removal, so there are no examples to show.") -> str:
+    """Cards of the samples ``idx``: the image, its Grad-CAM overlay and the model's prediction (with ``model``)."""
     if len(idx) == 0:
-        return "<p>No sample is marked for removal, so there are no examples to show.</p>"
+        return f"<p>{html.escape(empty)}</p>"
     if dataset is None:
         return "<p class='muted'>Example images need the dataset; it was not given when this report was built.</p>"
     images = dataset.images[idx]
@@ -719,7 +758,16 @@ def build_report(
                      "learn leaves its poison here (relabelled images the model could not fit), where a detector "
                      "that reads what the model learnt does not see it; so does label noise. The next class is the "
                      "one the model rates highest after the label.</p>", _table_html(unfitted)]
-    sections += ["<h2>Example samples marked for removal</h2>", _examples_html(run, dataset, model, n_examples),
+    noise_tbl = label_noise_table(run)
+    if noise_tbl is not None:
+        sections += ["<h2>Likely mislabelled samples (not flagged)</h2>",
+                     "<p class='muted'>Parts of these classes stood apart, but the model contradicts their labels and "
+                     "spreads them over many other classes: mislabelled images, not a backdoor's poison, so FLARE did "
+                     "not flag them (the manifest's label_noise column). They stay in the purified set unless the "
+                     "analyst removes them. Least fitted first.</p>", _table_html(noise_tbl),
+                     _examples_html(run, dataset, model, label_noise_indices(run, n_examples))]
+    sections += ["<h2>Example samples marked for removal</h2>",
+                 _examples_html(run, dataset, model, example_indices(run, n_examples)),
                  "<h2>Embeddings</h2><p class='muted'>Each point is a sample; colours are HDBSCAN clusters (per class) "
                  "or classes (global); ✕ marks flagged samples.</p>", _scatter_html(run, det_label),
                  "<h2>Parameters</h2>", _kv_html(meta.get("config", {})),

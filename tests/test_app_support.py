@@ -40,10 +40,12 @@ def make_run(
     seed: int = 0,
     losses: bool = False,
     flag: bool = True,
+    label_noise=None,
 ) -> RunFolder:
     """A run over ``per_class * len(classes)`` samples; in every class the last 3 samples form a flagged cluster.
     ``losses``: the manifest also has the model's per-sample ``loss`` and ``next_class`` (runs that read logits);
-    ``flag=False``: nothing flagged (a run that found nothing)."""
+    ``flag=False``: nothing flagged (a run that found nothing); ``label_noise``: indices the manifest's
+    ``label_noise`` column marks (samples FLARE left unflagged as likely mislabelled)."""
     rng = np.random.default_rng(seed)
     k = len(classes)
     labels = np.repeat(np.arange(k), per_class)
@@ -76,6 +78,8 @@ def make_run(
     if losses:
         manifest["loss"] = np.round(rng.exponential(0.1, size=n), 6)
         manifest["next_class"] = (labels + 1) % k
+    if label_noise is not None:
+        manifest["label_noise"] = np.isin(np.arange(n), label_noise).astype(int)
     for b in baselines:
         fb = flagged.copy()
         fb[1] = True

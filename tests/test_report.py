@@ -92,6 +92,29 @@ def test_report_lists_the_samples_the_model_fits_worst_when_the_run_has_losses(t
     assert "fits worst</h2>" not in build_report(plain, tmp_path / "p.html").read_text(encoding="utf-8")
 
 
+def test_report_lists_the_likely_mislabelled_per_class_least_fitted_first(tmp_path):
+    from flare_core.report import label_noise_indices, label_noise_table
+
+    noise = [3, 7, 11, 20, 21, 45]  # classes 0, 0, 0, 1, 1, 2
+    r = make_run(tmp_path / "noise", losses=True, flag=False, label_noise=noise)
+    tbl = label_noise_table(r)
+    assert tbl["class"].tolist() == list(r.classes) and tbl["likely mislabelled"].tolist() == [3, 2, 1]
+    assert tbl["share of class"].tolist() == ["15.0%", "10.0%", "5.0%"]
+    assert tbl["model says (top 3)"].iloc[0] == f"{r.classes[1]} 3"  # make_run's next class is label + 1
+    idx = label_noise_indices(r, 4)
+    labels, loss = r.manifest["label"].to_numpy(), r.losses()
+    assert sorted(labels[idx[:3]].tolist()) == [0, 1, 2] and r.label_noise()[idx].all()
+    assert idx[0] == max([3, 7, 11], key=lambda i: loss[i]) and idx[3] in noise
+    ds = make_dataset(r)
+    text = build_report(r, tmp_path / "r.html", dataset=ds, n_examples=4).read_text(encoding="utf-8")
+    section = text.split("<h2>Likely mislabelled samples (not flagged)</h2>")[1].split("<h2>")[0]
+    assert section.count("src='data:image/png;base64,") == 4
+    assert [int(i) for i in re.findall(r"alt='sample (\d+)'", section)] == idx.tolist()
+    for quiet in (make_run(tmp_path / "plain", losses=True), make_run(tmp_path / "none", label_noise=[])):
+        assert label_noise_table(quiet) is None
+        assert "Likely mislabelled" not in build_report(quiet, tmp_path / "q.html").read_text(encoding="utf-8")
+
+
 def test_report_with_model_has_cam_overlays(run, tmp_path):
     pytest.importorskip("flare_core.gradcam")
     pytest.importorskip("flare_core.metrics")
