@@ -23,6 +23,11 @@ but a flag on a mislabelled image is at least an image worth a look; the table s
 
     python3 -m benchmarks.clean_unusual                    # every row (trains the models that are missing)
     python3 -m benchmarks.clean_unusual duplicates-0.05    # one row
+    python3 -m benchmarks.clean_unusual cifar-label-noise-0.1 --cifar ~/.cache/flare-data/cifar10
+
+``cifar-label-noise-0.1`` is the same label noise on CIFAR-10 (the JPEG ImageFolder), with the CIFAR clean
+control's recipe (``narrow-resnet``, 4 epochs, seed 0): the label-noise rule's bar was set on Fashion-MNIST, and
+this row checks it on a second dataset and architecture.  It runs only when named, or with ``--cifar``.
 
 Models: ``benchmarks/zoo/clean-unusual-<row>/model.pt`` (with ``build.json``); data:
 ``benchmarks/cache/clean-unusual-<row>/train.npz`` and ``marked.npy`` (which images carry the quirk: relabelled,
@@ -43,6 +48,8 @@ from benchmarks.second_source import EPOCHS, SEED, purify_against, train_small_c
 
 ROWS = ("label-noise-0.1", "label-noise-0.03", "label-noise-0.3", "label-flip-0.2", "duplicates-0.05", "longtail-100",
         "noisy-fmnist-badnets-1")
+CIFAR_ROWS = ("cifar-label-noise-0.1",)
+CIFAR_DEFAULT = "~/.cache/flare-data/cifar10"
 FLIP_PAIRS = ((0, 6), (2, 4), (5, 7))  # T-shirt/shirt, pullover/coat, sandal/sneaker
 OUT = RESULTS / "clean_unusual.json"
 TAIL_CLASS = 500
@@ -103,8 +110,9 @@ def long_tail(y: np.ndarray, ratio: float, k: int, head: int = 6000, seed: int =
     return np.sort(np.concatenate(keep))
 
 
-def build_data(row: str) -> Path:
-    """``benchmarks/cache/clean-unusual-<row>/train.npz`` (and ``marked.npy``), made once."""
+def build_data(row: str, cifar: str | None = None) -> Path:
+    """``benchmarks/cache/clean-unusual-<row>/train.npz`` (and ``marked.npy``), made once; ``cifar``: the CIFAR-10
+    ImageFolder, for the ``cifar-`` rows."""
     kind, value = row.rsplit("-", 1)
     folder = CACHE / f"clean-unusual-{row}"
     data = folder / "train.npz"
@@ -112,7 +120,12 @@ def build_data(row: str) -> Path:
         return data
     from flare_core.data import load_dataset
 
-    ds = load_dataset("builtin:fashion-mnist")
+    if kind.startswith("cifar-"):
+        if not cifar:
+            raise SystemExit(f"row {row} needs the CIFAR-10 ImageFolder: pass --cifar PATH")
+        ds, kind = load_dataset(str(Path(cifar).expanduser()), split="train"), kind[len("cifar-"):]
+    else:
+        ds = load_dataset("builtin:fashion-mnist")
     x, y, k = np.asarray(ds.images), np.asarray(ds.labels), len(ds.classes)
     if kind == "label-noise":
         y, marked = label_noise(y, float(value), k)
@@ -159,32 +172,33 @@ def _noisy_poisoned(model: str, folder: Path, share: float = 0.1) -> Path:
     return folder / "train.npz"
 
 
-def run_row(row: str, retrain: bool = False) -> dict:
+def run_row(row: str, retrain: bool = False, cifar: str | None = None) -> dict:
     """Train (once) and purify one row: FLARE default, and for the label-noise rows also with the label-noise
     rule off (``--param label_noise_classes=0``)."""
     import pandas as pd
 
-    data = build_data(row)
+    data = build_data(row, cifar)
+    arch = "narrow-resnet" if row.startswith("cifar-") else "small-cnn"
     folder = CACHE / f"clean-unusual-{row}"
     poisoned = row.startswith("noisy-")
     extra: tuple = ()
     if poisoned:  # BA and ASR on the zoo model's own test sets
         src = CACHE / row[len("noisy-"):]
         extra = ("--test-data", src / "test_clean.npz", "--poisoned-test", src / "test_poisoned.npz")
-    model = train_small_cnn(ZOO / f"clean-unusual-{row}", data, "python3 -m benchmarks.clean_unusual " + row, retrain,
-                            extra)
+    command = "python3 -m benchmarks.clean_unusual " + row + (f" --cifar {CIFAR_DEFAULT}" if arch != "small-cnn" else "")
+    model = train_small_cnn(ZOO / f"clean-unusual-{row}", data, command, retrain, extra, arch=arch)
     marked = np.load(folder / "marked.npy")
     metrics = read_json(model.parent / "metrics.json", {}) or {}
     rec = {"row": row, "n": int(len(marked)), "marked": int(marked.sum()),
            "class_sizes": np.bincount(np.load(data)["y"]).tolist(),
            "train_accuracy": ((metrics.get("history") or {}).get("train_accuracy") or [None])[-1]}
     runs = [("default", [])]
-    if poisoned or row.startswith("label-noise"):
+    if poisoned or "label-noise" in row:
         runs.append(("without_label_noise_rule", ["label_noise_classes=0"]))
     noise = np.load(folder / "noise.npy") if poisoned else None
     for name, params in runs:
         keep = folder / ("run" if name == "default" else f"run-{name}")
-        res = purify_against(marked, model, data, params, keep=keep)
+        res = purify_against(marked, model, data, params, keep=keep, arch=arch)
         if poisoned:
             flagged = pd.read_csv(keep / "manifest.csv")["flagged"].to_numpy().astype(bool)
             res.update(tpr=round(float(flagged[marked].mean()), 4), flagged_noise=int((flagged & noise).sum()),
@@ -201,12 +215,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rows", nargs="*", help=f"rows to run (default: all of {', '.join(ROWS)})")
     ap.add_argument("--retrain", action="store_true", help="train the models again")
+    ap.add_argument("--cifar", metavar="PATH", help=f"CIFAR-10 ImageFolder (e.g. {CIFAR_DEFAULT}); runs the CIFAR rows "
+                                                    "too when no rows are named")
     args = ap.parse_args(argv)
-    rows = chosen_rows(args.rows, ROWS)
-    results = results_with_rows(OUT, "python3 -m benchmarks.clean_unusual [ROW ...]")
+    rows = chosen_rows(args.rows or (ROWS + CIFAR_ROWS if args.cifar else ROWS), ROWS + CIFAR_ROWS)
+    results = results_with_rows(OUT, "python3 -m benchmarks.clean_unusual [ROW ...] [--cifar PATH]")
     for row in rows:
         t0 = time.perf_counter()
-        rec = run_row(row, args.retrain)
+        rec = run_row(row, args.retrain, args.cifar)
         results["rows"][row] = rec
         write_json(OUT, results)
         d = rec["default"]

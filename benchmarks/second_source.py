@@ -77,15 +77,16 @@ def build_data(row: str) -> Path:
 
 
 def train_small_cnn(model_dir: Path, data: Path, command: str, retrain: bool = False,
-                    extra: tuple = ()) -> Path:
+                    extra: tuple = (), arch: str = "small-cnn") -> Path:
     """``MODEL_DIR/model.pt``: the clean control's recipe (``flare train``, small CNN, 4 epochs, seed 0), made once;
     ``build.json`` records ``command`` (the benchmark command that made it) and the CLI equivalent.  ``extra``:
-    more ``flare train`` arguments (test sets)."""
+    more ``flare train`` arguments (test sets); ``arch``: ``narrow-resnet`` for CIFAR-10 (the CIFAR clean control's
+    recipe, also 4 epochs)."""
     model = model_dir / "model.pt"
     if model.exists() and not retrain:
         return model
     model_dir.mkdir(parents=True, exist_ok=True)
-    args = ["train", "--data", data, "--arch", "small-cnn", "--epochs", EPOCHS, "--seed", SEED, "--out", model,
+    args = ["train", "--data", data, "--arch", arch, "--epochs", EPOCHS, "--seed", SEED, "--out", model,
             "--metrics-out", model_dir / "metrics.json", *extra]
     seconds = run_flare(args)
     write_json(model_dir / "build.json", {"command": command, "cli_equivalent": show_cmd(args),
@@ -99,12 +100,12 @@ def build_model(row: str, data: Path, retrain: bool = False) -> Path:
 
 
 def purify_against(marked: np.ndarray, model: Path, data: Path, params: list[str],
-                   keep: Path | None = None) -> dict:
-    """One ``flare purify`` run (small CNN): what it flagged, against a mask of the images that carry the quirk
+                   keep: Path | None = None, arch: str = "small-cnn") -> dict:
+    """One ``flare purify`` run: what it flagged, against a mask of the images that carry the quirk
     (``flagged_marked``).  ``keep``: a folder to copy the run's ``manifest.csv`` and ``run.json`` into."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        args = ["purify", "--model", model, "--arch", "small-cnn", "--data", data, "--out", out]
+        args = ["purify", "--model", model, "--arch", arch, "--data", data, "--out", out]
         for p in params:
             args += ["--param", p]
         seconds = run_flare(args)

@@ -471,3 +471,49 @@ def test_chosen_rows_defaults_to_all_and_names_unknown_rows():
     assert chosen_rows([], ("a", "b")) == ["a", "b"] and chosen_rows(["b"], ("a", "b")) == ["b"]
     with pytest.raises(SystemExit, match="unknown row.*c; choose from a, b"):
         chosen_rows(["c"], ("a", "b"))
+
+
+@pytest.mark.timeout(900)
+def test_the_gpu_cifar_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """``benchmarks/gpu_cifar.py`` is what a lent GPU runs, with minutes of device time to spend: on a tiny
+    JPEG ImageFolder and the CPU, it trains, measures BA / ASR, and runs every detector on each model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar10"
+    for split, n in (("train", 24), ("test", 6)):
+        for c in range(10):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            base = rng.integers(0, 256, 3)  # a colour per class, so the classes are learnable
+            for i in range(n):
+                img = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i:04d}.jpg")
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_cifar.py"), "--data", str(root),
+                           "--out", str(out), "--device", "cpu", "--epochs", "1", "--workers", "1",
+                           "--models", "cifar-badnets-10,cifar-clean", "--budget", "800"],
+                          capture_output=True, text=True, timeout=880, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "gpu_cifar.json").read_text())
+    assert set(summary["models"]) == {"cifar-badnets-10", "cifar-clean"}
+    bad = summary["models"]["cifar-badnets-10"]
+    assert bad["epochs"] == 1 and 0.0 <= bad["benign_accuracy"] <= 1.0 and 0.0 <= bad["attack_success_rate"] <= 1.0
+    assert bad["layers"] == 20  # the CIFAR ResNet-18's BN layers
+    assert summary["models"]["cifar-clean"]["attack_success_rate"] is None
+    rows = summary["rows"]
+    want = {"flare", "flare-faithful", "ac", "ss", "art-ac", "art-ss"}
+    for model in ("cifar-badnets-10", "cifar-clean"):
+        got = {r["detector"]: r for r in rows if r["model"] == model}
+        assert set(got) == want, (model, sorted(got))
+        for det, r in got.items():
+            assert not str(r.get("note") or "").startswith(("FAILED", "not run")), (model, det, r["note"])
+            assert r["n"] == 240 and 0 <= r["n_flagged"] <= 240
+    assert sum(r["n_poisoned"] for r in rows if r["model"] == "cifar-badnets-10") == 6 * 24
+    with open(out / "gpu_cifar.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
