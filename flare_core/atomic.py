@@ -1,15 +1,44 @@
-"""Atomic writes: a reader sees the old file/folder or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file/folder or the new one, never half of one.
+
+The temporary file or folder is created with the permissions a plain write would give it (0666 / 0777 less the
+umask), not ``tempfile``'s private 0600 / 0700: a run folder, a report or a purified dataset is written to be
+read by the rest of the team.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+
+
+def _fresh(parent: Path, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """A new, unused name ``parent/<prefix><random><suffix>``, created by ``make`` (which must refuse an
+    existing name with FileExistsError)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary name in {parent}")
+
+
+def new_temp_file(parent: Path, prefix: str, suffix: str) -> Path:
+    """An empty new file in ``parent``, readable as a plain write's would be (0666 less the umask)."""
+    return _fresh(parent, prefix, suffix,
+                  lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
+
+
+def new_temp_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """An empty new folder in ``parent`` (0777 less the umask)."""
+    return _fresh(parent, prefix, suffix, lambda p: os.mkdir(p, 0o777))
 
 
 @contextlib.contextmanager
@@ -17,9 +46,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` (file) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = new_temp_file(path.parent, f".{path.name}.", suffix or ".tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -55,7 +82,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
 
         raise FlareError(f"The output folder {path} already exists and is not empty; choose another or pass --overwrite.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = new_temp_dir(path.parent, f".{path.name}.", ".partial")
     try:
         yield tmp
         old = None

@@ -278,10 +278,21 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from flare_core.errors import FlareError
+    from flare_core.pipeline import load_dataset_of, load_model_of
     from flare_core.report import build_report
     from flare_core.run_folder import RunFolder
 
-    path = build_report(RunFolder(args.run), args.out)
+    run = RunFolder(args.run)
+    dataset = model = None
+    if not args.no_images:  # the run's own dataset and model, for example images and Grad-CAM overlays
+        try:
+            dataset = load_dataset_of(run)
+            model = load_model_of(run)
+        except (FlareError, OSError, KeyError) as e:
+            print(f"flare: the report has {'no Grad-CAM overlays' if dataset is not None else 'no example images'}: "
+                  f"{e}", file=sys.stderr)
+    path = build_report(run, args.out, dataset=dataset, model=model)
     print(f"report written to {path}")
     return 0
 
@@ -369,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write the HTML report of a run folder")
     s.add_argument("run")
     s.add_argument("--out", required=True)
+    s.add_argument("--no-images", action="store_true",
+                   help="do not reload the run's dataset and model (no example images or Grad-CAM overlays)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("dashboard", help="open the dashboard (Streamlit)")

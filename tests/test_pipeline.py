@@ -238,6 +238,30 @@ def test_cli_purify_with_nothing_flagged_points_to_the_losses(lab, tmp_path, cap
     assert "loss" in header and "label_noise" in header  # FLARE default with logits: the label-noise rule ran
 
 
+def test_cli_report_shows_the_runs_own_images_with_grad_cam_and_says_when_it_cannot(lab, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--out",
+                     str(out), "--no-views", "--param", "n_neighbors=10", "--param", "use_latent=off"]) == 0
+    RunFolder(out).set_decisions([0, 41, 82], "remove")  # one sample of each class to remove, so examples show
+    before = _tree_hash(lab / "data")
+    capsys.readouterr()
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert text.count("alt='sample ") == 3 and text.count("alt='Grad-CAM ") == 3
+    assert capsys.readouterr().err == ""
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "plain.html"), "--no-images"]) == 0
+    assert "Example images need the dataset" in (tmp_path / "plain.html").read_text(encoding="utf-8")
+    # the run's data moved away: the report is still written, and says why it has no images
+    meta = json.loads((out / "run.json").read_text())
+    meta["config"]["data"] = str(tmp_path / "gone")
+    (out / "run.json").write_text(json.dumps(meta))
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "gone.html")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("flare: the report has no example images: ") and len(err.strip().splitlines()) == 1
+    assert "Example images need the dataset" in (tmp_path / "gone.html").read_text(encoding="utf-8")
+    assert _tree_hash(lab / "data") == before
+
+
 def test_the_pipeline_measures_kept_tail_groups_for_near_copies(lab, tmp_path, monkeypatch):
     """run_analysis hands FLARE default's evidence, clusters, labels and images to the near-copy check."""
     import flare_core.near_copies as NC
