@@ -426,8 +426,14 @@ def load_dataset_of(run: RunFolder) -> ImageDataset:
 
 
 def load_model_of(run: RunFolder) -> LoadedModel:
+    """Reload the model a run analysed (checks it is unchanged by its file's hash)."""
+    from flare_core.errors import ModelError
     from flare_core.models import load_model
 
     cfg = run.meta.get("config", {})
     pre = {k: cfg.get(k) for k in ("size", "channels", "mean", "std") if cfg.get(k) is not None}
-    return load_model(cfg["model"], arch=cfg.get("arch"), preprocessing=pre or None, device=cfg.get("device", "cpu"))
+    model = load_model(cfg["model"], arch=cfg.get("arch"), preprocessing=pre or None, device=cfg.get("device", "cpu"))
+    want = run.meta.get("model", {}).get("sha256")
+    if want and model.sha256 and model.sha256 != want:
+        raise ModelError(f"The model at {cfg['model']} changed since this run analysed it; re-run the analysis.")
+    return model

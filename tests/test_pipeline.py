@@ -251,6 +251,20 @@ def test_cli_report_shows_the_runs_own_images_with_grad_cam_and_says_when_it_can
     assert capsys.readouterr().err == ""
     assert cli_main(["report", str(out), "--out", str(tmp_path / "plain.html"), "--no-images"]) == 0
     assert "Example images need the dataset" in (tmp_path / "plain.html").read_text(encoding="utf-8")
+    # the model file changed since the run: the images, but no Grad-CAM of another model's attention
+    changed = tmp_path / "changed.pt"
+    torch.manual_seed(1)
+    save_checkpoint(build_model("small-cnn", num_classes=3, in_channels=1, image_size=(12, 12)).eval(), changed,
+                    arch="small-cnn", num_classes=3, in_channels=1, image_size=(12, 12),
+                    preprocessing=Preprocessing(), classes=["cat", "dog", "eel"])
+    meta = json.loads((out / "run.json").read_text())
+    meta["config"]["model"] = str(changed)
+    (out / "run.json").write_text(json.dumps(meta))
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "changed.html")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("flare: the report has no Grad-CAM overlays: The model at ") and "changed since" in err
+    text = (tmp_path / "changed.html").read_text(encoding="utf-8")
+    assert text.count("alt='sample ") == 3 and "alt='Grad-CAM " not in text
     # the run's data moved away: the report is still written, and says why it has no images
     meta = json.loads((out / "run.json").read_text())
     meta["config"]["data"] = str(tmp_path / "gone")
