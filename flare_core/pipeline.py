@@ -419,21 +419,37 @@ def load_dataset_of(run: RunFolder) -> ImageDataset:
 
     cfg = run.meta.get("config", {})
     ds = load_dataset(cfg.get("data"), format=cfg.get("data_format"), split=cfg.get("split", "train"))
-    want = run.meta.get("dataset", {}).get("sha256")
-    if want and dataset_sha256(ds.images, ds.labels) != want:
-        raise DataError(f"The dataset at {cfg.get('data')} changed since this run analysed it; re-run the analysis.")
+    check_inputs_of(run, dataset=ds)
     return ds
 
 
 def load_model_of(run: RunFolder) -> LoadedModel:
     """Reload the model a run analysed (checks it is unchanged by its file's hash)."""
-    from flare_core.errors import ModelError
     from flare_core.models import load_model
 
     cfg = run.meta.get("config", {})
     pre = {k: cfg.get(k) for k in ("size", "channels", "mean", "std") if cfg.get(k) is not None}
     model = load_model(cfg["model"], arch=cfg.get("arch"), preprocessing=pre or None, device=cfg.get("device", "cpu"))
-    want = run.meta.get("model", {}).get("sha256")
-    if want and model.sha256 and model.sha256 != want:
-        raise ModelError(f"The model at {cfg['model']} changed since this run analysed it; re-run the analysis.")
+    check_inputs_of(run, model=model)
     return model
+
+
+def check_inputs_of(run: RunFolder, *, model: Optional[LoadedModel] = None,
+                    dataset: Optional[ImageDataset] = None) -> None:
+    """Raise DataError / ModelError when the dataset or model loaded to show a run are not the ones it analysed
+    (sample count, and the hashes ``run.json`` records): its flags and scores would point at other images, and
+    Grad-CAM would show another model's attention."""
+    from flare_core.errors import ModelError
+
+    cfg = run.meta.get("config", {})
+    if dataset is not None:
+        if len(dataset) != run.n_samples:
+            raise DataError(f"The dataset now has {len(dataset)} samples but the run analysed {run.n_samples}; "
+                            "it changed since the analysis, so re-run it.")
+        want = run.meta.get("dataset", {}).get("sha256")
+        if want and dataset_sha256(dataset.images, dataset.labels) != want:
+            raise DataError(f"The dataset at {cfg.get('data')} changed since this run analysed it; re-run the analysis.")
+    if model is not None:
+        want = run.meta.get("model", {}).get("sha256")
+        if want and model.sha256 and model.sha256 != want:
+            raise ModelError(f"The model at {cfg.get('model')} changed since this run analysed it; re-run the analysis.")

@@ -201,9 +201,10 @@ def model_and_data(required: bool = True, *, need_model: bool = True) -> tuple:
             config = session_config()
         model, dataset = load_config(config)
         run = current_run()
-        if run is not None and len(dataset) != run.n_samples:
-            raise FlareError(f"The dataset now has {len(dataset)} samples but the run analysed {run.n_samples}; "
-                             "it changed since the analysis, so re-run it.")
+        if run is not None:  # the run's flags and scores must point at these images, Grad-CAM at this model
+            from flare_core.pipeline import check_inputs_of
+
+            check_inputs_of(run, model=model, dataset=dataset)
         return model, dataset
     ss[MODEL] = ss[DATASET] = None
     return None, None

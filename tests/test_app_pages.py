@@ -364,6 +364,42 @@ def test_inspect_flagged_with_cams_and_decisions(env, run, cam_ready):
     assert all(r.value == "remove" for r in at.radio if r.key and r.key.startswith("dec_"))
 
 
+@pytest.mark.parametrize("changed", ["model", "dataset"])
+def test_inspect_refuses_a_model_or_dataset_that_changed_since_the_run(env, changed):
+    """Reopened from its run.json, a run whose model file or data changed since the analysis is not shown with
+    them: its flags would point at other images, Grad-CAM at another model's attention."""
+    from flare_core.data import load_dataset
+    from flare_core.hashing import dataset_sha256, file_sha256
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    x = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    np.savez(env / "d.npz", x=x, y=y)
+    run = make_run(env / "run-changed", data_path=str(env / "d.npz"), model_path=str(env / "m.pt"))
+    meta = json.loads((run.path / "run.json").read_text())
+    meta["model"]["sha256"] = file_sha256(env / "m.pt")
+    loaded = load_dataset(str(env / "d.npz"))
+    meta["dataset"]["sha256"] = dataset_sha256(loaded.images, loaded.labels)
+    (run.path / "run.json").write_text(json.dumps(meta))
+    at = app("inspect", run_path=str(run.path))
+    no_errors(at)  # unchanged: shown
+    assert at.session_state["model"] is not None and at.session_state["dataset"] is not None
+    if changed == "model":
+        torch.manual_seed(5)
+        save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                        in_channels=1, image_size=(28, 28))
+    else:
+        y[0] = 1
+        np.savez(env / "d.npz", x=x, y=y)
+    st.cache_resource.clear()
+    at = app("inspect", run_path=str(run.path))
+    assert not at.exception and len(at.error) == 1
+    assert f"The {changed} at " in at.error[0].value and "changed since this run analysed it" in at.error[0].value
+    assert at.session_state["model"] is None and at.session_state["dataset"] is None
+
+
 def test_inspect_selection_source(env, run, cam_ready):
     at = app("inspect", run_path=str(run.path), dataset=make_dataset(run), model=tiny_model(), selection=[3, 4],
              inspect_source="selection")
