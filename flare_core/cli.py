@@ -213,16 +213,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """An existing file or folder as an absolute path (run.json records where the inputs are, so the dashboard
+    and `flare report` find them from any working directory); anything else (``builtin:``) as given."""
+    return str(Path(path).absolute()) if path and Path(path).exists() else path
+
+
 def cmd_purify(args) -> int:
     from flare_core.pipeline import AnalysisConfig, run_analysis
 
     pre = _preprocessing(args) or {}
     config = AnalysisConfig(
-        model=args.model, data=args.data, arch=args.arch, data_format=args.data_format, split=args.split,
+        model=_absolute(args.model), data=_absolute(args.data), arch=args.arch, data_format=args.data_format, split=args.split,
         size=pre.get("size"), channels=pre.get("channels"), mean=pre.get("mean"), std=pre.get("std"),
         device=_device(args.device), batch_size=args.batch_size, detector=args.method,
         baselines=tuple(b for b in (args.baselines.split(",") if args.baselines else []) if b),
-        ground_truth=args.ground_truth, seed=args.seed, views=not args.no_views, params=_params(args.param),
+        ground_truth=_absolute(args.ground_truth), seed=args.seed, views=not args.no_views, params=_params(args.param),
         trigger_test=not args.no_trigger_test,
     )
     prog = TqdmProgress(not args.quiet)

@@ -16,7 +16,7 @@ from flare_core.data import load_dataset
 from flare_core.errors import FlareError
 from flare_core.models import build_model, save_checkpoint
 from flare_core.models.preprocessing import Preprocessing
-from flare_core.pipeline import AnalysisConfig, export_purified, run_analysis
+from flare_core.pipeline import AnalysisConfig, export_purified, load_dataset_of, run_analysis
 from flare_core.run_folder import RunFolder
 
 N_PER_CLASS = 40
@@ -225,6 +225,17 @@ def test_cli_purify_writes_the_run_and_prints_a_summary(lab, tmp_path, capsys):
     assert meta["detector"]["report"]["report"]["params"]["use_latent"] == "off"
     assert meta["result"]["n_flagged"] == 0  # random images of three brightness levels: nothing to find
     assert "Nothing flagged is not proof of a clean set" in printed and "'loss'" not in printed  # no logits read
+
+
+def test_cli_purify_records_absolute_input_paths_so_the_run_opens_from_anywhere(lab, tmp_path, monkeypatch):
+    monkeypatch.chdir(lab)
+    out = tmp_path / "out"
+    assert cli_main(["-q", "purify", "--model", "model.pt", "--data", "data", "--out", str(out), "--no-views",
+                     "--no-export", "--param", "n_neighbors=10", "--param", "use_latent=off"]) == 0
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert cfg["model"] == str(lab / "model.pt") and cfg["data"] == str(lab / "data")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run's own inputs are still found
+    assert len(load_dataset_of(RunFolder(out))) == 3 * N_PER_CLASS
 
 
 def test_cli_purify_with_nothing_flagged_points_to_the_losses(lab, tmp_path, capsys):
