@@ -195,9 +195,10 @@ def label_noise_sentence(report: dict, classes) -> str:
                       f"{v['classes_given']} classes)" for c, v in sorted(noisy.items(), key=lambda kv: int(kv[0])))
     n = int(latent.get("label_noise_unflagged") or 0)
     return (f" {len(noisy)} classes had parts standing apart whose labels the model contradicts: it classifies "
-            f"them as other classes, and as many different ones ({parts}: the share it classifies as another "
-            "class, and how many classes take a tenth of those). That is what mislabelled images look like, not a "
-            "backdoor's poison (an attacker relabels one source class's images, so the model gives them one class), "
+            f"them as other classes, many different ones or the same ones across many classes ({parts}: the share "
+            "it classifies as another class, and how many classes take a tenth of those). That is what mislabelled "
+            "images look like, not a backdoor's poison (an attacker relabels one source class's images into one "
+            "class, so the model gives each class's poison one class, a different one in each class), "
             f"so those {n:,} samples were not flagged. The Inspect page lists them as *Likely mislabelled* (the "
             "manifest's label_noise column): review their labels.")
 
@@ -761,8 +762,9 @@ def build_report(
     noise_tbl = label_noise_table(run)
     if noise_tbl is not None:
         sections += ["<h2>Likely mislabelled samples (not flagged)</h2>",
-                     "<p class='muted'>Parts of these classes stood apart, but the model contradicts their labels and "
-                     "spreads them over many other classes: mislabelled images, not a backdoor's poison, so FLARE did "
+                     "<p class='muted'>Parts of these classes stood apart, but the model contradicts their labels with "
+                     "many other classes, or the same ones across many classes: mislabelled images, not a backdoor's "
+                     "poison, so FLARE did "
                      "not flag them (the manifest's label_noise column). They stay in the purified set unless the "
                      "analyst removes them. Least fitted first.</p>", _table_html(noise_tbl),
                      _examples_html(run, dataset, model, label_noise_indices(run, n_examples))]

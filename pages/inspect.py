@@ -116,7 +116,8 @@ elif source == "label_noise":
     idx = np.flatnonzero(noise)
     idx = idx[np.argsort(-losses[idx], kind="stable")] if losses is not None else idx
     st.caption(f"{len(idx):,} samples that stood apart in their class but that the model classifies as other "
-               "classes, and as many different ones: mislabelled images, not a backdoor's poison, so they are not "
+               "classes, many different ones or the same ones across many classes: mislabelled images, not a "
+               "backdoor's poison, so they are not "
                "flagged (least fitted first). Check their labels; *Remove all* drops them from the export.")
 else:
     with_views = run.class_labels_with_views()

@@ -11,9 +11,13 @@ class, so the classes the model gives them instead are spread, in many classes a
 
 :func:`contradicted_classes` finds the classes of such a split: at least ``min_classes`` (3) classes with
 flagged groups that the model mostly contradicts (it predicts another class for at least ``min_contradicted``
-of them, and for at least ``min_count`` samples), where the class it gives them most often holds at most
-``max_top_share`` of those predictions (the median over those classes).  Groups, not whole classes, so that
-mislabelled images in the class that also holds obeyed poison count, and the poison stays flagged.
+of them, and for at least ``min_count`` samples), where either the class it gives them most often holds at most
+``max_top_share`` of those predictions (the median over those classes: spread), or one class is given at least
+``min_shared_share`` (0.2) of the contradicted samples of ``min_shared_classes`` (4) or more classes' parts (a
+stage may split off, in each class, the mislabelled images of one or two distinctive true classes only: each
+part is then given few classes, but the same ones across many classes, where an attacker maps each source class
+to one target).  Groups, not whole classes, so that mislabelled images in the class that also holds obeyed
+poison count, and the poison stays flagged.
 
 Measured (``benchmarks/results/clean_unusual.json``; ground truth):
 - a clean Fashion-MNIST with 10 % symmetric label noise: flagged parts in all 10 classes, 99.5-100 %
@@ -21,7 +25,13 @@ Measured (``benchmarks/results/clean_unusual.json``; ground truth):
 - the poison of the cached all-to-all models whose backdoor did not take (3 or more contradicted classes):
   median top shares 0.84-0.96; on the 43 benchmark models with saved final flags the rule, applied to each
   class's flags as a whole, finds nothing, and re-run by groups on the all-to-all models most at risk it
-  changes no flag.
+  changes no flag;
+- a clean CIFAR-10 with 10 % symmetric label noise (narrow ResNet, 4 epochs): the tail-group stage flagged
+  1,340 samples in 9 classes (78 % mislabelled), each class's part the mislabelled images of one to three true
+  classes (top shares 0.35-0.96, median 0.58: not spread), with *automobile* given to six classes' parts and
+  *truck*, *ship* and *frog* to three each; the ground-truth poison of the benchmark's all-to-all models (11
+  Fashion-MNIST, and the CIFAR-10 ones in ``benchmarks/NOTES.md``, session 29) shares a given class between at
+  most two classes' parts, hence ``min_shared_classes`` 4.
 
 What it cannot tell apart:
 - poison whose backdoor did not take, relabelled from many source classes into three or more targets (the
@@ -39,15 +49,22 @@ DEFAULT_MIN_CONTRADICTED = 0.5
 DEFAULT_MAX_TOP_SHARE = 0.5
 DEFAULT_MIN_CLASSES = 3
 DEFAULT_MIN_COUNT = 10
+DEFAULT_MIN_SHARED_SHARE = 0.2
+DEFAULT_MIN_SHARED_CLASSES = 4
 
 
 def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarray, *,
                          groups: np.ndarray | None = None,
                          min_contradicted: float = DEFAULT_MIN_CONTRADICTED,
                          max_top_share: float = DEFAULT_MAX_TOP_SHARE, min_classes: int = DEFAULT_MIN_CLASSES,
-                         min_count: int = DEFAULT_MIN_COUNT) -> dict[int, dict[str, float]]:
+                         min_count: int = DEFAULT_MIN_COUNT,
+                         min_shared_share: float = DEFAULT_MIN_SHARED_SHARE,
+                         min_shared_classes: int = DEFAULT_MIN_SHARED_CLASSES) -> dict[int, dict[str, float]]:
     """The classes of a label-noise split: ``{class: {"flagged", "contradicted", "top_share", "classes_given"}}``
-    (see the module docstring), or ``{}``.  ``predicted``: the model's class for each sample (argmax of its
+    (see the module docstring), or ``{}``.  At least ``min_classes`` classes' parts must be contradicted, and
+    either spread (median ``top_share`` at most ``max_top_share``) or share a class given (one class the model
+    gives at least ``min_shared_share`` of the contradicted samples of ``min_shared_classes`` or more classes'
+    parts: an attacker maps each source class to one target).  ``predicted``: the model's class for each sample (argmax of its
     logits).  A class's part is its flagged samples; given ``groups`` (a group id per sample: FLARE's cluster or
     the latent stage's leaf), only its flagged groups that the model mostly contradicts (so mislabelled images
     in the class that also holds an all-to-one attack's obeyed poison count).  ``flagged``: the part's size;
@@ -62,6 +79,7 @@ def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarr
         raise ValueError(f"min_classes must be at least 1; got {min_classes}")
     k = int(max(int(y.max(initial=0)), int(predicted.max(initial=0)))) + 1
     found: dict[int, dict[str, float]] = {}
+    shares = []
     for c in np.unique(y[flagged]):
         part = _class_part(flagged, y, predicted, groups, int(c), min_contradicted)
         other = part & (predicted != c)
@@ -71,9 +89,13 @@ def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarr
         given = np.bincount(predicted[other], minlength=k) / n_other
         found[int(c)] = {"flagged": int(part.sum()), "contradicted": round(n_other / int(part.sum()), 3),
                          "top_share": round(float(given.max()), 3), "classes_given": int((given >= 0.1).sum())}
-    if len(found) < min_classes or np.median([f["top_share"] for f in found.values()]) > max_top_share:
+        shares.append(given)
+    if len(found) < min_classes:
         return {}
-    return found
+    spread = np.median([f["top_share"] for f in found.values()]) <= max_top_share
+    # one class given to the parts of many classes: its images were relabelled into many classes
+    shared = int(((np.asarray(shares) >= min_shared_share).sum(axis=0)).max()) >= min_shared_classes
+    return found if spread or shared else {}
 
 
 def _checked_groups(groups: np.ndarray | None, n: int) -> np.ndarray | None:
