@@ -67,9 +67,10 @@ def contradicted_classes(flagged: np.ndarray, y: np.ndarray, predicted: np.ndarr
     parts: an attacker maps each source class to one target).  ``predicted``: the model's class for each sample
     (argmax of its logits).  A class's part is its flagged samples; given ``groups`` (a group id per sample:
     FLARE's cluster or the latent stage's leaf), only its flagged groups that the model mostly contradicts (so
-    mislabelled images in the class that also holds an all-to-one attack's obeyed poison count).  ``flagged``: the part's size;
-    ``contradicted``: the share of it predicted as another class; ``top_share``: the share of those the most
-    common other class holds; ``classes_given``: how many other classes hold at least a tenth of them."""
+    mislabelled images in the class that also holds an all-to-one attack's obeyed poison count).  ``flagged``:
+    the part's size; ``contradicted``: the share of it predicted as another class; ``top_share``: the share of
+    those the most common other class holds; ``classes_given``: how many other classes hold at least a tenth of
+    them."""
     flagged, y, predicted = np.asarray(flagged, bool), np.asarray(y), np.asarray(predicted)
     if not (len(flagged) == len(y) == len(predicted)):
         raise ValueError(f"flagged, y and predicted must have one entry per sample; got {len(flagged)}, "
