@@ -290,15 +290,18 @@ def cmd_report(args) -> int:
     from flare_core.run_folder import RunFolder
 
     run = RunFolder(args.run)
-    dataset = model = None
-    if not args.no_images:  # the run's own dataset and model, for example images and Grad-CAM overlays
+    dataset = model = missing = None
+    if args.no_images:
+        missing = "the report was built with --no-images."
+    else:  # the run's own dataset and model, for example images and Grad-CAM overlays
         try:
             dataset = load_dataset_of(run)
             model = load_model_of(run)
         except (FlareError, OSError, KeyError) as e:
+            missing = str(e)
             print(f"flare: the report has {'no Grad-CAM overlays' if dataset is not None else 'no example images'}: "
                   f"{e}", file=sys.stderr)
-    path = build_report(run, args.out, dataset=dataset, model=model)
+    path = build_report(run, args.out, dataset=dataset, model=model, missing=missing)
     print(f"report written to {path}")
     return 0
 

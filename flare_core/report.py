@@ -603,12 +603,15 @@ def _latent_threshold(run: RunFolder):
 
 
 def _examples_html(run: RunFolder, dataset, model, idx: np.ndarray,
-                   empty: str = "No sample is marked for removal, so there are no examples to show.") -> str:
-    """Cards of the samples ``idx``: the image, its Grad-CAM overlay and the model's prediction (with ``model``)."""
+                   empty: str = "No sample is marked for removal, so there are no examples to show.",
+                   missing: Optional[str] = None) -> str:
+    """Cards of the samples ``idx``: the image, its Grad-CAM overlay and the model's prediction (with ``model``).
+    ``missing``: why the dataset or the model was not given, said where they are needed."""
+    why = f": {html.escape(missing)}" if missing else "; it was not given when this report was built."
     if len(idx) == 0:
         return f"<p>{html.escape(empty)}</p>"
     if dataset is None:
-        return "<p class='muted'>Example images need the dataset; it was not given when this report was built.</p>"
+        return f"<p class='muted'>Example images need the dataset{why}</p>"
     images = dataset.images[idx]
     cams, preds, cam_note = None, None, ""
     if model is not None:
@@ -620,7 +623,7 @@ def _examples_html(run: RunFolder, dataset, model, idx: np.ndarray,
             logger.warning("Grad-CAM failed for the report: %s", e)
             cam_note = f"<p class='muted'>Grad-CAM overlays could not be computed ({html.escape(str(e))}).</p>"
     else:
-        cam_note = "<p class='muted'>Grad-CAM overlays need the model; it was not given when this report was built.</p>"
+        cam_note = f"<p class='muted'>Grad-CAM overlays need the model{why}</p>"
     classes = run.classes
     cards = []
     for j, i in enumerate(idx):
@@ -691,11 +694,13 @@ def build_report(
     model=None,
     n_examples: int = 12,
     title: Optional[str] = None,
+    missing: Optional[str] = None,
 ) -> Path:
     """Write the self-contained HTML report of ``run`` to ``out_path`` (atomically) and return its path.
 
     ``dataset`` (the ImageDataset the run analysed) enables example images; ``model`` (a LoadedModel)
-    adds Grad-CAM overlays to them.
+    adds Grad-CAM overlays to them; ``missing`` says in the report why one of them was not given (the readers
+    of a report do not see the console that built it).
     """
     from plotly.offline import get_plotlyjs
 
@@ -767,9 +772,9 @@ def build_report(
                      "poison, so FLARE did "
                      "not flag them (the manifest's label_noise column). They stay in the purified set unless the "
                      "analyst removes them. Least fitted first.</p>", _table_html(noise_tbl),
-                     _examples_html(run, dataset, model, label_noise_indices(run, n_examples))]
+                     _examples_html(run, dataset, model, label_noise_indices(run, n_examples), missing=missing)]
     sections += ["<h2>Example samples marked for removal</h2>",
-                 _examples_html(run, dataset, model, example_indices(run, n_examples)),
+                 _examples_html(run, dataset, model, example_indices(run, n_examples), missing=missing),
                  "<h2>Embeddings</h2><p class='muted'>Each point is a sample; colours are HDBSCAN clusters (per class) "
                  "or classes (global); ✕ marks flagged samples.</p>", _scatter_html(run, det_label),
                  "<h2>Parameters</h2>", _kv_html(meta.get("config", {})),

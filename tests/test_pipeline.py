@@ -261,7 +261,8 @@ def test_cli_report_shows_the_runs_own_images_with_grad_cam_and_says_when_it_can
     assert text.count("alt='sample ") == 3 and text.count("alt='Grad-CAM ") == 3
     assert capsys.readouterr().err == ""
     assert cli_main(["report", str(out), "--out", str(tmp_path / "plain.html"), "--no-images"]) == 0
-    assert "Example images need the dataset" in (tmp_path / "plain.html").read_text(encoding="utf-8")
+    assert "Example images need the dataset: the report was built with --no-images." in (
+        tmp_path / "plain.html").read_text(encoding="utf-8")
     # the model file changed since the run: the images, but no Grad-CAM of another model's attention
     changed = tmp_path / "changed.pt"
     torch.manual_seed(1)
@@ -276,6 +277,7 @@ def test_cli_report_shows_the_runs_own_images_with_grad_cam_and_says_when_it_can
     assert err.startswith("flare: the report has no Grad-CAM overlays: The model at ") and "changed since" in err
     text = (tmp_path / "changed.html").read_text(encoding="utf-8")
     assert text.count("alt='sample ") == 3 and "alt='Grad-CAM " not in text
+    assert "Grad-CAM overlays need the model: The model at " in text  # the report's readers see why, too
     # the run's data moved away: the report is still written, and says why it has no images
     meta = json.loads((out / "run.json").read_text())
     meta["config"]["data"] = str(tmp_path / "gone")
@@ -283,7 +285,8 @@ def test_cli_report_shows_the_runs_own_images_with_grad_cam_and_says_when_it_can
     assert cli_main(["report", str(out), "--out", str(tmp_path / "gone.html")]) == 0
     err = capsys.readouterr().err
     assert err.startswith("flare: the report has no example images: ") and len(err.strip().splitlines()) == 1
-    assert "Example images need the dataset" in (tmp_path / "gone.html").read_text(encoding="utf-8")
+    gone = (tmp_path / "gone.html").read_text(encoding="utf-8")
+    assert "Example images need the dataset: The dataset path " in gone and str(tmp_path / "gone") in gone
     assert _tree_hash(lab / "data") == before
 
 
