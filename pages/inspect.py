@@ -186,7 +186,9 @@ with shared.friendly_errors("Grad-CAM"):
             info.markdown(
                 f"**#{i}** · {shared.class_name(run, int(labels[i]))}  \n"
                 f"predicted **{shared.class_name(run, p)}**"
-                + (f" · next after the label: {shared.class_name(run, int(nexts[j]))}" if nexts is not None else "")
+                # a misclassified sample's next class is its prediction: said only where it adds something
+                + (f" · next after the label: {shared.class_name(run, int(nexts[j]))}"
+                   if nexts is not None and p == int(labels[i]) else "")
                 + f" · score {scores[i]:.3f}" + (f" · loss {losses[i]:.3g}" if losses is not None else "")
                 + f" · cluster {df['cluster'].iat[i]}  \n"
                 f"{det_label}: {'**flagged**' if flagged[i] else 'not flagged'}"

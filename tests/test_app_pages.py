@@ -1,5 +1,6 @@
 """Every dashboard page under streamlit.testing.v1.AppTest, with seeded session state and tiny synthetic runs."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -351,7 +352,11 @@ def test_inspect_flagged_with_cams_and_decisions(env, run, cam_ready):
     assert "9 samples" in at.markdown[0].value or any("**9 samples**" in m.value for m in at.markdown)
     assert len(at.pagination) == 1  # 9 flagged, 8 per page
     assert imgs(at) == 2 * 8 + 4  # image + overlay per sample, plus the mean-CAM row
-    assert sum("next after the label:" in m.value for m in at.markdown) == 8  # the model's next choice, per sample
+    cards = [m.value for m in at.markdown if m.value.startswith("**#")]
+    assert len(cards) == 8
+    for card in cards:  # the model's next choice after the label, said where it is not the prediction itself
+        label, predicted = re.search(r"\*\*#\d+\*\* · (.+?)  \npredicted \*\*(.+?)\*\*", card).groups()
+        assert ("next after the label:" in card) == (label == predicted), card
     radios = [r for r in at.radio if r.key and r.key.startswith("dec_")]
     assert len(radios) == 8
     first = int(radios[0].key.split("_")[1])
