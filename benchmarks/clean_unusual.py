@@ -27,7 +27,8 @@ but a flag on a mislabelled image is at least an image worth a look; the table s
 
 ``cifar-label-noise-0.1`` is the same label noise on CIFAR-10 (the JPEG ImageFolder), with the CIFAR clean
 control's recipe (``narrow-resnet``, 4 epochs, seed 0): the label-noise rule's bar was set on Fashion-MNIST, and
-this row checks it on a second dataset and architecture.  It runs only when named, or with ``--cifar``.
+this row checks it on a second dataset and architecture.  ``cifar-label-noise-0.03`` and ``-0.3`` check the
+bars set on those two at two more noise levels.  The CIFAR rows run only when named, or with ``--cifar``.
 
 Models: ``benchmarks/zoo/clean-unusual-<row>/model.pt`` (with ``build.json``); data:
 ``benchmarks/cache/clean-unusual-<row>/train.npz`` and ``marked.npy`` (which images carry the quirk: relabelled,
@@ -48,7 +49,7 @@ from benchmarks.second_source import EPOCHS, SEED, purify_against, train_small_c
 
 ROWS = ("label-noise-0.1", "label-noise-0.03", "label-noise-0.3", "label-flip-0.2", "duplicates-0.05", "longtail-100",
         "noisy-fmnist-badnets-1")
-CIFAR_ROWS = ("cifar-label-noise-0.1",)
+CIFAR_ROWS = ("cifar-label-noise-0.1", "cifar-label-noise-0.03", "cifar-label-noise-0.3")
 CIFAR_DEFAULT = "~/.cache/flare-data/cifar10"
 FLIP_PAIRS = ((0, 6), (2, 4), (5, 7))  # T-shirt/shirt, pullover/coat, sandal/sneaker
 OUT = RESULTS / "clean_unusual.json"

@@ -82,3 +82,23 @@ def patch_origin(attack: str, position, size: int, margin: int, image_hw: tuple)
             f"use a smaller size, margin or another position."
         )
     return int(row), int(col)
+
+
+#: what the patch attacks (BadNets, Trojan) say of their placement parameters
+PATCH_PARAM_HELP: Mapping[str, str] = {
+    "position": "'bottom-right', 'bottom-left', 'top-right', 'top-left' or [row, col] of the patch's top-left pixel",
+    "margin": "distance in pixels from the image border when position is a corner",
+}
+
+
+def patch_placement(attack: str, p: Mapping[str, Any], default_size: int, image_shape: tuple) -> dict:
+    """The validated ``size``, ``position`` and ``margin`` of a patch attack's merged parameters ``p``
+    (``size`` None or 'auto': ``default_size``); FlareError if the patch does not fit in (H, W, C) images."""
+    size = default_size if p["size"] in (None, "auto") else p["size"]
+    placed = {
+        "size": as_int(attack, "size", size, 1, min(image_shape[:2])),
+        "position": as_position(attack, p["position"]),
+        "margin": as_int(attack, "margin", p["margin"], 0),
+    }
+    patch_origin(attack, placed["position"], placed["size"], placed["margin"], image_shape[:2])
+    return placed

@@ -11,15 +11,14 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from flare_core.attacks._apply import check_batch, mask_to_patch, paste_patch, trigger_rng
-from flare_core.attacks._params import as_choice, as_int, as_position, merge_params, patch_origin
+from flare_core.attacks._params import PATCH_PARAM_HELP, as_choice, merge_params, patch_origin, patch_placement
 
 NAME = "badnets"
 PATTERNS = ("checkerboard", "white", "random")
 DEFAULTS: Mapping[str, Any] = {"size": None, "position": "bottom-right", "margin": 1, "pattern": "checkerboard"}
 PARAM_HELP: Mapping[str, str] = {
     "size": "side of the square patch in pixels (None or 'auto': max(3, round(min(H, W) * 3 / 32)))",
-    "position": "'bottom-right', 'bottom-left', 'top-right', 'top-left' or [row, col] of the patch's top-left pixel",
-    "margin": "distance in pixels from the image border when position is a corner",
+    **PATCH_PARAM_HELP,
     "pattern": "'checkerboard' (black/white), 'white', or 'random' (random colours from the seed)",
 }
 
@@ -32,15 +31,8 @@ def default_size(image_shape: tuple) -> int:
 def resolve_params(image_shape: tuple, params: Optional[Mapping[str, Any]] = None) -> dict:
     """All parameters with defaults filled in and validated for ``image_shape`` (H, W, C)."""
     p = merge_params(NAME, DEFAULTS, params)
-    size = default_size(image_shape) if p["size"] in (None, "auto") else p["size"]
-    resolved = {
-        "size": as_int(NAME, "size", size, 1, min(image_shape[:2])),
-        "position": as_position(NAME, p["position"]),
-        "margin": as_int(NAME, "margin", p["margin"], 0),
-        "pattern": as_choice(NAME, "pattern", p["pattern"], PATTERNS),
-    }
-    patch_origin(NAME, resolved["position"], resolved["size"], resolved["margin"], image_shape[:2])
-    return resolved
+    return {**patch_placement(NAME, p, default_size(image_shape), image_shape),
+            "pattern": as_choice(NAME, "pattern", p["pattern"], PATTERNS)}
 
 
 def make_patch(size: int, channels: int, pattern: str, seed: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from flare_core.attacks._apply import mask_to_patch
-from flare_core.attacks._params import as_float, as_int, as_position, merge_params, patch_origin
+from flare_core.attacks._params import PATCH_PARAM_HELP, as_float, merge_params, patch_origin, patch_placement
 from flare_core.attacks.badnets import PatchTrigger
 
 NAME = "trojan"
@@ -31,8 +31,7 @@ GLYPH = np.array(
 DEFAULTS: Mapping[str, Any] = {"size": None, "position": "bottom-right", "margin": 1, "alpha": 1.0}
 PARAM_HELP: Mapping[str, str] = {
     "size": "side of the square watermark in pixels (None or 'auto': max(7, round(min(H, W) * 7 / 32)))",
-    "position": "'bottom-right', 'bottom-left', 'top-right', 'top-left' or [row, col] of the patch's top-left pixel",
-    "margin": "distance in pixels from the image border when position is a corner",
+    **PATCH_PARAM_HELP,
     "alpha": "opacity of the watermark in (0, 1]; 1 replaces the pixels",
 }
 
@@ -44,15 +43,8 @@ def default_size(image_shape: tuple) -> int:
 def resolve_params(image_shape: tuple, params: Optional[Mapping[str, Any]] = None) -> dict:
     """All parameters with defaults filled in and validated for ``image_shape`` (H, W, C)."""
     p = merge_params(NAME, DEFAULTS, params)
-    size = default_size(image_shape) if p["size"] in (None, "auto") else p["size"]
-    resolved = {
-        "size": as_int(NAME, "size", size, 1, min(image_shape[:2])),
-        "position": as_position(NAME, p["position"]),
-        "margin": as_int(NAME, "margin", p["margin"], 0),
-        "alpha": as_float(NAME, "alpha", p["alpha"], 0.0, 1.0, lo_open=True),
-    }
-    patch_origin(NAME, resolved["position"], resolved["size"], resolved["margin"], image_shape[:2])
-    return resolved
+    return {**patch_placement(NAME, p, default_size(image_shape), image_shape),
+            "alpha": as_float(NAME, "alpha", p["alpha"], 0.0, 1.0, lo_open=True)}
 
 
 def glyph_patch(size: int, channels: int) -> np.ndarray:
