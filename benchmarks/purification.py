@@ -141,7 +141,8 @@ def purified_subset(entry: ZooEntry, run_dir: Path, out_dir: Path, expected_n: i
     if len(keep) != expected_n:
         raise RuntimeError(f"The cached FLARE run in {run_dir} keeps {len(keep)} samples but the purification row "
                            f"says {expected_n}; re-run with --force.")
-    return Path(export_subset(load_dataset(entry.train), keep, out_dir, overwrite=True))
+    shutil.rmtree(out_dir, ignore_errors=True)  # the benchmark's own cache (an export made before the marker)
+    return Path(export_subset(load_dataset(entry.train), keep, out_dir))
 
 
 def _seed_dir(zoo: Path, spec, kind: str, seed: int) -> Path:

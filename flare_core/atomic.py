@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -69,18 +69,37 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, np.asarray(array))
 
 
+def check_replaceable(path: str | os.PathLike, *, overwrite: bool, marker: Optional[str] = None,
+                      what: str = "output folder", error: type = None, hint: str = "pass --overwrite") -> None:
+    """Raise ``error`` (FlareError) unless a new folder may be written at ``path``: it is absent or empty, or
+    ``overwrite`` is set and, when ``marker`` is given, ``path`` holds that file, i.e. is an earlier ``what``
+    written by FLARE. A folder without it holds files FLARE did not write (a home folder, the folder the data
+    or the model lives in), and replacing it would delete them, so ``--overwrite`` does not reach it."""
+    if error is None:
+        from flare_core.errors import FlareError as error
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise error(f"The output path {path} exists and is not a folder; choose another path.")
+    if not (path.is_dir() and any(path.iterdir())):
+        return
+    if not overwrite:
+        raise error(f"The output folder {path} already exists and is not empty; choose another or {hint}.")
+    if marker is not None and not (path / marker).is_file():
+        raise error(f"The output folder {path} is not an earlier {what} (it has no {marker}), and replacing it would "
+                    f"delete files FLARE did not write; choose a new or empty folder.")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, marker: Optional[str] = None,
+               what: str = "output folder") -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it is renamed to ``path``.
 
-    An existing non-empty ``path`` is replaced only with ``overwrite=True`` (the old one is removed
-    after the new one is in place). On failure the temporary folder is removed and ``path`` is untouched.
+    An existing non-empty ``path`` is replaced only with ``overwrite=True``, and where ``marker`` is given only
+    when it holds that file (an earlier ``what``; see :func:`check_replaceable`). The old folder is removed after
+    the new one is in place. On failure the temporary folder is removed and ``path`` is untouched.
     """
     path = Path(path).absolute()
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        from flare_core.errors import FlareError
-
-        raise FlareError(f"The output folder {path} already exists and is not empty; choose another or pass --overwrite.")
+    check_replaceable(path, overwrite=overwrite, marker=marker, what=what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_temp_dir(path.parent, f".{path.name}.", ".partial")
     try:

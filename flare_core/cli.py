@@ -131,7 +131,7 @@ def cmd_attack(args) -> int:
     if args.test_data or args.data.startswith("builtin:"):
         test_src = args.test_data or args.data
         test = load_dataset(test_src, format=args.data_format if args.test_data is None else None, split="test")
-    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_dir(args.out, overwrite=args.overwrite, marker="ground_truth.json", what="poisoned dataset") as tmp:
         if args.out_format == "imagefolder":
             save_imagefolder(poisoned, tmp / "train")
         else:

@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from flare_core.atomic import check_replaceable
+from flare_core.data.writers import check_no_overlap
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError, FlareError
 from flare_core.hashing import dataset_sha256
@@ -132,8 +134,7 @@ def run_analysis(
 
     progress = ensure_progress(progress)
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FlareError(f"The output folder {out_dir} already exists and is not empty; choose another or pass --overwrite.")
+    check_replaceable(out_dir, overwrite=overwrite, marker="run.json", what="run folder")  # before the long part
     timer = StageTimer()
     t_start = time.perf_counter()
 
@@ -142,7 +143,7 @@ def run_analysis(
         model, dataset = timer.run("load", load_model_and_data, config)
     else:
         check_fit(model, dataset)
-    _refuse_output_inside_source(out_dir, dataset)
+    check_no_overlap(dataset, out_dir, other_inputs={"model": config.model, "ground truth": config.ground_truth})
     progress("load", 1, 1)
     n = len(dataset)
     logger.info("loaded %d samples in %d classes; model kind=%s", n, dataset.num_classes, model.kind)
@@ -389,13 +390,6 @@ def _evaluate(manifest: pd.DataFrame, detectors: list, main: str, truth: np.ndar
         fcol, scol = ("flagged", "score") if d == main else (f"flagged_{d}", f"score_{d}")
         out[d] = detection_metrics(manifest[fcol].to_numpy().astype(bool), truth, manifest[scol].to_numpy())
     return out
-
-
-def _refuse_output_inside_source(out_dir: Path, dataset: ImageDataset) -> None:
-    root = Path(dataset.root).absolute() if dataset.root else None
-    if root is not None and root.is_dir() and (out_dir == root or root in out_dir.parents):
-        raise FlareError(f"The output folder {out_dir} is inside the dataset folder {root}; write it elsewhere so "
-                         "the source data stays untouched.")
 
 
 def export_purified(run: RunFolder, out_dir: str | os.PathLike, *, dataset: Optional[ImageDataset] = None,

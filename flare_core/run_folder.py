@@ -237,7 +237,7 @@ def write_run(
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing}")
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker="run.json", what="run folder") as tmp:
         manifest.to_csv(tmp / "manifest.csv", index=False)
         if features is not None:
             np.save(tmp / "features.npy", np.asarray(features, dtype=np.float32))

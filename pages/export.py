@@ -32,7 +32,9 @@ tab_server, tab_zip = st.tabs(["Write to a server folder", "Download as zip"])
 with tab_server:
     default_out = str(Path(run.path) / "purified")
     out_txt = st.text_input("Output folder on the server", value=default_out, key="export_path")
-    overwrite = st.checkbox("Replace the folder if it already exists", key="export_overwrite")
+    overwrite = st.checkbox("Replace the folder if it already exists", key="export_overwrite",
+                            help="Only an earlier export is replaced (it holds the file .flare-export.json): a folder "
+                                 "FLARE did not write is never deleted.")
     if st.button("Write the purified dataset", type="primary", key="export_write", icon=":material/save:"):
         with shared.friendly_errors("The export"):
             from flare_core.pipeline import export_purified

@@ -70,3 +70,24 @@ def test_files_and_folders_get_the_permissions_a_plain_write_gives(tmp_path, mas
             write_json(tmp / "run.json", {})
     assert mode(tmp_path / "report.html") == file_mode and mode(tmp_path / "run" / "run.json") == file_mode
     assert mode(tmp_path / "run") == dir_mode
+
+
+def test_overwrite_with_a_marker_replaces_only_a_folder_that_holds_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("a user's file")
+    with pytest.raises(FlareError, match="not an earlier run folder"), atomic_dir(out, overwrite=True,
+                                                                                marker="run.json", what="run folder"):
+        pass
+    assert (out / "mine.txt").read_text() == "a user's file"
+    (out / "run.json").write_text("{}")
+    with atomic_dir(out, overwrite=True, marker="run.json") as tmp:
+        (tmp / "run.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def test_a_file_at_the_output_path_is_one_clear_error(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FlareError, match="exists and is not a folder"), atomic_dir(tmp_path / "out", overwrite=True):
+        pass
+    assert (tmp_path / "out").read_text() == "x"

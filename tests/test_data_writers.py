@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flare_core.data import export_subset, load_dataset, save_imagefolder, save_npz
-from flare_core.data.writers import class_dir_names
+from flare_core.data.writers import EXPORT_MARKER, class_dir_names
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
 from test_data_helpers import make_cifar10, make_imagefolder, tree_hashes, write_idx, write_image
@@ -70,13 +71,29 @@ def test_save_imagefolder_round_trip(tmp_path, channels):
 
 
 def test_save_imagefolder_refuses_non_empty_folder_unless_overwrite(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
+    save_imagefolder(_toy(), tmp_path / "out")
+    (tmp_path / "out" / "keep.txt").write_text("left in an earlier export")
     with pytest.raises(DataError, match="not empty"):
         save_imagefolder(_toy(), tmp_path / "out")
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    save_imagefolder(_toy(), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").exists()
+    save_imagefolder(_toy(), tmp_path / "out", overwrite=True)  # an earlier export is replaced
     assert not (tmp_path / "out" / "keep.txt").exists() and len(load_dataset(tmp_path / "out")) == 6
+
+
+def test_overwrite_does_not_replace_a_folder_flare_did_not_write(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not an earlier export"):
+        save_imagefolder(_toy(), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+def test_the_export_marker_is_skipped_by_the_loader(tmp_path):
+    save_imagefolder(_toy(), tmp_path / "out")
+    assert (tmp_path / "out" / EXPORT_MARKER).is_file()
+    back = load_dataset(tmp_path / "out")
+    assert len(back) == 6 and all(EXPORT_MARKER not in str(s) for s in back.sources)
 
 
 def test_class_dir_names_are_safe():
@@ -108,8 +125,11 @@ def test_export_imagefolder_byte_identical_and_partition(tmp_path):
     for i in keep:
         src_file = Path(ds.sources[i])
         assert _sha(out_keep / src_file.parent.name / src_file.name) == _sha(src_file)
-    exported = list(tree_hashes(out_keep).items()) + list(tree_hashes(out_drop).items())
+    exported = [(path, h) for out in (out_keep, out_drop) for path, h in tree_hashes(out).items()
+                if path != EXPORT_MARKER]
     assert sorted(exported) == sorted(before.items())  # kept + dropped = all, same relative paths and bytes
+    marker = json.loads((out_keep / EXPORT_MARKER).read_text())
+    assert marker["samples"] == 4 and marker["of"] == len(ds) and marker["format"] == "imagefolder"
     assert tree_hashes(src) == before
     back = load_dataset(out_keep)
     np.testing.assert_array_equal(back.images, ds.subset(keep).images)
@@ -192,7 +212,7 @@ def test_export_builtin_writes_npz(tmp_path):
 
 def test_export_refuses_output_inside_source(tmp_path):
     src, ds = _folder_dataset(tmp_path)
-    with pytest.raises(DataError, match="inside the source"):
+    with pytest.raises(DataError, match="inside the dataset folder"):
         export_subset(ds, [0], src / "purified")
     assert not (src / "purified").exists()
 
@@ -250,5 +270,5 @@ def test_export_refuses_output_inside_idx_folder_given_as_file(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1], np.uint8))
     ds = load_dataset(tmp_path / "train-images-idx3-ubyte")
-    with pytest.raises(DataError, match="inside the source"):
+    with pytest.raises(DataError, match="inside the dataset folder"):
         export_subset(ds, [0], tmp_path / "out")

@@ -102,6 +102,43 @@ def test_output_inside_the_source_is_refused(lab):
         run_analysis(_config(lab, views=False), lab / "data" / "out")
 
 
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _purify(lab, out, *extra):
+    return cli_main(["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--out", str(out),
+                     "--no-views", "--no-export", "--no-trigger-test", "--param", "n_neighbors=10",
+                     "--param", "use_latent=off", *extra])
+
+
+def test_overwrite_never_replaces_a_folder_flare_did_not_write(lab, capsys):
+    """``--out`` the folder that holds the model and the data, with ``--overwrite``: refused, nothing touched
+    (it used to replace the whole folder, data and model included)."""
+    before = _tree(lab)
+    assert _purify(lab, lab, "--overwrite") != 0
+    err = capsys.readouterr().err.strip()
+    assert "is not an earlier run folder (it has no run.json)" in err and len(err.splitlines()) == 1
+    assert _tree(lab) == before
+
+
+def test_overwrite_replaces_an_earlier_run_folder_but_not_one_holding_an_input(lab, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _purify(lab, out) == 0
+    assert _purify(lab, out) != 0 and "already exists" in capsys.readouterr().err
+    assert _purify(lab, out, "--overwrite") == 0  # an earlier run folder is replaced
+    assert (out / "run.json").is_file() and not [p for p in tmp_path.iterdir() if p.name != "run"]
+    # a model kept inside an earlier run folder (as the dashboard's retrained model is) is an input: refused
+    for f in lab.glob("model.*"):  # the weights and their description
+        (out / f.name).write_bytes(f.read_bytes())
+    before = _tree(out)
+    rc = cli_main(["-q", "purify", "--model", str(out / "model.pt"), "--data", str(lab / "data"),
+                   "--out", str(out), "--overwrite", "--no-views", "--no-export", "--param", "use_latent=off"])
+    assert rc != 0 and "contains the model" in capsys.readouterr().err
+    assert _tree(out) == before
+
+
 def test_unknown_detector_is_one_clear_error(lab, tmp_path):
     with pytest.raises(FlareError, match="Unknown detector"):
         run_analysis(_config(lab, detector="nope"), tmp_path / "run")

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from flare_core.atomic import atomic_dir, atomic_path
+from flare_core.atomic import atomic_dir, atomic_path, check_replaceable
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -27,6 +28,9 @@ FILE_LAYOUTS = ("imagefolder", "csv")
 ARRAY_LAYOUTS = ("npz", "idx", "cifar", "builtin")
 MANIFEST_NAME = "manifest.csv"
 NPZ_NAME = "data.npz"
+#: written into every export (a hidden file, which image-folder loaders skip): what FLARE wrote, so that
+#: ``overwrite`` replaces an earlier export and nothing else
+EXPORT_MARKER = ".flare-export.json"
 
 
 def _real(path: str | Path) -> Path:
@@ -50,19 +54,29 @@ def _source_files(dataset: ImageDataset) -> list:
     return files
 
 
-def check_target(dataset: ImageDataset, out: Path, *, overwrite: bool) -> None:
-    """DataError when writing ``out`` could touch the source data or clobber a non-empty folder."""
+def check_no_overlap(dataset: ImageDataset, out: Path, *, other_inputs: Optional[Mapping[str, Optional[str]]] = None
+                     ) -> None:
+    """DataError when writing (or replacing) the folder ``out`` could touch an input: ``out`` lies inside the
+    dataset's folder, or holds the dataset or one of ``other_inputs`` (name -> path, e.g. the model file)."""
     real_out = _real(out)
     folder = source_folder(dataset)
     if folder is not None and real_out.is_relative_to(folder):
-        raise DataError(f"The output folder {out} is inside the source dataset folder {folder}; choose a folder outside it.")
+        raise DataError(f"The output folder {out} is inside the dataset folder {folder}; choose a folder outside it so "
+                        "the source data stays untouched.")
     for f in _source_files(dataset):
         if f.is_relative_to(real_out):
             raise DataError(f"The output folder {out} contains the source data ({f}); choose another folder.")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"The output path {out} exists and is not a folder; choose another path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"The output folder {out} already exists and is not empty; choose another or pass overwrite=True (CLI: --overwrite).")
+    for name, path in (other_inputs or {}).items():
+        if path and not str(path).startswith("builtin:") and _real(path).is_relative_to(real_out):
+            raise DataError(f"The output folder {out} contains the {name} ({_real(path)}); choose another folder.")
+
+
+def check_target(dataset: ImageDataset, out: Path, *, overwrite: bool) -> None:
+    """DataError when writing the export ``out`` could touch the source data or replace a folder that is not an
+    earlier export (which holds :data:`EXPORT_MARKER`)."""
+    check_no_overlap(dataset, out)
+    check_replaceable(out, overwrite=overwrite, marker=EXPORT_MARKER, what="export", error=DataError,
+                      hint="pass overwrite=True (CLI: --overwrite)")
 
 
 def class_dir_names(classes: Sequence[str]) -> list:
@@ -123,6 +137,13 @@ def save_npz(dataset: ImageDataset, path: str | Path) -> Path:
     return path
 
 
+def _write_marker(folder: Path, dataset: ImageDataset, n: int) -> None:
+    """``folder/EXPORT_MARKER``: that FLARE wrote this folder, from which dataset, how many samples."""
+    info = {"written_by": "FLARE Workbench", "source": dataset.root, "format": dataset.format, "samples": int(n),
+            "of": len(dataset)}
+    (folder / EXPORT_MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
 def _write_png(image: np.ndarray, path: Path) -> None:
     arr = image[..., 0] if image.shape[-1] == 1 else image
     Image.fromarray(np.ascontiguousarray(arr)).save(path, format="PNG")  # 2-D -> L, (H, W, 3) -> RGB
@@ -141,7 +162,8 @@ def save_imagefolder(
             dataset.classes, out,
         )
     progress = ensure_progress(progress)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=EXPORT_MARKER, what="export") as tmp:
+        _write_marker(tmp, dataset, len(dataset))
         for k in np.unique(dataset.labels):
             (tmp / names[k]).mkdir()
         for i, (img, label) in enumerate(zip(dataset.images, dataset.labels)):
@@ -219,7 +241,8 @@ def export_subset(
     check_target(dataset, out, overwrite=overwrite)
     _warn_dropped_classes(dataset, idx)
     progress = ensure_progress(progress)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=EXPORT_MARKER, what="export") as tmp:
+        _write_marker(tmp, dataset, len(idx))
         if dataset.format in FILE_LAYOUTS:
             rows = _copy_files(dataset, idx, tmp, progress)
             if dataset.format == "csv":
