@@ -286,9 +286,10 @@ def cmd_demo(args) -> int:
 def cmd_report(args) -> int:
     from flare_core.errors import FlareError
     from flare_core.pipeline import load_dataset_of, load_model_of
-    from flare_core.report import build_report
+    from flare_core.report import build_report, check_report_target
     from flare_core.run_folder import RunFolder
 
+    check_report_target(Path(args.out))  # before the run's data and model are loaded
     run = RunFolder(args.run)
     dataset = model = missing = None
     if args.no_images:

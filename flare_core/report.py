@@ -21,6 +21,7 @@ import pandas as pd
 
 from flare_core import plots
 from flare_core.atomic import write_text
+from flare_core.errors import FlareError
 from flare_core.near_copies import NEAR_COPY_RATIO
 from flare_core.run_folder import RunFolder, class_name, detector_report
 
@@ -686,6 +687,26 @@ def _scatter_html(run: RunFolder, detector_label: str) -> str:
     return "".join(parts) or "<p class='muted'>This run has no 2-D views.</p>"
 
 
+#: in every report's head: what marks a file as an earlier report, which ``build_report`` may replace
+GENERATOR_TAG = "<meta name='generator' content='FLARE Workbench'>"
+
+
+def check_report_target(out: Path) -> None:
+    """FlareError unless ``out`` may be written: a new ``.html`` file, or an earlier report (one that carries
+    :data:`GENERATOR_TAG`). Any other file (a dataset, a model, a page FLARE did not write) is left alone."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise FlareError(f"The report path {out} does not end in .html; give the report a .html name.")
+    if out.is_dir():
+        raise FlareError(f"The report path {out} is a folder; give a file name ending in .html.")
+    if out.exists():
+        with open(out, "rb") as f:
+            head = f.read(4096)
+        earlier = GENERATOR_TAG.encode() in head or (  # or a report written before the tag
+            head.startswith(b"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>FLARE report"))
+        if not earlier:
+            raise FlareError(f"{out} exists and is not a FLARE report, so it is not replaced; choose another name.")
+
+
 def build_report(
     run: RunFolder,
     out_path: str | Path,
@@ -785,13 +806,14 @@ def build_report(
                  "<h3>Model</h3>", _kv_html(meta.get("model", {})),
                  "<h2>Versions</h2>", _kv_html({"analysis": meta.get("versions", {}), "report": package_versions()})]
     doc = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR_TAG}"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         + "\n".join(sections)
         + "</body></html>"
     )
     out = Path(out_path)
+    check_report_target(out)
     write_text(out, doc)
     logger.info("report written to %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flare_core.report import build_report, class_table, detection_table, example_indices, per_class_confusion
+from flare_core.report import GENERATOR_TAG, build_report, class_table, detection_table, example_indices, per_class_confusion
 from test_app_support import make_dataset, make_run
 
 
@@ -69,6 +69,27 @@ def test_report_is_self_contained_and_complete(run, tmp_path):
     assert "Grad-CAM overlays need the model" in text
     assert np.array_equal(ds.images, before)
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp files left
+
+
+def test_the_report_replaces_only_an_earlier_report(run, tmp_path):
+    from flare_core.errors import FlareError
+
+    out = build_report(run, tmp_path / "report.html")
+    build_report(run, out)  # an earlier report is replaced
+    old_style = tmp_path / "old.html"  # written before reports carried the generator tag
+    old_style.write_text(out.read_text().replace(GENERATOR_TAG, ""))
+    build_report(run, old_style)
+    assert GENERATOR_TAG in old_style.read_text()
+    for name, content, says in [("model.pt", b"weights", "does not end in .html"),
+                                ("notes.html", b"<html><body>my notes</body></html>", "is not a FLARE report")]:
+        target = tmp_path / name
+        target.write_bytes(content)
+        with pytest.raises(FlareError, match=says):
+            build_report(run, target)
+        assert target.read_bytes() == content
+    (tmp_path / "folder.html").mkdir()
+    with pytest.raises(FlareError, match="is a folder"):
+        build_report(run, tmp_path / "folder.html")
 
 
 def test_report_without_dataset_or_truth(tmp_path):
