@@ -152,8 +152,10 @@ def cmd_train(args) -> int:
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import save_checkpoint, train_model
     from flare_core.models.preprocessing import Preprocessing
+    from flare_core.models.loading import check_checkpoint_target
     from flare_core.models.training import evaluate
 
+    check_checkpoint_target(args.out, [args.data, args.test_data, args.poisoned_test])  # before the training
     ds = load_dataset(args.data, format=args.data_format, split=args.split)
     prog = TqdmProgress(not args.quiet)
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size),

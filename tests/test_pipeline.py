@@ -139,6 +139,18 @@ def test_overwrite_replaces_an_earlier_run_folder_but_not_one_holding_an_input(l
     assert _tree(out) == before
 
 
+def test_cli_train_never_writes_the_model_over_its_inputs(tmp_path, capsys):
+    data = tmp_path / "train.npz"
+    np.savez(data, x=np.zeros((6, 8, 8), np.uint8), y=np.arange(6) % 2)
+    before = data.read_bytes()
+    for out, says in [(data, "would replace the input"), (tmp_path / "model.txt", "should end in .pt")]:
+        assert cli_main(["-q", "train", "--data", str(data), "--arch", "small-cnn", "--epochs", "1",
+                         "--out", str(out)]) != 0
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+
+
 def test_unknown_detector_is_one_clear_error(lab, tmp_path):
     with pytest.raises(FlareError, match="Unknown detector"):
         run_analysis(_config(lab, detector="nope"), tmp_path / "run")
