@@ -152,10 +152,15 @@ def cmd_train(args) -> int:
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import save_checkpoint, train_model
     from flare_core.models.preprocessing import Preprocessing
-    from flare_core.models.loading import check_checkpoint_target
+    from flare_core.errors import FlareError
+    from flare_core.models.loading import check_checkpoint_target, sidecar_path
     from flare_core.models.training import evaluate
 
-    check_checkpoint_target(args.out, [args.data, args.test_data, args.poisoned_test])  # before the training
+    inputs = [args.data, args.test_data, args.poisoned_test]
+    check_checkpoint_target(args.out, inputs)  # before the training
+    if args.metrics_out and os.path.realpath(args.metrics_out) in {
+            os.path.realpath(p) for p in inputs + [args.out, sidecar_path(args.out)] if p}:
+        raise FlareError(f"--metrics-out {args.metrics_out} would replace an input or the model; choose another name.")
     ds = load_dataset(args.data, format=args.data_format, split=args.split)
     prog = TqdmProgress(not args.quiet)
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size),
@@ -344,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "per class with flags; FLARE default's own minority-mode test is a detector setting: "
                         "--param minority_modes=rank|off)")
     s.add_argument("--no-export", action="store_true", help="do not write OUT/purified")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is an earlier run folder (one with run.json); a folder FLARE did not write is never replaced")
     s.set_defaults(func=cmd_purify)
 
     s = sub.add_parser("attack", help="make a poisoned dataset with ground truth (the backdoor lab)")
@@ -358,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--param", action="append", default=[], help="trigger parameter KEY=VALUE (repeatable)")
     s.add_argument("--out-format", default="npz", choices=["npz", "imagefolder"])
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is an earlier output of flare attack (one with ground_truth.json); a folder FLARE did not write is never replaced")
     s.set_defaults(func=cmd_attack)
 
     s = sub.add_parser("train", help="train a classifier and save a loadable checkpoint with its description")
@@ -391,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="write the HTML report of a run folder")
     s.add_argument("run")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the HTML file to write (.html; replaces only an earlier report)")
     s.add_argument("--no-images", action="store_true",
                    help="do not reload the run's dataset and model (no example images or Grad-CAM overlays)")
     s.set_defaults(func=cmd_report)
