@@ -106,6 +106,16 @@ def _detector(name: str, seed: int, params: dict):
     if name not in DETECTORS:
         raise FlareError(f"Unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}.")
     spec = DETECTORS[name]
+    default = spec.factory()
+    known = default.get_params() if hasattr(default, "get_params") else None
+    unknown = sorted(set(params) - set(known)) if known is not None else []
+    if unknown:
+        import difflib
+
+        near = [m for k in unknown for m in difflib.get_close_matches(k, list(known), n=1)]
+        raise FlareError(f"Detector {name!r} has no parameter {', '.join(map(repr, unknown))}"
+                         + (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
+                         + f"; its parameters are {', '.join(sorted(known))}.")
     try:
         est = spec.factory(**params)
     except TypeError as e:
