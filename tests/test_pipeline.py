@@ -159,7 +159,7 @@ def test_unknown_detector_is_one_clear_error(lab, tmp_path):
 def test_a_misspelt_detector_parameter_is_named_with_the_closest_one(lab, tmp_path):
     with pytest.raises(FlareError, match=r"no parameter 'min_cluster_sise' \(did you mean 'min_cluster_size'\?\); "
                                          r"its parameters are .*n_neighbors"):
-        run_analysis(_config(lab, params=(("min_cluster_sise", 5),)), tmp_path / "run")
+        run_analysis(dataclasses.replace(_config(lab), params=(("min_cluster_sise", 5),)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
