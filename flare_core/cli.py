@@ -121,9 +121,10 @@ def cmd_attack(args) -> int:
     from flare_core.attacks import ATTACKS, poison_dataset, poison_test_set
     from flare_core.atomic import atomic_dir
     from flare_core.data import load_dataset
-    from flare_core.data.writers import save_imagefolder, save_npz
+    from flare_core.data.writers import check_no_overlap, save_imagefolder, save_npz
 
     ds = load_dataset(args.data, format=args.data_format, split=args.split)
+    check_no_overlap(ds, Path(args.out).absolute(), other_inputs={"test data": args.test_data})
     params = dict(_params(args.param))
     poisoned, truth = poison_dataset(ds, args.attack, rate=args.rate, target=args.target, mode=args.mode,
                                      seed=args.seed, params=params)

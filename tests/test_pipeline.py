@@ -151,6 +151,20 @@ def test_cli_train_never_writes_the_model_over_its_inputs(tmp_path, capsys):
     assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
 
 
+def test_cli_attack_overwrites_its_earlier_output_but_never_its_input(tmp_path, capsys):
+    lab = tmp_path / "lab"
+    attack = ["-q", "attack", "badnets", "--data", "builtin:digits", "--rate", "0.1", "--out", str(lab)]
+    assert cli_main(attack) == 0 and (lab / "ground_truth.json").is_file()
+    assert cli_main(attack) != 0 and "already exists" in capsys.readouterr().err
+    assert cli_main(attack + ["--overwrite"]) == 0  # an earlier attack output is replaced
+    before = _tree(lab)
+    # poisoning the poisoned set again into the same folder would delete its input: refused
+    again = ["-q", "attack", "blended", "--data", str(lab / "train.npz"), "--rate", "0.1", "--out", str(lab),
+             "--overwrite"]
+    assert cli_main(again) != 0 and "contains the source data" in capsys.readouterr().err
+    assert _tree(lab) == before
+
+
 def test_unknown_detector_is_one_clear_error(lab, tmp_path):
     with pytest.raises(FlareError, match="Unknown detector"):
         run_analysis(_config(lab, detector="nope"), tmp_path / "run")
