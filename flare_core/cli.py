@@ -118,9 +118,9 @@ def _preprocessing(args) -> Optional[dict]:
 
 # ---- subcommands ------------------------------------------------------------------------------------------------
 def cmd_attack(args) -> int:
-    from flare_core.attacks import ATTACKS, poison_dataset, poison_test_set
+    from flare_core.attacks import poison_dataset, poison_test_set
     from flare_core.atomic import atomic_dir
-    from flare_core.data import load_dataset
+    from flare_core.data import load_dataset, load_test_set
     from flare_core.data.writers import check_no_overlap, save_imagefolder, save_npz
 
     ds = load_dataset(args.data, format=args.data_format, split=args.split)
@@ -131,7 +131,7 @@ def cmd_attack(args) -> int:
     test = None
     if args.test_data or args.data.startswith("builtin:"):
         test_src = args.test_data or args.data
-        test = load_dataset(test_src, format=args.data_format if args.test_data is None else None, split="test")
+        test = load_test_set(test_src, format=args.data_format if args.test_data is None else None)
     with atomic_dir(args.out, overwrite=args.overwrite, marker="ground_truth.json", what="poisoned dataset") as tmp:
         if args.out_format == "imagefolder":
             save_imagefolder(poisoned, tmp / "train")
@@ -149,7 +149,7 @@ def cmd_attack(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from flare_core.data import load_dataset
+    from flare_core.data import load_dataset, load_test_set
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import save_checkpoint, train_model
     from flare_core.models.preprocessing import Preprocessing
@@ -177,11 +177,11 @@ def cmd_train(args) -> int:
     result = {"arch": args.arch, "train_seconds": round(seconds, 1), "n_train": len(ds), "history": history}
     model.eval()
     if args.test_data:
-        test = load_dataset(args.test_data)
+        test = load_test_set(args.test_data)
         _, pred = evaluate(model, test, pre, device=device)
         result["benign_accuracy"] = benign_accuracy(pred, test.labels)
     if args.poisoned_test:
-        ptest = load_dataset(args.poisoned_test)
+        ptest = load_test_set(args.poisoned_test)
         _, pred = evaluate(model, ptest, pre, device=device)
         result["attack_success_rate"] = attack_success_rate(pred, ptest.labels)
     model = model.to("cpu")
@@ -203,18 +203,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from flare_core.data import load_dataset
+    from flare_core.data import load_test_set
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import load_model
     from flare_core.models.training import evaluate
+    from flare_core.pipeline import check_fit
 
     model = load_model(args.model, arch=args.arch, preprocessing=_preprocessing(args), device=_device(args.device))
     out = {}
-    test = load_dataset(args.test_data)
+    test = load_test_set(args.test_data)
+    check_fit(model, test)
     _, pred = evaluate(model.module, test, model.preprocessing, device=model.device)
     out["benign_accuracy"] = benign_accuracy(pred, test.labels)
     if args.poisoned_test:
-        ptest = load_dataset(args.poisoned_test)
+        ptest = load_test_set(args.poisoned_test)
         _, pred = evaluate(model.module, ptest, model.preprocessing, device=model.device)
         out["attack_success_rate"] = attack_success_rate(pred, ptest.labels)
     print(json.dumps(out, indent=2))

@@ -90,6 +90,8 @@ def load_model_and_data(config: AnalysisConfig) -> tuple:
 
 
 def check_fit(model: LoadedModel, dataset: ImageDataset) -> None:
+    """DataError where the model cannot read the dataset; a logged warning where it can but was described as
+    trained on other data (:func:`fit_warnings`)."""
     if len(dataset) == 0:
         raise DataError("The dataset is empty; point FLARE at a folder or file with images.")
     top = int(dataset.labels.max())
@@ -98,6 +100,33 @@ def check_fit(model: LoadedModel, dataset: ImageDataset) -> None:
             f"The model has {model.num_classes} outputs but the dataset has labels up to {top}; "
             "use the dataset the model was trained on, or a model with more classes."
         )
+    for warning in fit_warnings(model, dataset):
+        logger.warning(warning)
+
+
+def _listed(names, most: int = 4) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def fit_warnings(model: LoadedModel, dataset: ImageDataset) -> list:
+    """Sentences on what the model's description (its ``.json``: classes, image size) says it was trained on
+    that this dataset is not. A model can read another dataset (it is resized or fed at its own size), but
+    FLARE reads a model on the data it was trained on: anything else gives flags that mean nothing."""
+    desc = model.description or {}
+    out = []
+    size = desc.get("image_size")
+    if size and tuple(int(v) for v in size) != tuple(dataset.image_shape[:2]):
+        fed = model.preprocessing.size
+        out.append(f"The model was trained on {size[0]}x{size[1]} images but these are "
+                   f"{dataset.image_shape[0]}x{dataset.image_shape[1]} (fed "
+                   + (f"resized to {fed[0]}x{fed[1]}" if fed else "at their own size")
+                   + "); check that it is the model trained on this dataset.")
+    classes = desc.get("classes")
+    if classes and [str(c) for c in classes] != [str(c) for c in dataset.classes]:
+        out.append(f"The model's classes ({_listed(classes)}) are not the dataset's ({_listed(dataset.classes)}); "
+                   "check that it is the model trained on this dataset.")
+    return out
 
 
 def _detector(name: str, seed: int, params: dict):

@@ -173,6 +173,10 @@ if dataset is not None:
         show = [i for k in range(min(dataset.num_classes, 20)) for i in np.flatnonzero(dataset.labels == k)[:per]]
         shared.image_grid(dataset.images[show], [dataset.classes[dataset.labels[i]] for i in show], columns=5, min_side=64)
     if model is not None:
+        from flare_core.pipeline import fit_warnings
+
+        for warning in fit_warnings(model, dataset):
+            st.warning(warning, icon=":material/warning:")
         with st.expander("Model summary", expanded=True):
             n_params = sum(p.numel() for p in model.module.parameters()) if hasattr(model.module, "parameters") else 0
             desc = model.describe()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flare_core.data import check_num_classes, detect_format, load_dataset
+from flare_core.data import check_num_classes, detect_format, load_dataset, load_test_set
 from flare_core.data.builtin import fashion_mnist_available, load_digits_dataset, load_fashion_mnist
 from flare_core.data.cifar import load_cifar
 from flare_core.data.idx import FASHION_MNIST_CLASSES
@@ -113,6 +113,17 @@ def test_imagefolder_picks_split_folder(tmp_path):
     assert len(load_dataset(tmp_path)) == 6
     test = load_dataset(tmp_path, split="test")
     assert len(test) == 2 and all("/test/" in s for s in test.sources)
+
+
+def test_a_test_set_is_the_test_split_where_the_source_holds_both(tmp_path, caplog):
+    assert len(load_test_set("builtin:digits")) == len(load_digits_dataset("test"))  # not the training split
+    make_imagefolder(tmp_path / "both" / "train", per_class=3, seed=1)
+    make_imagefolder(tmp_path / "both" / "test", per_class=1, seed=2)
+    assert len(load_test_set(tmp_path / "both")) == 2
+    make_imagefolder(tmp_path / "plain", per_class=2, seed=3)  # a folder of test images: all of it, no warning
+    with caplog.at_level(logging.WARNING):
+        assert len(load_test_set(tmp_path / "plain")) == 4
+    assert "split" not in caplog.text
 
 
 def test_imagefolder_missing_split_raises(tmp_path):

@@ -177,6 +177,24 @@ def test_a_misspelt_detector_parameter_is_named_with_the_closest_one(lab, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_model_described_as_trained_on_other_data_is_warned_about(lab, caplog):
+    from flare_core.dataset import ImageDataset
+    from flare_core.models import load_model
+    from flare_core.pipeline import check_fit, fit_warnings
+
+    model = load_model(str(lab / "model.pt"))
+    assert fit_warnings(model, load_dataset(lab / "data")) == []  # the data it was trained on
+    other = ImageDataset(images=np.zeros((3, 20, 20, 1), np.uint8), labels=np.arange(3),
+                         classes=["ant", "bee", "cow"], sources=["a", "b", "c"])
+    warnings = fit_warnings(model, other)
+    assert len(warnings) == 2
+    assert "trained on 12x12 images but these are 20x20" in warnings[0]
+    assert "classes (cat, dog, eel) are not the dataset's (ant, bee, cow)" in warnings[1]
+    with caplog.at_level("WARNING", logger="flare_core.pipeline"):
+        check_fit(model, other)  # a warning, not an error: a model can read other data
+    assert caplog.text.count("check that it is the model trained on this dataset") == 2
+
+
 def test_cli_error_is_one_line(lab, tmp_path, capsys):
     rc = cli_main(["-q", "purify", "--model", str(lab / "missing.pt"), "--data", str(lab / "data"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()

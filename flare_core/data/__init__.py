@@ -28,6 +28,7 @@ from flare_core.progress import ProgressCallback
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "load_test_set",
     "FORMATS",
     "detect_format",
     "load_dataset",
@@ -91,3 +92,14 @@ def load_dataset(
     if num_classes is not None:
         check_num_classes(dataset, num_classes)
     return dataset
+
+
+def load_test_set(path: str | Path, format: Optional[str] = None) -> ImageDataset:
+    """A test set: the test split of ``path`` where it holds both (a built-in, CIFAR batches, MNIST IDX files, an
+    ImageFolder with train/ and test/ folders), else the whole of it (a folder, CSV or ``.npz`` of test images)."""
+    from flare_core.data.imagefolder import has_splits
+
+    fmt = (format or detect_format(path)).lower()
+    both = fmt in ("builtin", "cifar", "idx") or (fmt == "imagefolder" and Path(path).expanduser().is_dir()
+                                                   and has_splits(Path(path).expanduser()))
+    return load_dataset(path, fmt, split="test" if both else "train")
