@@ -326,6 +326,28 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the usage line and one sentence on a bad value, as for other arguments)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flare_core.attacks import ATTACKS
     from flare_core.detectors.registry import DETECTORS
@@ -344,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", default="", help=f"comma-separated extra detectors to run beside it: {','.join(sorted(DETECTORS))}")
     s.add_argument("--ground-truth", default=None, help="the lab's ground_truth.json: adds TPR/FPR/F1 to run.json")
     s.add_argument("--param", action="append", default=[], help="detector parameter KEY=VALUE (repeatable)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-views", action="store_true", help="skip the per-class views (dashboard plots)")
     s.add_argument("--no-trigger-test", action="store_true",
@@ -375,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(s)
     s.add_argument("--arch", default="small-cnn", choices=sorted(a for a in ARCHITECTURES), help="built-in architecture")
     s.add_argument("--out", required=True, help="checkpoint path (.pt or .safetensors); a .json description is written beside it")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--lr", type=float, default=None)
-    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--epochs", type=_positive_int, default=None)
+    s.add_argument("--lr", type=_positive_float, default=None)
+    s.add_argument("--batch-size", type=_positive_int, default=None)
     s.add_argument("--optimizer", default=None, choices=["sgd", "adam"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
@@ -408,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dashboard", help="open the dashboard (Streamlit)")
     s.add_argument("run", nargs="?", default=None, help="a run folder to open")
-    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--port", type=_positive_int, default=8501)
     s.set_defaults(func=cmd_dashboard)
     return p
 

@@ -195,6 +195,18 @@ def test_a_model_described_as_trained_on_other_data_is_warned_about(lab, caplog)
     assert caplog.text.count("check that it is the model trained on this dataset") == 2
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["purify", "--model", "m.pt", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size: must be 1 or more"),
+    (["train", "--data", "d", "--out", "m.pt", "--epochs", "-2"], "--epochs: must be 1 or more"),
+    (["train", "--data", "d", "--out", "m.pt", "--lr", "0"], "--lr: must be above 0"),
+    (["train", "--data", "d", "--out", "m.pt", "--batch-size", "x"], "--batch-size: expected a whole number"),
+])
+def test_a_bad_number_is_refused_by_the_argument_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_cli_error_is_one_line(lab, tmp_path, capsys):
     rc = cli_main(["-q", "purify", "--model", str(lab / "missing.pt"), "--data", str(lab / "data"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
