@@ -8,7 +8,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -45,14 +44,10 @@ def machine() -> dict:
 
 
 def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file in the same folder, then os.replace), readable as a plain write is."""
+    from flare_core.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(o):
@@ -86,13 +81,13 @@ def write_csv(path: Path, rows: Sequence[Mapping], columns: Optional[Sequence[st
         columns = []
         for r in rows:
             columns += [k for k in r if k not in columns]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    from flare_core.atomic import atomic_path
+
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, path)
 
 
 def flare_cmd(args: Sequence[str]) -> list:

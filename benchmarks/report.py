@@ -781,7 +781,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "near-duplicates (a share of the images replaced by ten jittered copies each of a few others, with "
                   "their original's label), or a long tail (class sizes falling geometrically from 6,000 to 60); and "
                   "the converse, a poisoned zoo training set with label noise added to its genuine samples "
-                  "(`noisy-...`). A small CNN trained on it by `flare train` (4 epochs, seed 0; the `cifar-` row: "
+                  "(`noisy-...`). A small CNN trained on it by `flare train` (4 epochs, seed 0; the `cifar-` rows: "
                   "CIFAR-10 with the same label noise and the CIFAR clean control's narrow ResNet, 4 epochs), then "
                   "`flare purify` "
                   "(FLARE default; for the label-noise rows also with the label-noise rule off, "
