@@ -89,9 +89,12 @@ def train_small_cnn(model_dir: Path, data: Path, command: str, retrain: bool = F
     args = ["train", "--data", data, "--arch", arch, "--epochs", EPOCHS, "--seed", SEED, "--out", model,
             "--metrics-out", model_dir / "metrics.json", *extra]
     seconds = run_flare(args)
-    write_json(model_dir / "build.json", {"command": command, "cli_equivalent": show_cmd(args),
-                                          "train_seconds_wall": round(seconds, 1),
-                                          "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()})
+    record = {"command": command, "cli_equivalent": show_cmd(args), "train_seconds_wall": round(seconds, 1),
+              "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
+    write_json(model_dir / "build.json", record)
+    from benchmarks.zoo import update_manifest
+
+    update_manifest(model_dir.parent, model_dir.name, record)  # the zoo's manifest lists every model in it
     return model
 
 
