@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 from pathlib import Path
 from typing import Optional
@@ -859,11 +860,19 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
         parts.append(extra.read_text())
     man = read_json(Path(zoo) / "MANIFEST.json", None)
     if man:
-        rows = [[n, m["spec"].get("attack") or "-", m["spec"].get("rate") if m["spec"].get("attack") else "-",
-                 m["spec"].get("epochs"),
+        def _epochs(m: dict):
+            cli = m.get("cli_equivalent") or ""
+            found = re.search(r"--epochs (\d+)", cli if isinstance(cli, str) else " ".join(map(str, cli)))
+            return (m.get("spec") or {}).get("epochs") or (int(found.group(1)) if found else "-")
+
+        rows = [[n, (m.get("spec") or {}).get("attack") or "-",
+                 m["spec"].get("rate") if (m.get("spec") or {}).get("attack") else "-", _epochs(m),
                  fmt_pct(m.get("benign_accuracy")), fmt_pct(m.get("attack_success_rate")),
                  m.get("train_seconds_wall"), f"`{m.get('command')}`"] for n, m in man["models"].items()]
         parts += ["## Model zoo (`benchmarks/zoo/MANIFEST.json`)",
+                  "The `clean-unusual-` and `second-source-` models are trained by their benchmarks "
+                  "(`benchmarks/clean_unusual.py`, `benchmarks/second_source.py`) on data with a quirk and no attack "
+                  "(the poisoned `noisy-` row's attack is its zoo model's); their command says which.",
                   md_table(["model", "attack", "rate", "epochs", "BA %", "ASR %", "train wall s", "command"], rows)]
     text = "\n\n".join(parts) + "\n"
     out.write_text(text)
