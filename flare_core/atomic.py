@@ -70,7 +70,7 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def check_replaceable(path: str | os.PathLike, *, overwrite: bool, marker: Optional[str] = None,
-                      what: str = "output folder", error: type = None, hint: str = "pass --overwrite") -> None:
+                      what: str = "output folder", error: Optional[type] = None, hint: str = "pass --overwrite") -> None:
     """Raise ``error`` (FlareError) unless a new folder may be written at ``path``: it is absent or empty, or
     ``overwrite`` is set and, when ``marker`` is given, ``path`` holds that file, i.e. is an earlier ``what``
     written by FLARE. A folder without it holds files FLARE did not write (a home folder, the folder the data
