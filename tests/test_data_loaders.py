@@ -141,6 +141,15 @@ def test_imagefolder_empty_class_folder_is_named(tmp_path):
         load_dataset(tmp_path, format="imagefolder")
 
 
+def test_a_zip_made_on_macos_loads_its_class_folders_only(tmp_path):
+    make_imagefolder(tmp_path)
+    classes = load_dataset(tmp_path).classes
+    (tmp_path / "__MACOSX" / classes[0]).mkdir(parents=True)  # what macOS's zip adds beside the data
+    (tmp_path / "__MACOSX" / classes[0] / "._img_0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = load_dataset(tmp_path)
+    assert ds.classes == classes and not ds.skipped
+
+
 def test_imagefolder_without_readable_images_raises(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(b"broken")

@@ -17,8 +17,13 @@ logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 
 
+#: folders that archivers add beside the data and that never hold a class (macOS's zip adds ``__MACOSX``)
+NOT_CLASSES = ("__MACOSX",)
+
+
 def _class_dirs(root: Path) -> list:
-    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return sorted((d for d in root.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES), key=lambda d: d.name)
 
 
 def _has_files(folder: Path) -> bool:
