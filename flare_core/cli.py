@@ -152,9 +152,9 @@ def cmd_train(args) -> int:
     from flare_core.data import load_dataset, load_test_set
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import save_checkpoint, train_model
-    from flare_core.models.preprocessing import Preprocessing
     from flare_core.errors import FlareError
     from flare_core.models.loading import check_checkpoint_target, sidecar_path
+    from flare_core.models.preprocessing import Preprocessing
     from flare_core.models.training import evaluate
 
     inputs = [args.data, args.test_data, args.poisoned_test]

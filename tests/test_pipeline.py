@@ -143,12 +143,15 @@ def test_cli_train_never_writes_the_model_over_its_inputs(tmp_path, capsys):
     data = tmp_path / "train.npz"
     np.savez(data, x=np.zeros((6, 8, 8), np.uint8), y=np.arange(6) % 2)
     before = data.read_bytes()
-    for out, says in [(data, "would replace the input"), (tmp_path / "model.txt", "should end in .pt")]:
+    # the model itself, or its description (train.json beside train.pt), over an input
+    (tmp_path / "train.json").write_text("{}")
+    for out, inputs in [(data, []), (tmp_path / "train.pt", ["--test-data", str(tmp_path / "train.json")])]:
         assert cli_main(["-q", "train", "--data", str(data), "--arch", "small-cnn", "--epochs", "1",
-                         "--out", str(out)]) != 0
+                         "--out", str(out), *inputs]) != 0
         err = capsys.readouterr().err
-        assert says in err and len(err.strip().splitlines()) == 1
-    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+        assert "would replace the input" in err and len(err.strip().splitlines()) == 1
+    assert data.read_bytes() == before and (tmp_path / "train.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json", "train.npz"]
 
 
 def test_cli_attack_overwrites_its_earlier_output_but_never_its_input(tmp_path, capsys):

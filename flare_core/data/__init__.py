@@ -28,10 +28,10 @@ from flare_core.progress import ProgressCallback
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "load_test_set",
     "FORMATS",
     "detect_format",
     "load_dataset",
+    "load_test_set",
     "load_fashion_mnist",
     "load_digits_dataset",
     "fashion_mnist_available",

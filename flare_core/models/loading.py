@@ -495,20 +495,14 @@ def describe_checkpoint(*, arch: str, num_classes: int, in_channels: int, image_
     return desc
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-
-
 def check_checkpoint_target(path: PathLike, inputs: Sequence[Optional[str]] = ()) -> None:
-    """ModelError unless a checkpoint may be written at ``path``: a ``.pt``/``.pth``/``.safetensors`` name whose
-    file and description (``.json`` beside it) are none of ``inputs`` (the training data, test sets...)."""
+    """ModelError when writing a checkpoint at ``path`` would replace one of ``inputs`` (the training data, test
+    sets...): the file itself or its description (``.json`` beside it)."""
     path = Path(path)
     written = {os.path.realpath(path), os.path.realpath(sidecar_path(path))}
     for src in inputs:
         if src and not str(src).startswith("builtin:") and os.path.realpath(Path(src).expanduser()) in written:
             raise ModelError(f"Writing the model to {path} would replace the input {src}; choose another name.")
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise ModelError(f"The model path {path} should end in {', '.join(CHECKPOINT_SUFFIXES)}; the loader picks "
-                         "the format by it.")
 
 
 def save_checkpoint(
