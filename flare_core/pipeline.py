@@ -109,12 +109,27 @@ def _listed(names, most: int = 4) -> str:
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
+def single_class_warning(dataset: ImageDataset) -> str:
+    """The sentence for a dataset that holds one class. Usually a wrong path: an ImageFolder given one level too
+    high (``outer/`` holding only ``data/cat``, ``data/dog``) loads as the single class ``data``; the sub-folders
+    are named so the user can point at the right folder."""
+    name = dataset.classes[0] if dataset.classes else "0"
+    text = f"The dataset holds a single class, {name!r}, so every image carries that label"
+    if dataset.format == "imagefolder" and dataset.sources:
+        top = Path(os.path.commonpath([str(Path(s).parent) for s in dataset.sources]))
+        subs = sorted({Path(s).relative_to(top).parts[0] for s in dataset.sources if len(Path(s).relative_to(top).parts) > 1})
+        if len(subs) > 1:
+            return (text + f"; its images lie in the sub-folders {_listed(subs)}: if those are the classes, "
+                    f"load {top} instead.")
+    return text + "; if the images belong to several classes, give each class its own folder (root/<class>/<image>)."
+
+
 def fit_warnings(model: LoadedModel, dataset: ImageDataset) -> list:
     """Sentences on what the model's description (its ``.json``: classes, image size) says it was trained on
     that this dataset is not. A model can read another dataset (it is resized or fed at its own size), but
     FLARE reads a model on the data it was trained on: anything else gives flags that mean nothing."""
     desc = model.description or {}
-    out = []
+    out = [] if dataset.num_classes != 1 else [single_class_warning(dataset)]
     size = desc.get("image_size")
     if size and tuple(int(v) for v in size) != tuple(dataset.image_shape[:2]):
         fed = model.preprocessing.size

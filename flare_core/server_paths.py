@@ -97,10 +97,11 @@ def _safe_name(name: str) -> str:
     return keep or "upload"
 
 
-def store_upload(name: str, data: bytes, *, base: Optional[Path] = None) -> Path:
-    """Save uploaded bytes under ``<cache>/uploads/<sha256 prefix>/<name>`` atomically; the same bytes reuse one file."""
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    folder = (base or cache_dir()) / "uploads" / digest
+def store_upload(name: str, data: bytes, *, base: Optional[Path] = None, folder: Optional[Path] = None) -> Path:
+    """Save uploaded bytes under ``<cache>/uploads/<sha256 prefix>/<name>`` (or ``folder/<name>``) atomically;
+    the same bytes reuse one file."""
+    if folder is None:
+        folder = (base or cache_dir()) / "uploads" / hashlib.sha256(data).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / _safe_name(name)
     if target.is_file() and target.stat().st_size == len(data):
@@ -113,6 +114,25 @@ def store_upload(name: str, data: bytes, *, base: Optional[Path] = None) -> Path
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return target
+
+
+def store_model_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Path] = None) -> Path:
+    """Store an uploaded model file, with its description (the ``.json`` that ``flare train`` writes beside it)
+    when one is uploaded too, and return the model's path. The description is stored beside the model under
+    the model's name (``<model>.json``), where the loader looks for it; both land in a folder named by the
+    hash of all uploaded bytes, so a model uploaded with another description never picks up this one."""
+    models = [(n, d) for n, d in files if not n.lower().endswith(".json")]
+    descriptions = [(n, d) for n, d in files if n.lower().endswith(".json")]
+    if len(models) != 1 or len(descriptions) > 1:
+        got = ", ".join(n for n, _ in files) or "nothing"
+        raise FlareError(f"Upload one model file, optionally with its description (.json); got {got}.")
+    (name, data), = models
+    digest = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for _, d in files)).hexdigest()[:16]
+    folder = (base or cache_dir()) / "uploads" / digest
+    target = store_upload(name, data, folder=folder)
+    if descriptions:
+        store_upload(target.with_suffix(".json").name, descriptions[0][1], folder=folder)
     return target
 
 
@@ -144,10 +164,14 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
             is_link = (m.external_attr >> 16) & 0o170000 == 0o120000
             if m.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]) or is_link:
                 raise FlareError(f"The zip member {m.filename!r} points outside the archive; the zip is refused.")
+            # Some Windows tools (PowerShell 5's Compress-Archive, .NET before 4.6.1) write 'cat\\1.png': on
+            # Linux that would unpack as one file named so, not a file in a folder. The local header is checked
+            # against orig_filename, so renaming here changes only where the member lands.
+            m.filename = m.filename.replace("\\", "/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
         try:
-            zf.extractall(tmp)
+            zf.extractall(tmp, members=members)  # the ZipInfo objects, with the names set above
             if dest.exists():
                 dest.rmdir()
             os.replace(tmp, dest)
@@ -157,12 +181,50 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
     return dest
 
 
+def _visible(folder: Path) -> list:
+    return [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+
+
+def _is_class_folder(folder: Path) -> bool:
+    """A folder of images and no sub-folders: one class of an ImageFolder (or unlabelled images)."""
+    from flare_core.data.images import image_extensions
+
+    exts = image_extensions()
+    entries = _visible(folder)
+    return not any(e.is_dir() for e in entries) and any(e.suffix.lower() in exts for e in entries)
+
+
 def dataset_root_of(extracted: Path) -> Path:
-    """The folder to load from an extracted upload: its single top folder when it has only one, else itself."""
-    entries = [e for e in extracted.iterdir() if not e.name.startswith((".", "__MACOSX"))]
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return extracted
+    """The folder to load from an extracted upload.
+
+    Wrapper folders are stepped through (a zip of ``data/`` holds ``data/cat/``, ``data/dog/``; one zipped
+    inside another folder holds ``outer/data/...``) until a folder holds more than one entry, or its single
+    entry is a file or a class folder (a zip of one class, ``cat/1.png``, loads as one class ``cat``).
+    """
+    root = extracted
+    while True:
+        entries = _visible(root)
+        if len(entries) != 1 or not entries[0].is_dir() or _is_class_folder(entries[0]):
+            return root
+        root = entries[0]
+
+
+def open_dataset_upload(name: str, data: bytes, *, base: Optional[Path] = None) -> Path:
+    """Store an uploaded dataset (a .zip or an .npz) and return the path to load: the .npz itself, or the
+    folder of the unpacked zip that holds the data. Raises FlareError, in the upload's terms, for an empty
+    zip or a zip that only holds other zips."""
+    stored = store_upload(name, data, base=base)
+    if stored.suffix.lower() != ".zip":
+        return stored
+    root = dataset_root_of(safe_extract_zip(stored, stored.parent / "extracted"))
+    entries = _visible(root)
+    if not entries:
+        raise FlareError(f"The uploaded {name} is empty; zip the dataset's folder (root/<class>/<image>) and upload it.")
+    if all(e.is_file() and e.suffix.lower() == ".zip" for e in entries):
+        inner = ", ".join(e.name for e in entries[:3])
+        raise FlareError(f"The uploaded {name} holds only another zip ({inner}); upload that zip itself, "
+                         "or zip the dataset's folder directly.")
+    return root
 
 
 def zip_folder(folder: str | os.PathLike) -> bytes:

@@ -53,8 +53,11 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             st.markdown("**Model**")
             model_path = st.text_input("Model file on the server (.pt, .pth, .safetensors, TorchScript, .pt2)",
                                        key="model_path_input")
-            model_upload = st.file_uploader("…or upload a model file", type=["pt", "pth", "safetensors", "pt2", "ts"],
-                                            key="model_upload")
+            model_upload = st.file_uploader("…or upload a model file (with its description .json, if it has one)",
+                                            type=["pt", "pth", "safetensors", "pt2", "ts", "json"],
+                                            accept_multiple_files=True, key="model_upload",
+                                            help="`flare train` writes model.json beside model.pt: it names the "
+                                                 "architecture, classes and preprocessing. Upload both together.")
             from flare_core.models import ARCHITECTURE_HELP, architecture_names
 
             arch = st.selectbox("Architecture (needed for weights-only files without a description)",
@@ -85,16 +88,12 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
         with shared.friendly_errors("Loading"):
             from flare_core.pipeline import AnalysisConfig
 
-            if model_upload is not None:
-                model_file = server_paths.store_upload(model_upload.name, model_upload.getvalue())
+            if model_upload:
+                model_file = server_paths.store_model_upload([(f.name, f.getvalue()) for f in model_upload])
             else:
                 model_file = server_paths.resolve_allowed(model_path, must_exist=True)
             if data_upload is not None:
-                stored = server_paths.store_upload(data_upload.name, data_upload.getvalue())
-                if stored.suffix.lower() == ".zip":
-                    data_file = server_paths.dataset_root_of(server_paths.safe_extract_zip(stored, stored.parent / "extracted"))
-                else:
-                    data_file = stored
+                data_file = server_paths.open_dataset_upload(data_upload.name, data_upload.getvalue())
             elif data_path.strip().startswith("builtin:"):
                 data_file = data_path.strip()
             else:

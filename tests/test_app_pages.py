@@ -613,6 +613,61 @@ def test_evaluate_retrains_on_request_and_shows_before_after(env):
     assert {m.label: m.value for m in at2.metric}["BA after retraining"] == values["BA after retraining"]
 
 
+def _pets_zip(prefix: str, classes=("cat", "dog", "eel")) -> bytes:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    buf, rng = io.BytesIO(), np.random.default_rng(0)
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in classes:
+            for i in range(4):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(png, format="PNG")
+                z.writestr(f"{prefix}{c}/{i}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def test_load_an_uploaded_model_with_its_description_and_a_wrapped_zip(env):
+    # The weights alone need an architecture; uploaded with the .json `flare train` wrote beside them, they load
+    # with its architecture and classes. The zip wraps its class folders in two folders.
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28), classes=["cat", "dog", "eel"])
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip("outer/pets/"), "application/zip")
+    at.file_uploader(key="model_upload").upload("m.pt", (env / "m.pt").read_bytes(), "application/octet-stream")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert "holds only weights" in at.error[0].value and "Architecture box" in at.error[0].value
+    at.file_uploader(key="model_upload").set_value([
+        ("m.pt", (env / "m.pt").read_bytes(), "application/octet-stream"),
+        ("m.json", (env / "m.json").read_bytes(), "application/json")])
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    assert not at.warning  # the model's classes are the data's: no fit warning
+    cfg = at.session_state["config"]
+    assert Path(cfg.data).name == "pets" and Path(cfg.model).name == "m.pt" and cfg.arch is None
+    assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
+
+
+def test_load_warns_when_the_dataset_holds_a_single_class(env):
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="data_upload").upload("cats.zip", _pets_zip("", classes=("cat",)), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    assert [m.value for m in at.metric][:2] == ["4", "1"]
+    assert any("single class, 'cat'" in w.value for w in at.warning)
+
+
 def test_evaluate_retrain_refuses_test_sets_outside_roots(env):
     r, ds, model = _retrain_fixture(env)
     at = app("evaluate", run_path=str(r.path), dataset=ds, model=model)

@@ -139,3 +139,110 @@ def test_zip_folder_round_trip(tmp_path):
     assert (out / "purified" / "data.npz").read_bytes() == b"npz"
     with pytest.raises(FlareError):
         zip_folder(tmp_path / "missing")
+
+
+# ---- what users upload as a dataset: the folder FLARE loads from the zip ------------------------------------------
+def _png(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _zip_bytes(members: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _two_classes(prefix: str) -> dict:
+    return {f"{prefix}{c}/{i}.png": _png(10 * k + i) for k, c in enumerate(("cat", "dog")) for i in range(2)}
+
+
+@pytest.mark.parametrize("prefix", ["", "data/", "outer/data/", "a/b/c/"])
+def test_an_uploaded_zip_loads_its_class_folders_however_deep_they_are_wrapped(tmp_path, prefix):
+    # A zip of `outer/` holding only `data/cat`, `data/dog` used to load as one class, 'data', without a word.
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import open_dataset_upload
+
+    root = open_dataset_upload("d.zip", _zip_bytes(_two_classes(prefix)), base=tmp_path)
+    ds = load_dataset(root)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 4
+
+
+def test_an_uploaded_zip_of_one_class_folder_loads_as_that_class(tmp_path):
+    # It used to step into `cat/` and fail: a folder of images is a class, not a wrapper.
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import open_dataset_upload
+
+    root = open_dataset_upload("cat.zip", _zip_bytes({f"cat/{i}.png": _png(i) for i in range(3)}), base=tmp_path)
+    ds = load_dataset(root)
+    assert ds.classes == ["cat"] and len(ds) == 3
+
+
+def test_a_zip_written_with_backslashes_unpacks_into_class_folders(tmp_path):
+    # Windows PowerShell 5's Compress-Archive writes 'cat\\0.png'; unpacked as is on Linux, that is one flat file.
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import open_dataset_upload
+
+    members = {f"{c}\\{i}.png": _png(10 * k + i) for k, c in enumerate(("cat", "dog")) for i in range(2)}
+    root = open_dataset_upload("win.zip", _zip_bytes(members), base=tmp_path)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+    assert load_dataset(root).classes == ["cat", "dog"]
+
+
+def test_a_backslash_name_that_climbs_out_is_still_refused(tmp_path):
+    z = _zip(tmp_path / "bad.zip", {"cat\\..\\..\\escape.png": b"x"})
+    with pytest.raises(FlareError, match="outside the archive"):
+        safe_extract_zip(z, tmp_path / "out")
+    assert not list(tmp_path.rglob("escape.png"))
+
+
+def test_an_empty_zip_is_refused_in_the_uploads_terms(tmp_path):
+    from flare_core.server_paths import open_dataset_upload
+
+    with pytest.raises(FlareError, match="The uploaded empty.zip is empty"):
+        open_dataset_upload("empty.zip", _zip_bytes({}), base=tmp_path)
+
+
+def test_a_zip_holding_only_a_zip_is_refused_with_the_inner_name(tmp_path):
+    from flare_core.server_paths import open_dataset_upload
+
+    with pytest.raises(FlareError, match=r"holds only another zip \(inner.zip\)"):
+        open_dataset_upload("outer.zip", _zip_bytes({"inner.zip": _zip_bytes(_two_classes(""))}), base=tmp_path)
+
+
+def test_an_uploaded_npz_is_returned_as_the_file_to_load(tmp_path):
+    from flare_core.server_paths import open_dataset_upload
+
+    assert open_dataset_upload("d.npz", b"npz bytes", base=tmp_path).read_bytes() == b"npz bytes"
+
+
+# ---- a model uploaded with its description --------------------------------------------------------------------------
+def test_a_model_uploaded_with_its_description_lands_beside_it_under_the_models_name(tmp_path):
+    from flare_core.models.loading import read_sidecar
+    from flare_core.server_paths import store_model_upload
+
+    path = store_model_upload([("weights.pt", b"w"), ("desc.json", b'{"arch": "small-cnn"}')], base=tmp_path)
+    assert path.name == "weights.pt" and path.read_bytes() == b"w"
+    assert read_sidecar(path) == {"arch": "small-cnn"}
+    alone = store_model_upload([("weights.pt", b"w")], base=tmp_path)
+    assert alone.parent != path.parent and read_sidecar(alone) == {}  # never picks up another upload's description
+
+
+@pytest.mark.parametrize("files", [[], [("m.json", b"{}")], [("a.pt", b"1"), ("b.pt", b"2")],
+                                   [("a.pt", b"1"), ("x.json", b"{}"), ("y.json", b"{}")]])
+def test_a_model_upload_needs_exactly_one_model_file(tmp_path, files):
+    from flare_core.server_paths import store_model_upload
+
+    with pytest.raises(FlareError, match="Upload one model file"):
+        store_model_upload(files, base=tmp_path)

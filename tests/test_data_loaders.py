@@ -405,6 +405,29 @@ def test_empty_folder_is_unrecognised(tmp_path):
         load_dataset(tmp_path)
 
 
+def test_a_folder_of_images_without_class_folders_says_the_labels_are_missing(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match="holds image files but no class folders"):
+        load_dataset(tmp_path)
+
+
+def test_images_beside_the_class_folders_are_reported_as_skipped(tmp_path):
+    make_imagefolder(tmp_path)
+    write_image(tmp_path / "stray.png", np.zeros((8, 8, 3), np.uint8))
+    ds = load_dataset(tmp_path)
+    assert len(ds) == 6 and ds.classes == ["cat", "dog"]
+    assert [(Path(f).name, why) for f, why in ds.skipped] == [("stray.png", "not inside a class folder (root/<class name>/<image>)")]
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes", b"\x80\x04K\x01."])
+def test_a_file_that_is_no_npz_is_called_so(tmp_path, content):
+    # It used to say the file held pickled object arrays ("refused for safety"), which sent users hunting for objects.
+    (tmp_path / "d.npz").write_bytes(content)
+    with pytest.raises(DataError, match=r"is not an \.npz file"):
+        load_dataset(tmp_path / "d.npz")
+
+
 def test_unknown_format_override_raises(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(DataError, match="Unknown dataset format"):

@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,23 @@ def test_a_misspelt_detector_parameter_is_named_with_the_closest_one(lab, tmp_pa
                                          r"its parameters are .*n_neighbors"):
         run_analysis(dataclasses.replace(_config(lab), params=(("min_cluster_sise", 5),)), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_single_class_dataset_is_warned_about_and_a_folder_one_level_too_high_is_named(lab, tmp_path):
+    # `outer/` holding only `data/cat`, `data/dog`, ... loads (as torchvision would) as one class, 'data'.
+    from flare_core.models import load_model
+    from flare_core.pipeline import fit_warnings
+
+    model = load_model(str(lab / "model.pt"))
+    outer = tmp_path / "outer"
+    shutil.copytree(lab / "data", outer / "data")
+    warnings = fit_warnings(model, load_dataset(outer))
+    assert "single class, 'data'" in warnings[0] and f"load {outer / 'data'} instead" in warnings[0]
+    one = tmp_path / "one"
+    shutil.copytree(lab / "data" / "cat", one / "cat")
+    warnings = fit_warnings(model, load_dataset(one))
+    assert "single class, 'cat'" in warnings[0] and "give each class its own folder" in warnings[0]
+    assert not any("single class" in w for w in fit_warnings(model, load_dataset(lab / "data")))
 
 
 def test_a_model_described_as_trained_on_other_data_is_warned_about(lab, caplog):

@@ -6,6 +6,7 @@ from pathlib import Path
 from flare_core.data.builtin import BUILTIN_PREFIX
 from flare_core.data.cifar import is_cifar_folder
 from flare_core.data.idx import is_idx_path
+from flare_core.data.images import image_extensions, is_candidate_file
 from flare_core.data.imagefolder import looks_like_imagefolder
 from flare_core.errors import DataError
 
@@ -21,7 +22,7 @@ _CIFAR_FILE_NAMES = {"test_batch", "train", "test"} | {f"data_batch_{i}" for i i
 def unrecognised(path: Path) -> DataError:
     return DataError(
         f"Could not recognise the dataset format of {path}; supported are {SUPPORTED}; "
-        f"choose one explicitly with format= (CLI: --format {'|'.join(FORMATS)})."
+        f"choose the format explicitly (CLI: --format {'|'.join(FORMATS)}; the dashboard's Format box)."
     )
 
 
@@ -36,6 +37,14 @@ def detect_file(path: Path) -> str:
     if path.name in _CIFAR_FILE_NAMES and is_cifar_folder(path.parent):
         return "cifar"
     raise unrecognised(path)
+
+
+def _unlabelled_images(path: Path) -> DataError:
+    return DataError(
+        f"{path} holds image files but no class folders, so the images have no labels; put each class's images "
+        "in a folder named after the class (root/<class name>/<image>), or list them in a manifest.csv "
+        "(path,label)."
+    )
 
 
 def detect_dir(path: Path) -> str:
@@ -53,6 +62,9 @@ def detect_dir(path: Path) -> str:
     npzs = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".npz"]
     if len(npzs) == 1:
         return "npz"
+    exts = image_extensions()
+    if any(p.is_file() and is_candidate_file(p) and p.suffix.lower() in exts for p in path.iterdir()):
+        raise _unlabelled_images(path)
     raise unrecognised(path)
 
 

@@ -60,6 +60,8 @@ def list_samples(root: Path) -> tuple:
     """(classes, [(class index, path)] sorted by relative path, [(path, reason)] for non-image files)."""
     exts = image_extensions()
     classes, samples, ignored = [], [], []
+    ignored += [(str(p), "not inside a class folder (root/<class name>/<image>)")
+                for p in sorted(root.iterdir()) if p.is_file() and is_candidate_file(p) and p.suffix.lower() in exts]
     for label, d in enumerate(_class_dirs(root)):
         classes.append(d.name)
         for p in sorted(d.rglob("*"), key=lambda q: q.relative_to(root).as_posix()):

@@ -27,6 +27,11 @@ def read_npz(path: Path) -> dict:
     """All arrays of an .npz file, loaded without pickle."""
     try:
         with open(path, "rb") as f:  # our own handle, closed even when numpy fails half-way
+            head = f.read(6)
+            f.seek(0)
+            if not head.startswith((b"PK", b"\x93NUMPY")):  # neither a zip (.npz) nor a single array (.npy)
+                raise DataError(f"{path} is not an .npz file (numpy's zip of arrays); check that it is complete and "
+                                "was saved with numpy.savez(path, x=..., y=...).")
             z = np.load(f, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise DataError(f"{path} is a single array, not an .npz archive; save it with numpy.savez(path, x=..., y=...).")

@@ -432,8 +432,10 @@ def load_model(
         sd = read_state_dict(path)
         arch_used = arch or side.get("arch")
         if not arch_used:
-            raise ModelError(f"{path.name} holds only weights (a state_dict), so FLARE needs its architecture: "
-                             f"pass --arch NAME, one of {', '.join(ARCHITECTURES)} or torchvision:<name>.")
+            raise ModelError(f"{path.name} holds only weights (a state_dict) and no description "
+                             f"({sidecar_path(path).name} beside it), so FLARE needs its architecture: give the "
+                             f"description, or name the architecture (CLI: --arch NAME; the dashboard's "
+                             f"Architecture box), one of {', '.join(ARCHITECTURES)} or torchvision:<name>.")
         in_ch = side.get("in_channels") or infer_in_channels(sd) or 3
         if n_cls is None:
             n_cls = infer_num_classes(sd)
