@@ -117,6 +117,56 @@ def store_upload(name: str, data: bytes, *, base: Optional[Path] = None, folder:
     return target
 
 
+def _member_parts(name: str) -> tuple:
+    """The path parts of an archive member or an uploaded folder's file; FlareError when it would land outside."""
+    text = name.replace("\\", "/")
+    parts = tuple(q for q in text.split("/") if q not in ("", "."))
+    if text.startswith("/") or not parts or ".." in parts or ":" in parts[0]:
+        raise FlareError(f"The uploaded file {name!r} points outside its folder; the upload is refused.")
+    return parts
+
+
+def store_folder_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Path] = None) -> Path:
+    """Store the files of an uploaded folder (names are paths relative to the folder's parent, as browsers send
+    them: ``pets/cat/1.png``) and return the folder to load (:func:`dataset_root_of`).
+
+    The files land in ``<cache>/uploads/<hash of names and contents>/folder``, written to a temp folder renamed
+    at the end; the same upload reuses it. Names that climb out, too many files or too many bytes raise FlareError.
+    """
+    if not files:
+        raise FlareError("The uploaded folder holds no files; pick the dataset's folder (root/<class>/<image>).")
+    if len(files) > MAX_ZIP_MEMBERS:
+        raise FlareError(f"The folder holds {len(files)} files, more than the {MAX_ZIP_MEMBERS} allowed; "
+                         "put the dataset on the server and give its path instead.")
+    total = sum(len(d) for _, d in files)
+    if total > MAX_EXTRACTED_BYTES:
+        raise FlareError(f"The folder holds {total / 1e9:.1f} GB, more than the {MAX_EXTRACTED_BYTES / 1e9:.0f} GB "
+                         "allowed; put the dataset on the server and give its path instead.")
+    named = sorted((_member_parts(n), d) for n, d in files)
+    seen = {parts for parts, _ in named}
+    if len(seen) != len(named):
+        raise FlareError("The uploaded folder names a file twice; upload the folder again.")
+    h = hashlib.sha256()
+    for parts, data in named:
+        h.update("/".join(parts).encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
+    dest = (base or cache_dir()) / "uploads" / h.hexdigest()[:16] / "folder"
+    if not (dest.is_dir() and any(dest.iterdir())):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".folder.", suffix=".partial", dir=dest.parent))
+        try:
+            for parts, data in named:
+                target = tmp.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dataset_root_of(dest)
+
+
 def store_model_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Path] = None) -> Path:
     """Store an uploaded model file, with its description (the ``.json`` that ``flare train`` writes beside it)
     when one is uploaded too, and return the model's path. The description is stored beside the model under
@@ -160,10 +210,13 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
                 "put the dataset on the server and give its path instead."
             )
         for m in members:
-            parts = Path(m.filename.replace("\\", "/")).parts
             is_link = (m.external_attr >> 16) & 0o170000 == 0o120000
-            if m.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]) or is_link:
-                raise FlareError(f"The zip member {m.filename!r} points outside the archive; the zip is refused.")
+            try:
+                if is_link:
+                    raise FlareError("a symbolic link")
+                _member_parts(m.filename)
+            except FlareError:
+                raise FlareError(f"The zip member {m.filename!r} points outside the archive; the zip is refused.") from None
             # Some Windows tools (PowerShell 5's Compress-Archive, .NET before 4.6.1) write 'cat\\1.png': on
             # Linux that would unpack as one file named so, not a file in a folder. The local header is checked
             # against orig_filename, so renaming here changes only where the member lands.

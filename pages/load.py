@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from flare_core import server_paths
+from flare_core.errors import FlareError
 from pages import _shared as shared
 
 shared.require_app_router()  # before anything else: never run as a legacy pages/ page
@@ -74,8 +75,17 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             st.markdown("**Dataset**")
             data_path = st.text_input("Dataset on the server (image folder, CSV manifest, CIFAR folder, IDX, .npz)",
                                       key="data_path_input")
+            limit_mb = st.get_option("server.maxUploadSize")
             data_upload = st.file_uploader("…or upload a dataset (.zip of an image folder, or .npz)",
-                                           type=["zip", "npz"], key="data_upload")
+                                           type=["zip", "npz"], key="data_upload",
+                                           help=f"Up to {limit_mb:,} MB a file; put larger datasets on the server "
+                                                "and give their path.")
+            folder_upload = st.file_uploader("…or upload a dataset folder", accept_multiple_files="directory",
+                                             key="folder_upload",
+                                             help="The folder of class folders (root/<class>/<image>), or one that "
+                                                  "holds a manifest.csv, IDX or CIFAR files. The browser sends its "
+                                                  "files one by one: for more than a few thousand images a .zip or "
+                                                  "a server path is faster.")
             from flare_core.data import FORMATS
 
             fmt = st.selectbox("Format", ["(detect)"] + list(FORMATS), key="format_input")
@@ -92,8 +102,12 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
                 model_file = server_paths.store_model_upload([(f.name, f.getvalue()) for f in model_upload])
             else:
                 model_file = server_paths.resolve_allowed(model_path, must_exist=True)
+            if data_upload is not None and folder_upload:
+                raise FlareError("Upload the dataset as a file or as a folder, not both; clear one of them.")
             if data_upload is not None:
                 data_file = server_paths.open_dataset_upload(data_upload.name, data_upload.getvalue())
+            elif folder_upload:
+                data_file = server_paths.store_folder_upload([(f.name, f.getvalue()) for f in folder_upload])
             elif data_path.strip().startswith("builtin:"):
                 data_file = data_path.strip()
             else:

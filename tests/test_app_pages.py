@@ -653,6 +653,30 @@ def test_load_an_uploaded_model_with_its_description_and_a_wrapped_zip(env):
     assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
 
 
+def test_load_a_dataset_uploaded_as_a_folder(env):
+    import io
+    import zipfile
+
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    with zipfile.ZipFile(io.BytesIO(_pets_zip("pets/"))) as z:  # the files a browser sends for the folder pets/
+        files = [(n, z.read(n), "image/png") for n in z.namelist()]
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="folder_upload").set_value(files)
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    cfg = at.session_state["config"]
+    assert Path(cfg.data).name == "pets" and (env / "cache" / "uploads") in Path(cfg.data).parents
+    assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
+    at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert "not both" in at.error[0].value
+
+
 def test_load_warns_when_the_dataset_holds_a_single_class(env):
     from flare_core.models import build_model, save_checkpoint
 

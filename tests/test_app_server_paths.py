@@ -246,3 +246,35 @@ def test_a_model_upload_needs_exactly_one_model_file(tmp_path, files):
 
     with pytest.raises(FlareError, match="Upload one model file"):
         store_model_upload(files, base=tmp_path)
+
+
+# ---- a dataset uploaded as a folder (the browser sends each file with its path under the picked folder) ------------
+def test_an_uploaded_folder_is_stored_with_its_tree_and_loads(tmp_path):
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import store_folder_upload
+
+    files = [(f"pets/{c}/{i}.png", _png(10 * k + i)) for k, c in enumerate(("cat", "dog")) for i in range(2)]
+    files.append(("pets/.DS_Store", b"finder"))
+    root = store_folder_upload(files, base=tmp_path)
+    assert root.name == "pets" and (root / "cat" / "1.png").read_bytes() == files[1][1]
+    ds = load_dataset(root)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 4
+    assert store_folder_upload(list(reversed(files)), base=tmp_path) == root  # the same upload reuses its folder
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("bad", ["../escape.png", "pets/../../escape.png", "/etc/escape.png", "C:/escape.png",
+                                 "pets\\..\\..\\escape.png"])
+def test_an_uploaded_folder_with_a_name_that_climbs_out_is_refused_and_nothing_is_written(tmp_path, bad):
+    from flare_core.server_paths import store_folder_upload
+
+    with pytest.raises(FlareError, match="points outside its folder"):
+        store_folder_upload([("pets/cat/1.png", b"ok"), (bad, b"x")], base=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.rglob("escape.png"))
+
+
+def test_an_empty_folder_upload_is_refused(tmp_path):
+    from flare_core.server_paths import store_folder_upload
+
+    with pytest.raises(FlareError, match="holds no files"):
+        store_folder_upload([], base=tmp_path)

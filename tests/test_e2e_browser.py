@@ -320,3 +320,46 @@ def test_a_sub_page_is_the_first_request_after_a_server_start(tmp_path):
                 assert page.get_by_text("Current analysis").count() == 1  # app.py's sidebar: the page ran inside it
         finally:
             browser.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_dataset_folder_uploads_from_the_browser_with_its_class_folders(tmp_path):
+    """The browser sends each file of an uploaded folder named by its path under the folder's parent
+    (``pets/cat/0.png``); the Load page rebuilds the tree from those names. AppTest cannot show that part."""
+    from PIL import Image
+
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (16, 16)), tmp_path / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(16, 16), classes=["cat", "dog", "eel"])
+    rng = np.random.default_rng(0)
+    pets = tmp_path / "upload" / "pets"
+    for c in ("cat", "dog", "eel"):
+        (pets / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(pets / c / f"{i}.png")
+    with serve(tmp_path, tmp_path / "cache", FLARE_NO_DEMO="1") as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        try:
+            page.goto(url)
+            page.locator("h1", has_text="Load").first.wait_for(timeout=60_000)
+            wait_idle(page)
+            page.get_by_text("Use my own model and dataset").click()
+            wait_idle(page)
+            page.get_by_label("Model file on the server").fill(str(tmp_path / "m.pt"))
+            folder = page.locator('.st-key-folder_upload input[type="file"]')
+            folder.set_input_files(str(pets))
+            page.locator('.st-key-folder_upload').get_by_text("dog/1.png").or_(
+                page.locator('.st-key-folder_upload').get_by_text("showing page")).first.wait_for(timeout=30_000)
+            page.get_by_role("button", name="Load model and dataset").click()
+            wait_for(page, page.locator('[data-testid="stMetricValue"]').first, 120)
+            wait_idle(page)
+            values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+            assert values[:3] == ["9", "3", "16×16×1"], values
+            shot(page, "load-folder-upload")
+            stored = sorted(p.relative_to(tmp_path / "cache" / "uploads").as_posix()
+                            for p in (tmp_path / "cache" / "uploads").rglob("*.png"))
+            assert len(stored) == 9 and all(s.split("/", 1)[1].startswith("folder/pets/") for s in stored), stored
+        finally:
+            browser.close()
