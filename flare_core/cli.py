@@ -120,7 +120,7 @@ def _preprocessing(args) -> Optional[dict]:
 def cmd_attack(args) -> int:
     from flare_core.attacks import poison_dataset, poison_test_set
     from flare_core.atomic import atomic_dir
-    from flare_core.data import load_dataset, load_test_set
+    from flare_core.data import lab, load_dataset, load_test_set
     from flare_core.data.writers import check_no_overlap, save_imagefolder, save_npz
 
     ds = load_dataset(args.data, format=args.data_format, split=args.split)
@@ -132,16 +132,16 @@ def cmd_attack(args) -> int:
     if args.test_data or args.data.startswith("builtin:"):
         test_src = args.test_data or args.data
         test = load_test_set(test_src, format=args.data_format if args.test_data is None else None)
-    with atomic_dir(args.out, overwrite=args.overwrite, marker="ground_truth.json", what="poisoned dataset") as tmp:
+    with atomic_dir(args.out, overwrite=args.overwrite, marker=lab.GROUND_TRUTH, what="poisoned dataset") as tmp:
         if args.out_format == "imagefolder":
-            save_imagefolder(poisoned, tmp / "train")
+            save_imagefolder(poisoned, tmp / lab.TRAIN_FOLDER)
         else:
-            save_npz(poisoned, tmp / "train.npz")
-        truth.to_json(tmp / "ground_truth.json")
+            save_npz(poisoned, tmp / lab.TRAIN_NPZ)
+        truth.to_json(tmp / lab.GROUND_TRUTH)
         if test is not None:
             ptest = poison_test_set(test, args.attack, target=args.target, mode=args.mode, seed=args.seed, params=params)
-            save_npz(test, tmp / "test_clean.npz")
-            save_npz(ptest, tmp / "test_poisoned.npz")
+            save_npz(test, tmp / lab.TEST_CLEAN)
+            save_npz(ptest, tmp / lab.TEST_POISONED)
     print(f"{args.attack}: poisoned {len(truth.poisoned_indices)} of {len(ds)} samples ({args.mode}, target {args.target}) -> {args.out}")
     return 0
 
@@ -203,7 +203,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from flare_core.data import load_test_set
+    from flare_core.data import lab_poisoned_test, load_test_set
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import load_model
     from flare_core.models.training import evaluate
@@ -215,8 +215,9 @@ def cmd_evaluate(args) -> int:
     check_fit(model, test)
     _, pred = evaluate(model.module, test, model.preprocessing, device=model.device)
     out["benign_accuracy"] = benign_accuracy(pred, test.labels)
-    if args.poisoned_test:
-        ptest = load_test_set(args.poisoned_test)
+    poisoned_test = args.poisoned_test or lab_poisoned_test(args.test_data)  # a lab folder holds its own
+    if poisoned_test:
+        ptest = load_test_set(poisoned_test)
         _, pred = evaluate(model.module, ptest, model.preprocessing, device=model.device)
         out["attack_success_rate"] = attack_success_rate(pred, ptest.labels)
     print(json.dumps(out, indent=2))
@@ -230,15 +231,19 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 
 
 def cmd_purify(args) -> int:
+    from flare_core.data import lab_ground_truth
     from flare_core.pipeline import AnalysisConfig, run_analysis
 
     pre = _preprocessing(args) or {}
+    ground_truth = args.ground_truth or lab_ground_truth(args.data, args.split)
+    if ground_truth and not args.ground_truth:
+        logger.info("Using the lab folder's ground truth %s", ground_truth)
     config = AnalysisConfig(
         model=_absolute(args.model), data=_absolute(args.data), arch=args.arch, data_format=args.data_format, split=args.split,
         size=pre.get("size"), channels=pre.get("channels"), mean=pre.get("mean"), std=pre.get("std"),
         device=_device(args.device), batch_size=args.batch_size, detector=args.method,
         baselines=tuple(b for b in (args.baselines.split(",") if args.baselines else []) if b),
-        ground_truth=_absolute(args.ground_truth), seed=args.seed, views=not args.no_views, params=_params(args.param),
+        ground_truth=_absolute(ground_truth), seed=args.seed, views=not args.no_views, params=_params(args.param),
         trigger_test=not args.no_trigger_test,
     )
     prog = TqdmProgress(not args.quiet)
@@ -364,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output run folder (written atomically)")
     s.add_argument("--method", default="flare", choices=sorted(DETECTORS), help="detector (default flare)")
     s.add_argument("--baselines", default="", help=f"comma-separated extra detectors to run beside it: {','.join(sorted(DETECTORS))}")
-    s.add_argument("--ground-truth", default=None, help="the lab's ground_truth.json: adds TPR/FPR/F1 to run.json")
+    s.add_argument("--ground-truth", default=None, help="the lab's ground_truth.json: adds TPR/FPR/F1 to run.json "
+                   "(default: the one in DATA when DATA is a flare attack output folder)")
     s.add_argument("--param", action="append", default=[], help="detector parameter KEY=VALUE (repeatable)")
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--seed", type=int, default=0)
@@ -411,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="benign accuracy and attack success rate of a model")
     _add_model_args(s)
     s.add_argument("--test-data", required=True)
-    s.add_argument("--poisoned-test", default=None)
+    s.add_argument("--poisoned-test", default=None,
+                   help="triggered test set for the attack success rate (default: test_poisoned.npz when --test-data "
+                        "is a flare attack output folder)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("layers", help="list the layers FLARE reads from a model")

@@ -91,7 +91,8 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             fmt = st.selectbox("Format", ["(detect)"] + list(FORMATS), key="format_input")
             split = st.selectbox("Split (where the input holds train and test)", ["train", "test"], key="split_input")
             gt_path = st.text_input("Ground-truth file (optional, from the backdoor lab)", key="gt_input",
-                                    help="With it, the Evaluate page measures how well the detectors did.")
+                                    help="With it, the Evaluate page measures how well the detectors did. A "
+                                         "dataset that is a `flare attack` output folder brings its own.")
         submitted = st.form_submit_button("Load model and dataset", type="primary", icon=":material/upload:")
 
     if submitted:
@@ -112,7 +113,10 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
                 data_file = data_path.strip()
             else:
                 data_file = server_paths.resolve_allowed(data_path, must_exist=True)
-            gt = str(server_paths.resolve_allowed(gt_path, must_exist=True)) if gt_path.strip() else None
+            from flare_core.data import lab_ground_truth
+
+            gt = (str(server_paths.resolve_allowed(gt_path, must_exist=True)) if gt_path.strip()
+                  else lab_ground_truth(data_file, split))  # a backdoor-lab folder brings its own
             chosen_arch = f"torchvision:{torchvision_name.strip()}" if torchvision_name.strip() else (
                 None if arch == "(from the file)" else arch)
             config = AnalysisConfig(

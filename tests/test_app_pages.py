@@ -677,6 +677,26 @@ def test_load_a_dataset_uploaded_as_a_folder(env):
     assert "not both" in at.error[0].value
 
 
+def test_load_an_uploaded_lab_folder_brings_its_ground_truth(env):
+    from flare_core.cli import main as cli_main
+    from flare_core.models import build_model, save_checkpoint
+    from flare_core.server_paths import zip_folder
+
+    assert cli_main(["-q", "attack", "badnets", "--data", "builtin:digits", "--rate", "0.05",
+                     "--out", str(env / "lab")]) == 0
+    save_checkpoint(build_model("small-cnn", 10, 1, (16, 16)), env / "m.pt", arch="small-cnn", num_classes=10,
+                    in_channels=1, image_size=(16, 16))
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="data_upload").upload("lab.zip", zip_folder(env / "lab"), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    cfg = at.session_state["config"]
+    assert Path(cfg.data).name == "lab" and Path(cfg.ground_truth) == Path(cfg.data) / "ground_truth.json"
+    assert [m.value for m in at.metric][:2] == ["1,437", "10"]
+
+
 def test_load_warns_when_the_dataset_holds_a_single_class(env):
     from flare_core.models import build_model, save_checkpoint
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from flare_core.cli import main as cli_main
 from flare_core.data import load_dataset
-from flare_core.errors import FlareError
+from flare_core.errors import DataError, FlareError
 from flare_core.models import build_model, save_checkpoint
 from flare_core.models.preprocessing import Preprocessing
 from flare_core.pipeline import AnalysisConfig, export_purified, load_dataset_of, run_analysis
@@ -167,6 +167,51 @@ def test_cli_attack_overwrites_its_earlier_output_but_never_its_input(tmp_path, 
              "--overwrite"]
     assert cli_main(again) != 0 and "contains the source data" in capsys.readouterr().err
     assert _tree(lab) == before
+
+
+def test_a_lab_folder_is_read_as_its_training_set_with_its_ground_truth_and_test_sets(tmp_path, capsys):
+    # `flare attack`'s output folder used to be unrecognised as a dataset (train.npz beside two test .npz files),
+    # and with --out-format imagefolder it loaded as one class, 'train'.
+    from flare_core.data import lab_ground_truth, load_test_set
+    from flare_core.models import build_model, save_checkpoint
+
+    for out_format, n_classes in (("npz", 10), ("imagefolder", 10)):
+        lab = tmp_path / out_format
+        assert cli_main(["-q", "attack", "badnets", "--data", "builtin:digits", "--rate", "0.05", "--out", str(lab),
+                         "--out-format", out_format]) == 0
+        ds = load_dataset(lab)
+        assert ds.num_classes == n_classes and len(ds) == 1437 and ds.format == out_format
+        assert len(load_test_set(lab)) == 360  # test_clean.npz
+        assert lab_ground_truth(lab) == str(lab / "ground_truth.json") and lab_ground_truth(lab, "test") is None
+    # flare evaluate takes the lab's triggered test set for the ASR; flare purify takes its ground truth
+    save_checkpoint(build_model("small-cnn", 10, 1, (16, 16)), tmp_path / "m.pt", arch="small-cnn", num_classes=10,
+                    in_channels=1, image_size=(16, 16))
+    capsys.readouterr()
+    assert cli_main(["-q", "evaluate", "--model", str(tmp_path / "m.pt"), "--test-data", str(tmp_path / "npz")]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"benign_accuracy", "attack_success_rate"}
+    assert cli_main(["-q", "purify", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "npz"),
+                     "--out", str(tmp_path / "run"), "--no-views", "--no-export", "--param", "use_latent=off"]) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["ground_truth"]["path"] == str(tmp_path / "npz" / "ground_truth.json")
+    assert meta["ground_truth"]["n_poisoned"] == 72 and "flare" in meta["evaluation"]
+
+
+def test_a_lab_folder_without_a_test_set_says_so(tmp_path):
+    from flare_core.data import load_test_set
+
+    lab = tmp_path / "lab"
+    assert cli_main(["-q", "attack", "badnets", "--data", str(_digits_npz(tmp_path)), "--rate", "0.05",
+                     "--out", str(lab)]) == 0
+    assert not (lab / "test_clean.npz").exists()
+    with pytest.raises(DataError, match="holds no test_clean.npz"):
+        load_test_set(lab)
+
+
+def _digits_npz(tmp_path):
+    from flare_core.data import load_digits_dataset, save_npz
+
+    save_npz(load_digits_dataset("train"), tmp_path / "digits.npz")
+    return tmp_path / "digits.npz"
 
 
 def test_unknown_detector_is_one_clear_error(lab, tmp_path):

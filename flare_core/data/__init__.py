@@ -19,6 +19,7 @@ from flare_core.data.csv_manifest import load_csv
 from flare_core.data.detect import FORMATS, detect_format, resolve_file
 from flare_core.data.idx import load_idx
 from flare_core.data.imagefolder import load_imagefolder
+from flare_core.data.lab import lab_ground_truth, lab_part, lab_poisoned_test
 from flare_core.data.npz import load_npz
 from flare_core.data.writers import export_subset, save_imagefolder, save_npz
 from flare_core.dataset import ImageDataset
@@ -39,6 +40,8 @@ __all__ = [
     "save_imagefolder",
     "export_subset",
     "check_num_classes",
+    "lab_ground_truth",
+    "lab_poisoned_test",
 ]
 
 
@@ -58,6 +61,9 @@ def _load(path: str | Path, fmt: str, split: str, progress: Optional[ProgressCal
     p = Path(path).expanduser().absolute()
     if not p.exists():
         raise DataError(f"The dataset path {p} does not exist; check the spelling or pass the folder or file to load.")
+    if fmt == "lab":
+        part = lab_part(p, split)
+        return _load(part, detect_format(part), "train", progress)
     p = resolve_file(p, fmt)
     if fmt == "imagefolder":
         return load_imagefolder(p, split=split, progress=progress)
@@ -100,6 +106,6 @@ def load_test_set(path: str | Path, format: Optional[str] = None) -> ImageDatase
     from flare_core.data.imagefolder import has_splits
 
     fmt = (format or detect_format(path)).lower()
-    both = fmt in ("builtin", "cifar", "idx") or (fmt == "imagefolder" and Path(path).expanduser().is_dir()
+    both = fmt in ("builtin", "cifar", "idx", "lab") or (fmt == "imagefolder" and Path(path).expanduser().is_dir()
                                                    and has_splits(Path(path).expanduser()))
     return load_dataset(path, fmt, split="test" if both else "train")

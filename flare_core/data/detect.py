@@ -8,12 +8,14 @@ from flare_core.data.cifar import is_cifar_folder
 from flare_core.data.idx import is_idx_path
 from flare_core.data.images import image_extensions, is_candidate_file
 from flare_core.data.imagefolder import looks_like_imagefolder
+from flare_core.data.lab import is_lab_folder
 from flare_core.errors import DataError
 
-FORMATS = ("imagefolder", "csv", "cifar", "idx", "npz")
+FORMATS = ("imagefolder", "csv", "cifar", "idx", "npz", "lab")
 SUPPORTED = (
     "an ImageFolder tree (root/<class>/<image>), a CSV manifest (path,label), a CIFAR python batch folder, "
-    "MNIST IDX files, an .npz with x and y, or builtin:fashion-mnist / builtin:digits"
+    "MNIST IDX files, an .npz with x and y, a backdoor-lab folder (flare attack's output), "
+    "or builtin:fashion-mnist / builtin:digits"
 )
 MANIFEST_NAME = "manifest.csv"
 _CIFAR_FILE_NAMES = {"test_batch", "train", "test"} | {f"data_batch_{i}" for i in range(1, 6)}
@@ -48,6 +50,8 @@ def _unlabelled_images(path: Path) -> DataError:
 
 
 def detect_dir(path: Path) -> str:
+    if is_lab_folder(path):
+        return "lab"
     if is_cifar_folder(path):
         return "cifar"
     if is_idx_path(path):
