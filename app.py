@@ -17,6 +17,8 @@ from pages import _shared as shared  # noqa: E402
 st.set_page_config(page_title="FLARE Workbench", page_icon=":material/shield:", layout="wide")
 shared.start_warmup()
 shared.restore_run()  # a new session: reopen a run, or else mark the built-in demo to be loaded below
+if st.session_state.get(shared.RESTORE_ERROR):  # above the page, until something else is opened or loaded
+    st.warning(st.session_state[shared.RESTORE_ERROR], icon=":material/warning:")
 notice = st.empty()  # where the demo's loading (or its failure) is shown, above the page
 
 nav_pages = [

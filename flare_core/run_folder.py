@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
@@ -69,18 +70,39 @@ class RunFolder:
             )
         try:
             self.meta: dict = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise FlareError(f"{self.path / 'run.json'} is not valid JSON ({e.msg}); the run folder is damaged.") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FlareError(f"{self.path / 'run.json'} is not valid JSON ({getattr(e, 'msg', e)}); "
+                             "the run folder is damaged.") from e
+        if not isinstance(self.meta, dict):
+            raise FlareError(f"{self.path / 'run.json'} does not describe a run (it holds a "
+                             f"{type(self.meta).__name__}); the run folder is damaged.")
         self._manifest: Optional[pd.DataFrame] = None
+        self.manifest  # read now: a damaged manifest is refused when the run is opened, not on some later page
+
+    def _damaged(self, name: str, why: object) -> FlareError:
+        return FlareError(f"{self.path / name} cannot be read ({why}); the run folder is damaged: "
+                          "run the analysis again.")
+
+    def _array(self, name: str, mmap: bool = False) -> np.ndarray:
+        try:
+            return np.load(self.path / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise self._damaged(name, e) from e
 
     # ---- contents -------------------------------------------------------------------------------------------
     @property
     def manifest(self) -> pd.DataFrame:
         if self._manifest is None:
-            df = pd.read_csv(self.path / "manifest.csv", keep_default_na=False)
+            try:
+                df = pd.read_csv(self.path / "manifest.csv", keep_default_na=False)
+            except (OSError, ValueError, pd.errors.ParserError) as e:
+                raise self._damaged("manifest.csv", e) from e
             missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
             if missing:
                 raise FlareError(f"{self.path / 'manifest.csv'} lacks the columns {missing}; the run folder is damaged.")
+            expected = (self.meta.get("dataset") or {}).get("n_samples")
+            if expected is not None and len(df) != int(expected):
+                raise self._damaged("manifest.csv", f"{len(df)} rows for the run's {int(expected)} samples")
             self._manifest = df
         return self._manifest
 
@@ -97,15 +119,13 @@ class RunFolder:
         return class_name(self.classes, label)
 
     def features(self) -> np.ndarray:
-        return np.load(self.path / "features.npy", mmap_mode="r")
+        return self._array("features.npy", mmap=True)
 
     def pooled(self) -> Optional[np.ndarray]:
-        p = self.path / "pooled.npy"
-        return np.load(p, mmap_mode="r") if p.exists() else None
+        return self._array("pooled.npy", mmap=True) if (self.path / "pooled.npy").exists() else None
 
     def embedding(self) -> Optional[np.ndarray]:
-        p = self.path / "embedding.npy"
-        return np.load(p) if p.exists() else None
+        return self._array("embedding.npy") if (self.path / "embedding.npy").exists() else None
 
     def class_labels_with_views(self) -> list:
         return sorted(int(p.stem.split("_", 1)[1]) for p in (self.path / "views").glob("class_*.npz"))
@@ -114,9 +134,12 @@ class RunFolder:
         p = self.path / "views" / f"class_{int(label)}.npz"
         if not p.exists():
             return None
-        with np.load(p, allow_pickle=False) as z:
-            stability = dict(zip(z["cluster_ids"].tolist(), z["stability"].tolist()))
-            return ClassViewData(int(label), z["indices"], z["embedding"], z["clusters"], stability)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                stability = dict(zip(z["cluster_ids"].tolist(), z["stability"].tolist()))
+                return ClassViewData(int(label), z["indices"], z["embedding"], z["clusters"], stability)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise self._damaged(f"views/{p.name}", e) from e
 
     def detectors(self) -> list:
         """Names of the detectors whose results are in the manifest (the main one first)."""
@@ -182,8 +205,12 @@ class RunFolder:
         p = self.path / "decisions.json"
         if not p.exists():
             return {}
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return {int(k): v for k, v in data.get("decisions", {}).items() if v in DECISIONS}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return {int(k): v for k, v in data.get("decisions", {}).items() if v in DECISIONS}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as e:
+            raise FlareError(f"{p} cannot be read ({e}); the analyst's decisions are in it, so it is left as it is: "
+                             "repair or move it, then reopen the run.") from e
 
     def set_decisions(self, indices: Iterable[int], decision: Optional[str]) -> dict:
         """Mark samples 'keep' or 'remove' (None clears the override); saved atomically at once."""

@@ -242,6 +242,7 @@ def set_run(path: str | Path, *, config=None) -> RunFolder:
     ss[CONFIG] = config if config is not None else (old if same else None)
     ss[RUN] = str(resolved)
     ss.pop(DEMO_PENDING, None)
+    ss.pop(RESTORE_ERROR, None)
     ss[SELECTION] = []
     st.query_params["run"] = str(resolved)
     try:
@@ -261,6 +262,9 @@ def close_run() -> None:
         last_run_file().unlink()
 
 
+RESTORE_ERROR = "_restore_error"  # session: why the run named in the URL or by `flare dashboard RUN` did not open
+
+
 def restore_run() -> bool:
     """On a new session: reopen the run named in the URL (``?run=``), else ``FLARE_OPEN_RUN`` (set by
     ``flare dashboard --run``), else the last one opened on this server.
@@ -275,6 +279,7 @@ def restore_run() -> bool:
     if ss.get(RUN) or ss.get(CONFIG) is not None:
         return False
     candidate = st.query_params.get("run") or os.environ.get("FLARE_OPEN_RUN")
+    named = bool(candidate)  # asked for by the URL or `flare dashboard RUN`, not just the last one opened here
     if not candidate and last_run_file().exists():
         with contextlib.suppress(OSError, ValueError, json.JSONDecodeError):
             candidate = json.loads(last_run_file().read_text(encoding="utf-8")).get("run")
@@ -284,6 +289,8 @@ def restore_run() -> bool:
             return False
         except FlareError as e:
             logger.info("not reopening %s: %s", candidate, e)
+            if named:
+                ss[RESTORE_ERROR] = f"The run {candidate} was not reopened: {e}"
     if os.environ.get("FLARE_NO_DEMO"):
         return False
     ss[DEMO_PENDING] = True
@@ -303,7 +310,10 @@ def start_demo(*, auto: bool = False) -> None:
         scenario = prepare_demo()
     config = AnalysisConfig(model=str(scenario.model_path), data=str(scenario.data_path),
                             ground_truth=str(scenario.ground_truth_path))
+    why_no_run = st.session_state.get(RESTORE_ERROR) if auto else None  # opened instead of the named run: still said
     use_config(config)
+    if why_no_run:
+        st.session_state[RESTORE_ERROR] = why_no_run
     st.session_state[DEMO] = scenario
     st.session_state[DEMO_AUTO] = auto
 
@@ -440,6 +450,7 @@ def use_config(config) -> tuple:
     """Load a config's model and data; an open run made from other inputs is closed (and a pending automatic
     demo is not loaded any more)."""
     st.session_state.pop(DEMO_PENDING, None)
+    st.session_state.pop(RESTORE_ERROR, None)
     model, dataset = load_config(config)
     run = current_run()
     if run is not None:

@@ -133,6 +133,19 @@ def test_fresh_start_reopens_a_run_instead_of_the_demo(env, monkeypatch, run):
     assert "demo_auto" not in at.session_state
 
 
+def test_a_damaged_run_named_at_start_is_not_opened_and_the_page_says_why(env, monkeypatch, run):
+    # A manifest cut short used to open, and the app's first look at it (does the run know the ground truth?)
+    # stopped the whole dashboard with a redacted error.
+    calls = _fake_demo(env, monkeypatch, run)
+    (run.path / "manifest.csv").write_text((run.path / "manifest.csv").read_text()[:400])
+    monkeypatch.setenv("FLARE_OPEN_RUN", str(run.path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    no_errors(at)
+    assert "run_path" not in at.session_state and calls == [1]  # the demo opens instead
+    assert f"The run {run.path} was not reopened" in at.warning[0].value and "damaged" in at.warning[0].value
+
+
 def test_demo_autoload_can_be_turned_off_and_failures_are_a_warning(env, monkeypatch, run):
     calls = _fake_demo(env, monkeypatch, run)
     monkeypatch.setenv("FLARE_NO_DEMO", "1")

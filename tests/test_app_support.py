@@ -4,12 +4,15 @@ Import with ``from test_app_support import make_run`` (pytest puts tests/ on sys
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from flare_core.errors import FlareError
 from flare_core.run_folder import RunFolder, write_run
 
 CLASSES = ["zero", "one", "two"]
@@ -125,3 +128,30 @@ def test_make_run_is_a_valid_run_folder(tmp_path):
     v = run.class_view(1)
     assert len(v.indices) == 20 and v.embedding.shape == (20, 2)
     assert len(make_dataset(run)) == 60
+
+
+# ---- a damaged run folder: one sentence that says which file, never a raw error ---------------------------------------
+@pytest.mark.parametrize("damage, file", [
+    (lambda d: (d / "run.json").write_text("[]"), "run.json"),
+    (lambda d: (d / "run.json").write_bytes(b"\xff\xfe"), "run.json"),
+    (lambda d: (d / "manifest.csv").write_text((d / "manifest.csv").read_text()[:400]), "manifest.csv"),
+    (lambda d: (d / "embedding.npy").write_bytes(b"junk"), "embedding.npy"),
+    (lambda d: (d / "features.npy").unlink(), "features.npy"),
+    (lambda d: (d / "views" / "class_1.npz").write_bytes(b"junk"), "class_1.npz"),
+])
+def test_a_damaged_run_folder_names_the_damaged_file(tmp_path, damage, file):
+    run = make_run(tmp_path / "run")
+    damage(run.path)
+    with pytest.raises(FlareError, match=rf"{re.escape(file)}.*damaged"):
+        r = RunFolder(run.path)
+        r.n_samples, r.embedding(), r.features(), r.class_view(1)
+
+
+def test_damaged_decisions_are_reported_and_never_overwritten(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run.path / "decisions.json").write_text('{"decisions": {"3": "remove", ')  # cut off mid-write by hand
+    with pytest.raises(FlareError, match="decisions.json cannot be read"):
+        run.decisions()
+    with pytest.raises(FlareError, match="left as it is"):
+        run.set_decisions([4], "keep")
+    assert (run.path / "decisions.json").read_text() == '{"decisions": {"3": "remove", '
