@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from flare_core.data import lab
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ def make_demo_data(source: str, out_dir: Path, size: str = "full") -> dict:
     ptest = poison_test_set(test, spec["attack"], target=spec["target"], mode=spec["mode"], seed=spec["seed"],
                             params=truth.params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"data": out_dir / "train.npz", "truth": out_dir / "ground_truth.json",
-             "test": out_dir / "test_clean.npz", "ptest": out_dir / "test_poisoned.npz"}
+    paths = {"data": out_dir / lab.TRAIN_NPZ, "truth": out_dir / lab.GROUND_TRUTH,
+             "test": out_dir / lab.TEST_CLEAN, "ptest": out_dir / lab.TEST_POISONED}
     save_npz(poisoned, paths["data"])
     truth.to_json(paths["truth"])
     save_npz(test, paths["test"])
@@ -126,7 +127,7 @@ def prepare_demo(progress: Optional[ProgressCallback] = None, size: Optional[str
     spec = DEMO_SPECS[source]
     data_dir = cache_dir() / "demo" / source / size
     progress("demo-data", 0, 1)
-    if not all((data_dir / f).exists() for f in ("train.npz", "ground_truth.json", "test_clean.npz", "test_poisoned.npz")):
+    if not all((data_dir / f).exists() for f in (lab.TRAIN_NPZ, lab.GROUND_TRUTH, lab.TEST_CLEAN, lab.TEST_POISONED)):
         paths = make_demo_data(source, data_dir, size=size)
     progress("demo-data", 1, 1)
     model_path = ASSETS / source / "model.pt"
@@ -141,5 +142,5 @@ def prepare_demo(progress: Optional[ProgressCallback] = None, size: Optional[str
             f"{f', {n} per class' if n else ''}, of which {int(spec['rate'] * 100)} % carry a BadNets patch and were "
             f"relabelled to class {spec['target']}; a {spec['arch']} model was trained on them by `flare train`.")
     return DemoScenario(source=source, title=title, description=desc, model_path=model_path,
-                        data_path=data_dir / "train.npz", ground_truth_path=data_dir / "ground_truth.json",
-                        test_path=data_dir / "test_clean.npz", poisoned_test_path=data_dir / "test_poisoned.npz")
+                        data_path=data_dir / lab.TRAIN_NPZ, ground_truth_path=data_dir / lab.GROUND_TRUTH,
+                        test_path=data_dir / lab.TEST_CLEAN, poisoned_test_path=data_dir / lab.TEST_POISONED)

@@ -24,6 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from flare_core.atomic import write_json
+from flare_core.data import lab
 from flare_core.dataset import ImageDataset
 from flare_core.errors import FlareError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 RESULT_FILE = "retrain.json"
 MODEL_FILE = "retrained_model.pt"
 FORMAT = "flare-retrain/1"
-TEST_FILES = ("test_clean.npz", "test_poisoned.npz")
+TEST_FILES = (lab.TEST_CLEAN, lab.TEST_POISONED)  # what `flare attack` writes beside its training set
 # Trainer settings taken over from a recorded recipe (the rest is decided here: data, device, progress).
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "momentum", "seed")
 
