@@ -117,6 +117,18 @@ def store_upload(name: str, data: bytes, *, base: Optional[Path] = None, folder:
     return target
 
 
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``dest`` (an empty ``dest`` is replaced). When another session
+    published the same upload first (same hash, so the same content), theirs is kept."""
+    try:
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except OSError:
+        if not (dest.is_dir() and any(dest.iterdir())):
+            raise
+
+
 def _member_parts(name: str) -> tuple:
     """The path parts of an archive member or an uploaded folder's file; FlareError when it would land outside."""
     text = name.replace("\\", "/")
@@ -158,9 +170,7 @@ def store_folder_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Pa
                 target = tmp.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-            if dest.exists():
-                dest.rmdir()
-            os.replace(tmp, dest)
+            _publish(tmp, dest)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -225,9 +235,7 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
         try:
             zf.extractall(tmp, members=members)  # the ZipInfo objects, with the names set above
-            if dest.exists():
-                dest.rmdir()
-            os.replace(tmp, dest)
+            _publish(tmp, dest)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -278,3 +278,19 @@ def test_an_empty_folder_upload_is_refused(tmp_path):
 
     with pytest.raises(FlareError, match="holds no files"):
         store_folder_upload([], base=tmp_path)
+
+
+def test_an_upload_published_first_by_another_session_is_kept(tmp_path):
+    # Two sessions unpacking the same upload: the second rename meets a full folder with the same content.
+    from flare_core.server_paths import _publish
+
+    dest, mine = tmp_path / "extracted", tmp_path / ".extracted.partial"
+    (dest / "cat").mkdir(parents=True)
+    (dest / "cat" / "1.png").write_bytes(b"theirs")
+    (mine / "cat").mkdir(parents=True)
+    (mine / "cat" / "1.png").write_bytes(b"mine")
+    _publish(mine, dest)
+    assert (dest / "cat" / "1.png").read_bytes() == b"theirs"
+    (tmp_path / "empty").mkdir()
+    _publish(mine, tmp_path / "empty")  # an empty folder is replaced
+    assert (tmp_path / "empty" / "cat" / "1.png").read_bytes() == b"mine"
