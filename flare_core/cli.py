@@ -149,7 +149,7 @@ def cmd_attack(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from flare_core.data import load_dataset, load_test_set
+    from flare_core.data import lab_poisoned_test, load_dataset, load_test_set
     from flare_core.metrics import attack_success_rate, benign_accuracy
     from flare_core.models import save_checkpoint, train_model
     from flare_core.errors import FlareError
@@ -180,8 +180,9 @@ def cmd_train(args) -> int:
         test = load_test_set(args.test_data)
         _, pred = evaluate(model, test, pre, device=device)
         result["benign_accuracy"] = benign_accuracy(pred, test.labels)
-    if args.poisoned_test:
-        ptest = load_test_set(args.poisoned_test)
+    poisoned_test = args.poisoned_test or lab_poisoned_test(args.test_data)  # a lab folder holds its own
+    if poisoned_test:
+        ptest = load_test_set(poisoned_test)
         _, pred = evaluate(model, ptest, pre, device=device)
         result["attack_success_rate"] = attack_success_rate(pred, ptest.labels)
     model = model.to("cpu")
@@ -410,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.add_argument("--test-data", default=None, help="clean test set: report benign accuracy")
-    s.add_argument("--poisoned-test", default=None, help="poisoned test set from `flare attack`: report attack success rate")
+    s.add_argument("--poisoned-test", default=None, help="poisoned test set from `flare attack`: report attack success rate "
+                   "(default: test_poisoned.npz when --test-data is a flare attack output folder)")
     s.add_argument("--metrics-out", default=None, help="write the training result as JSON here")
     s.set_defaults(func=cmd_train)
 

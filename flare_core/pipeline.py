@@ -202,6 +202,7 @@ def run_analysis(
     n = len(dataset)
     logger.info("loaded %d samples in %d classes; model kind=%s", n, dataset.num_classes, model.kind)
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # `--out runs/badnets` in a folder without runs/ yet
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".scratch", dir=out_dir.parent))
     try:
         main_spec, main = _detector(config.detector, config.seed, dict(config.params))

@@ -380,7 +380,7 @@ def test_latent_stage_off_skips_the_extra_pass(lab, tmp_path):
 
 
 def test_cli_purify_writes_the_run_and_prints_a_summary(lab, tmp_path, capsys):
-    out = tmp_path / "out"
+    out = tmp_path / "runs" / "out"  # runs/ does not exist yet (the README's `--out runs/badnets` failed so)
     rc = cli_main(["-q", "purify", "--model", str(lab / "model.pt"), "--data", str(lab / "data"), "--out", str(out),
                    "--no-views", "--param", "n_neighbors=10", "--param", "use_latent=off"])
     assert rc == 0
