@@ -327,7 +327,18 @@ def cmd_dashboard(args) -> int:
     app = Path(__file__).resolve().parent.parent / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
     if args.run:
-        os.environ["FLARE_OPEN_RUN"] = str(Path(args.run).absolute())
+        from flare_core import server_paths
+        from flare_core.errors import FlareError
+        from flare_core.run_folder import RunFolder
+
+        run = Path(args.run).absolute()
+        RunFolder(run)  # not a run, or a damaged one: one line here, not a dashboard that opens on something else
+        if not server_paths.is_allowed(run):
+            roots = server_paths.allowed_roots()
+            wider = os.pathsep.join(map(str, roots + [run.parent]))
+            raise FlareError(f"{run} is outside the folders the dashboard may read ({', '.join(map(str, roots))}); "
+                             f"start it with {server_paths.ROOTS_ENV}={wider}.")
+        os.environ["FLARE_OPEN_RUN"] = str(run)
     os.execv(sys.executable, cmd)
     return 0
 

@@ -214,6 +214,29 @@ def _digits_npz(tmp_path):
     return tmp_path / "digits.npz"
 
 
+def test_cli_dashboard_refuses_a_run_it_could_not_open_before_starting_the_server(tmp_path, capsys, monkeypatch):
+    # It used to start the server, which then opened on the demo without a word about the named run.
+    import os
+
+    from test_app_support import make_run
+
+    started = []
+    monkeypatch.setattr(os, "execv", lambda *a: started.append(a))
+    monkeypatch.delenv("FLARE_OPEN_RUN", raising=False)  # undone at the end: the variable set below goes too
+    monkeypatch.setenv("FLARE_ROOTS", str(tmp_path / "allowed"))
+    (tmp_path / "allowed").mkdir()
+    assert cli_main(["dashboard", str(tmp_path / "allowed" / "nope")]) != 0
+    assert "not a FLARE run folder" in capsys.readouterr().err
+    run = make_run(tmp_path / "elsewhere" / "run")
+    assert cli_main(["dashboard", str(run.path)]) != 0
+    err = capsys.readouterr().err
+    assert f"FLARE_ROOTS={tmp_path / 'allowed'}{os.pathsep}{tmp_path / 'elsewhere'}" in err and len(err.strip().splitlines()) == 1
+    assert started == []
+    monkeypatch.setenv("FLARE_ROOTS", str(tmp_path))
+    cli_main(["dashboard", str(run.path)])
+    assert len(started) == 1 and os.environ["FLARE_OPEN_RUN"] == str(run.path)
+
+
 def test_unknown_detector_is_one_clear_error(lab, tmp_path):
     with pytest.raises(FlareError, match="Unknown detector"):
         run_analysis(_config(lab, detector="nope"), tmp_path / "run")
