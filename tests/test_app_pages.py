@@ -199,6 +199,20 @@ def test_reopen_run_folder_sets_run_and_remembers_it(env, run):
                                             "pass the folder or file to load."]
 
 
+def test_a_reopened_run_never_loads_a_model_or_data_outside_the_allowed_folders(env, tmp_path_factory):
+    # A run.json is a file: one crafted (or written elsewhere) could name any file on the server as its data.
+    outside = tmp_path_factory.mktemp("outside")
+    np.savez(outside / "secret.npz", x=np.zeros((60, 8, 8), np.uint8), y=np.repeat(np.arange(3), 20))
+    run = make_run(env / "run", data_path=str(outside / "secret.npz"))
+    at = app(run_path=str(run.path))
+    at.button(key="load_run_inputs").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"This run's dataset {outside / 'secret.npz'} is outside the folders this server may read "
+        f"({env.resolve()}); ask the administrator to add its folder to FLARE_ROOTS."]
+    assert at.session_state["dataset"] is None
+
+
 def test_reopen_rejects_a_non_run_folder(env):
     (env / "empty").mkdir()
     at = app()
