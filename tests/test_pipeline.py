@@ -172,7 +172,7 @@ def test_cli_attack_overwrites_its_earlier_output_but_never_its_input(tmp_path, 
 def test_a_lab_folder_is_read_as_its_training_set_with_its_ground_truth_and_test_sets(tmp_path, capsys):
     # `flare attack`'s output folder used to be unrecognised as a dataset (train.npz beside two test .npz files),
     # and with --out-format imagefolder it loaded as one class, 'train'.
-    from flare_core.data import lab_ground_truth, load_test_set
+    from flare_core.data import lab_ground_truth, lab_poisoned_test, load_test_set
     from flare_core.models import build_model, save_checkpoint
 
     for out_format, n_classes in (("npz", 10), ("imagefolder", 10)):
@@ -183,6 +183,10 @@ def test_a_lab_folder_is_read_as_its_training_set_with_its_ground_truth_and_test
         assert ds.num_classes == n_classes and len(ds) == 1437 and ds.format == out_format
         assert len(load_test_set(lab)) == 360  # test_clean.npz
         assert lab_ground_truth(lab) == str(lab / "ground_truth.json") and lab_ground_truth(lab, "test") is None
+        train = lab / ("train.npz" if out_format == "npz" else "train")  # the training set named itself
+        assert lab_ground_truth(train) == str(lab / "ground_truth.json")
+        assert lab_poisoned_test(lab / "test_clean.npz") == lab_poisoned_test(lab) == str(lab / "test_poisoned.npz")
+        assert lab_ground_truth(lab / "test_clean.npz") is None and lab_poisoned_test(train) is None
     # flare evaluate takes the lab's triggered test set for the ASR; flare purify takes its ground truth
     save_checkpoint(build_model("small-cnn", 10, 1, (16, 16)), tmp_path / "m.pt", arch="small-cnn", num_classes=10,
                     in_channels=1, image_size=(16, 16))

@@ -38,19 +38,28 @@ def lab_part(path: str | Path, split: str = "train") -> Path:
     raise DataError(f"A backdoor-lab folder has the splits 'train' and 'test', not '{split}'.")
 
 
-def _lab_file(data: Optional[str | Path], name: str) -> Optional[str]:
-    if not data or str(data).lower().startswith("builtin:") or not is_lab_folder(data):
+def _lab_file(data: Optional[str | Path], part: str, name: str) -> Optional[str]:
+    """``name`` in the lab folder that ``data`` is, or whose ``part`` (a file or folder name) ``data`` is."""
+    if not data or str(data).lower().startswith("builtin:"):
         return None
-    p = Path(data).expanduser() / name
-    return str(p.absolute()) if p.is_file() else None
+    p = Path(data).expanduser()
+    folder = p if is_lab_folder(p) else p.parent if p.name == part and is_lab_folder(p.parent) else None
+    if folder is None:
+        return None
+    found = folder / name
+    return str(found.absolute()) if found.is_file() else None
 
 
 def lab_ground_truth(data: Optional[str | Path], split: str = "train") -> Optional[str]:
-    """The ground-truth file of a lab folder given as the dataset (absolute), else None. It describes the
-    training set, so a test split gets none."""
-    return _lab_file(data, GROUND_TRUTH) if split == "train" else None
+    """The ground truth of the lab folder given as the dataset (or of its ``train.npz`` / ``train/``), absolute;
+    None for anything else. It describes the training set, so a test split gets none."""
+    if split != "train" or not data:
+        return None
+    name = Path(str(data)).name
+    return _lab_file(data, name if name in (TRAIN_NPZ, TRAIN_FOLDER) else TRAIN_NPZ, GROUND_TRUTH)
 
 
-def lab_poisoned_test(data: Optional[str | Path]) -> Optional[str]:
-    """The triggered test set of a lab folder (``test_poisoned.npz``, for the attack success rate), else None."""
-    return _lab_file(data, TEST_POISONED)
+def lab_poisoned_test(test_data: Optional[str | Path]) -> Optional[str]:
+    """The triggered test set (``test_poisoned.npz``, for the attack success rate) of the lab folder given as the
+    test set (or of its ``test_clean.npz``), absolute; None for anything else."""
+    return _lab_file(test_data, TEST_CLEAN, TEST_POISONED)
