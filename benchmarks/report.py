@@ -855,6 +855,17 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   f"Command: `python3 benchmarks/dashboard_timings.py`; raw: `benchmarks/dashboard_timings.json` "
                   f"(machine: {json.dumps(dash.get('machine', {}))}).",
                   md_table(["what", "measured", "target"], rows)]
+    # ---- dataset uploads (benchmarks/upload_timings.py)
+    up = read_json(Path(results) / "upload_timings.json", None)
+    if up:
+        rows = [[c["mode"], f"{c['n_files']:,}", c.get("upload_mb"), c.get("upload_s", "-"), c.get("to_loaded_s", "-"),
+                 c.get("outcome")] for c in up["cases"]]
+        parts += ["## Dataset uploads on the Load page (headless Chromium, 2-core CPU)",
+                  f"Command: `{up.get('command')}`; raw: `benchmarks/results/upload_timings.json` "
+                  f"({up.get('machine')}; {up.get('note') or 'no note'}). A folder is sent one request per file, a "
+                  "zip in one; folders of more than 500 files are refused (`flare_core.server_paths.MAX_FOLDER_FILES`) "
+                  "because past that files went missing on the way.",
+                  md_table(["upload", "files", "MB", "upload done (s)", "page shows the data (s)", "outcome"], rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())

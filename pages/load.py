@@ -83,9 +83,11 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             folder_upload = st.file_uploader("…or upload a dataset folder", accept_multiple_files="directory",
                                              key="folder_upload",
                                              help="The folder of class folders (root/<class>/<image>), or one that "
-                                                  "holds a manifest.csv, IDX or CIFAR files. The browser sends its "
-                                                  "files one by one: for more than a few thousand images a .zip or "
-                                                  "a server path is faster.")
+                                                  "holds a manifest.csv, IDX or CIFAR files, of up to "
+                                                  f"{server_paths.MAX_FOLDER_FILES} files: the browser sends them one "
+                                                  "by one. Larger folders: a .zip (10,000 images load in seconds) "
+                                                  "or a server path. A file the browser failed to send shows an "
+                                                  "error here and is not loaded: check the sample count.")
             from flare_core.data import FORMATS
 
             fmt = st.selectbox("Format", ["(detect)"] + list(FORMATS), key="format_input")

@@ -280,6 +280,16 @@ def test_an_empty_folder_upload_is_refused(tmp_path):
         store_folder_upload([], base=tmp_path)
 
 
+def test_a_folder_upload_larger_than_a_browser_sends_reliably_is_refused(tmp_path, monkeypatch):
+    from flare_core import server_paths
+
+    monkeypatch.setattr(server_paths, "MAX_FOLDER_FILES", 3)
+    files = [(f"pets/cat/{i}.png", b"x") for i in range(4)]
+    with pytest.raises(FlareError, match=r"4 files, more than the 3 .*upload it as a \.zip"):
+        server_paths.store_folder_upload(files, base=tmp_path)
+    assert not (tmp_path / "uploads").exists()
+
+
 def test_an_upload_published_first_by_another_session_is_kept(tmp_path):
     # Two sessions unpacking the same upload: the second rename meets a full folder with the same content.
     from flare_core.server_paths import _publish
