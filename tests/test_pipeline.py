@@ -209,6 +209,8 @@ def test_a_lab_folder_without_a_test_set_says_so(tmp_path):
     assert not (lab / "test_clean.npz").exists()
     with pytest.raises(DataError, match="holds no test_clean.npz"):
         load_test_set(lab)
+    with pytest.raises(DataError, match="is not a backdoor-lab folder"):
+        load_dataset(tmp_path, format="lab")
 
 
 def _digits_npz(tmp_path):

@@ -28,6 +28,9 @@ def is_lab_folder(path: str | Path) -> bool:
 def lab_part(path: str | Path, split: str = "train") -> Path:
     """The file or folder of a lab folder to load for ``split``: the training set, or the clean test set."""
     p = Path(path).expanduser()
+    if not is_lab_folder(p):
+        raise DataError(f"{p} is not a backdoor-lab folder (flare attack's output: {GROUND_TRUTH} beside {TRAIN_NPZ} "
+                        f"or {TRAIN_FOLDER}/); drop the lab format to have the format recognised.")
     if split == "train":
         return p / TRAIN_NPZ if (p / TRAIN_NPZ).is_file() else p / TRAIN_FOLDER
     if split == "test":
