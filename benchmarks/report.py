@@ -767,7 +767,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
 
         rows = []
         for name, e in cu["rows"].items():
-            kind = name.rsplit("-", 1)[0].removeprefix("cifar-")
+            kind = name.rsplit("-", 1)[0].removeprefix("cifar-").removeprefix("digits-")
             marked = (f"{e['marked']:,} poisoned (BadNets 1 %; BA {100 * e['benign_accuracy']:.1f} %, ASR "
                       f"{100 * e['attack_success_rate']:.1f} %) + {e['noise']:,} relabelled genuine"
                       if name.startswith("noisy-") else f"{e['marked']:,} {what.get(kind, '')}")
@@ -783,7 +783,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "their original's label), or a long tail (class sizes falling geometrically from 6,000 to 60); and "
                   "the converse, a poisoned zoo training set with label noise added to its genuine samples "
                   "(`noisy-...`). A small CNN trained on it by `flare train` (4 epochs, seed 0; the `cifar-` rows: "
-                  "CIFAR-10 with the same label noise and the CIFAR clean control's narrow ResNet, 4 epochs), then "
+                  "CIFAR-10 with the same label noise and the CIFAR clean control's narrow ResNet, 4 epochs; the `digits-` "
+                  "rows: scikit-learn's digits, 1,437 images, the same small CNN and recipe), then "
                   "`flare purify` "
                   "(FLARE default; for the label-noise rows also with the label-noise rule off, "
                   "`--param label_noise_classes=0`). On the clean rows every flag is a false alarm; *marked* counts "
