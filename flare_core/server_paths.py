@@ -192,6 +192,10 @@ def store_model_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Pat
         got = ", ".join(n for n, _ in files) or "nothing"
         raise FlareError(f"Upload one model file, optionally with its description (.json); got {got}.")
     (name, data), = models
+    if descriptions:
+        from flare_core.models.loading import check_description
+
+        check_description(descriptions[0][1], descriptions[0][0])
     digest = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for _, d in files)).hexdigest()[:16]
     folder = (base or cache_dir()) / "uploads" / digest
     target = store_upload(name, data, folder=folder)

@@ -304,3 +304,18 @@ def test_an_upload_published_first_by_another_session_is_kept(tmp_path):
     (tmp_path / "empty").mkdir()
     _publish(mine, tmp_path / "empty")  # an empty folder is replaced
     assert (tmp_path / "empty" / "cat" / "1.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("text, said", [
+    (b'{"format": "flare-ground-truth", "version": 1, "classes": ["a"], "poisoned_indices": []}', "a ground-truth file"),
+    (b'{"format": "flare-run/1", "config": {}}', "a run's run.json"),
+    (b'{"lr": 0.1}', "not a model description"),
+    (b"[1, 2]", "not a model description"),
+    (b"{oops", "not valid JSON"),
+])
+def test_a_json_that_is_no_model_description_is_refused_with_what_it_is(tmp_path, text, said):
+    from flare_core.server_paths import store_model_upload
+
+    with pytest.raises(FlareError, match=f"m.json is {said}"):
+        store_model_upload([("m.pt", b"w"), ("m.json", text)], base=tmp_path)
+    assert not (tmp_path / "uploads").exists()  # nothing stored

@@ -70,6 +70,26 @@ def read_sidecar(path: PathLike) -> dict:
     return data
 
 
+#: what a model description holds (:func:`describe_checkpoint`); one of them is enough to call a JSON one
+DESCRIPTION_KEYS = ("arch", "num_classes", "in_channels", "image_size", "preprocessing", "classes")
+
+
+def check_description(text: bytes | str, name: str = "the description") -> dict:
+    """The model description in ``text`` (a JSON object naming at least one of :data:`DESCRIPTION_KEYS`);
+    ModelError for anything else, such as a ground-truth file or a run's run.json picked by mistake."""
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{name} is not valid JSON ({e}); give the .json that was saved beside the model.") from None
+    kind = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not any(k in data for k in DESCRIPTION_KEYS) or kind:
+        what = {"flare-ground-truth": "a ground-truth file"}.get(str(kind), "a run's run.json" if str(kind).startswith(
+            "flare-run") else "not a model description")
+        raise ModelError(f"{name} is {what}: a model's description names its "
+                         f"{', '.join(DESCRIPTION_KEYS[:3])}, ...; give the .json that was saved beside the model.")
+    return data
+
+
 def resolve_device(device: Optional[str]) -> str:
     """'cpu' (default), 'cuda'/'cuda:N' (must be available) or 'auto' (cuda when available)."""
     if device is None or device == "":
