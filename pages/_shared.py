@@ -28,7 +28,8 @@ import streamlit as st
 from flare_core.atomic import write_json
 from flare_core.errors import FlareError
 from flare_core.run_folder import RunFolder
-from flare_core.server_paths import ROOTS_ENV, allowed_roots, cache_dir, is_allowed, resolve_allowed
+from flare_core.server_paths import (ROOTS_ENV, allowed_roots, cache_dir, check_dataset_files_allowed, is_allowed,
+                                     resolve_allowed)
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def load_config(config) -> tuple:
     """Load (cached per config) the model and dataset a config names and make them the session's."""
     with st.spinner("Loading the model and the dataset…"):
         model, dataset = _load_cached(config_key(config, load_only=True), config)
+    check_dataset_files_allowed(dataset)  # a CSV manifest or a link may reach outside the allowed folders
     st.session_state[CONFIG] = config
     st.session_state[MODEL] = model
     st.session_state[DATASET] = dataset

@@ -724,6 +724,35 @@ def test_load_an_uploaded_lab_folder_brings_its_ground_truth(env):
     assert [m.value for m in at.metric][:2] == ["1,437", "10"]
 
 
+def test_load_refuses_an_uploaded_manifest_that_reads_images_outside_the_allowed_folders(env, tmp_path_factory):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from flare_core.models import build_model, save_checkpoint
+
+    outside = tmp_path_factory.mktemp("outside")
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(outside / "private.png")
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        png = io.BytesIO()
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(png, format="PNG")
+        z.writestr("d/imgs/0.png", png.getvalue())
+        z.writestr("d/manifest.csv", f"path,label\nimgs/0.png,0\n{outside / 'private.png'},1\n")
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="data_upload").upload("d.zip", buf.getvalue(), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert not at.exception
+    assert f"The dataset reads {outside / 'private.png'}, which is outside the folders" in at.error[0].value
+    assert at.session_state["dataset"] is None if "dataset" in at.session_state else True
+    assert not at.get("image")  # nothing of it shown
+
+
 def test_load_warns_when_the_dataset_holds_a_single_class(env):
     from flare_core.models import build_model, save_checkpoint
 

@@ -319,3 +319,28 @@ def test_a_json_that_is_no_model_description_is_refused_with_what_it_is(tmp_path
     with pytest.raises(FlareError, match=f"m.json is {said}"):
         store_model_upload([("m.pt", b"w"), ("m.json", text)], base=tmp_path)
     assert not (tmp_path / "uploads").exists()  # nothing stored
+
+
+def test_a_dataset_that_reads_files_outside_the_allowed_folders_is_refused(tmp_path):
+    # A CSV manifest may name any path; an image folder may hold a link: the typed path being allowed is not enough.
+    import numpy as np
+    from PIL import Image
+
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import check_dataset_files_allowed
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "imgs").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (allowed / "imgs", outside):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    (allowed / "ok.csv").write_text("path,label\nimgs/a.png,0\n")
+    check_dataset_files_allowed(load_dataset(allowed / "ok.csv"), [allowed])
+    (allowed / "escape.csv").write_text("path,label\nimgs/a.png,0\n../outside/a.png,1\n")
+    with pytest.raises(FlareError, match=r"reads .*outside/a.png, which is outside the folders"):
+        check_dataset_files_allowed(load_dataset(allowed / "escape.csv"), [allowed])
+    (allowed / "tree" / "cat").mkdir(parents=True)
+    (allowed / "tree" / "cat" / "a.png").symlink_to(outside / "a.png")
+    with pytest.raises(FlareError, match="outside the folders"):
+        check_dataset_files_allowed(load_dataset(allowed / "tree"), [allowed])
+    check_dataset_files_allowed(load_dataset(allowed / "tree"), [allowed, outside])

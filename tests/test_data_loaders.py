@@ -428,6 +428,25 @@ def test_a_file_that_is_no_npz_is_called_so(tmp_path, content):
         load_dataset(tmp_path / "d.npz")
 
 
+def test_csv_labels_written_as_whole_floats_are_class_numbers(tmp_path):
+    # pandas and spreadsheets write 3 as 3.0; read as names they sorted '10.0' before '2.0'
+    for i in range(12):
+        write_image(tmp_path / f"{i}.png", np.zeros((8, 8), np.uint8))
+    _write_csv(tmp_path / "m.csv", [(f"{i}.png", f"{i}.0") for i in range(12)])
+    ds = load_dataset(tmp_path / "m.csv")
+    assert ds.labels.tolist() == list(range(12)) and ds.classes == [str(k) for k in range(12)]
+    _write_csv(tmp_path / "m.csv", [(f"{i}.png", f"{i}.5") for i in range(2)])
+    assert load_dataset(tmp_path / "m.csv").classes == ["0.5", "1.5"]  # not whole: names
+
+
+def test_csv_paths_written_on_windows_are_read(tmp_path):
+    write_image(tmp_path / "imgs" / "0.png", np.zeros((8, 8), np.uint8))
+    write_image(tmp_path / "imgs" / "1.png", np.zeros((8, 8), np.uint8))
+    _write_csv(tmp_path / "m.csv", [("imgs\\0.png", "cat"), ("imgs\\1.png", "dog")])
+    ds = load_dataset(tmp_path / "m.csv")
+    assert len(ds) == 2 and not ds.skipped and ds.sources[0] == str(tmp_path / "imgs" / "0.png")
+
+
 def test_unknown_format_override_raises(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(DataError, match="Unknown dataset format"):

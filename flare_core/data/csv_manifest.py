@@ -42,10 +42,32 @@ def read_manifest(csv_path: Path) -> list:
     return out
 
 
+def _whole_number(text: str) -> int:
+    """'3' -> 3, and '3.0' -> 3 (spreadsheets and pandas write integer labels so); ValueError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
+
+
+def _image_path(csv_dir: Path, text: str) -> Path:
+    """The absolute path of a manifest row's file: relative to the CSV's folder; a path written on Windows
+    (``imgs\\0.png``) is read with ``/`` when no file has the name as written."""
+    p = (csv_dir / text).absolute()
+    if "\\" in text and not p.exists():
+        alt = (csv_dir / text.replace("\\", "/")).absolute()
+        if alt.exists():
+            return alt
+    return p
+
+
 def parse_labels(raw: list, csv_path: Path) -> tuple:
     """(labels, classes, named): integer labels give classes "0".."max", names give sorted names."""
     try:
-        ints = [int(r) for r in raw]
+        ints = [_whole_number(r) for r in raw]
     except ValueError:
         classes = sorted(set(raw))
         index = {c: k for k, c in enumerate(classes)}
@@ -62,7 +84,7 @@ def load_csv(path: str | Path, *, progress: Optional[ProgressCallback] = None) -
     if not rows:
         raise DataError(f"The CSV manifest {csv_path} lists no images; add one 'path,label' row per image.")
     labels_all, classes, named = parse_labels([lab for _, _, lab in rows], csv_path)
-    paths = [(csv_path.parent / p).absolute() for _, p, _ in rows]
+    paths = [_image_path(csv_path.parent, p) for _, p, _ in rows]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     present = [i for i, p in enumerate(paths) if p.is_file()]
     skipped = [(str(paths[i]), f"file not found (line {rows[i][0]} of {csv_path.name})") for i in missing]
