@@ -273,6 +273,58 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
     return dest
 
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_tar_name(name: str) -> bool:
+    return name.lower().endswith(TAR_SUFFIXES)
+
+
+def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a tar archive (plain or compressed) into ``dest`` atomically, with tarfile's ``data`` filter
+    (absolute paths, ``..``, links that leave the folder, devices and special files are refused) and the zip's
+    limits on members and bytes. An existing non-empty ``dest`` is reused as is."""
+    import tarfile
+
+    dest = Path(dest)
+    if dest.is_dir() and any(dest.iterdir()):
+        return dest
+    name = Path(tar_path).name
+    if not hasattr(tarfile, "data_filter"):  # Python before 3.10.12 / 3.11.4
+        raise FlareError(f"{name}: this Python cannot unpack tar archives safely; upload a .zip instead.")
+    try:
+        tf = tarfile.open(tar_path)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise FlareError(f"{name} is not a readable tar archive ({e}); upload a .tar.gz or a .zip.") from e
+    with tf:
+        try:
+            members = tf.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise FlareError(f"{name} is cut short or damaged ({e}); upload it again.") from e
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise FlareError(f"The archive holds {len(members)} files, more than the {MAX_ZIP_MEMBERS} allowed; split it.")
+        total = sum(m.size for m in members if m.isfile())
+        if total > MAX_EXTRACTED_BYTES:
+            raise FlareError(f"The archive would expand to {total / 1e9:.1f} GB, more than the "
+                             f"{MAX_EXTRACTED_BYTES / 1e9:.0f} GB allowed; put the dataset on the server and give its "
+                             "path instead.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        try:
+            try:
+                tf.extractall(tmp, members=members, filter="data")
+            except tarfile.FilterError as e:
+                raise FlareError(f"The archive member {e.tarinfo.name!r} is refused ({e}); the archive is refused.") \
+                    from None
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise FlareError(f"{name} could not be unpacked ({e}); upload it again.") from e
+            _publish(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def _visible(folder: Path) -> list:
     return [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
 
@@ -302,13 +354,16 @@ def dataset_root_of(extracted: Path) -> Path:
 
 
 def open_dataset_upload(name: str, data: bytes, *, base: Optional[Path] = None) -> Path:
-    """Store an uploaded dataset (a .zip or an .npz) and return the path to load: the .npz itself, or the
-    folder of the unpacked zip that holds the data. Raises FlareError, in the upload's terms, for an empty
-    zip or a zip that only holds other zips."""
+    """Store an uploaded dataset (a .zip, a tar archive or an .npz) and return the path to load: the .npz itself,
+    or the folder of the unpacked archive that holds the data. Raises FlareError, in the upload's terms, for an
+    empty archive or one that only holds zips."""
     stored = store_upload(name, data, base=base)
-    if stored.suffix.lower() != ".zip":
+    if is_tar_name(stored.name):
+        root = dataset_root_of(safe_extract_tar(stored, stored.parent / "extracted"))
+    elif stored.suffix.lower() == ".zip":
+        root = dataset_root_of(safe_extract_zip(stored, stored.parent / "extracted"))
+    else:
         return stored
-    root = dataset_root_of(safe_extract_zip(stored, stored.parent / "extracted"))
     entries = _visible(root)
     if not entries:
         raise FlareError(f"The uploaded {name} is empty; zip the dataset's folder (root/<class>/<image>) and upload it.")

@@ -76,8 +76,8 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             data_path = st.text_input("Dataset on the server (image folder, CSV manifest, CIFAR folder, IDX, .npz)",
                                       key="data_path_input")
             limit_mb = st.get_option("server.maxUploadSize")
-            data_upload = st.file_uploader("…or upload a dataset (.zip of an image folder, or .npz)",
-                                           type=["zip", "npz"], key="data_upload",
+            data_upload = st.file_uploader("…or upload a dataset (.zip or .tar.gz of a dataset folder, or .npz)",
+                                           type=["zip", "tar", "gz", "tgz", "bz2", "xz", "npz"], key="data_upload",
                                            help=f"Up to {limit_mb:,} MB a file; put larger datasets on the server "
                                                 "and give their path.")
             folder_upload = st.file_uploader("…or upload a dataset folder", accept_multiple_files="directory",

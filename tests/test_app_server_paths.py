@@ -344,3 +344,61 @@ def test_a_dataset_that_reads_files_outside_the_allowed_folders_is_refused(tmp_p
     with pytest.raises(FlareError, match="outside the folders"):
         check_dataset_files_allowed(load_dataset(allowed / "tree"), [allowed])
     check_dataset_files_allowed(load_dataset(allowed / "tree"), [allowed, outside])
+
+
+# ---- tar archives (CIFAR-10 and others are shipped as .tar.gz) --------------------------------------------------------
+def _tar_bytes(members: dict, mode: str = "w:gz", links: dict = None) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, mode", [("d.tar.gz", "w:gz"), ("d.tgz", "w:gz"), ("d.tar", "w"), ("d.tar.xz", "w:xz")])
+def test_an_uploaded_tar_archive_loads_its_class_folders(tmp_path, name, mode):
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import open_dataset_upload
+
+    root = open_dataset_upload(name, _tar_bytes(_two_classes("cifar10/train/"), mode), base=tmp_path)
+    ds = load_dataset(root)
+    assert root.name == "train" and ds.classes == ["cat", "dog"] and len(ds) == 4
+
+
+@pytest.mark.parametrize("members, links", [
+    ({"../escape.png": b"x"}, None),
+    ({"cat/1.png": b"x"}, {"cat/passwd": "/etc/passwd"}),
+    ({"cat/1.png": b"x"}, {"cat/up": "../../../escape"}),
+])
+def test_a_tar_member_that_leaves_the_folder_is_refused_and_nothing_is_kept(tmp_path, members, links):
+    from flare_core.server_paths import open_dataset_upload
+
+    with pytest.raises(FlareError, match="is refused"):
+        open_dataset_upload("bad.tar.gz", _tar_bytes(members, links=links), base=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("extracted")) and not list(tmp_path.rglob("escape*"))
+
+
+def test_an_absolute_tar_member_lands_inside_the_folder(tmp_path):
+    # tarfile's data filter strips the leading slash, as GNU tar does
+    from flare_core.server_paths import safe_extract_tar
+
+    (tmp_path / "a.tar").write_bytes(_tar_bytes({"/abs/x.png": b"x"}, "w"))
+    out = safe_extract_tar(tmp_path / "a.tar", tmp_path / "out")
+    assert (out / "abs" / "x.png").read_bytes() == b"x" and not Path("/abs/x.png").exists()
+
+
+def test_a_damaged_tar_is_one_sentence(tmp_path):
+    from flare_core.server_paths import open_dataset_upload
+
+    data = _tar_bytes(_two_classes(""))
+    with pytest.raises(FlareError, match="(not a readable tar archive|cut short or damaged|could not be unpacked)"):
+        open_dataset_upload("cut.tar.gz", data[: len(data) // 2], base=tmp_path)
