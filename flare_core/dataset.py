@@ -6,6 +6,21 @@ from typing import Sequence
 
 import numpy as np
 
+from flare_core.errors import DataError
+
+
+#: The largest class number a dataset's labels may name without class names (ImageNet-21k has 21,841 classes):
+#: a label past it is a mistake (an id column read as the label, say), not a class list to build.
+MAX_CLASS_NUMBER = 100_000
+
+
+def numbered_class_names(top: int, where: str) -> list:
+    """Class names "0".."top" for labels given as numbers; DataError past :data:`MAX_CLASS_NUMBER`."""
+    if top > MAX_CLASS_NUMBER:
+        raise DataError(f"{where} has a label of {top:,}; labels must be class numbers 0..K-1 "
+                        f"(at most {MAX_CLASS_NUMBER:,}), or class names.")
+    return [str(k) for k in range(top + 1)]
+
 
 @dataclass
 class ImageDataset:

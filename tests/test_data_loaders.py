@@ -447,6 +447,17 @@ def test_csv_paths_written_on_windows_are_read(tmp_path):
     assert len(ds) == 2 and not ds.skipped and ds.sources[0] == str(tmp_path / "imgs" / "0.png")
 
 
+def test_a_label_far_past_any_class_count_is_refused_not_built_into_a_class_list(tmp_path):
+    # an id column read as the label would have made a list of 10^12 class names
+    write_image(tmp_path / "0.png", np.zeros((8, 8), np.uint8))
+    _write_csv(tmp_path / "m.csv", [("0.png", "1000000000000")])
+    with pytest.raises(DataError, match="has a label of 1,000,000,000,000; labels must be class numbers"):
+        load_dataset(tmp_path / "m.csv")
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 10**9]))
+    with pytest.raises(DataError, match="has a label of 1,000,000,000"):
+        load_dataset(tmp_path / "d.npz")
+
+
 def test_unknown_format_override_raises(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(DataError, match="Unknown dataset format"):

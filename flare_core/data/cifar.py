@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flare_core.dataset import ImageDataset
+from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def load_cifar(path: str | Path, *, split: str = "train") -> ImageDataset:
     images, labels = np.concatenate(images), np.concatenate(labels)
     if len(labels) == 0:
         raise DataError(f"The CIFAR files in {folder} hold no images.")
-    classes = read_class_names(meta) or [str(k) for k in range(int(labels.max()) + 1)]
+    classes = read_class_names(meta) or numbered_class_names(int(labels.max()), str(folder))
     if labels.max() >= len(classes):
         raise DataError(f"{folder} has labels up to {labels.max()} but its meta file names only {len(classes)} classes.")
     logger.info("Loaded %d CIFAR images in %d classes from %s", len(labels), len(classes), folder)

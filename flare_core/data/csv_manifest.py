@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from flare_core.data.images import read_images, stack_images, warn_skipped
-from flare_core.dataset import ImageDataset
+from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback
 
@@ -74,7 +74,7 @@ def parse_labels(raw: list, csv_path: Path) -> tuple:
         return np.array([index[r] for r in raw], dtype=np.int64), classes, True
     if min(ints) < 0:
         raise DataError(f"The CSV manifest {csv_path} has negative labels; labels must be 0, 1, ... or class names.")
-    return np.array(ints, dtype=np.int64), [str(k) for k in range(max(ints) + 1)], False
+    return np.array(ints, dtype=np.int64), numbered_class_names(max(ints), f"The CSV manifest {csv_path}"), False
 
 
 def load_csv(path: str | Path, *, progress: Optional[ProgressCallback] = None) -> ImageDataset:

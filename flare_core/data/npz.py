@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flare_core.dataset import ImageDataset
+from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def load_npz(path: str | Path) -> ImageDataset:
         if int(y.max()) >= len(classes):
             raise DataError(f"{path} names {len(classes)} classes but has labels up to {int(y.max())}.")
     else:
-        classes = [str(k) for k in range(int(y.max()) + 1)]
+        classes = numbered_class_names(int(y.max()), str(path))
     if "sources" in arrays:
         sources = [str(s) for s in np.asarray(arrays["sources"]).reshape(-1)]
         if len(sources) != len(y):
