@@ -101,12 +101,16 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
         with shared.friendly_errors("Loading"):
             from flare_core.pipeline import AnalysisConfig
 
+            # An upload stays in its box until cleared: one left from an earlier try must not win over a typed path.
+            if model_upload and model_path.strip():
+                raise FlareError("Give the model as a server path or as an upload, not both; clear one of them.")
+            if sum(map(bool, (data_upload, folder_upload, data_path.strip()))) > 1:
+                raise FlareError("Give the dataset one way: a server path, an uploaded file or an uploaded folder; "
+                                 "clear the others.")
             if model_upload:
                 model_file = server_paths.store_model_upload([(f.name, f.getvalue()) for f in model_upload])
             else:
                 model_file = server_paths.resolve_allowed(model_path, must_exist=True)
-            if data_upload is not None and folder_upload:
-                raise FlareError("Upload the dataset as a file or as a folder, not both; clear one of them.")
             if data_upload is not None:
                 data_file = server_paths.open_dataset_upload(data_upload.name, data_upload.getvalue())
             elif folder_upload:

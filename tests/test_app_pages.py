@@ -701,7 +701,25 @@ def test_load_a_dataset_uploaded_as_a_folder(env):
     assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
     at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
     at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
-    assert "not both" in at.error[0].value
+    assert "Give the dataset one way" in at.error[0].value
+
+
+def test_load_refuses_an_upload_left_in_its_box_beside_a_typed_path(env):
+    # The uploader keeps its file until cleared: a path typed later used to lose to it without a word.
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
+    at.text_input(key="data_path_input").input(str(env))
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert "Give the dataset one way" in at.error[0].value and "config" not in at.session_state
+    at.file_uploader(key="model_upload").upload("m.pt", (env / "m.pt").read_bytes(), "application/octet-stream")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    assert "model as a server path or as an upload, not both" in at.error[0].value
 
 
 def test_load_an_uploaded_lab_folder_brings_its_ground_truth(env):
