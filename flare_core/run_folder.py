@@ -77,7 +77,7 @@ class RunFolder:
             raise FlareError(f"{self.path / 'run.json'} does not describe a run (it holds a "
                              f"{type(self.meta).__name__}); the run folder is damaged.")
         self._manifest: Optional[pd.DataFrame] = None
-        self.manifest  # read now: a damaged manifest is refused when the run is opened, not on some later page
+        _ = self.manifest  # read now: a damaged manifest is refused when the run is opened, not on some later page
 
     def _damaged(self, name: str, why: object) -> FlareError:
         return FlareError(f"{self.path / name} cannot be read ({why}); the run folder is damaged: "
