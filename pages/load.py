@@ -93,7 +93,8 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             fmt = st.selectbox("Format", ["(detect)"] + list(FORMATS), key="format_input")
             split = st.selectbox("Split (where the input holds train and test)", ["train", "test"], key="split_input")
             gt_path = st.text_input("Ground-truth file (optional, from the backdoor lab)", key="gt_input",
-                                    help="With it, the Evaluate page measures how well the detectors did. A "
+                                    help="ground_truth.json, or the `flare attack` output folder that holds it. "
+                                         "With it, the Evaluate page measures how well the detectors did. A "
                                          "dataset that is a `flare attack` output folder brings its own.")
         submitted = st.form_submit_button("Load model and dataset", type="primary", icon=":material/upload:")
 

@@ -190,6 +190,9 @@ def test_ground_truth_json_round_trip(tmp_path, attack, mode):
     text = path.read_text()
     assert len(text.splitlines()) > 10 and json.loads(text)["attack"] == attack  # readable, valid JSON
     back = GroundTruth.from_json(path)
+    (tmp_path / "lab").mkdir()  # a lab folder given for its ground_truth.json (the way --data takes it)
+    truth.to_json(tmp_path / "lab" / "ground_truth.json")
+    assert np.array_equal(GroundTruth.from_json(tmp_path / "lab").poisoned_indices, truth.poisoned_indices)
     for name in ("poisoned_indices", "original_labels", "new_labels", "cross_indices"):
         assert np.array_equal(getattr(back, name), getattr(truth, name))
     for name in ("attack", "params", "mode", "target", "rate", "seed", "n_total", "clean_label", "classes"):
@@ -210,6 +213,8 @@ def test_ground_truth_from_bad_files(tmp_path):
     other.write_text('{"a": 1}')
     with pytest.raises(FlareError, match="not a FLARE ground-truth"):
         GroundTruth.from_json(other)
+    with pytest.raises(FlareError, match="not readable JSON"):  # a folder without one
+        GroundTruth.from_json(tmp_path)
 
 
 def test_mask_checks_length():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -126,7 +127,12 @@ class GroundTruth:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "GroundTruth":
-        """Read a file written by :meth:`to_json`; DataError if it is missing or not a ground-truth file."""
+        """Read a file written by :meth:`to_json` (or the one in a lab folder given as ``path``); DataError if it
+        is missing or not a ground-truth file."""
+        from flare_core.data.lab import GROUND_TRUTH
+
+        if Path(path).is_dir() and (Path(path) / GROUND_TRUTH).is_file():
+            path = Path(path) / GROUND_TRUTH
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
