@@ -73,7 +73,8 @@ if st.toggle("Use my own model and dataset", key="own_toggle"):
             device = st.selectbox("Device", ["cpu", "cuda"], key="device_input")
         with dc:
             st.markdown("**Dataset**")
-            data_path = st.text_input("Dataset on the server (image folder, CSV manifest, CIFAR folder, IDX, .npz)",
+            data_path = st.text_input("Dataset on the server (image folder, CSV manifest, CIFAR folder, IDX, .npz, "
+                                      "flare attack output folder)",
                                       key="data_path_input")
             limit_mb = st.get_option("server.maxUploadSize")
             data_upload = st.file_uploader("…or upload a dataset (.zip or .tar.gz of a dataset folder, or .npz)",
