@@ -656,6 +656,18 @@ def _pets_zip(prefix: str, classes=("cat", "dog", "eel")) -> bytes:
     return buf.getvalue()
 
 
+def _own_form(env) -> AppTest:
+    """The Load page with "Use my own model and dataset" on and a 3-class 28x28 model's path typed in."""
+    from flare_core.models import build_model, save_checkpoint
+
+    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
+                    in_channels=1, image_size=(28, 28))
+    at = app()
+    at.toggle(key="own_toggle").set_value(True).run()
+    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    return at
+
+
 def test_load_an_uploaded_model_with_its_description_and_a_wrapped_zip(env):
     # The weights alone need an architecture; uploaded with the .json `flare train` wrote beside them, they load
     # with its architecture and classes. The zip wraps its class folders in two folders.
@@ -706,13 +718,7 @@ def test_load_a_dataset_uploaded_as_a_folder(env):
 
 def test_load_refuses_an_upload_left_in_its_box_beside_a_typed_path(env):
     # The uploader keeps its file until cleared: a path typed later used to lose to it without a word.
-    from flare_core.models import build_model, save_checkpoint
-
-    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
-                    in_channels=1, image_size=(28, 28))
-    at = app()
-    at.toggle(key="own_toggle").set_value(True).run()
-    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at = _own_form(env)
     at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
     at.text_input(key="data_path_input").input(str(env))
     at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
@@ -772,13 +778,7 @@ def test_load_refuses_an_uploaded_manifest_that_reads_images_outside_the_allowed
 
 
 def test_load_warns_when_the_dataset_holds_a_single_class(env):
-    from flare_core.models import build_model, save_checkpoint
-
-    save_checkpoint(build_model("small-cnn", 3, 1, (28, 28)), env / "m.pt", arch="small-cnn", num_classes=3,
-                    in_channels=1, image_size=(28, 28))
-    at = app()
-    at.toggle(key="own_toggle").set_value(True).run()
-    at.text_input(key="model_path_input").input(str(env / "m.pt"))
+    at = _own_form(env)
     at.file_uploader(key="data_upload").upload("cats.zip", _pets_zip("", classes=("cat",)), "application/zip")
     at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
     no_errors(at)
