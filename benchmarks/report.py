@@ -867,6 +867,12 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "zip in one; folders of more than 500 files are refused (`flare_core.server_paths.MAX_FOLDER_FILES`) "
                   "because past that files went missing on the way.",
                   md_table(["upload", "files", "MB", "upload done (s)", "page shows the data (s)", "outcome"], rows)]
+        if up.get("archives"):
+            parts += ["Dataset archives through the same upload function, in-process (no browser): stored and "
+                      "unpacked (`flare_core.server_paths.open_dataset_upload`), then loaded.",
+                      md_table(["archive", "MB", "unpack (s)", "load (s)", "images", "command"],
+                               [[a["file"], a["upload_mb"], a["unpack_s"], a["load_s"], f"{a['samples_loaded']:,}",
+                                 f"`{a['command']}`"] for a in up["archives"]])]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())

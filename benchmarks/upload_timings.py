@@ -6,7 +6,8 @@ form's submit button waited for (Streamlit disables it while uploads are pending
 page's sample count read. Images: random 28x28 grayscale PNGs in 10 class folders. Written to
 benchmarks/results/upload_timings.json; the 500-file cap on folder uploads (flare_core.server_paths) comes from it.
 
-    python3 benchmarks/upload_timings.py [--zip 2000,10000] [--folder 200,500,1000,2000] [--note "..."]
+    python3 benchmarks/upload_timings.py [--zip 2000,10000] [--folder 200,500,1000,2000] [--archive PATH]
+        [--note "..."]
 """
 from __future__ import annotations
 
@@ -117,27 +118,54 @@ def outcome(record: dict) -> str:
     return "loaded all" if loaded == n else f"loaded {loaded} of {n}"
 
 
+def archive_case(path: Path, tmp: Path) -> dict:
+    """A dataset archive through the Load page's own upload function (in-process: no browser), then loaded:
+    the time to store and unpack it, and to read its training images."""
+    from flare_core.data import load_dataset
+    from flare_core.server_paths import open_dataset_upload
+
+    data = path.read_bytes()
+    t0 = time.perf_counter()
+    root = open_dataset_upload(path.name, data, base=tmp / "archive-cache")
+    t1 = time.perf_counter()
+    ds = load_dataset(root)
+    t2 = time.perf_counter()
+    return {"mode": "archive, in-process", "file": path.name, "upload_mb": round(len(data) / 1e6, 2),
+            "unpack_s": round(t1 - t0, 1), "load_s": round(t2 - t1, 1), "samples_loaded": len(ds),
+            "classes": len(ds.classes), "outcome": "loaded"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zip", default="2000,10000")
     ap.add_argument("--folder", default="200,500,1000,2000")
     ap.add_argument("--limit-s", type=float, default=300, help="give a case up after this long")
+    ap.add_argument("--archive", default=None, help="also unpack and load this dataset archive (e.g. the CIFAR-10 "
+                                                    "JPEG tarball), in-process")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
-    if not Path(CHROMIUM).exists():
+    if (args.zip.strip() or args.folder.strip()) and not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing (apt-get install chromium): nothing measured")
         return 1
-    rows = []
+    stored = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    record = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "created": time.strftime("%Y-%m-%d %H:%M")}
     with tempfile.TemporaryDirectory(prefix="flare-upload-") as tmp:
+        rows = []
         for mode, ns in (("zip", args.zip), ("folder", args.folder)):
             for n in (int(v) for v in ns.split(",") if v.strip()):
                 rows.append(one_case(Path(tmp), n, mode, args.limit_s))
                 print(json.dumps(rows[-1]), flush=True)
                 shutil.rmtree(Path(tmp) / f"{mode}-{n}", ignore_errors=True)
-    write_json(OUT, {"cases": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                     "browser": "headless Chromium (Playwright)", "command": "python3 benchmarks/upload_timings.py "
-                     f"--zip {args.zip} --folder {args.folder}", "note": args.note,
-                     "created": time.strftime("%Y-%m-%d %H:%M")})
+        if rows:  # the browser cases, replaced as a whole (they are read against each other)
+            stored.update(cases=rows, browser="headless Chromium (Playwright)", note=args.note,
+                          command=f"python3 benchmarks/upload_timings.py --zip {args.zip} --folder {args.folder}",
+                          **record)
+        if args.archive:  # an archive's row is replaced by file name; the others are kept
+            row = {**archive_case(Path(args.archive).expanduser(), Path(tmp)), **record,
+                   "command": f"python3 benchmarks/upload_timings.py --zip '' --folder '' --archive {args.archive}"}
+            print(json.dumps(row), flush=True)
+            stored["archives"] = [a for a in stored.get("archives", []) if a["file"] != row["file"]] + [row]
+    write_json(OUT, stored)
     print(f"wrote {OUT}")
     return 0
 

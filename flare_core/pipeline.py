@@ -125,9 +125,10 @@ def single_class_warning(dataset: ImageDataset) -> str:
 
 
 def fit_warnings(model: LoadedModel, dataset: ImageDataset) -> list:
-    """Sentences on what the model's description (its ``.json``: classes, image size) says it was trained on
-    that this dataset is not. A model can read another dataset (it is resized or fed at its own size), but
-    FLARE reads a model on the data it was trained on: anything else gives flags that mean nothing."""
+    """Sentences on a dataset that is likely not the one meant: a single class (:func:`single_class_warning`),
+    or not what the model's description (its ``.json``: classes, image size) says it was trained on. A model
+    can read another dataset (it is resized or fed at its own size), but FLARE reads a model on the data it was
+    trained on: anything else gives flags that mean nothing."""
     desc = model.description or {}
     out = [] if dataset.num_classes != 1 else [single_class_warning(dataset)]
     size = desc.get("image_size")

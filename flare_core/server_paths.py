@@ -10,14 +10,15 @@ workbench cache (demo data and uploads). The cache folder is ``FLARE_CACHE`` or
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
+from flare_core.atomic import atomic_path, new_temp_dir
 from flare_core.errors import FlareError
 
 ROOTS_ENV = "FLARE_ROOTS"
@@ -105,6 +106,28 @@ def check_dataset_files_allowed(dataset, roots: Optional[Sequence[Path]] = None)
             )
 
 
+def check_run_inputs_allowed(config: Mapping, roots: Optional[Sequence[Path]] = None) -> None:
+    """FlareError when a run's recorded config (``run.json``'s ``config``) names a model, dataset or ground truth
+    outside the allowed roots.
+
+    A run folder is a file anyone with write access to an allowed folder (an upload, say) can craft, so the paths
+    it names get the same rule as typed ones. The workbench's own demo model (in assets/) is always readable.
+    Files that do not exist are left to the loader, which says so.
+    """
+    from flare_core.demo import ASSETS
+
+    roots = list(roots) if roots is not None else allowed_roots()
+    readable = roots + [ASSETS.resolve()]
+    for key, what in (("model", "model"), ("data", "dataset"), ("ground_truth", "ground-truth file")):
+        value = config.get(key)
+        if not value or str(value).startswith("builtin:") or not os.path.exists(value):
+            continue
+        if not is_allowed(value, readable):
+            raise FlareError(f"This run's {what} {Path(value).resolve()} is outside the folders this server may read "
+                             f"({', '.join(str(r) for r in roots)}); ask the administrator to add its folder "
+                             f"to {ROOTS_ENV}.")
+
+
 def list_folder(path: str | os.PathLike, roots: Optional[Sequence[Path]] = None, *, limit: int = 500) -> list[Path]:
     """The entries of an allowed folder for browsing: folders first, then files, hidden ones left out."""
     folder = resolve_allowed(path, roots, must_exist=True)
@@ -133,27 +156,31 @@ def store_upload(name: str, data: bytes, *, base: Optional[Path] = None, folder:
     target = folder / _safe_name(name)
     if target.is_file() and target.stat().st_size == len(data):
         return target
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
     return target
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``dest`` (an empty ``dest`` is replaced). When another session
-    published the same upload first (same hash, so the same content), theirs is kept."""
+@contextlib.contextmanager
+def _unpacking(dest: Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``dest``, renamed to ``dest`` when the block succeeds and removed
+    either way. An empty ``dest`` is replaced; when another session published the same upload first (the folder is
+    named by the upload's hash, so the content is the same), theirs is kept and ours dropped: unlike
+    :func:`flare_core.atomic.atomic_dir`, never replace a folder another session may be reading."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_temp_dir(dest.parent, f".{dest.name}.", ".partial")
     try:
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    except OSError:
-        if not (dest.is_dir() and any(dest.iterdir())):
-            raise
+        yield tmp
+        try:
+            if dest.exists():
+                dest.rmdir()
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest.is_dir() and any(dest.iterdir())):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _member_parts(name: str) -> tuple:
@@ -190,17 +217,11 @@ def store_folder_upload(files: Sequence[tuple[str, bytes]], *, base: Optional[Pa
         h.update("/".join(parts).encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
     dest = (base or cache_dir()) / "uploads" / h.hexdigest()[:16] / "folder"
     if not (dest.is_dir() and any(dest.iterdir())):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".folder.", suffix=".partial", dir=dest.parent))
-        try:
+        with _unpacking(dest) as tmp:
             for parts, data in named:
                 target = tmp.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-            _publish(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return dataset_root_of(dest)
 
 
@@ -262,14 +283,8 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
             # Linux that would unpack as one file named so, not a file in a folder. The local header is checked
             # against orig_filename, so renaming here changes only where the member lands.
             m.filename = m.filename.replace("\\", "/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        try:
+        with _unpacking(dest) as tmp:
             zf.extractall(tmp, members=members)  # the ZipInfo objects, with the names set above
-            _publish(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -308,9 +323,7 @@ def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
             raise FlareError(f"The archive would expand to {total / 1e9:.1f} GB, more than the "
                              f"{MAX_EXTRACTED_BYTES / 1e9:.0f} GB allowed; put the dataset on the server and give its "
                              "path instead.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        try:
+        with _unpacking(dest) as tmp:
             try:
                 tf.extractall(tmp, members=members, filter="data")
             except tarfile.FilterError as e:
@@ -318,10 +331,6 @@ def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
                     from None
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise FlareError(f"{name} could not be unpacked ({e}); upload it again.") from e
-            _publish(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

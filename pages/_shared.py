@@ -28,7 +28,7 @@ import streamlit as st
 from flare_core.atomic import write_json
 from flare_core.errors import FlareError
 from flare_core.run_folder import RunFolder
-from flare_core.server_paths import (ROOTS_ENV, allowed_roots, cache_dir, check_dataset_files_allowed, is_allowed,
+from flare_core.server_paths import (cache_dir, check_dataset_files_allowed, check_run_inputs_allowed,
                                      resolve_allowed)
 
 logger = logging.getLogger(__name__)
@@ -155,25 +155,6 @@ def _tuple(v):
     return tuple(_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def _check_recorded_paths(config: dict) -> None:
-    """FlareError when a run records a model, dataset or ground truth outside the folders this server may read.
-
-    A run folder is a file anyone with write access to an allowed folder (an upload, say) can craft, so the paths
-    it names get the same rule as typed ones. The workbench's own demo model (in assets/) is always readable.
-    """
-    from flare_core.demo import ASSETS
-
-    roots = allowed_roots() + [ASSETS.resolve()]
-    for key, what in (("model", "model"), ("data", "dataset"), ("ground_truth", "ground-truth file")):
-        value = config.get(key)
-        if not value or str(value).startswith("builtin:") or not os.path.exists(value):
-            continue  # missing files are reported when loading
-        if not is_allowed(value, roots):
-            raise FlareError(f"This run's {what} {Path(value).resolve()} is outside the folders this server may read "
-                             f"({', '.join(str(r) for r in roots[:-1])}); ask the administrator to add its folder "
-                             f"to {ROOTS_ENV}.")
-
-
 def config_from_meta(meta: dict):
     """The AnalysisConfig a run was made with (from its run.json)."""
     from flare_core.pipeline import AnalysisConfig
@@ -181,7 +162,7 @@ def config_from_meta(meta: dict):
     d = dict(meta.get("config") or {})
     if not d.get("model") or not d.get("data"):
         raise FlareError("This run folder does not record its model and data paths, so images cannot be shown.")
-    _check_recorded_paths(d)
+    check_run_inputs_allowed(d)  # a run.json is a file: it may name anything
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
     kw = {k: _tuple(v) for k, v in d.items() if k in names and k != "params"}
     kw["params"] = tuple(sorted((k, _tuple(v)) for k, v in dict(d.get("params") or {}).items()))

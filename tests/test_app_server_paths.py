@@ -291,19 +291,24 @@ def test_a_folder_upload_larger_than_a_browser_sends_reliably_is_refused(tmp_pat
 
 
 def test_an_upload_published_first_by_another_session_is_kept(tmp_path):
-    # Two sessions unpacking the same upload: the second rename meets a full folder with the same content.
-    from flare_core.server_paths import _publish
+    # Two sessions unpacking the same upload: the second rename meets a full folder with the same content, which
+    # another session may be reading, so it is kept.
+    from flare_core.server_paths import _unpacking
 
-    dest, mine = tmp_path / "extracted", tmp_path / ".extracted.partial"
+    dest = tmp_path / "extracted"
     (dest / "cat").mkdir(parents=True)
     (dest / "cat" / "1.png").write_bytes(b"theirs")
-    (mine / "cat").mkdir(parents=True)
-    (mine / "cat" / "1.png").write_bytes(b"mine")
-    _publish(mine, dest)
+    with _unpacking(dest) as mine:
+        (mine / "cat").mkdir()
+        (mine / "cat" / "1.png").write_bytes(b"mine")
     assert (dest / "cat" / "1.png").read_bytes() == b"theirs"
     (tmp_path / "empty").mkdir()
-    _publish(mine, tmp_path / "empty")  # an empty folder is replaced
-    assert (tmp_path / "empty" / "cat" / "1.png").read_bytes() == b"mine"
+    with _unpacking(tmp_path / "empty") as mine:  # an empty folder is replaced
+        (mine / "x").write_bytes(b"mine")
+    assert (tmp_path / "empty" / "x").read_bytes() == b"mine"
+    with pytest.raises(RuntimeError), _unpacking(tmp_path / "failed") as mine:
+        raise RuntimeError("unpacking failed half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "extracted"]  # no partial folder left
 
 
 @pytest.mark.parametrize("text, said", [
@@ -402,3 +407,20 @@ def test_a_damaged_tar_is_one_sentence(tmp_path):
     data = _tar_bytes(_two_classes(""))
     with pytest.raises(FlareError, match="(not a readable tar archive|cut short or damaged|could not be unpacked)"):
         open_dataset_upload("cut.tar.gz", data[: len(data) // 2], base=tmp_path)
+
+
+def test_a_runs_recorded_inputs_get_the_allowed_folders_rule(tmp_path):
+    from flare_core.demo import ASSETS
+    from flare_core.server_paths import check_run_inputs_allowed
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir(), outside.mkdir()
+    (allowed / "d.npz").write_bytes(b"x")
+    (outside / "m.pt").write_bytes(b"x")
+    demo_model = next(ASSETS.rglob("model.pt"))
+    check_run_inputs_allowed({"model": str(demo_model), "data": str(allowed / "d.npz")}, [allowed])  # shipped demo
+    check_run_inputs_allowed({"model": str(outside / "gone.pt"), "data": "builtin:digits"}, [allowed])  # loader's turn
+    with pytest.raises(FlareError, match=r"This run's model .*outside/m.pt is outside the folders"):
+        check_run_inputs_allowed({"model": str(outside / "m.pt"), "data": str(allowed / "d.npz")}, [allowed])
+    with pytest.raises(FlareError, match="This run's ground-truth file"):
+        check_run_inputs_allowed({"data": str(allowed / "d.npz"), "ground_truth": str(outside / "m.pt")}, [allowed])
