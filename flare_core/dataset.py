@@ -70,6 +70,12 @@ class ImageDataset:
         """(H, W, C) of every image."""
         return tuple(self.images.shape[1:])
 
+    @property
+    def images_on_disk(self) -> bool:
+        """True when the images are a memory-mapped temporary file (decoded images past ``FLARE_IMAGE_RAM_MB``),
+        False for an array in memory."""
+        return isinstance(self.images, np.memmap) and getattr(self.images, "_mmap", None) is not None
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
 

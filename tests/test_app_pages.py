@@ -822,3 +822,19 @@ def test_load_own_model_path_and_uploaded_zip_dataset(env):
     assert Path(cfg.data).name == "pets" and (env / "cache" / "uploads") in Path(cfg.data).parents
     assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
     assert imgs(at) == 6
+
+
+def test_load_says_when_the_images_are_kept_on_disk(env, monkeypatch):
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    at = _own_form(env)
+    at.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    assert any("memory-mapped temporary file" in c.value for c in at.caption)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "100")
+    st.cache_resource.clear()
+    at2 = _own_form(env)
+    at2.file_uploader(key="data_upload").upload("pets.zip", _pets_zip(""), "application/zip")
+    at2.button[[b.label for b in at2.button].index("Load model and dataset")].click().run()
+    no_errors(at2)
+    assert not any("memory-mapped" in c.value for c in at2.caption)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from flare_core.data.images import read_images, stack_images, warn_skipped
+from flare_core.data.images import read_images, warn_skipped
 from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback
@@ -88,10 +88,10 @@ def load_csv(path: str | Path, *, progress: Optional[ProgressCallback] = None) -
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     present = [i for i, p in enumerate(paths) if p.is_file()]
     skipped = [(str(paths[i]), f"file not found (line {rows[i][0]} of {csv_path.name})") for i in missing]
-    arrays, kept, unreadable = read_images([paths[i] for i in present], progress)
+    images, kept, unreadable = read_images([paths[i] for i in present], progress)
     skipped += unreadable
     warn_skipped(skipped, str(csv_path))
-    if not arrays:
+    if images is None:
         raise DataError(f"None of the images listed in {csv_path} could be read; check that the paths are relative to the CSV.")
     order = [present[k] for k in kept]
     labels = labels_all[order]
@@ -103,6 +103,5 @@ def load_csv(path: str | Path, *, progress: Optional[ProgressCallback] = None) -
                 "fix their paths or remove their rows."
             )
     sources = [str(paths[i]) for i in order]
-    images = stack_images(arrays, sources)
     logger.info("Loaded %d images in %d classes from %s", len(labels), len(classes), csv_path)
     return ImageDataset(images, labels, classes, sources, format="csv", root=str(csv_path), skipped=skipped)

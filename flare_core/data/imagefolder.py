@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from flare_core.data.images import image_extensions, is_candidate_file, read_images, stack_images, warn_skipped
+from flare_core.data.images import image_extensions, is_candidate_file, read_images, warn_skipped
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback
@@ -85,10 +85,10 @@ def load_imagefolder(
     classes, samples, ignored = list_samples(root)
     if not classes:
         raise DataError(f"{root} has no class folders; expected root/<class name>/<image files>.")
-    arrays, kept, skipped = read_images([p for _, p in samples], progress)
+    images, kept, skipped = read_images([p for _, p in samples], progress)
     skipped = ignored + skipped
     warn_skipped(skipped, str(root))
-    if not arrays:
+    if images is None:
         raise DataError(f"No readable images were found in {root}; expected root/<class name>/<image files>.")
     labels = np.array([samples[i][0] for i in kept], dtype=np.int64)
     counts = np.bincount(labels, minlength=len(classes))
@@ -99,6 +99,5 @@ def load_imagefolder(
             "add images or remove the folder."
         )
     sources = [str(samples[i][1]) for i in kept]
-    images = stack_images(arrays, sources)
     logger.info("Loaded %d images in %d classes from %s", len(labels), len(classes), root)
     return ImageDataset(images, labels, classes, sources, format="imagefolder", root=str(top), skipped=skipped)

@@ -1,7 +1,17 @@
-"""Decode image files with Pillow into one (N, H, W, C) uint8 array, skipping unreadable files."""
+"""Decode image files with Pillow into one (N, H, W, C) uint8 array, skipping unreadable files.
+
+Two passes: the files' headers first (size and colour, no pixels decoded), then every image is decoded straight
+into its row of the output, so a load holds the pixels once (not a list of images and then their stack). An
+output larger than :func:`image_ram_limit` bytes is a memory-mapped temporary file (removed when the array is
+freed), so image-file datasets larger than the machine's memory load, and the operating system keeps what fits
+of them in RAM.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
@@ -9,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
@@ -42,9 +53,16 @@ def decode_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def most_common_size(arrays: Sequence[np.ndarray]) -> tuple:
-    """(H, W) shared by most arrays; ties go to the size seen first."""
-    return Counter(a.shape[:2] for a in arrays).most_common(1)[0][0]
+def probe_image(path: str | Path) -> tuple:
+    """(height, width, colour) of an image file from its header, without decoding its pixels; raises on bad files."""
+    with Image.open(path) as img:
+        width, height = img.size
+        return height, width, img.mode not in GRAYSCALE_MODES
+
+
+def most_common_size(sizes: Sequence[tuple]) -> tuple:
+    """The (H, W) that most of ``sizes`` share; ties go to the size seen first."""
+    return Counter(sizes).most_common(1)[0][0]
 
 
 def resize(arr: np.ndarray, size: tuple) -> np.ndarray:
@@ -53,43 +71,133 @@ def resize(arr: np.ndarray, size: tuple) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
-def stack_images(arrays: Sequence[np.ndarray], sources: Sequence[str]) -> np.ndarray:
-    """Stack decoded images into (N, H, W, C): common mode ('L' if all grayscale) and the most common size."""
-    colour = any(a.ndim == 3 for a in arrays)
-    size = most_common_size(arrays)
-    resized = [s for a, s in zip(arrays, sources) if a.shape[:2] != size]
-    if resized:
-        logger.warning(
-            "%d of %d images are not %dx%d (the most common size) and were resized, e.g. %s.",
-            len(resized), len(arrays), size[0], size[1], resized[0],
-        )
-    channels = 3 if colour else 1
-    out = np.empty((len(arrays), size[0], size[1], channels), dtype=np.uint8)
-    for i, a in enumerate(arrays):
-        if a.shape[:2] != size:
-            a = resize(a, size)
-        out[i] = a[..., None] if a.ndim == 2 else a
-    return out
+#: Decoded images larger than this (in MB) go to a memory-mapped temporary file instead of RAM; the environment
+#: variable ``FLARE_IMAGE_RAM_MB`` overrides it (the file goes to the temporary folder, ``TMPDIR``).
+IMAGE_RAM_MB = 2048
 
 
-def read_images(
-    paths: Sequence[Path], progress: Optional[ProgressCallback] = None
-) -> tuple:
-    """Decode ``paths`` in order; returns (arrays, kept positions, skipped (path, reason) list)."""
+def image_ram_limit() -> int:
+    """Bytes of decoded images held in RAM; larger datasets are memory-mapped (``FLARE_IMAGE_RAM_MB``)."""
+    text = os.environ.get("FLARE_IMAGE_RAM_MB", "").strip()
+    if not text:
+        return IMAGE_RAM_MB * 2**20
+    try:
+        mb = int(text)
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        raise DataError(f"FLARE_IMAGE_RAM_MB must be a whole number of megabytes (0 or more), got {text!r}.")
+    return mb * 2**20
+
+
+def disk_array(shape: tuple) -> np.ndarray:
+    """A uint8 array of ``shape`` in a memory-mapped temporary file, which disappears with the array.
+
+    The file's blocks are reserved up front, so a full disk is a one-line DataError here, not a crash while
+    writing pixels into the map."""
+    nbytes = int(np.prod(shape))
+    folder = tempfile.gettempdir()
+    with tempfile.TemporaryFile(dir=folder, prefix="flare-images-") as f:
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            else:  # pragma: no cover - macOS and Windows
+                if shutil.disk_usage(folder).free < nbytes:
+                    raise OSError(28, "No space left on device")
+                f.truncate(nbytes)
+        except OSError as exc:
+            raise DataError(
+                f"The decoded images need {nbytes / 2**30:.1f} GB of temporary disk space and {folder} has not got it "
+                f"({exc.strerror or exc}); free space there, point TMPDIR at a larger disk, or raise "
+                "FLARE_IMAGE_RAM_MB to keep them in memory.") from exc
+        return np.memmap(f, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def image_array(shape: tuple) -> np.ndarray:
+    """An uninitialised uint8 array of ``shape``: in memory, or on disk past :func:`image_ram_limit`."""
+    nbytes = int(np.prod(shape))
+    if nbytes <= image_ram_limit():
+        return np.empty(shape, dtype=np.uint8)
+    logger.info("The decoded images (%.1f GB) are larger than FLARE_IMAGE_RAM_MB; they are kept in a "
+                "memory-mapped temporary file.", nbytes / 2**30)
+    return disk_array(shape)
+
+
+class _ColourFound(Exception):
+    """An image decoded in colour although every header said grayscale: decode again into RGB."""
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    reason = f"{type(exc).__name__}: {exc}"
+    logger.debug("Skipping unreadable image %s (%s)", path, reason)
+    return reason
+
+
+def _fill(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], progress: ProgressCallback) -> tuple:
+    """Decode ``paths[rows]`` into consecutive rows of ``out``; returns (kept positions, {position: reason} of the
+    files that failed, paths resized)."""
+    size, channels = out.shape[1:3], out.shape[3]
+    kept, failed, resized = [], {}, []
+    for done, i in enumerate(rows, start=1):
+        try:
+            a = decode_image(paths[i])
+        except Exception as exc:  # one bad file must never stop the whole load
+            failed[i] = _unreadable(paths[i], exc)
+        else:
+            if a.ndim == 3 and channels == 1:
+                raise _ColourFound
+            if a.shape[:2] != size:
+                a = resize(a, size)
+                resized.append(str(paths[i]))
+            out[len(kept)] = a[..., None] if a.ndim == 2 else a
+            kept.append(i)
+        if done % 256 == 0 or done == len(rows):
+            progress("load images", done, len(rows))
+    return kept, failed, resized
+
+
+def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None) -> tuple:
+    """Decode ``paths`` in order into one (n, H, W, C) uint8 array: (images, or None when none could be read,
+    kept positions into ``paths``, (path, reason) of every file skipped, in path order).
+
+    C is 1 when every image is grayscale, else 3 (grayscale images are repeated over the channels). Images of
+    another size than the most common one are resized to it, with a warning. The array is in memory, or in a
+    memory-mapped temporary file when larger than :func:`image_ram_limit`."""
     progress = ensure_progress(progress)
-    arrays, kept, skipped = [], [], []
-    total = len(paths)
+    paths = list(paths)
+    size_of, colour, failed = {}, False, {}
     for i, p in enumerate(paths):
         try:
-            arrays.append(decode_image(p))
-            kept.append(i)
-        except Exception as exc:  # one bad file must never stop the whole load
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.debug("Skipping unreadable image %s (%s)", p, reason)
-            skipped.append((str(p), reason))
-        if (i + 1) % 256 == 0 or i + 1 == total:
-            progress("load images", i + 1, total)
-    return arrays, kept, skipped
+            h, w, c = probe_image(p)
+        except Exception as exc:  # unreadable header: skipped, as a file that fails to decode is
+            failed[i] = _unreadable(p, exc)
+        else:
+            size_of[i] = (h, w)
+            colour = colour or c
+        if (i + 1) % 1024 == 0 or i + 1 == len(paths):
+            progress("read image headers", i + 1, len(paths))
+    rows, kept, resized = list(size_of), [], []
+    size = most_common_size(size_of.values()) if rows else None
+    while rows:
+        try:
+            out = image_array((len(rows), *size, 3 if colour else 1))
+            kept, bad, resized = _fill(out, paths, rows, progress)
+        except _ColourFound:
+            colour = True
+            continue
+        failed.update(bad)
+        # files that failed to decode may have swayed the size: decode again at the size the loaded ones share
+        size_kept = most_common_size([size_of[i] for i in kept]) if kept else size
+        if size_kept == size:
+            break
+        rows, size = kept, size_kept
+    skipped = [(str(paths[i]), r) for i, r in sorted(failed.items())]
+    if resized:
+        logger.warning("%d of %d images are not %dx%d (the most common size) and were resized, e.g. %s.",
+                       len(resized), len(kept), size[0], size[1], resized[0])
+    if not kept:
+        return None, [], skipped
+    return (out if len(kept) == len(out) else out[:len(kept)]), kept, skipped
 
 
 def warn_skipped(skipped: Sequence[tuple], where: str) -> None:

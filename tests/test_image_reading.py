@@ -1,0 +1,154 @@
+"""Contracts of flare_core.data.images: image files are decoded once into one array, in memory or, past
+FLARE_IMAGE_RAM_MB, in a memory-mapped temporary file that leaves nothing behind."""
+from __future__ import annotations
+
+import csv
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flare_core.data import export_subset, load_dataset
+from flare_core.data import images as images_mod
+from flare_core.data.images import image_ram_limit, read_images
+from flare_core.errors import DataError
+from test_data_helpers import make_imagefolder, tree_hashes, write_image
+
+
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch):
+    """The temporary folder the disk-backed arrays go to (TMPDIR), empty at the start."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_images_past_the_limit_are_memory_mapped_and_equal_the_in_memory_load(tmp_path, monkeypatch, own_tmpdir):
+    make_imagefolder(tmp_path / "d", per_class=5, size=(9, 7))
+    write_image(tmp_path / "d" / "dog" / "zz_big.png", np.full((12, 10, 3), 200, np.uint8))  # resized
+    (tmp_path / "d" / "cat" / "broken.png").write_bytes(b"not a png")
+    in_memory = load_dataset(tmp_path / "d")
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    on_disk = load_dataset(tmp_path / "d")
+    assert not in_memory.images_on_disk and on_disk.images_on_disk
+    np.testing.assert_array_equal(on_disk.images, in_memory.images)
+    assert on_disk.labels.tolist() == in_memory.labels.tolist()
+    assert on_disk.sources == in_memory.sources and on_disk.skipped == in_memory.skipped
+    assert [Path(p).name for p, _ in on_disk.skipped] == ["broken.png"]
+    assert on_disk.images.shape == (11, 9, 7, 3)
+
+
+def test_a_memory_mapped_load_leaves_no_file_behind(tmp_path, monkeypatch, own_tmpdir):
+    make_imagefolder(tmp_path / "d", per_class=4)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    ds = load_dataset(tmp_path / "d")
+    assert ds.images_on_disk
+    assert list(own_tmpdir.iterdir()) == []  # the file has no name while the array lives
+    assert int(ds.images.sum()) > 0
+    del ds
+
+
+def test_a_memory_mapped_dataset_subsets_and_exports_like_any_other(tmp_path, monkeypatch, own_tmpdir):
+    make_imagefolder(tmp_path / "d", per_class=4)
+    before = tree_hashes(tmp_path / "d")
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    ds = load_dataset(tmp_path / "d")
+    sub = ds.subset([0, 5, 2])
+    np.testing.assert_array_equal(sub.images, np.asarray(ds.images)[[0, 5, 2]])
+    assert not sub.images_on_disk  # a subset is a copy in memory
+    out = export_subset(ds, [0, 1, 7], tmp_path / "out")
+    assert len(load_dataset(out)) == 3
+    assert tree_hashes(tmp_path / "d") == before
+
+
+def test_a_csv_manifest_past_the_limit_is_memory_mapped(tmp_path, monkeypatch, own_tmpdir):
+    written = make_imagefolder(tmp_path / "imgs", per_class=3)
+    rows = [(p.relative_to(tmp_path).as_posix(), p.parent.name) for p in sorted(written)]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    ds = load_dataset(tmp_path / "m.csv")
+    assert ds.images_on_disk
+    for img, src in zip(ds.images, ds.sources):
+        np.testing.assert_array_equal(img, written[Path(src)])
+
+
+def _traced_peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_load_holds_the_pixels_once(tmp_path, monkeypatch, own_tmpdir):
+    """Python-heap peak of a load (numpy reports its buffers to tracemalloc): about one copy of the pixels in
+    memory (a list of decoded images and then their stack would be two), and a small part of one on disk."""
+    make_imagefolder(tmp_path / "d", classes=("a", "b"), per_class=100, size=(48, 48))
+    pixels = 200 * 48 * 48 * 3
+    in_memory = _traced_peak(lambda: load_dataset(tmp_path / "d"))
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    on_disk = _traced_peak(lambda: load_dataset(tmp_path / "d"))
+    assert pixels <= in_memory < 1.5 * pixels
+    assert on_disk < 0.3 * pixels
+
+
+def test_an_image_found_in_colour_after_grayscale_headers_turns_the_array_rgb(tmp_path, monkeypatch):
+    write_image(tmp_path / "a" / "0.png", np.full((6, 6), 50, np.uint8))
+    write_image(tmp_path / "a" / "1.png", np.full((6, 6, 3), 90, np.uint8))
+    monkeypatch.setattr(images_mod, "probe_image", lambda p: (6, 6, False))  # headers that say grayscale
+    images, kept, skipped = read_images([tmp_path / "a" / "0.png", tmp_path / "a" / "1.png"])
+    assert images.shape == (2, 6, 6, 3) and kept == [0, 1] and skipped == []
+    assert (images[0] == 50).all() and (images[1] == 90).all()
+
+
+def test_skipped_files_are_listed_in_path_order_whichever_pass_found_them(tmp_path):
+    good = tmp_path / "good.png"
+    write_image(good, np.zeros((4, 4), np.uint8))
+    truncated = tmp_path / "truncated.png"  # a readable header, pixels missing
+    big = tmp_path / "big.png"
+    write_image(big, np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    truncated.write_bytes(big.read_bytes()[:200])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"nope")
+    images, kept, skipped = read_images([truncated, good, garbage])
+    assert kept == [1] and images.shape == (1, 4, 4, 1)
+    assert [Path(p).name for p, _ in skipped] == ["truncated.png", "garbage.png"]
+
+
+def test_no_readable_image_gives_none(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"nope")
+    images, kept, skipped = read_images([tmp_path / "x.png"])
+    assert images is None and kept == [] and len(skipped) == 1
+
+
+def test_the_ram_limit_defaults_and_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("FLARE_IMAGE_RAM_MB", raising=False)
+    assert image_ram_limit() == images_mod.IMAGE_RAM_MB * 2**20
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "3")
+    assert image_ram_limit() == 3 * 2**20
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5"])
+def test_a_bad_ram_limit_is_one_line(monkeypatch, value):
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", value)
+    with pytest.raises(DataError, match="FLARE_IMAGE_RAM_MB must be a whole number"):
+        image_ram_limit()
+
+
+def test_a_full_temporary_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, own_tmpdir):
+    make_imagefolder(tmp_path / "d", per_class=2)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images_mod.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(DataError, match="temporary disk space .* TMPDIR") as info:
+        load_dataset(tmp_path / "d")
+    assert "\n" not in str(info.value)
+    assert list(own_tmpdir.iterdir()) == []
