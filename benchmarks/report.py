@@ -873,6 +873,32 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       md_table(["archive", "MB", "unpack (s)", "load (s)", "images", "command"],
                                [[a["file"], a["upload_mb"], a["unpack_s"], a["load_s"], f"{a['samples_loaded']:,}",
                                  f"`{a['command']}`"] for a in up["archives"]])]
+    # ---- loading image-file datasets (benchmarks/image_loading.py)
+    il = read_json(Path(results) / "image_loading.json", None)
+    if il and il.get("rows"):
+        def _over(r: dict, key: str):
+            return round(r[key] - r["baseline_rss_anon_mb"], 1) if key in r else "-"
+
+        rows = [[r["dataset"], r.get("label") or "-", f"`{r['commit']}`", r.get("memory_limit_mb") or "-",
+                 r.get("outcome", "ok"), "-" if "images_on_disk" not in r else
+                 ("disk (memory-mapped)" if r["images_on_disk"] else "RAM"), r.get("load_s", "-"),
+                 _over(r, "load_peak_rssanon_mb"), r.get("load_peak_rssfile_mb", "-"), r.get("features_s", "-"),
+                 _over(r, "features_peak_rssanon_mb"), r.get("vm_hwm_mb", "-"), r.get("group_peak_mb") or "-",
+                 f"`{r['command']}`"] for r in il["rows"]]
+        parts += ["## Loading image-file datasets: memory and time (2-core CPU)",
+                  "Each row is one fresh process (`benchmarks/image_loading.py`), sampling its own `/proc/self/status` "
+                  "every 10 ms. *Anonymous* memory (RssAnon) is what only RAM or swap can hold; *file-backed* "
+                  "(RssFile: the interpreter's libraries and, when the images are memory-mapped, the image file's "
+                  "pages) the kernel can drop and read again. The anonymous columns are the peak above the process's "
+                  "own start (interpreter, torch, flare_core: `baseline_rss_anon_mb` in the raw rows). `features` is "
+                  "the pass `flare purify` runs (abnormality features, penultimate features and logits in one forward "
+                  "pass; an untrained narrow ResNet, batch 256). A memory limit is a cgroup the process runs in (RAM "
+                  "and page cache together, as the kernel counts them; its peak in the last column). The synthetic "
+                  "set: 64x64 RGB JPEGs in 10 classes, 1.2 GB of pixels for 100,000. Raw: "
+                  "`benchmarks/results/image_loading.json`.",
+                  md_table(["dataset", "code", "commit", "memory limit MB", "outcome", "images held in", "load s",
+                            "load: peak anonymous MB over start", "load: peak file-backed MB", "features s",
+                            "features: peak anonymous MB over start", "VmHWM MB", "group peak MB", "command"], rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())

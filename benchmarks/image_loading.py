@@ -1,0 +1,233 @@
+"""Memory and time of loading an image-file dataset (ImageFolder) and running FLARE's feature pass over it.
+
+Each case runs in a fresh process that samples its own /proc/self/status every 10 ms: ``RssAnon`` (memory that
+only RAM or swap can hold) and ``RssFile`` (file pages mapped into the process, which the kernel can drop and
+re-read, such as a memory-mapped image array). The peak of each is reported, with the kernel's high-water mark
+``VmHWM`` (their sum). Stages: ``load`` (``flare_core.data.load_dataset``), then ``features`` (FLARE's
+abnormality features with the penultimate features and logits in one pass, ``extract_abnormality_features(
+latent=True)``, as ``flare purify`` runs it, written to a memory-mapped .npy) with an untrained narrow ResNet
+(the pass costs the same whatever the weights).
+
+Datasets: the JPEG CIFAR-10 training folder (``--cifar``), and a synthetic ImageFolder of N 64x64 RGB JPEGs
+(``--synthetic N``, made once under ~/.cache/flare-data). Written to benchmarks/results/image_loading.json; each
+row carries the commit it ran on, so rows from before and after a change sit side by side.
+
+    python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--stages load,features]
+        [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
+
+``--memory-limit-mb`` runs the measured process in a cgroup-v1 memory group of that size (root only): a load
+that needs more memory than that is killed by the kernel, which the row then records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import read_json, write_json  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "image_loading.json"
+SYNTHETIC_ROOT = Path.home() / ".cache" / "flare-data"
+
+
+def make_synthetic(n: int, side: int = 64, classes: int = 10, seed: int = 0) -> Path:
+    """An ImageFolder of ``n`` smooth random RGB JPEGs (``side`` x ``side``), made once and reused."""
+    import numpy as np
+    from PIL import Image
+
+    root = SYNTHETIC_ROOT / f"synthetic-{n}-{side}"
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((side, side), Image.BILINEAR)
+        img.save(root / f"class{i % classes}" / f"{i:07d}.jpg", quality=90)
+    done.write_text(str(n))
+    return root
+
+
+def _status_kb(fields=("RssAnon", "RssFile", "VmHWM")) -> dict:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in fields:
+                out[key] = int(rest.split()[0])
+    return out
+
+
+class PeakSampler:
+    """Samples RssAnon and RssFile every ``interval`` seconds on a thread; ``peak_mb()`` gives their peaks."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval, self.peak, self._stop = interval, {"RssAnon": 0, "RssFile": 0}, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = _status_kb()
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], now.get(k, 0))
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mb(self) -> dict:
+        return {f"peak_{k.lower()}_mb": round(v / 1024, 1) for k, v in self.peak.items()}
+
+
+def child(path: str, stages: list, scratch: str) -> dict:
+    """Run the stages in this process and report time and memory (called with --child)."""
+    import numpy as np
+    import torch
+
+    from flare_core.data import load_dataset
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    record = {"baseline_rss_anon_mb": round(_status_kb()["RssAnon"] / 1024, 1)}
+    with PeakSampler() as s:
+        t0 = time.perf_counter()
+        ds = load_dataset(path)
+        record["load_s"] = round(time.perf_counter() - t0, 2)
+    record.update({f"load_{k}": v for k, v in s.peak_mb().items()})
+    record.update(n=len(ds), image_shape=list(ds.image_shape), image_mb=round(ds.images.nbytes / 2**20, 1),
+                  images_on_disk=isinstance(ds.images, np.memmap))
+    if "features" in stages:
+        from flare_core.features import extract_abnormality_features
+        from flare_core.models import build_model
+        from flare_core.models.loaded import LoadedModel
+
+        torch.manual_seed(0)
+        module = build_model("narrow-resnet", ds.num_classes, ds.image_shape[2]).eval()
+        model = LoadedModel(module=module, kind="module", num_classes=ds.num_classes)
+        with PeakSampler() as s:
+            t0 = time.perf_counter()
+            f = extract_abnormality_features(model, ds, batch_size=256, latent=True,
+                                             out=str(Path(scratch) / "features.npy"))
+            record["features_s"] = round(time.perf_counter() - t0, 2)
+        record.update({f"features_{k}": v for k, v in s.peak_mb().items()})
+        record["layers"] = len(f.layer_names)
+    record["vm_hwm_mb"] = round(_status_kb()["VmHWM"] / 1024, 1)
+    return record
+
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+class MemoryCgroup:
+    """A cgroup-v1 memory group limited to ``limit_mb`` (RAM and page cache together, as the kernel counts
+    them), for a process started with ``preexec_fn=group.enter``; removed on exit."""
+
+    def __init__(self, limit_mb: int):
+        if not (CGROUP_V1 / "memory.limit_in_bytes").is_file():
+            raise SystemExit("--memory-limit-mb needs a writable cgroup-v1 memory controller at /sys/fs/cgroup/memory.")
+        self.path = CGROUP_V1 / f"flare-image-loading-{os.getpid()}"
+        self.limit = limit_mb * 2**20
+
+    def __enter__(self):
+        self.path.mkdir()
+        (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+        if (self.path / "memory.memsw.limit_in_bytes").is_file():  # no escape into swap either
+            (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
+        return self
+
+    def enter(self) -> None:
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak_mb(self) -> float:
+        return round(int((self.path / "memory.max_usage_in_bytes").read_text()) / 2**20, 1)
+
+    def __exit__(self, *exc) -> None:
+        self.path.rmdir()
+
+
+def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=None) -> dict:
+    import contextlib
+    import tempfile
+
+    env = dict(os.environ)
+    if image_ram_mb is not None:
+        env["FLARE_IMAGE_RAM_MB"] = str(image_ram_mb)
+    group = MemoryCgroup(memory_limit_mb) if memory_limit_mb else None
+    with tempfile.TemporaryDirectory() as scratch, (group or contextlib.nullcontext()):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.image_loading", "--child", str(path),
+                               "--stages", ",".join(stages), "--scratch", scratch],
+                              cwd=REPO, env=env, capture_output=True, text=True,
+                              preexec_fn=group.enter if group else None)
+        wall = round(time.perf_counter() - t0, 1)
+        group_peak = group.peak_mb() if group else None
+    if proc.returncode != 0 and not (group and proc.returncode < 0):
+        raise SystemExit(f"{name}: the measuring process failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode < 0:  # killed by the kernel's out-of-memory killer inside the group
+        record = {"outcome": f"killed (signal {-proc.returncode}) after {wall} s: out of memory in the group",
+                  "n": None}
+    else:
+        record = json.loads(proc.stdout.strip().splitlines()[-1])
+        record["outcome"] = "ok"
+    record.update(memory_limit_mb=memory_limit_mb, group_peak_mb=group_peak)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    record.update(dataset=name, path=str(path), stages=stages, image_ram_mb=image_ram_mb,
+                  commit=commit.stdout.strip() + ("+changes" if dirty else ""),
+                  load_average=[round(x, 2) for x in os.getloadavg()])
+    return record
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cifar", help="the JPEG CIFAR-10 ImageFolder (its train/ split is loaded)")
+    ap.add_argument("--synthetic", type=int, default=0, help="also a synthetic ImageFolder of this many 64x64 JPEGs")
+    ap.add_argument("--stages", default="load,features")
+    ap.add_argument("--image-ram-mb", type=int, default=None, help="FLARE_IMAGE_RAM_MB for the measured process")
+    ap.add_argument("--memory-limit-mb", type=int, default=None,
+                    help="run the measured process in a memory cgroup of this many MB (needs cgroup v1, as root)")
+    ap.add_argument("--label", default="", help="a note stored with the rows (e.g. 'before the change')")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    if args.child:
+        print(json.dumps(child(args.child, stages, args.scratch)))
+        return 0
+    cases = []
+    if args.cifar:
+        cases.append(("cifar10 (JPEG, train)", Path(args.cifar).expanduser()))
+    if args.synthetic:
+        cases.append((f"synthetic {args.synthetic:,} x 64x64 RGB JPEG", make_synthetic(args.synthetic)))
+    if not cases:
+        ap.error("give --cifar DIR and/or --synthetic N")
+    results = read_json(OUT, {"rows": []})
+    for name, path in cases:
+        record = run_case(name, path, stages, args.image_ram_mb, args.memory_limit_mb)
+        record["label"] = args.label
+        given = argv if argv is not None else sys.argv[1:]
+        record["command"] = "python3 -m benchmarks.image_loading " + shlex.join(given)
+        print(json.dumps(record))
+        results["rows"].append(record)
+        write_json(OUT, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
