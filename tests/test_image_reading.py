@@ -152,3 +152,24 @@ def test_a_full_temporary_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
         load_dataset(tmp_path / "d")
     assert "\n" not in str(info.value)
     assert list(own_tmpdir.iterdir()) == []
+
+
+MOUNTS = """/dev/vda / ext4 rw,relatime 0 0
+tmpfs /tmp tmpfs rw,nosuid 0 0
+/dev/vdb /tmp/big\\040disk xfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize("path, kind", [("/home/a/x", "ext4"), ("/tmp", "tmpfs"), ("/tmp/y", "tmpfs"),
+                                        ("/tmp/big disk/y", "xfs"), ("/tmpfoo", "ext4")])
+def test_the_file_system_of_a_path_is_its_longest_mount_point(path, kind):
+    assert images_mod.filesystem_type(path, MOUNTS) == kind
+
+
+def test_a_temporary_folder_in_memory_is_warned_about(tmp_path, monkeypatch, own_tmpdir, caplog):
+    make_imagefolder(tmp_path / "d", per_class=2)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    monkeypatch.setattr(images_mod, "filesystem_type", lambda path, mounts: "tmpfs")
+    with caplog.at_level("WARNING"):
+        assert load_dataset(tmp_path / "d").images_on_disk
+    assert "point TMPDIR at a folder on disk" in caplog.text

@@ -90,6 +90,31 @@ def image_ram_limit() -> int:
     return mb * 2**20
 
 
+def filesystem_type(path: str, mounts: str) -> Optional[str]:
+    """The type of the file system ``path`` lies on (``tmpfs``, ``ext4``...), from the text of /proc/mounts: the
+    mount point that is the longest prefix of the path; None when no line matches."""
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _warn_if_in_memory(folder: str) -> None:
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:  # not Linux
+        return
+    if filesystem_type(os.path.realpath(folder), mounts) in ("tmpfs", "ramfs"):
+        logger.warning("The temporary folder %s is held in memory (tmpfs), so the memory-mapped images still take "
+                       "RAM; point TMPDIR at a folder on disk.", folder)
+
+
 def disk_array(shape: tuple) -> np.ndarray:
     """A uint8 array of ``shape`` in a memory-mapped temporary file, which disappears with the array.
 
@@ -97,6 +122,7 @@ def disk_array(shape: tuple) -> np.ndarray:
     writing pixels into the map."""
     nbytes = int(np.prod(shape))
     folder = tempfile.gettempdir()
+    _warn_if_in_memory(folder)
     with tempfile.TemporaryFile(dir=folder, prefix="flare-images-") as f:
         try:
             if hasattr(os, "posix_fallocate"):
