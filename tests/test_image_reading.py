@@ -173,3 +173,21 @@ def test_a_temporary_folder_in_memory_is_warned_about(tmp_path, monkeypatch, own
     with caplog.at_level("WARNING"):
         assert load_dataset(tmp_path / "d").images_on_disk
     assert "point TMPDIR at a folder on disk" in caplog.text
+
+
+def test_the_result_does_not_depend_on_the_decoding_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_mod, "DECODE_CHUNK", 2)  # many small tasks, some holding broken files
+    make_imagefolder(tmp_path / "d", per_class=6, size=(6, 5))
+    (tmp_path / "d" / "cat" / "img_1b.png").write_bytes(b"broken")
+    big = tmp_path / "big.png"
+    write_image(big, np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    (tmp_path / "d" / "dog" / "img_3b.png").write_bytes(big.read_bytes()[:60])  # header fine, pixels cut
+    paths = sorted((tmp_path / "d").rglob("*.png"))
+    one = read_images(paths, threads=1)
+    three = read_images(paths, threads=3)
+    np.testing.assert_array_equal(one[0], three[0])
+    assert one[1] == three[1] and one[2] == three[2]
+    assert [Path(p).name for p, _ in one[2]] == ["img_1b.png", "img_3b.png"]
+    assert len(one[1]) == 12 and len(one[0]) == 12
+    expected = np.stack([np.asarray(__import__("PIL.Image").Image.open(paths[i]).convert("RGB")) for i in one[1]])
+    np.testing.assert_array_equal(one[0], expected)

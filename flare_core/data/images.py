@@ -159,36 +159,69 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return reason
 
 
-def _fill(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], progress: ProgressCallback) -> tuple:
-    """Decode ``paths[rows]`` into consecutive rows of ``out``; returns (kept positions, {position: reason} of the
-    files that failed, paths resized)."""
+#: images a decoding task takes at a time (one task per thread at once)
+DECODE_CHUNK = 256
+
+
+def decode_threads() -> int:
+    """Threads that decode images at once: the machine's cores, at most 8 (Pillow decodes without the GIL)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _decode_chunk(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], start: int) -> tuple:
+    """Decode ``paths[rows[start:start + DECODE_CHUNK]]`` into the same positions of ``out``; returns
+    ({position: reason} of files that failed, paths resized, whether a colour image met a grayscale ``out``)."""
     size, channels = out.shape[1:3], out.shape[3]
-    kept, failed, resized = [], {}, []
-    for done, i in enumerate(rows, start=1):
+    failed, resized = {}, []
+    for j in range(start, min(start + DECODE_CHUNK, len(rows))):
+        path = paths[rows[j]]
         try:
-            a = decode_image(paths[i])
+            a = decode_image(path)
         except Exception as exc:  # one bad file must never stop the whole load
-            failed[i] = _unreadable(paths[i], exc)
-        else:
-            if a.ndim == 3 and channels == 1:
-                raise _ColourFound
-            if a.shape[:2] != size:
-                a = resize(a, size)
-                resized.append(str(paths[i]))
-            out[len(kept)] = a[..., None] if a.ndim == 2 else a
-            kept.append(i)
-        if done % 256 == 0 or done == len(rows):
-            progress("load images", done, len(rows))
-    return kept, failed, resized
+            failed[j] = _unreadable(path, exc)
+            continue
+        if a.ndim == 3 and channels == 1:
+            return failed, resized, True
+        if a.shape[:2] != size:
+            a = resize(a, size)
+            resized.append(str(path))
+        out[j] = a[..., None] if a.ndim == 2 else a
+    return failed, resized, False
 
 
-def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None) -> tuple:
+def _fill(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], progress: ProgressCallback,
+          threads: int) -> tuple:
+    """Decode ``paths[rows]`` into consecutive rows of ``out`` (in ``threads`` threads, a chunk each; the rows of
+    files that fail are closed up after); returns (kept positions, {position: reason} of the files that failed,
+    paths resized). Raises _ColourFound when a colour image meets a grayscale ``out``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = range(0, len(rows), DECODE_CHUNK)
+    failed, resized, colour = {}, [], False
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for k, (bad, sized, found) in enumerate(pool.map(lambda st: _decode_chunk(out, paths, rows, st), starts)):
+            failed.update(bad)
+            resized += sized
+            colour = colour or found
+            progress("load images", min((k + 1) * DECODE_CHUNK, len(rows)), len(rows))
+    if colour:
+        raise _ColourFound
+    good = [j for j in range(len(rows)) if j not in failed]
+    for n, j in enumerate(good):  # close up the rows of files that failed (none, usually)
+        if n != j:
+            out[n] = out[j]
+    return [rows[j] for j in good], {rows[j]: r for j, r in failed.items()}, resized
+
+
+def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None, *,
+                threads: Optional[int] = None) -> tuple:
     """Decode ``paths`` in order into one (n, H, W, C) uint8 array: (images, or None when none could be read,
     kept positions into ``paths``, (path, reason) of every file skipped, in path order).
 
     C is 1 when every image is grayscale, else 3 (grayscale images are repeated over the channels). Images of
     another size than the most common one are resized to it, with a warning. The array is in memory, or in a
-    memory-mapped temporary file when larger than :func:`image_ram_limit`."""
+    memory-mapped temporary file when larger than :func:`image_ram_limit`. ``threads`` decode at once (default
+    :func:`decode_threads`); the result does not depend on how many."""
     progress = ensure_progress(progress)
     paths = list(paths)
     size_of, colour, failed = {}, False, {}
@@ -207,7 +240,7 @@ def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = No
     while rows:
         try:
             out = image_array((len(rows), *size, 3 if colour else 1))
-            kept, bad, resized = _fill(out, paths, rows, progress)
+            kept, bad, resized = _fill(out, paths, rows, progress, threads or decode_threads())
         except _ColourFound:
             colour = True
             continue
