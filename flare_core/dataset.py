@@ -79,12 +79,24 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
 
+    def _copy_rows(self, idx: np.ndarray) -> np.ndarray:
+        """A copy of ``images[idx]``; from images on disk, again on disk when past ``FLARE_IMAGE_RAM_MB`` (copied a
+        block at a time, so a large subset never passes through memory whole)."""
+        if not self.images_on_disk:
+            return self.images[idx]
+        from flare_core.data.images import image_array
+
+        out = image_array((len(idx), *self.images.shape[1:]))
+        for start in range(0, len(idx), 4096):
+            out[start:start + 4096] = self.images[idx[start:start + 4096]]
+        return out
+
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         """A new dataset of the given samples, in the given order (sources kept)."""
         idx = np.asarray(indices, dtype=np.int64)
         return replace(
             self,
-            images=self.images[idx],
+            images=self._copy_rows(idx),
             labels=self.labels[idx],
             sources=[self.sources[i] for i in idx],
             skipped=list(self.skipped),

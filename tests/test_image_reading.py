@@ -58,7 +58,13 @@ def test_a_memory_mapped_dataset_subsets_and_exports_like_any_other(tmp_path, mo
     ds = load_dataset(tmp_path / "d")
     sub = ds.subset([0, 5, 2])
     np.testing.assert_array_equal(sub.images, np.asarray(ds.images)[[0, 5, 2]])
-    assert not sub.images_on_disk  # a subset is a copy in memory
+    assert sub.images_on_disk  # past the limit (0 MB here) a subset's copy is on disk too
+    sub.images[:] = 0
+    assert int(ds.images[[0, 5, 2]].sum()) > 0  # a copy: the source rows are untouched
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "1")
+    small = ds.subset([1, 3])
+    assert not small.images_on_disk
+    np.testing.assert_array_equal(small.images, np.asarray(ds.images)[[1, 3]])
     out = export_subset(ds, [0, 1, 7], tmp_path / "out")
     assert len(load_dataset(out)) == 3
     assert tree_hashes(tmp_path / "d") == before
