@@ -535,3 +535,23 @@ def test_the_flagged_groups_trigger_test_is_recorded_shown_and_can_be_skipped(la
     assert main(args + ["--out", str(tmp_path / "cli-skipped"), "--no-trigger-test"]) == 0
     assert RunFolder(tmp_path / "cli-skipped").flag_triggers() == {}
     assert "of other images" not in capsys.readouterr().out
+
+
+def test_a_memory_mapped_dataset_gives_the_same_run_as_one_in_memory(lab, tmp_path, monkeypatch):
+    """Images past FLARE_IMAGE_RAM_MB are a memory-mapped file; every number of the run is the same."""
+    in_memory = run_analysis(_config(lab), tmp_path / "ram")
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    assert load_dataset(lab / "data").images_on_disk
+    on_disk = run_analysis(_config(lab), tmp_path / "disk")
+    assert on_disk.manifest.equals(in_memory.manifest)
+    np.testing.assert_array_equal(np.load(on_disk.path / "features.npy"), np.load(in_memory.path / "features.npy"))
+    ram_meta, disk_meta = in_memory.meta, on_disk.meta
+    assert disk_meta["dataset"]["sha256"] == ram_meta["dataset"]["sha256"]
+
+
+def test_a_bad_image_ram_limit_is_one_line_from_the_cli(lab, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "lots")
+    assert _purify(lab, tmp_path / "out") != 0
+    err = capsys.readouterr().err.strip()
+    assert "FLARE_IMAGE_RAM_MB must be a whole number" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
