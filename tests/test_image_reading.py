@@ -3,6 +3,7 @@ FLARE_IMAGE_RAM_MB, in a memory-mapped temporary file that leaves nothing behind
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -103,13 +104,35 @@ def test_a_load_holds_the_pixels_once(tmp_path, monkeypatch, own_tmpdir):
     assert on_disk < 0.3 * pixels
 
 
-def test_an_image_found_in_colour_after_grayscale_headers_turns_the_array_rgb(tmp_path, monkeypatch):
-    write_image(tmp_path / "a" / "0.png", np.full((6, 6), 50, np.uint8))
-    write_image(tmp_path / "a" / "1.png", np.full((6, 6, 3), 90, np.uint8))
-    monkeypatch.setattr(images_mod, "probe_image", lambda p: (6, 6, False))  # headers that say grayscale
-    images, kept, skipped = read_images([tmp_path / "a" / "0.png", tmp_path / "a" / "1.png"])
-    assert images.shape == (2, 6, 6, 3) and kept == [0, 1] and skipped == []
-    assert (images[0] == 50).all() and (images[1] == 90).all()
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_colour_image_after_grayscale_ones_turns_the_array_rgb(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(images_mod, "DECODE_CHUNK", 1)
+    write_image(tmp_path / "0.png", np.full((6, 6), 50, np.uint8))
+    write_image(tmp_path / "1.png", np.full((6, 6), 60, np.uint8))
+    write_image(tmp_path / "2.png", np.full((6, 6, 3), 90, np.uint8))
+    write_image(tmp_path / "3.png", np.full((4, 4, 3), 120, np.uint8))  # colour and another size
+    images, kept, skipped = read_images([tmp_path / f"{i}.png" for i in range(4)], threads=threads)
+    assert images.shape == (4, 6, 6, 3) and kept == [0, 1, 2, 3] and skipped == []
+    assert [int(images[i].min()) for i in range(4)] == [50, 60, 90, 120]
+    assert [int(images[i].max()) for i in range(4)] == [50, 60, 90, 120]
+
+
+def test_a_first_image_of_a_rare_size_does_not_set_the_size(tmp_path, caplog):
+    """The array starts at the first image's size; when most images share another, it is remade at theirs, from
+    the pixels already decoded (the same pixels as resizing each file)."""
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    write_image(tmp_path / "0.png", first)
+    rest = [rng.integers(0, 256, (5, 6), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(rest, start=1):
+        write_image(tmp_path / f"{i}.png", a)
+    with caplog.at_level("WARNING"):
+        images, kept, _ = read_images([tmp_path / f"{i}.png" for i in range(4)])
+    assert images.shape == (4, 5, 6, 1) and kept == [0, 1, 2, 3]
+    np.testing.assert_array_equal(images[0, ..., 0], images_mod.resize(first, (5, 6)))
+    for i, a in enumerate(rest, start=1):
+        np.testing.assert_array_equal(images[i, ..., 0], a)
+    assert "1 of 4 images are not 5x6" in caplog.text
 
 
 def test_skipped_files_are_listed_in_path_order_whichever_pass_found_them(tmp_path):
@@ -197,3 +220,9 @@ def test_the_result_does_not_depend_on_the_decoding_threads(tmp_path, monkeypatc
     assert len(one[1]) == 12 and len(one[0]) == 12
     expected = np.stack([np.asarray(__import__("PIL.Image").Image.open(paths[i]).convert("RGB")) for i in one[1]])
     np.testing.assert_array_equal(one[0], expected)
+
+
+@pytest.mark.parametrize("pixels, threads", [(32 * 32, 1), (127 * 129, 1), (128 * 128, min(8, os.cpu_count() or 1)),
+                                             (4000 * 3000, min(8, os.cpu_count() or 1))])
+def test_small_images_decode_in_one_thread_large_ones_in_several(pixels, threads):
+    assert images_mod.decode_threads(pixels) == threads

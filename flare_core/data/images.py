@@ -1,10 +1,12 @@
 """Decode image files with Pillow into one (N, H, W, C) uint8 array, skipping unreadable files.
 
-Two passes: the files' headers first (size and colour, no pixels decoded), then every image is decoded straight
-into its row of the output, so a load holds the pixels once (not a list of images and then their stack). An
-output larger than :func:`image_ram_limit` bytes is a memory-mapped temporary file (removed when the array is
-freed), so image-file datasets larger than the machine's memory load, and the operating system keeps what fits
-of them in RAM.
+One pass, each file opened once: the first readable image sets the array's size and colour, and every image
+of that size is decoded straight into its row. The few that differ (another size, colour in a grayscale array)
+are kept aside and placed at the end, resized to the most common size (or the array is remade at that size or in
+colour, from the pixels already decoded). So a load holds the pixels once, not a list of images and then their
+stack. An array larger than :func:`image_ram_limit` bytes is a memory-mapped temporary file (removed when the
+array is freed), so image-file datasets larger than the machine's memory load, and the operating system keeps
+what fits of them in RAM.
 """
 from __future__ import annotations
 
@@ -51,13 +53,6 @@ def decode_image(path: str | Path) -> np.ndarray:
         if mode in GRAYSCALE_MODES:
             return np.asarray(img.convert("L"), dtype=np.uint8)
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def probe_image(path: str | Path) -> tuple:
-    """(height, width, colour) of an image file from its header, without decoding its pixels; raises on bad files."""
-    with Image.open(path) as img:
-        width, height = img.size
-        return height, width, img.mode not in GRAYSCALE_MODES
 
 
 def most_common_size(sizes: Sequence[tuple]) -> tuple:
@@ -149,10 +144,6 @@ def image_array(shape: tuple) -> np.ndarray:
     return disk_array(shape)
 
 
-class _ColourFound(Exception):
-    """An image decoded in colour although every header said grayscale: decode again into RGB."""
-
-
 def _unreadable(path: Path, exc: Exception) -> str:
     reason = f"{type(exc).__name__}: {exc}"
     logger.debug("Skipping unreadable image %s (%s)", path, reason)
@@ -163,54 +154,56 @@ def _unreadable(path: Path, exc: Exception) -> str:
 DECODE_CHUNK = 256
 
 
-def decode_threads() -> int:
-    """Threads that decode images at once: the machine's cores, at most 8 (Pillow decodes without the GIL)."""
+#: images smaller than this (pixels) decode in one thread: for them Python's per-file work, which holds the GIL,
+#: outweighs the decoding (measured on 2 cores: 32x32 JPEGs 20 % slower in two threads, 64x64 even, 160x160
+#: 1.4x faster and 256x256 1.3-1.8x)
+THREADED_MIN_PIXELS = 128 * 128
+
+
+def decode_threads(pixels: int) -> int:
+    """Threads that decode images of ``pixels`` pixels at once: the machine's cores, at most 8 (Pillow decodes
+    without the GIL), or 1 for images under :data:`THREADED_MIN_PIXELS`."""
+    if pixels < THREADED_MIN_PIXELS:
+        return 1
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _decode_chunk(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], start: int) -> tuple:
-    """Decode ``paths[rows[start:start + DECODE_CHUNK]]`` into the same positions of ``out``; returns
-    ({position: reason} of files that failed, paths resized, whether a colour image met a grayscale ``out``)."""
-    size, channels = out.shape[1:3], out.shape[3]
-    failed, resized = {}, []
-    for j in range(start, min(start + DECODE_CHUNK, len(rows))):
-        path = paths[rows[j]]
+def _fits(a: np.ndarray, out: np.ndarray) -> bool:
+    return a.shape[:2] == out.shape[1:3] and not (a.ndim == 3 and out.shape[3] == 1)
+
+
+def _decode_chunk(out: np.ndarray, paths: Sequence[Path], start: int) -> tuple:
+    """Decode ``paths[start:start + DECODE_CHUNK]`` into the same rows of ``out``; returns ({row: reason} of the
+    files that failed, {row: image} of those that do not fit ``out``: another size, or colour in grayscale)."""
+    failed, odd = {}, {}
+    for j in range(start, min(start + DECODE_CHUNK, len(paths))):
         try:
-            a = decode_image(path)
+            a = decode_image(paths[j])
         except Exception as exc:  # one bad file must never stop the whole load
-            failed[j] = _unreadable(path, exc)
+            failed[j] = _unreadable(paths[j], exc)
             continue
-        if a.ndim == 3 and channels == 1:
-            return failed, resized, True
-        if a.shape[:2] != size:
-            a = resize(a, size)
-            resized.append(str(path))
-        out[j] = a[..., None] if a.ndim == 2 else a
-    return failed, resized, False
+        if _fits(a, out):
+            out[j] = a[..., None] if a.ndim == 2 else a
+        else:
+            odd[j] = a
+    return failed, odd
 
 
-def _fill(out: np.ndarray, paths: Sequence[Path], rows: Sequence[int], progress: ProgressCallback,
-          threads: int) -> tuple:
-    """Decode ``paths[rows]`` into consecutive rows of ``out`` (in ``threads`` threads, a chunk each; the rows of
-    files that fail are closed up after); returns (kept positions, {position: reason} of the files that failed,
-    paths resized). Raises _ColourFound when a colour image meets a grayscale ``out``."""
-    from concurrent.futures import ThreadPoolExecutor
+def _as_pixels(row: np.ndarray) -> np.ndarray:
+    """An (H, W, C) row as the (H, W) or (H, W, 3) array :func:`resize` takes."""
+    return row[..., 0] if row.shape[-1] == 1 else row
 
-    starts = range(0, len(rows), DECODE_CHUNK)
-    failed, resized, colour = {}, [], False
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for k, (bad, sized, found) in enumerate(pool.map(lambda st: _decode_chunk(out, paths, rows, st), starts)):
-            failed.update(bad)
-            resized += sized
-            colour = colour or found
-            progress("load images", min((k + 1) * DECODE_CHUNK, len(rows)), len(rows))
-    if colour:
-        raise _ColourFound
-    good = [j for j in range(len(rows)) if j not in failed]
-    for n, j in enumerate(good):  # close up the rows of files that failed (none, usually)
-        if n != j:
-            out[n] = out[j]
-    return [rows[j] for j in good], {rows[j]: r for j, r in failed.items()}, resized
+
+def _remake(out: np.ndarray, rows: Sequence[int], size: tuple, channels: int) -> np.ndarray:
+    """``out`` remade at ``size`` and ``channels`` (grayscale repeated into colour), for ``rows``; others unset."""
+    new = image_array((len(out), *size, channels))
+    if tuple(out.shape[1:3]) == tuple(size):
+        for start in range(0, len(out), 4096):  # a block at a time: no whole temporary copy
+            new[start:start + 4096] = out[start:start + 4096]
+    else:
+        for j in rows:
+            new[j] = np.reshape(resize(_as_pixels(out[j]), size), (*size, -1))
+    return new
 
 
 def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None, *,
@@ -219,43 +212,49 @@ def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = No
     kept positions into ``paths``, (path, reason) of every file skipped, in path order).
 
     C is 1 when every image is grayscale, else 3 (grayscale images are repeated over the channels). Images of
-    another size than the most common one are resized to it, with a warning. The array is in memory, or in a
-    memory-mapped temporary file when larger than :func:`image_ram_limit`. ``threads`` decode at once (default
-    :func:`decode_threads`); the result does not depend on how many."""
+    another size than the most common one (ties: the one seen first) are resized to it, with a warning. The array
+    is in memory, or in a memory-mapped temporary file when larger than :func:`image_ram_limit`. ``threads``
+    decode at once (default :func:`decode_threads` of the first image's size); the result does not depend on how
+    many."""
+    from concurrent.futures import ThreadPoolExecutor
+
     progress = ensure_progress(progress)
     paths = list(paths)
-    size_of, colour, failed = {}, False, {}
-    for i, p in enumerate(paths):
+    failed, first = {}, None
+    for i, p in enumerate(paths):  # the first readable image sets the array's size and colour
         try:
-            h, w, c = probe_image(p)
-        except Exception as exc:  # unreadable header: skipped, as a file that fails to decode is
-            failed[i] = _unreadable(p, exc)
-        else:
-            size_of[i] = (h, w)
-            colour = colour or c
-        if (i + 1) % 1024 == 0 or i + 1 == len(paths):
-            progress("read image headers", i + 1, len(paths))
-    rows, kept, resized = list(size_of), [], []
-    size = most_common_size(size_of.values()) if rows else None
-    while rows:
-        try:
-            out = image_array((len(rows), *size, 3 if colour else 1))
-            kept, bad, resized = _fill(out, paths, rows, progress, threads or decode_threads())
-        except _ColourFound:
-            colour = True
-            continue
-        failed.update(bad)
-        # files that failed to decode may have swayed the size: decode again at the size the loaded ones share
-        size_kept = most_common_size([size_of[i] for i in kept]) if kept else size
-        if size_kept == size:
+            first = decode_image(p)
             break
-        rows, size = kept, size_kept
-    skipped = [(str(paths[i]), r) for i, r in sorted(failed.items())]
+        except Exception as exc:
+            failed[i] = _unreadable(p, exc)
+    if first is None:
+        return None, [], [(str(paths[i]), r) for i, r in sorted(failed.items())]
+    out = image_array((len(paths), *first.shape[:2], 3 if first.ndim == 3 else 1))
+    odd: dict = {}
+    with ThreadPoolExecutor(max_workers=threads or decode_threads(first.shape[0] * first.shape[1])) as pool:
+        starts = range(0, len(paths), DECODE_CHUNK)
+        for k, (bad, other) in enumerate(pool.map(lambda st: _decode_chunk(out, paths, st), starts)):
+            failed.update(bad)
+            odd.update(other)
+            progress("load images", min((k + 1) * DECODE_CHUNK, len(paths)), len(paths))
+    kept = [j for j in range(len(paths)) if j not in failed]
+    if not kept:
+        return None, [], [(str(paths[i]), r) for i, r in sorted(failed.items())]
+    shape_of = {j: odd[j].shape[:2] if j in odd else tuple(out.shape[1:3]) for j in kept}
+    size = most_common_size(list(shape_of.values()))
+    channels = 3 if out.shape[3] == 3 or any(a.ndim == 3 for a in odd.values()) else 1
+    if size != tuple(out.shape[1:3]) or channels != out.shape[3]:
+        out = _remake(out, [j for j in kept if j not in odd], size, channels)
+    for j, a in odd.items():
+        out[j] = np.reshape(resize(a, size) if a.shape[:2] != size else a, (*size, -1))
+    resized = [str(paths[j]) for j in kept if shape_of[j] != size]
     if resized:
         logger.warning("%d of %d images are not %dx%d (the most common size) and were resized, e.g. %s.",
                        len(resized), len(kept), size[0], size[1], resized[0])
-    if not kept:
-        return None, [], skipped
+    for n, j in enumerate(kept):  # close up the rows of files that failed (none, usually)
+        if n != j:
+            out[n] = out[j]
+    skipped = [(str(paths[i]), r) for i, r in sorted(failed.items())]
     return (out if len(kept) == len(out) else out[:len(kept)]), kept, skipped
 
 
