@@ -8,12 +8,13 @@ abnormality features with the penultimate features and logits in one pass, ``ext
 latent=True)``, as ``flare purify`` runs it, written to a memory-mapped .npy) with an untrained narrow ResNet
 (the pass costs the same whatever the weights).
 
-Datasets: the JPEG CIFAR-10 training folder (``--cifar``), and a synthetic ImageFolder of N 64x64 RGB JPEGs
-(``--synthetic N``, made once under ~/.cache/flare-data). Written to benchmarks/results/image_loading.json; each
-row carries the commit it ran on, so rows from before and after a change sit side by side.
+Datasets: the JPEG CIFAR-10 training folder (``--cifar``), and a synthetic ImageFolder of N RGB JPEGs of
+``--side`` pixels (default 64; ``--synthetic N``, made once under ~/.cache/flare-data). Written to
+benchmarks/results/image_loading.json; each row carries the commit it ran on, so rows from before and after a
+change sit side by side.
 
     python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--stages load,features]
-        [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
+        [--side 64] [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
 
 ``--memory-limit-mb`` runs the measured process in a cgroup-v1 memory group of that size (root only): a load
 that needs more memory than that is killed by the kernel, which the row then records.
@@ -197,7 +198,8 @@ def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cifar", help="the JPEG CIFAR-10 ImageFolder (its train/ split is loaded)")
-    ap.add_argument("--synthetic", type=int, default=0, help="also a synthetic ImageFolder of this many 64x64 JPEGs")
+    ap.add_argument("--synthetic", type=int, default=0, help="also a synthetic ImageFolder of this many JPEGs")
+    ap.add_argument("--side", type=int, default=64, help="the synthetic images' side in pixels (default 64)")
     ap.add_argument("--stages", default="load,features")
     ap.add_argument("--image-ram-mb", type=int, default=None, help="FLARE_IMAGE_RAM_MB for the measured process")
     ap.add_argument("--memory-limit-mb", type=int, default=None,
@@ -214,7 +216,8 @@ def main(argv=None) -> int:
     if args.cifar:
         cases.append(("cifar10 (JPEG, train)", Path(args.cifar).expanduser()))
     if args.synthetic:
-        cases.append((f"synthetic {args.synthetic:,} x 64x64 RGB JPEG", make_synthetic(args.synthetic)))
+        cases.append((f"synthetic {args.synthetic:,} x {args.side}x{args.side} RGB JPEG",
+                      make_synthetic(args.synthetic, args.side)))
     if not cases:
         ap.error("give --cifar DIR and/or --synthetic N")
     results = read_json(OUT, {"rows": []})

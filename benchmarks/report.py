@@ -894,7 +894,8 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "the pass `flare purify` runs (abnormality features, penultimate features and logits in one forward "
                   "pass; an untrained narrow ResNet, batch 256). A memory limit is a cgroup the process runs in (RAM "
                   "and page cache together, as the kernel counts them; its peak in the last column). The synthetic "
-                  "set: 64x64 RGB JPEGs in 10 classes, 1.2 GB of pixels for 100,000. Raw: "
+                  "sets: smooth random RGB JPEGs in 10 classes (100,000 of 64x64: 1.2 GB of pixels; 10,000 of "
+                  "224x224: 1.4 GB). The *before* rows ran this script in a git worktree of the commit shown. Raw: "
                   "`benchmarks/results/image_loading.json`.",
                   md_table(["dataset", "code", "commit", "memory limit MB", "outcome", "images held in", "load s",
                             "load: peak anonymous MB over start", "load: peak file-backed MB", "features s",
