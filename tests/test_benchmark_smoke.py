@@ -517,3 +517,21 @@ def test_the_gpu_cifar_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert sum(r["n_poisoned"] for r in rows if r["model"] == "cifar-badnets-10") == 6 * 24
     with open(out / "gpu_cifar.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_image_loading_measures_a_load_and_a_feature_pass_in_a_fresh_process(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from benchmarks import image_loading
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        (tmp_path / "d" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "d" / f"c{i % 3}" / f"{i}.png")
+    on_disk = image_loading.run_case("tiny", tmp_path / "d", ["load", "features"], image_ram_mb=0)
+    in_ram = image_loading.run_case("tiny", tmp_path / "d", ["load"], image_ram_mb=None)
+    assert on_disk["outcome"] == "ok" and on_disk["n"] == 24 and on_disk["image_shape"] == [16, 16, 3]
+    assert on_disk["images_on_disk"] and not in_ram["images_on_disk"]
+    assert on_disk["features_s"] > 0 and on_disk["layers"] == 20 and "features_s" not in in_ram
+    assert on_disk["load_peak_rssanon_mb"] >= on_disk["baseline_rss_anon_mb"] > 0
+    assert on_disk["commit"] and on_disk["memory_limit_mb"] is None
