@@ -226,3 +226,63 @@ def test_the_result_does_not_depend_on_the_decoding_threads(tmp_path, monkeypatc
                                              (4000 * 3000, min(8, os.cpu_count() or 1))])
 def test_small_images_decode_in_one_thread_large_ones_in_several(pixels, threads):
     assert images_mod.decode_threads(pixels) == threads
+
+
+def _mixed_folder(root: Path, n: int = 40, seed: int = 0) -> list:
+    """Files of several sizes, grayscale and colour, the first of a rare size: what a scraped folder holds."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        shape = [(7, 9), (12, 10), (12, 10, 3), (5, 5, 3)][0 if i == 0 else 1 + i % 3]
+        p = root / f"{i:03d}.png"
+        write_image(p, rng.integers(0, 256, shape, dtype=np.uint8))
+        paths.append(p)
+    (root / "010.png").write_bytes(b"broken")
+    return paths
+
+
+@pytest.mark.parametrize("aside_bytes", [0, 300])
+def test_mixed_sizes_past_the_aside_budget_give_the_same_array(tmp_path, monkeypatch, caplog, aside_bytes):
+    """Past the bytes kept aside, the size comes from the files' headers and the rest is resized as decoded: the
+    same array as keeping every odd image aside until the end, in any number of threads."""
+    paths = _mixed_folder(tmp_path)
+    monkeypatch.setattr(images_mod, "DECODE_CHUNK", 2)
+    reference = read_images(paths, threads=1)
+    monkeypatch.setattr(images_mod, "ASIDE_BYTES", aside_bytes)
+    with caplog.at_level("WARNING"):
+        for threads in (1, 3):
+            got = read_images(paths, threads=threads)
+            np.testing.assert_array_equal(got[0], reference[0])
+            assert got[1] == reference[1] and got[2] == reference[2]
+    assert reference[0].shape == (39, 12, 10, 3)
+    assert [Path(p).name for p, _ in reference[2]] == ["010.png"]
+    assert "not 12x10 (the most common size)" in caplog.text
+
+
+def test_a_colour_image_late_in_a_long_grayscale_run_keeps_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_mod, "DECODE_CHUNK", 1)  # windows of 4 files in one thread
+    paths = []
+    for i in range(11):
+        a = np.full((5, 5, 3), 10 * i, np.uint8) if i in (6, 9) else np.full((5, 5), 10 * i, np.uint8)
+        write_image(tmp_path / f"{i:02d}.png", a)
+        paths.append(tmp_path / f"{i:02d}.png")
+    images, kept, _ = read_images(paths, threads=1)
+    assert images.shape == (11, 5, 5, 3) and kept == list(range(11))
+    assert [int(images[i].min()) for i in range(11)] == [10 * i for i in range(11)]
+    assert [int(images[i].max()) for i in range(11)] == [10 * i for i in range(11)]
+
+
+def test_images_put_aside_are_bounded_for_a_folder_of_mixed_sizes(tmp_path, monkeypatch):
+    """Every image but the first has another size: they are not all held aside (which would hold the pixels twice)."""
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "000.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    for i in range(1, 201):
+        write_image(tmp_path / f"{i:03d}.png", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    paths = sorted(tmp_path.glob("*.png"))
+    pixels = 201 * 48 * 48 * 3
+    monkeypatch.setattr(images_mod, "DECODE_CHUNK", 8)
+    monkeypatch.setattr(images_mod, "ASIDE_BYTES", 64 * 2**10)
+    bounded = _traced_peak(lambda: read_images(paths, threads=1))
+    monkeypatch.setattr(images_mod, "ASIDE_BYTES", 2**40)
+    unbounded = _traced_peak(lambda: read_images(paths, threads=1))
+    assert bounded < 1.4 * pixels < unbounded

@@ -55,9 +55,10 @@ def decode_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def most_common_size(sizes: Sequence[tuple]) -> tuple:
-    """The (H, W) that most of ``sizes`` share; ties go to the size seen first."""
-    return Counter(sizes).most_common(1)[0][0]
+def most_common_size(sizes) -> tuple:
+    """The (H, W) that most of ``sizes`` (a sequence, or a Counter of them) share; ties go to the size seen first."""
+    counts = sizes if isinstance(sizes, Counter) else Counter(sizes)
+    return max(counts, key=counts.__getitem__)
 
 
 def resize(arr: np.ndarray, size: tuple) -> np.ndarray:
@@ -168,25 +169,45 @@ def decode_threads(pixels: int) -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+#: bytes of decoded images that do not fit the array (another size) kept aside before the load reads every file's
+#: header for the most common size and resizes the rest as it decodes them (datasets of mixed sizes)
+ASIDE_BYTES = 256 * 2**20
+
+
+def probe_size(path: Path) -> Optional[tuple]:
+    """(height, width) of an image file from its header, without decoding it; None when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except Exception:
+        return None
+
+
 def _fits(a: np.ndarray, out: np.ndarray) -> bool:
     return a.shape[:2] == out.shape[1:3] and not (a.ndim == 3 and out.shape[3] == 1)
 
 
-def _decode_chunk(out: np.ndarray, paths: Sequence[Path], start: int) -> tuple:
+def _decode_chunk(out: np.ndarray, paths: Sequence[Path], start: int, resize_all: bool) -> tuple:
     """Decode ``paths[start:start + DECODE_CHUNK]`` into the same rows of ``out``; returns ({row: reason} of the
-    files that failed, {row: image} of those that do not fit ``out``: another size, or colour in grayscale)."""
-    failed, odd = {}, {}
+    files that failed, {row: image} of those that do not fit ``out``, rows resized). With ``resize_all`` an image
+    of another size is resized into its row; else it is returned aside, as is a colour image in a grayscale
+    ``out`` (resized first with ``resize_all``)."""
+    size = tuple(out.shape[1:3])
+    failed, aside, resized = {}, {}, []
     for j in range(start, min(start + DECODE_CHUNK, len(paths))):
         try:
             a = decode_image(paths[j])
         except Exception as exc:  # one bad file must never stop the whole load
             failed[j] = _unreadable(paths[j], exc)
             continue
+        if resize_all and a.shape[:2] != size:
+            a = resize(a, size)
+            resized.append(j)
         if _fits(a, out):
             out[j] = a[..., None] if a.ndim == 2 else a
         else:
-            odd[j] = a
-    return failed, odd
+            aside[j] = a
+    return failed, aside, resized
 
 
 def _as_pixels(row: np.ndarray) -> np.ndarray:
@@ -197,13 +218,84 @@ def _as_pixels(row: np.ndarray) -> np.ndarray:
 def _remake(out: np.ndarray, rows: Sequence[int], size: tuple, channels: int) -> np.ndarray:
     """``out`` remade at ``size`` and ``channels`` (grayscale repeated into colour), for ``rows``; others unset."""
     new = image_array((len(out), *size, channels))
-    if tuple(out.shape[1:3]) == tuple(size):
-        for start in range(0, len(out), 4096):  # a block at a time: no whole temporary copy
-            new[start:start + 4096] = out[start:start + 4096]
-    else:
-        for j in rows:
-            new[j] = np.reshape(resize(_as_pixels(out[j]), size), (*size, -1))
+    for j in rows:
+        a = out[j] if tuple(out.shape[1:3]) == tuple(size) else resize(_as_pixels(out[j]), size)
+        new[j] = np.reshape(a, (*size, -1))
     return new
+
+
+class _Decoding:
+    """The state of one :func:`read_images`: the array, the rows decoded into it, the images aside."""
+
+    def __init__(self, paths: list, first: np.ndarray, failed: dict):
+        self.paths, self.failed = paths, failed
+        self.out = image_array((len(paths), *first.shape[:2], 3 if first.ndim == 3 else 1))
+        self.first_size = tuple(first.shape[:2])
+        self.inside: list = []  # rows decoded into ``out`` at its size (or resized into it)
+        self.aside: dict = {}
+        self.resized: list = []
+        self.resize_all = False
+
+    def add(self, failed: dict, aside: dict, resized: list, rows: range) -> None:
+        """One chunk's results (:func:`_decode_chunk`)."""
+        self.failed.update(failed)
+        self.aside.update(aside)
+        self.resized += resized
+        self.inside += [j for j in rows if j not in failed and j not in aside]
+
+    def settle(self) -> None:
+        """Between windows (no thread is writing): a colour image makes the array colour from then on, and too
+        much put aside fixes the size from the files' headers."""
+        if self.out.shape[3] == 1 and any(a.ndim == 3 for a in self.aside.values()):
+            self.out = _remake(self.out, self.inside, self.out.shape[1:3], 3)
+            self._place_fitting()
+        if not self.resize_all and sum(a.nbytes for a in self.aside.values()) > ASIDE_BYTES:
+            self._fix_size()
+
+    def _place_fitting(self) -> None:
+        for j in [j for j, a in self.aside.items() if _fits(a, self.out)]:
+            a = self.aside.pop(j)
+            self.out[j] = a[..., None] if a.ndim == 2 else a
+            self.inside.append(j)
+
+    def _fix_size(self) -> None:
+        """Mixed sizes: the most common size from every readable file's header; what is decoded is remade at it,
+        and the rest is resized as it is decoded."""
+        sizes = [probe_size(p) for p in self.paths]
+        size = most_common_size([s for s in sizes if s is not None])
+        if size != tuple(self.out.shape[1:3]):
+            self.resized += [j for j in self.inside if j not in self.resized]
+            self.out = _remake(self.out, self.inside, size, self.out.shape[3])
+        self._finish_aside(size)
+        self.resize_all = True
+
+    def _finish_aside(self, size: tuple) -> None:
+        for j, a in sorted(self.aside.items()):
+            if a.shape[:2] != size:
+                a = resize(a, size)
+                self.resized.append(j)
+            self.out[j] = np.reshape(a, (*size, -1))
+            self.inside.append(j)
+        self.aside.clear()
+
+    def finish(self) -> tuple:
+        """(images, kept rows, resized rows) once every chunk is in."""
+        kept = [j for j in range(len(self.paths)) if j not in self.failed]
+        if not kept:
+            return None, [], []
+        if not self.resize_all:  # the most common size of the images decoded (ties: the one seen first)
+            sizes = Counter({tuple(self.out.shape[1:3]): len(kept) - len(self.aside)})
+            sizes.update(self.aside[j].shape[:2] for j in sorted(self.aside))
+            size = most_common_size(sizes)
+            if size != tuple(self.out.shape[1:3]):
+                self.resized += [j for j in self.inside if j not in self.resized]
+                self.out = _remake(self.out, self.inside, size, self.out.shape[3])
+            self._finish_aside(size)
+        out = self.out
+        for n, j in enumerate(kept):  # close up the rows of files that failed (none, usually)
+            if n != j:
+                out[n] = out[j]
+        return (out if len(kept) == len(out) else out[:len(kept)]), kept, sorted(set(self.resized))
 
 
 def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None, *,
@@ -229,33 +321,28 @@ def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = No
             failed[i] = _unreadable(p, exc)
     if first is None:
         return None, [], [(str(paths[i]), r) for i, r in sorted(failed.items())]
-    out = image_array((len(paths), *first.shape[:2], 3 if first.ndim == 3 else 1))
-    odd: dict = {}
-    with ThreadPoolExecutor(max_workers=threads or decode_threads(first.shape[0] * first.shape[1])) as pool:
-        starts = range(0, len(paths), DECODE_CHUNK)
-        for k, (bad, other) in enumerate(pool.map(lambda st: _decode_chunk(out, paths, st), starts)):
-            failed.update(bad)
-            odd.update(other)
-            progress("load images", min((k + 1) * DECODE_CHUNK, len(paths)), len(paths))
-    kept = [j for j in range(len(paths)) if j not in failed]
-    if not kept:
-        return None, [], [(str(paths[i]), r) for i, r in sorted(failed.items())]
-    shape_of = {j: odd[j].shape[:2] if j in odd else tuple(out.shape[1:3]) for j in kept}
-    size = most_common_size(list(shape_of.values()))
-    channels = 3 if out.shape[3] == 3 or any(a.ndim == 3 for a in odd.values()) else 1
-    if size != tuple(out.shape[1:3]) or channels != out.shape[3]:
-        out = _remake(out, [j for j in kept if j not in odd], size, channels)
-    for j, a in odd.items():
-        out[j] = np.reshape(resize(a, size) if a.shape[:2] != size else a, (*size, -1))
-    resized = [str(paths[j]) for j in kept if shape_of[j] != size]
-    if resized:
-        logger.warning("%d of %d images are not %dx%d (the most common size) and were resized, e.g. %s.",
-                       len(resized), len(kept), size[0], size[1], resized[0])
-    for n, j in enumerate(kept):  # close up the rows of files that failed (none, usually)
-        if n != j:
-            out[n] = out[j]
+    state = _Decoding(paths, first, failed)
+    threads = threads or decode_threads(first.shape[0] * first.shape[1])
+    window = DECODE_CHUNK * threads * 4  # files decoded between two looks at what was put aside
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for w in range(0, len(paths), window):
+            rows = range(w, min(w + window, len(paths)))
+            starts = range(rows.start, rows.stop, DECODE_CHUNK)
+            out, resize_all = state.out, state.resize_all
+            results = list(pool.map(lambda st: _decode_chunk(out, paths, st, resize_all), starts))
+            for st, result in zip(starts, results):  # every chunk of the window is done: nothing writes now
+                state.add(*result, range(st, min(st + DECODE_CHUNK, len(paths))))
+            state.settle()
+            progress("load images", rows.stop, len(paths))
+    images, kept, resized = state.finish()
     skipped = [(str(paths[i]), r) for i, r in sorted(failed.items())]
-    return (out if len(kept) == len(out) else out[:len(kept)]), kept, skipped
+    if images is None:
+        return None, [], skipped
+    if resized:
+        h, w = images.shape[1:3]
+        logger.warning("%d of %d images are not %dx%d (the most common size) and were resized, e.g. %s.",
+                       len(resized), len(kept), h, w, paths[resized[0]])
+    return images, kept, skipped
 
 
 def warn_skipped(skipped: Sequence[tuple], where: str) -> None:
