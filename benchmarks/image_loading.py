@@ -14,7 +14,7 @@ benchmarks/results/image_loading.json; each row carries the commit it ran on, so
 change sit side by side.
 
     python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--stages load,features]
-        [--side 64] [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
+        [--side 64] [--mixed] [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
 
 ``--memory-limit-mb`` runs the measured process in a cgroup-v1 memory group of that size (root only): a load
 that needs more memory than that is killed by the kernel, which the row then records.
@@ -40,12 +40,13 @@ OUT = REPO / "benchmarks" / "results" / "image_loading.json"
 SYNTHETIC_ROOT = Path.home() / ".cache" / "flare-data"
 
 
-def make_synthetic(n: int, side: int = 64, classes: int = 10, seed: int = 0) -> Path:
-    """An ImageFolder of ``n`` smooth random RGB JPEGs (``side`` x ``side``), made once and reused."""
+def make_synthetic(n: int, side: int = 64, classes: int = 10, seed: int = 0, mixed: bool = False) -> Path:
+    """An ImageFolder of ``n`` smooth random RGB JPEGs (``side`` x ``side``), made once and reused. ``mixed``: as
+    scraped folders are, 60 % at that size and the rest of random sizes within 25 % of it."""
     import numpy as np
     from PIL import Image
 
-    root = SYNTHETIC_ROOT / f"synthetic-{n}-{side}"
+    root = SYNTHETIC_ROOT / (f"synthetic-mixed-{n}-{side}" if mixed else f"synthetic-{n}-{side}")
     done = root / ".complete"
     if done.is_file():
         return root
@@ -54,7 +55,10 @@ def make_synthetic(n: int, side: int = 64, classes: int = 10, seed: int = 0) -> 
         (root / f"class{c}").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((side, side), Image.BILINEAR)
+        h = w = side
+        if mixed and rng.random() >= 0.6:
+            h, w = (int(v) for v in rng.integers(int(side * 0.75), int(side * 1.25) + 1, 2))
+        img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
         img.save(root / f"class{i % classes}" / f"{i:07d}.jpg", quality=90)
     done.write_text(str(n))
     return root
@@ -200,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cifar", help="the JPEG CIFAR-10 ImageFolder (its train/ split is loaded)")
     ap.add_argument("--synthetic", type=int, default=0, help="also a synthetic ImageFolder of this many JPEGs")
     ap.add_argument("--side", type=int, default=64, help="the synthetic images' side in pixels (default 64)")
+    ap.add_argument("--mixed", action="store_true", help="synthetic images of mixed sizes (60 %% at --side)")
     ap.add_argument("--stages", default="load,features")
     ap.add_argument("--image-ram-mb", type=int, default=None, help="FLARE_IMAGE_RAM_MB for the measured process")
     ap.add_argument("--memory-limit-mb", type=int, default=None,
@@ -216,8 +221,9 @@ def main(argv=None) -> int:
     if args.cifar:
         cases.append(("cifar10 (JPEG, train)", Path(args.cifar).expanduser()))
     if args.synthetic:
-        cases.append((f"synthetic {args.synthetic:,} x {args.side}x{args.side} RGB JPEG",
-                      make_synthetic(args.synthetic, args.side)))
+        name = (f"synthetic {args.synthetic:,} RGB JPEG, 60 % {args.side}x{args.side}, the rest mixed sizes"
+                if args.mixed else f"synthetic {args.synthetic:,} x {args.side}x{args.side} RGB JPEG")
+        cases.append((name, make_synthetic(args.synthetic, args.side, mixed=args.mixed)))
     if not cases:
         ap.error("give --cifar DIR and/or --synthetic N")
     results = read_json(OUT, {"rows": []})
