@@ -191,8 +191,8 @@ def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=
         record["outcome"] = "ok"
     record.update(memory_limit_mb=memory_limit_mb, group_peak_mb=group_peak)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           cwd=REPO, capture_output=True, text=True).stdout.strip()  # the rows it writes do not count
     record.update(dataset=name, path=str(path), stages=stages, image_ram_mb=image_ram_mb,
                   commit=commit.stdout.strip() + ("+changes" if dirty else ""),
                   load_average=[round(x, 2) for x in os.getloadavg()])
