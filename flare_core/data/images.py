@@ -233,14 +233,14 @@ class _Decoding:
         self.first_size = tuple(first.shape[:2])
         self.inside: list = []  # rows decoded into ``out`` at its size (or resized into it)
         self.aside: dict = {}
-        self.resized: list = []
+        self.resized: set = set()  # rows whose image was resized
         self.resize_all = False
 
     def add(self, failed: dict, aside: dict, resized: list, rows: range) -> None:
         """One chunk's results (:func:`_decode_chunk`)."""
         self.failed.update(failed)
         self.aside.update(aside)
-        self.resized += resized
+        self.resized.update(resized)
         self.inside += [j for j in rows if j not in failed and j not in aside]
 
     def settle(self) -> None:
@@ -264,7 +264,7 @@ class _Decoding:
         sizes = [probe_size(p) for p in self.paths]
         size = most_common_size([s for s in sizes if s is not None])
         if size != tuple(self.out.shape[1:3]):
-            self.resized += [j for j in self.inside if j not in self.resized]
+            self.resized.update(self.inside)
             self.out = _remake(self.out, self.inside, size, self.out.shape[3])
         self._finish_aside(size)
         self.resize_all = True
@@ -273,7 +273,7 @@ class _Decoding:
         for j, a in sorted(self.aside.items()):
             if a.shape[:2] != size:
                 a = resize(a, size)
-                self.resized.append(j)
+                self.resized.add(j)
             self.out[j] = np.reshape(a, (*size, -1))
             self.inside.append(j)
         self.aside.clear()
@@ -288,14 +288,14 @@ class _Decoding:
             sizes.update(self.aside[j].shape[:2] for j in sorted(self.aside))
             size = most_common_size(sizes)
             if size != tuple(self.out.shape[1:3]):
-                self.resized += [j for j in self.inside if j not in self.resized]
+                self.resized.update(self.inside)
                 self.out = _remake(self.out, self.inside, size, self.out.shape[3])
             self._finish_aside(size)
         out = self.out
         for n, j in enumerate(kept):  # close up the rows of files that failed (none, usually)
             if n != j:
                 out[n] = out[j]
-        return (out if len(kept) == len(out) else out[:len(kept)]), kept, sorted(set(self.resized))
+        return (out if len(kept) == len(out) else out[:len(kept)]), kept, sorted(self.resized)
 
 
 def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = None, *,
