@@ -8,13 +8,16 @@ abnormality features with the penultimate features and logits in one pass, ``ext
 latent=True)``, as ``flare purify`` runs it, written to a memory-mapped .npy) with an untrained narrow ResNet
 (the pass costs the same whatever the weights).
 
-Datasets: the JPEG CIFAR-10 training folder (``--cifar``), and a synthetic ImageFolder of N RGB JPEGs of
-``--side`` pixels (default 64; ``--synthetic N``, made once under ~/.cache/flare-data). Written to
+Datasets: the JPEG CIFAR-10 training folder (``--cifar``), a synthetic ImageFolder of N RGB JPEGs of
+``--side`` pixels (default 64; ``--synthetic N``, made once under ~/.cache/flare-data), and a synthetic ``.npz``
+of N such images (``--npz N``: saved uncompressed as ``numpy.savez`` does; ``--npz-compressed`` as
+``numpy.savez_compressed``; ``--channel-first`` stores them (N, 3, H, W)). Written to
 benchmarks/results/image_loading.json; each row carries the commit it ran on, so rows from before and after a
 change sit side by side.
 
-    python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--stages load,features]
-        [--side 64] [--mixed] [--image-ram-mb MB] [--memory-limit-mb MB] [--label TEXT]
+    python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--npz 100000] [--stages load,features]
+        [--side 64] [--mixed] [--npz-compressed] [--channel-first] [--image-ram-mb MB] [--memory-limit-mb MB]
+        [--label TEXT]
 
 ``--memory-limit-mb`` runs the measured process in a cgroup-v1 memory group of that size (root only): a load
 that needs more memory than that is killed by the kernel, which the row then records.
@@ -62,6 +65,31 @@ def make_synthetic(n: int, side: int = 64, classes: int = 10, seed: int = 0, mix
         img.save(root / f"class{i % classes}" / f"{i:07d}.jpg", quality=90)
     done.write_text(str(n))
     return root
+
+
+def make_synthetic_npz(n: int, side: int = 64, classes: int = 10, seed: int = 0, compressed: bool = False,
+                       channel_first: bool = False) -> Path:
+    """An ``.npz`` of ``n`` smooth random RGB images (``side`` x ``side``, ``x`` and ``y``), made once and reused."""
+    import numpy as np
+
+    name = f"synthetic-{n}-{side}{'-chw' if channel_first else ''}{'-compressed' if compressed else ''}.npz"
+    path = SYNTHETIC_ROOT / name
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(seed)
+    shape = (n, 3, side, side) if channel_first else (n, side, side, 3)
+    x = np.empty(shape, dtype=np.uint8)
+    cell = -(-side // 8)
+    for start in range(0, n, 4096):
+        small = rng.integers(0, 256, (min(4096, n - start), 8, 8, 3), dtype=np.uint8)
+        block = small.repeat(cell, axis=1).repeat(cell, axis=2)[:, :side, :side]
+        x[start:start + len(block)] = block.transpose(0, 3, 1, 2) if channel_first else block
+    y = np.arange(n, dtype=np.int64) % classes
+    SYNTHETIC_ROOT.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    (np.savez_compressed if compressed else np.savez)(tmp, x=x, y=y)
+    tmp.rename(path)
+    return path
 
 
 def _status_kb(fields=("RssAnon", "RssFile", "VmHWM")) -> dict:
@@ -205,6 +233,9 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=0, help="also a synthetic ImageFolder of this many JPEGs")
     ap.add_argument("--side", type=int, default=64, help="the synthetic images' side in pixels (default 64)")
     ap.add_argument("--mixed", action="store_true", help="synthetic images of mixed sizes (60 %% at --side)")
+    ap.add_argument("--npz", type=int, default=0, help="also a synthetic .npz of this many --side RGB images")
+    ap.add_argument("--npz-compressed", action="store_true", help="the .npz saved with numpy.savez_compressed")
+    ap.add_argument("--channel-first", action="store_true", help="the .npz's images stored (N, 3, H, W)")
     ap.add_argument("--stages", default="load,features")
     ap.add_argument("--image-ram-mb", type=int, default=None, help="FLARE_IMAGE_RAM_MB for the measured process")
     ap.add_argument("--memory-limit-mb", type=int, default=None,
@@ -224,8 +255,14 @@ def main(argv=None) -> int:
         name = (f"synthetic {args.synthetic:,} RGB JPEG, 60 % {args.side}x{args.side}, the rest mixed sizes"
                 if args.mixed else f"synthetic {args.synthetic:,} x {args.side}x{args.side} RGB JPEG")
         cases.append((name, make_synthetic(args.synthetic, args.side, mixed=args.mixed)))
+    if args.npz:
+        how = ("compressed" if args.npz_compressed else "uncompressed") + (", channel-first" if args.channel_first
+                                                                            else "")
+        cases.append((f"synthetic {args.npz:,} x {args.side}x{args.side} RGB .npz ({how})",
+                      make_synthetic_npz(args.npz, args.side, compressed=args.npz_compressed,
+                                         channel_first=args.channel_first)))
     if not cases:
-        ap.error("give --cifar DIR and/or --synthetic N")
+        ap.error("give --cifar DIR, --synthetic N and/or --npz N")
     results = read_json(OUT, {"rows": []})
     for name, path in cases:
         record = run_case(name, path, stages, args.image_ram_mb, args.memory_limit_mb)
