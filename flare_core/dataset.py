@@ -72,9 +72,15 @@ class ImageDataset:
 
     @property
     def images_on_disk(self) -> bool:
-        """True when the images are a memory-mapped temporary file (decoded images past ``FLARE_IMAGE_RAM_MB``),
-        False for an array in memory."""
+        """True when the images are memory-mapped from disk (past ``FLARE_IMAGE_RAM_MB``: a temporary file of decoded
+        images, or an uncompressed ``.npz`` itself, read-only), False for an array in memory."""
         return isinstance(self.images, np.memmap) and getattr(self.images, "_mmap", None) is not None
+
+    @property
+    def images_file(self) -> str | None:
+        """The named file the images are mapped from (an ``.npz`` read in place), None for a temporary file or
+        memory."""
+        return getattr(self.images, "filename", None) if self.images_on_disk else None
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)

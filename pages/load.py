@@ -189,9 +189,10 @@ if dataset is not None:
     c[2].metric("image size", "×".join(map(str, dataset.image_shape)))
     c[3].metric("skipped files", len(dataset.skipped))
     if dataset.images_on_disk:
-        st.caption(f"The decoded images ({dataset.images.nbytes / 2**30:.1f} GB) are more than `FLARE_IMAGE_RAM_MB` "
-                   "allows in memory, so they are kept in a memory-mapped temporary file; the system keeps what "
-                   "fits of it in RAM.")
+        where = ("read in place from the `.npz` file, memory-mapped read-only" if dataset.images_file else
+                 "kept in a memory-mapped temporary file")
+        st.caption(f"The images ({dataset.images.nbytes / 2**30:.1f} GB) are more than `FLARE_IMAGE_RAM_MB` allows in "
+                   f"memory, so they are {where}; the system keeps what fits of it in RAM.")
     left, right = st.columns([2, 3])
     with left:
         counts = pd.DataFrame({"class": [f"{k}: {n}" for k, n in enumerate(dataset.classes)],

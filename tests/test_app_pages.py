@@ -838,3 +838,17 @@ def test_load_says_when_the_images_are_kept_on_disk(env, monkeypatch):
     at2.button[[b.label for b in at2.button].index("Load model and dataset")].click().run()
     no_errors(at2)
     assert not any("memory-mapped" in c.value for c in at2.caption)
+
+
+def test_load_says_when_an_npz_is_read_in_place(env, monkeypatch):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8), y=np.arange(12) % 3)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    at = _own_form(env)
+    at.file_uploader(key="data_upload").upload("pets.npz", buf.getvalue(), "application/octet-stream")
+    at.button[[b.label for b in at.button].index("Load model and dataset")].click().run()
+    no_errors(at)
+    assert [m.value for m in at.metric][:3] == ["12", "3", "28×28×1"]
+    assert any("read in place from the `.npz` file" in c.value for c in at.caption)

@@ -549,6 +549,27 @@ def test_a_memory_mapped_dataset_gives_the_same_run_as_one_in_memory(lab, tmp_pa
     assert disk_meta["dataset"]["sha256"] == ram_meta["dataset"]["sha256"]
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_an_npz_past_the_memory_limit_gives_the_same_run_as_one_in_memory(lab, tmp_path, monkeypatch, compressed):
+    """An .npz past FLARE_IMAGE_RAM_MB is read from disk (mapped from the file itself when stored, streamed into a
+    temporary file when compressed): the same run, the same purified set, the source untouched."""
+    ds = load_dataset(lab / "data")
+    data = tmp_path / "data.npz"
+    (np.savez_compressed if compressed else np.savez)(data, x=ds.images, y=ds.labels, classes=np.array(ds.classes))
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
+    cfg = dataclasses.replace(_config(lab), data=str(data))
+    in_memory = run_analysis(cfg, tmp_path / "ram", export=True)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    assert load_dataset(data).images_on_disk
+    on_disk = run_analysis(cfg, tmp_path / "disk", export=True)
+    assert on_disk.manifest.equals(in_memory.manifest)
+    assert on_disk.meta["dataset"]["sha256"] == in_memory.meta["dataset"]["sha256"]
+    kept = [load_dataset(run.path / "purified" / "data.npz") for run in (in_memory, on_disk)]
+    np.testing.assert_array_equal(kept[0].images, kept[1].images)
+    assert kept[0].sources == kept[1].sources and len(kept[0]) == int((in_memory.manifest["flagged"] == 0).sum())
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == before
+
+
 def test_a_bad_image_ram_limit_is_one_line_from_the_cli(lab, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "lots")
     assert _purify(lab, tmp_path / "out") != 0

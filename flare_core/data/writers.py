@@ -6,7 +6,6 @@ modifies the source data: output inside the source folder, or over it, is refuse
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from flare_core.atomic import atomic_dir, atomic_path, check_replaceable
+from flare_core.data.images import image_ram_limit
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -113,16 +113,23 @@ def check_indices(indices, n: int) -> np.ndarray:
     return idx
 
 
-def _npz_bytes(dataset: ImageDataset) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        x=dataset.images,
-        y=dataset.labels.astype(np.int64),
-        classes=np.array([str(c) for c in dataset.classes], dtype=str),
-        sources=np.array([str(s) for s in dataset.sources], dtype=str),
-    )
-    return buf.getvalue()
+def _write_npz(dataset: ImageDataset, path: Path) -> None:
+    """x, y, classes and sources into the new file ``path``, streamed (never a second copy of the images in memory).
+
+    Compressed, except images past ``FLARE_IMAGE_RAM_MB``: those are stored uncompressed, so that loading the file
+    again maps them from it instead of reading them whole (:mod:`flare_core.data.npy_member`)."""
+    large = dataset.images.nbytes > image_ram_limit()
+    if large:
+        logger.info("Writing the %.1f GB of images uncompressed, so that they load again memory-mapped.",
+                    dataset.images.nbytes / 2**30)
+    with open(path, "wb") as f:
+        (np.savez if large else np.savez_compressed)(
+            f,
+            x=dataset.images,
+            y=dataset.labels.astype(np.int64),
+            classes=np.array([str(c) for c in dataset.classes], dtype=str),
+            sources=np.array([str(s) for s in dataset.sources], dtype=str),
+        )
 
 
 def save_npz(dataset: ImageDataset, path: str | Path) -> Path:
@@ -130,9 +137,8 @@ def save_npz(dataset: ImageDataset, path: str | Path) -> Path:
     path = Path(path).expanduser().absolute()
     if any(_real(path) == f for f in _source_files(dataset)):
         raise DataError(f"{path} is the dataset's own source file; write to another path.")
-    data = _npz_bytes(dataset)
     with atomic_path(path, suffix=".npz") as tmp:
-        tmp.write_bytes(data)
+        _write_npz(dataset, tmp)
     logger.info("Wrote %d samples to %s", len(dataset), path)
     return path
 
@@ -248,7 +254,7 @@ def export_subset(
             if dataset.format == "csv":
                 _write_manifest(rows, tmp / MANIFEST_NAME)
         else:
-            (tmp / NPZ_NAME).write_bytes(_npz_bytes(dataset.subset(idx)))
+            _write_npz(dataset.subset(idx), tmp / NPZ_NAME)
             progress("export", len(idx), len(idx))
     logger.info("Exported %d of %d samples to %s", len(idx), len(dataset), out)
     if dataset.format == "imagefolder":

@@ -1,12 +1,21 @@
 """How a model wants its input: part of the loaded model's description, stored with every result."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def shared_tensor(images: np.ndarray) -> torch.Tensor:
+    """A tensor over the memory of ``images`` (C-order), read-only arrays too (images memory-mapped read-only from
+    their source file): callers only read it, so torch's warning about a non-writable array does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(images))
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Preprocessing:
                 raise ValueError(f"images must be uint8, got {images.dtype}.")
             x = images.to(device)
         else:
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            x = shared_tensor(images).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if self.channels is not None and x.shape[1] != self.channels:
             if self.channels == 3 and x.shape[1] == 1:

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple, Union
 
@@ -24,7 +23,7 @@ from flare_core.errors import DataError, FlareError
 from flare_core.metrics import benign_accuracy
 from flare_core.models.architectures import build_model
 from flare_core.models.loaded import LoadedModel
-from flare_core.models.preprocessing import Preprocessing
+from flare_core.models.preprocessing import Preprocessing, shared_tensor
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
@@ -266,9 +265,7 @@ def train_model(
             model = model.to(memory_format=torch.channels_last)
         opt = make_optimizer(optimizer, model, lr, weight_decay, momentum)
         gen = torch.Generator().manual_seed(seed)
-        with warnings.catch_warnings():  # a read-only (e.g. memory-mapped) array: the tensor is only read
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # (indexing it below copies)
+        images = shared_tensor(dataset.images)  # (indexing it below copies)
         labels = torch.from_numpy(np.array(dataset.labels, dtype=np.int64))  # N ints: a copy costs nothing
         if device != "cpu":
             images, labels = images.to(device), labels.to(device)
