@@ -23,6 +23,7 @@ from PIL import Image
 
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
+from flare_core.system_memory import memory_available
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,19 @@ def resize(arr: np.ndarray, size: tuple) -> np.ndarray:
 #: variable ``FLARE_IMAGE_RAM_MB`` overrides it (the file goes to the temporary folder, ``TMPDIR``).
 IMAGE_RAM_MB = 2048
 
+#: ...and by default no more than this share of the memory the process may still take when the images are loaded
+#: (the kernel's MemAvailable, or a container's memory cgroup: in a 1 GB container the limit is about 180 MB)
+IMAGE_RAM_SHARE = 0.25
+
 
 def image_ram_limit() -> int:
-    """Bytes of decoded images held in RAM; larger datasets are memory-mapped (``FLARE_IMAGE_RAM_MB``)."""
+    """Bytes of decoded images held in RAM; larger datasets are memory-mapped. ``FLARE_IMAGE_RAM_MB`` when set, else
+    the smaller of :data:`IMAGE_RAM_MB` and :data:`IMAGE_RAM_SHARE` of :func:`~flare_core.system_memory.memory_available`."""
     text = os.environ.get("FLARE_IMAGE_RAM_MB", "").strip()
     if not text:
-        return IMAGE_RAM_MB * 2**20
+        available = memory_available()
+        fixed = IMAGE_RAM_MB * 2**20
+        return fixed if available is None else min(fixed, int(available * IMAGE_RAM_SHARE))
     try:
         mb = int(text)
     except ValueError:

@@ -29,7 +29,7 @@ LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 LOCAL_SIGNATURE = 0x04034B50
 
 #: bytes a streamed read takes at a time
-STREAM_BYTES = 64 * 2**20
+STREAM_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
