@@ -144,7 +144,7 @@ def child(path: str, stages: list, scratch: str) -> dict:
         record["load_s"] = round(time.perf_counter() - t0, 2)
     record.update({f"load_{k}": v for k, v in s.peak_mb().items()})
     record.update(n=len(ds), image_shape=list(ds.image_shape), image_mb=round(ds.images.nbytes / 2**20, 1),
-                  images_on_disk=isinstance(ds.images, np.memmap))
+                  images_on_disk=isinstance(ds.images, np.memmap), images_file=ds.images_file)
     if "features" in stages:
         from flare_core.features import extract_abnormality_features
         from flare_core.models import build_model

@@ -881,11 +881,12 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
 
         rows = [[r["dataset"], r.get("label") or "-", f"`{r['commit']}`", r.get("memory_limit_mb") or "-",
                  r.get("outcome", "ok"), "-" if "images_on_disk" not in r else
-                 ("disk (memory-mapped)" if r["images_on_disk"] else "RAM"), r.get("load_s", "-"),
+                 ("the .npz itself (memory-mapped)" if r.get("images_file") else
+                  "disk (memory-mapped)" if r["images_on_disk"] else "RAM"), r.get("load_s", "-"),
                  _over(r, "load_peak_rssanon_mb"), r.get("load_peak_rssfile_mb", "-"), r.get("features_s", "-"),
                  _over(r, "features_peak_rssanon_mb"), r.get("vm_hwm_mb", "-"), r.get("group_peak_mb") or "-",
                  f"`{r['command']}`"] for r in il["rows"]]
-        parts += ["## Loading image-file datasets: memory and time (2-core CPU)",
+        parts += ["## Loading image-file and .npz datasets: memory and time (2-core CPU)",
                   "Each row is one fresh process (`benchmarks/image_loading.py`), sampling its own `/proc/self/status` "
                   "every 10 ms. *Anonymous* memory (RssAnon) is what only RAM or swap can hold; *file-backed* "
                   "(RssFile: the interpreter's libraries and, when the images are memory-mapped, the image file's "
@@ -895,7 +896,12 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "pass; an untrained narrow ResNet, batch 256). A memory limit is a cgroup the process runs in (RAM "
                   "and page cache together, as the kernel counts them; its peak in the last column). The synthetic "
                   "sets: smooth random RGB JPEGs in 10 classes (100,000 of 64x64: 1.2 GB of pixels; 10,000 of "
-                  "224x224: 1.4 GB). The *before* rows ran this script in a git worktree of the commit shown. Raw: "
+                  "224x224: 1.4 GB); the synthetic `.npz` holds 100,000 64x64 RGB images (1.2 GB; blocky random pixels with "
+                  "fine noise, so zlib packs them to 70 % as it packs photos), saved by `numpy.savez` (uncompressed), "
+                  "`numpy.savez_compressed`, or uncompressed channel-first (N, 3, H, W). Without `--image-ram-mb` the "
+                  "limit on images in memory is the default (2 GB; since `bc22386` at most a quarter of the memory "
+                  "the process may take, so 180 MB inside a 1 GB group). The *before* rows ran this script in a git "
+                  "worktree of the commit shown. Raw: "
                   "`benchmarks/results/image_loading.json`.",
                   md_table(["dataset", "code", "commit", "memory limit MB", "outcome", "images held in", "load s",
                             "load: peak anonymous MB over start", "load: peak file-backed MB", "features s",
