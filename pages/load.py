@@ -191,8 +191,9 @@ if dataset is not None:
     if dataset.images_on_disk:
         where = ("read in place from the `.npz` file, memory-mapped read-only" if dataset.images_file else
                  "kept in a memory-mapped temporary file")
-        st.caption(f"The images ({dataset.images.nbytes / 2**30:.1f} GB) are more than `FLARE_IMAGE_RAM_MB` allows in "
-                   f"memory, so they are {where}; the system keeps what fits of it in RAM.")
+        st.caption(f"The images ({dataset.images.nbytes / 2**30:.1f} GB) are more than the limit on images in memory "
+                   "(`FLARE_IMAGE_RAM_MB`; by default a quarter of the free memory, at most 2 GB), so they are "
+                   f"{where}; the system keeps what fits of it in RAM.")
     left, right = st.columns([2, 3])
     with left:
         counts = pd.DataFrame({"class": [f"{k}: {n}" for k, n in enumerate(dataset.classes)],
