@@ -49,12 +49,6 @@ def open_npz(path: Path) -> Iterator[tuple]:
         raise DataError(f"Could not read {path} as an .npz file ({exc}); it may be truncated.") from exc
 
 
-def read_npz(path: Path) -> dict:
-    """All arrays of an .npz file, loaded into memory without pickle."""
-    with open_npz(path) as (archive, _raw):
-        return {k: archive[k] for k in archive.files}
-
-
 def _pick_name(names, keys: tuple, path: Path, what: str) -> str:
     for k in keys:
         if k in names:
