@@ -216,3 +216,10 @@ def test_an_export_within_the_limit_is_compressed(tmp_path):
     with zipfile.ZipFile(out) as z:
         assert z.getinfo("x.npy").compress_type == zipfile.ZIP_DEFLATED
     np.testing.assert_array_equal(load_dataset(out).images, ds.images[:10])
+
+
+def test_a_fortran_order_channel_first_array_in_memory_is_transposed_and_made_c_order(tmp_path):
+    x = _images()
+    ds = load_dataset(_save(tmp_path / "d.npz", np.asfortranarray(x.transpose(0, 3, 1, 2))))
+    np.testing.assert_array_equal(ds.images, x)
+    assert ds.images.flags.c_contiguous

@@ -148,8 +148,8 @@ def image_array(shape: tuple) -> np.ndarray:
     nbytes = int(np.prod(shape))
     if nbytes <= image_ram_limit():
         return np.empty(shape, dtype=np.uint8)
-    logger.info("The decoded images (%.1f GB) are larger than FLARE_IMAGE_RAM_MB; they are kept in a "
-                "memory-mapped temporary file.", nbytes / 2**30)
+    logger.info("The decoded images (%.1f GB) are more than the limit on images in memory (FLARE_IMAGE_RAM_MB, or a "
+                "quarter of the free memory); they are kept in a memory-mapped temporary file.", nbytes / 2**30)
     return disk_array(shape)
 
 

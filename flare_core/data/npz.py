@@ -1,6 +1,6 @@
 """``.npz`` arrays: ``x`` (N, H, W[, C]) uint8 and ``y`` labels; optional ``classes`` and ``sources``.
 
-The images are read into memory up to ``FLARE_IMAGE_RAM_MB``; past it they stay on disk (:mod:`.npy_member`)."""
+The images are read into memory up to :func:`~flare_core.data.images.image_ram_limit`; past it they stay on disk (:mod:`.npy_member`)."""
 from __future__ import annotations
 
 import logging
@@ -80,11 +80,11 @@ def _large_images(archive, path: Path, member: NpyMember) -> np.ndarray:
     """The images of a member past :func:`image_ram_limit`: mapped read-only from the file, or streamed to disk."""
     gb = member.nbytes / 2**30
     if member.fortran_order:
-        raise DataError(f"'x' in {path} ({gb:.1f} GB, more than FLARE_IMAGE_RAM_MB) is stored in Fortran order, which "
+        raise DataError(f"'x' in {path} ({gb:.1f} GB, more than the limit on images in memory) is stored in Fortran order, which "
                         "cannot be read a block at a time; save it with numpy.savez(path, x=np.ascontiguousarray(x), "
                         "...) or raise FLARE_IMAGE_RAM_MB to read it into memory.")
     if member.data_offset is not None and not _channel_first(member.shape):
-        logger.info("The images in %s (%.1f GB) are more than FLARE_IMAGE_RAM_MB; they are read memory-mapped from "
+        logger.info("The images in %s (%.1f GB) are more than the limit on images in memory; they are read memory-mapped from "
                     "the file itself (read-only).", path, gb)
         return map_member(str(path), member)
     return _stream_images(archive, path, member)
@@ -95,7 +95,7 @@ def _stream_images(archive, path: Path, member: NpyMember) -> np.ndarray:
     if _channel_first(shape):
         shape = (shape[0], shape[2], shape[3], shape[1])
     gb = member.nbytes / 2**30
-    logger.info("The images in %s (%.1f GB) are more than FLARE_IMAGE_RAM_MB and %s; they are read a block at a time "
+    logger.info("The images in %s (%.1f GB) are more than the limit on images in memory and %s; they are read a block at a time "
                 "into a memory-mapped temporary file.", path, gb,
                 "stored channel-first" if _channel_first(member.shape) else "compressed")
     out = disk_array(shape)
@@ -103,29 +103,20 @@ def _stream_images(archive, path: Path, member: NpyMember) -> np.ndarray:
 
 
 def _read_images(archive, raw, path: Path, key: str) -> np.ndarray:
-    """``x`` as (N, H, W[, C]) uint8: in memory up to :func:`image_ram_limit`, else on disk (see
-    :mod:`.npy_member`); images stored channel-first are transposed a block at a time, never held twice."""
+    """``x`` as (N, H, W[, C]) uint8, validated from its header: in memory up to :func:`image_ram_limit`, else on
+    disk (see :mod:`.npy_member`); images stored channel-first are transposed a block at a time, never held twice."""
     member = npy_member(archive.zip, raw, key + ".npy")
     _check_image_header(member, path)
+    channel_first = _channel_first(member.shape)
+    if channel_first:
+        logger.info("'x' in %s looks channel-first %s; transposing to (N, H, W, C).", path, member.shape)
     if member.nbytes > image_ram_limit():
         return _large_images(archive, path, member)
-    if _channel_first(member.shape) and not member.fortran_order:
+    if channel_first and not member.fortran_order:
         n, c, h, w = member.shape
-        logger.info("'x' in %s looks channel-first %s; transposing to (N, H, W, C).", path, member.shape)
         return stream_member(archive.zip, member, np.empty((n, h, w, c), dtype=np.uint8), _channel_last)
-    return check_images(archive[key], path)
-
-
-def check_images(x: np.ndarray, path: Path) -> np.ndarray:
-    """Validate ``x`` and return it as (N, H, W, C) uint8 (channel-first input is transposed)."""
-    if x.dtype != np.uint8:
-        raise DataError(f"'x' in {path} has dtype {x.dtype}; convert it to uint8 values 0..255.")
-    if x.ndim == 4 and x.shape[-1] not in (1, 3) and x.shape[1] in (1, 3):
-        logger.info("'x' in %s looks channel-first %s; transposing to (N, H, W, C).", path, x.shape)
-        x = x.transpose(0, 2, 3, 1)
-    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-        raise DataError(f"'x' in {path} has shape {x.shape}; expected (N, H, W) or (N, H, W, 1|3).")
-    return np.ascontiguousarray(x)
+    x = archive[key]  # C order as stored, or a Fortran-order array made C-order here
+    return np.ascontiguousarray(_channel_last(x) if channel_first else x)
 
 
 def check_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
@@ -140,7 +131,7 @@ def check_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
 
 
 def load_npz(path: str | Path) -> ImageDataset:
-    """Load an .npz dataset with ``allow_pickle=False``; images larger than ``FLARE_IMAGE_RAM_MB`` stay on disk
+    """Load an .npz dataset with ``allow_pickle=False``; images past :func:`~flare_core.data.images.image_ram_limit` stay on disk
     (memory-mapped from the file itself when stored uncompressed; see :mod:`.npy_member`)."""
     path = Path(path).absolute()
     with open_npz(path) as (archive, raw):
