@@ -1,7 +1,7 @@
 """How much memory this process may still take: the kernel's ``MemAvailable``, or less where a container's memory
 cgroup (v1 or v2) limits the process, as Docker and Kubernetes do.
 
-Used for defaults that must fit the machine (:func:`flare_core.data.images.image_ram_limit`). Pure functions over
+Used for defaults that must fit the machine (:func:`flare_core.large_arrays.ram_limit`). Pure functions over
 the text of ``/proc`` files and a cgroup folder, and one reader that tolerates their absence (not Linux, no cgroup):
 None then, and callers keep their fixed default.
 """

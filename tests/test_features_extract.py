@@ -223,3 +223,78 @@ def test_latent_features_leave_mode_and_hooks_untouched():
     extract_latent_features(model, _dataset())
     assert all(m.training for m in model.module.modules())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+
+
+# ------------------------------------------------ outputs past the limit on one array in memory (FLARE_IMAGE_RAM_MB)
+
+
+class WideHead(nn.Module):
+    """Little compute, a wide penultimate layer: its pooled features are most of what a pass keeps."""
+
+    def __init__(self, width=256):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.wide = nn.Linear(8, width)
+        self.fc = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.wide(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))))
+
+
+def test_outputs_past_the_limit_are_memory_mapped_and_equal_the_in_memory_ones(monkeypatch, own_tmpdir):
+    model, ds = _bn_model(), _dataset(n=11)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "1")
+    small = extract_abnormality_features(model, ds, batch_size=3, latent=True, channels=True)
+    assert not isinstance(small.latent.pooled, np.memmap) and not isinstance(small.channels, np.memmap)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    big = extract_abnormality_features(model, ds, batch_size=4, latent=True, channels=True)
+    for got, want in ((big.latent.pooled, small.latent.pooled), (big.latent.logits, small.latent.logits),
+                      (big.channels, small.channels)):
+        assert isinstance(got, np.memmap) and got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(big.values, small.values, rtol=1e-6, atol=1e-6)
+    lat = extract_latent_features(model, ds, batch_size=5)
+    pooled, _ = extract_pooled_features(model, ds, batch_size=2)
+    assert isinstance(lat.pooled, np.memmap) and isinstance(lat.logits, np.memmap) and isinstance(pooled, np.memmap)
+    np.testing.assert_allclose(lat.pooled, small.latent.pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pooled, small.latent.pooled, rtol=1e-6, atol=1e-6)
+    assert list(own_tmpdir.iterdir()) == []  # the files have no name: nothing is left behind
+
+
+def test_outputs_past_the_limit_hold_no_copy_in_memory(monkeypatch, own_tmpdir):
+    import tracemalloc
+
+    torch.manual_seed(0)
+    model = LoadedModel(WideHead().eval(), "module", 3)
+    ds = _dataset(n=2000, size=4)
+    pooled_bytes = 2000 * 256 * 4
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    tracemalloc.start()
+    try:
+        lat = extract_latent_features(model, ds, batch_size=250)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(lat.pooled, np.memmap) and lat.pooled.shape == (2000, 256)
+    assert peak < 0.2 * pooled_bytes  # a batch at a time into the file (joining the batches took 1x, in memory)
+
+
+def test_a_full_temporary_disk_for_the_outputs_is_one_line_and_leaves_the_model_as_it_was(
+        monkeypatch, own_tmpdir, tmp_path):
+    from flare_core import large_arrays
+
+    model, ds = _bn_model(), _dataset()
+    model.module.train()
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(large_arrays.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
+    with pytest.raises(DataError, match="penultimate features need .* temporary disk space .* TMPDIR") as info:
+        extract_abnormality_features(model, ds, batch_size=3, latent=True, out=tmp_path / "f.npy")
+    assert "\n" not in str(info.value)
+    assert all(m.training for m in model.module.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+    assert list(tmp_path.iterdir()) == [own_tmpdir] and list(own_tmpdir.iterdir()) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -13,18 +12,11 @@ import pytest
 
 from flare_core.data import export_subset, load_dataset
 from flare_core.data import images as images_mod
-from flare_core.data.images import image_ram_limit, read_images
+from flare_core import large_arrays
+from flare_core.data.images import read_images
+from flare_core.large_arrays import ram_limit
 from flare_core.errors import DataError
 from test_data_helpers import make_imagefolder, tree_hashes, write_image
-
-
-@pytest.fixture
-def own_tmpdir(tmp_path, monkeypatch):
-    """The temporary folder the disk-backed arrays go to (TMPDIR), empty at the start."""
-    folder = tmp_path / "tmpdir"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def test_images_past_the_limit_are_memory_mapped_and_equal_the_in_memory_load(tmp_path, monkeypatch, own_tmpdir):
@@ -157,16 +149,16 @@ def test_no_readable_image_gives_none(tmp_path):
 
 def test_the_ram_limit_defaults_and_follows_the_environment(monkeypatch):
     monkeypatch.delenv("FLARE_IMAGE_RAM_MB", raising=False)
-    assert image_ram_limit() == images_mod.IMAGE_RAM_MB * 2**20
+    assert ram_limit() == large_arrays.RAM_LIMIT_MB * 2**20
     monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "3")
-    assert image_ram_limit() == 3 * 2**20
+    assert ram_limit() == 3 * 2**20
 
 
 @pytest.mark.parametrize("value", ["lots", "-1", "1.5"])
 def test_a_bad_ram_limit_is_one_line(monkeypatch, value):
     monkeypatch.setenv("FLARE_IMAGE_RAM_MB", value)
     with pytest.raises(DataError, match="FLARE_IMAGE_RAM_MB must be a whole number"):
-        image_ram_limit()
+        ram_limit()
 
 
 def test_a_full_temporary_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, own_tmpdir):
@@ -176,7 +168,7 @@ def test_a_full_temporary_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
     def full(fd, offset, length):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images_mod.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(large_arrays.os, "posix_fallocate", full, raising=False)
     with pytest.raises(DataError, match="temporary disk space .* TMPDIR") as info:
         load_dataset(tmp_path / "d")
     assert "\n" not in str(info.value)
@@ -192,13 +184,13 @@ tmpfs /tmp tmpfs rw,nosuid 0 0
 @pytest.mark.parametrize("path, kind", [("/home/a/x", "ext4"), ("/tmp", "tmpfs"), ("/tmp/y", "tmpfs"),
                                         ("/tmp/big disk/y", "xfs"), ("/tmpfoo", "ext4")])
 def test_the_file_system_of_a_path_is_its_longest_mount_point(path, kind):
-    assert images_mod.filesystem_type(path, MOUNTS) == kind
+    assert large_arrays.filesystem_type(path, MOUNTS) == kind
 
 
 def test_a_temporary_folder_in_memory_is_warned_about(tmp_path, monkeypatch, own_tmpdir, caplog):
     make_imagefolder(tmp_path / "d", per_class=2)
     monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "0")
-    monkeypatch.setattr(images_mod, "filesystem_type", lambda path, mounts: "tmpfs")
+    monkeypatch.setattr(large_arrays, "filesystem_type", lambda path, mounts: "tmpfs")
     with caplog.at_level("WARNING"):
         assert load_dataset(tmp_path / "d").images_on_disk
     assert "point TMPDIR at a folder on disk" in caplog.text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flare_core.data import images
+from flare_core import large_arrays
 from flare_core.system_memory import cgroup_headroom, meminfo_available, memory_available, memory_cgroup_dir
 
 HYBRID_MOUNTS = """tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
@@ -63,15 +63,15 @@ def test_v2_headroom_takes_the_lowest_limit_up_to_the_mount(tmp_path):
 
 def test_the_default_image_limit_follows_the_memory_available(monkeypatch):
     monkeypatch.delenv("FLARE_IMAGE_RAM_MB", raising=False)
-    monkeypatch.setattr(images, "memory_available", lambda: 2**30)  # a 1 GB container
-    assert images.image_ram_limit() == 2**30 // 4
-    monkeypatch.setattr(images, "memory_available", lambda: 64 * 2**30)
-    assert images.image_ram_limit() == images.IMAGE_RAM_MB * 2**20  # a large machine: the fixed cap
-    monkeypatch.setattr(images, "memory_available", lambda: None)  # not Linux
-    assert images.image_ram_limit() == images.IMAGE_RAM_MB * 2**20
-    monkeypatch.setattr(images, "memory_available", lambda: 2**30)
+    monkeypatch.setattr(large_arrays, "memory_available", lambda: 2**30)  # a 1 GB container
+    assert large_arrays.ram_limit() == 2**30 // 4
+    monkeypatch.setattr(large_arrays, "memory_available", lambda: 64 * 2**30)
+    assert large_arrays.ram_limit() == large_arrays.RAM_LIMIT_MB * 2**20  # a large machine: the fixed cap
+    monkeypatch.setattr(large_arrays, "memory_available", lambda: None)  # not Linux
+    assert large_arrays.ram_limit() == large_arrays.RAM_LIMIT_MB * 2**20
+    monkeypatch.setattr(large_arrays, "memory_available", lambda: 2**30)
     monkeypatch.setenv("FLARE_IMAGE_RAM_MB", "700")
-    assert images.image_ram_limit() == 700 * 2**20  # the variable, when set, is the limit
+    assert large_arrays.ram_limit() == 700 * 2**20  # the variable, when set, is the limit
 
 
 def test_this_machine_reports_some_memory():

@@ -4,7 +4,7 @@ One pass, each file opened once: the first readable image sets the array's size 
 of that size is decoded straight into its row. The few that differ (another size, colour in a grayscale array)
 are kept aside and placed at the end, resized to the most common size (or the array is remade at that size or in
 colour, from the pixels already decoded). So a load holds the pixels once, not a list of images and then their
-stack. An array larger than :func:`image_ram_limit` bytes is a memory-mapped temporary file (removed when the
+stack. An array larger than :func:`~flare_core.large_arrays.ram_limit` bytes is a memory-mapped temporary file (removed when the
 array is freed), so image-file datasets larger than the machine's memory load, and the operating system keeps
 what fits of them in RAM.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,9 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
-from flare_core.system_memory import memory_available
+from flare_core.large_arrays import sample_array
 
 logger = logging.getLogger(__name__)
 
@@ -68,89 +65,9 @@ def resize(arr: np.ndarray, size: tuple) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
-#: Decoded images larger than this (in MB) go to a memory-mapped temporary file instead of RAM; the environment
-#: variable ``FLARE_IMAGE_RAM_MB`` overrides it (the file goes to the temporary folder, ``TMPDIR``).
-IMAGE_RAM_MB = 2048
-
-#: ...and by default no more than this share of the memory the process may still take when the images are loaded
-#: (the kernel's MemAvailable, or a container's memory cgroup: in a 1 GB container the limit is about 180 MB)
-IMAGE_RAM_SHARE = 0.25
-
-
-def image_ram_limit() -> int:
-    """Bytes of decoded images held in RAM; larger datasets are memory-mapped. ``FLARE_IMAGE_RAM_MB`` when set, else
-    the smaller of :data:`IMAGE_RAM_MB` and :data:`IMAGE_RAM_SHARE` of :func:`~flare_core.system_memory.memory_available`."""
-    text = os.environ.get("FLARE_IMAGE_RAM_MB", "").strip()
-    if not text:
-        available = memory_available()
-        fixed = IMAGE_RAM_MB * 2**20
-        return fixed if available is None else min(fixed, int(available * IMAGE_RAM_SHARE))
-    try:
-        mb = int(text)
-    except ValueError:
-        mb = -1
-    if mb < 0:
-        raise DataError(f"FLARE_IMAGE_RAM_MB must be a whole number of megabytes (0 or more), got {text!r}.")
-    return mb * 2**20
-
-
-def filesystem_type(path: str, mounts: str) -> Optional[str]:
-    """The type of the file system ``path`` lies on (``tmpfs``, ``ext4``...), from the text of /proc/mounts: the
-    mount point that is the longest prefix of the path; None when no line matches."""
-    best, kind = "", None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
-    return kind
-
-
-def _warn_if_in_memory(folder: str) -> None:
-    try:
-        mounts = Path("/proc/mounts").read_text()
-    except OSError:  # not Linux
-        return
-    if filesystem_type(os.path.realpath(folder), mounts) in ("tmpfs", "ramfs"):
-        logger.warning("The temporary folder %s is held in memory (tmpfs), so the memory-mapped images still take "
-                       "RAM; point TMPDIR at a folder on disk.", folder)
-
-
-def disk_array(shape: tuple) -> np.ndarray:
-    """A uint8 array of ``shape`` in a memory-mapped temporary file, which disappears with the array.
-
-    The file's blocks are reserved up front, so a full disk is a one-line DataError here, not a crash while
-    writing pixels into the map."""
-    nbytes = int(np.prod(shape))
-    folder = tempfile.gettempdir()
-    _warn_if_in_memory(folder)
-    with tempfile.TemporaryFile(dir=folder, prefix="flare-images-") as f:
-        try:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(f.fileno(), 0, nbytes)
-            else:  # pragma: no cover - macOS and Windows
-                if shutil.disk_usage(folder).free < nbytes:
-                    raise OSError(28, "No space left on device")
-                f.truncate(nbytes)
-        except OSError as exc:
-            raise DataError(
-                f"The decoded images need {nbytes / 2**30:.1f} GB of temporary disk space and {folder} has not got it "
-                f"({exc.strerror or exc}); free space there, point TMPDIR at a larger disk, or raise "
-                "FLARE_IMAGE_RAM_MB to keep them in memory.") from exc
-        return np.memmap(f, dtype=np.uint8, mode="r+", shape=shape)
-
-
 def image_array(shape: tuple) -> np.ndarray:
-    """An uninitialised uint8 array of ``shape``: in memory, or on disk past :func:`image_ram_limit`."""
-    nbytes = int(np.prod(shape))
-    if nbytes <= image_ram_limit():
-        return np.empty(shape, dtype=np.uint8)
-    logger.info("The decoded images (%.1f GB) are more than the limit on images in memory (FLARE_IMAGE_RAM_MB, or a "
-                "quarter of the free memory); they are kept in a memory-mapped temporary file.", nbytes / 2**30)
-    return disk_array(shape)
+    """An uninitialised uint8 array of ``shape``: in memory, or on disk past :func:`~flare_core.large_arrays.ram_limit`."""
+    return sample_array(shape, np.uint8, "decoded images")
 
 
 def _unreadable(path: Path, exc: Exception) -> str:
@@ -313,7 +230,7 @@ def read_images(paths: Sequence[Path], progress: Optional[ProgressCallback] = No
 
     C is 1 when every image is grayscale, else 3 (grayscale images are repeated over the channels). Images of
     another size than the most common one (ties: the one seen first) are resized to it, with a warning. The array
-    is in memory, or in a memory-mapped temporary file when larger than :func:`image_ram_limit`. ``threads``
+    is in memory, or in a memory-mapped temporary file when larger than :func:`~flare_core.large_arrays.ram_limit`. ``threads``
     decode at once (default :func:`decode_threads` of the first image's size); the result does not depend on how
     many."""
     from concurrent.futures import ThreadPoolExecutor

@@ -8,7 +8,7 @@ no data). Then, for a large member:
   file**, at the byte where the member's data starts (the zip's local header, then the ``.npy`` header). Nothing is
   copied; the system pages in what is read and drops it again under pressure;
 * compressed (``numpy.savez_compressed``), or stored in another layout: it is decompressed a block of rows at a time
-  into an array the caller gives (a memory-mapped temporary file, :func:`flare_core.data.images.disk_array`).
+  into an array the caller gives (a memory-mapped temporary file, :func:`flare_core.large_arrays.disk_array`).
 
 Pure functions over an open :class:`zipfile.ZipFile` and the archive's own file handle; no pickle is ever read
 (object dtypes are refused from the header).

@@ -1,6 +1,6 @@
 """``.npz`` arrays: ``x`` (N, H, W[, C]) uint8 and ``y`` labels; optional ``classes`` and ``sources``.
 
-The images are read into memory up to :func:`~flare_core.data.images.image_ram_limit`; past it they stay on disk (:mod:`.npy_member`)."""
+The images are read into memory up to :func:`~flare_core.large_arrays.ram_limit`; past it they stay on disk (:mod:`.npy_member`)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from flare_core.data.images import disk_array, image_ram_limit
+from flare_core.large_arrays import disk_array, ram_limit
 from flare_core.data.npy_member import NpyMember, map_member, npy_member, stream_member
 from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
@@ -77,7 +77,7 @@ def _check_image_header(member: NpyMember, path: Path) -> None:
 
 
 def _large_images(archive, path: Path, member: NpyMember) -> np.ndarray:
-    """The images of a member past :func:`image_ram_limit`: mapped read-only from the file, or streamed to disk."""
+    """The images of a member past :func:`~flare_core.large_arrays.ram_limit`: mapped read-only from the file, or streamed to disk."""
     gb = member.nbytes / 2**30
     if member.fortran_order:
         raise DataError(f"'x' in {path} ({gb:.1f} GB, more than the limit on images in memory) is stored in Fortran order, which "
@@ -103,14 +103,14 @@ def _stream_images(archive, path: Path, member: NpyMember) -> np.ndarray:
 
 
 def _read_images(archive, raw, path: Path, key: str) -> np.ndarray:
-    """``x`` as (N, H, W[, C]) uint8, validated from its header: in memory up to :func:`image_ram_limit`, else on
+    """``x`` as (N, H, W[, C]) uint8, validated from its header: in memory up to :func:`~flare_core.large_arrays.ram_limit`, else on
     disk (see :mod:`.npy_member`); images stored channel-first are transposed a block at a time, never held twice."""
     member = npy_member(archive.zip, raw, key + ".npy")
     _check_image_header(member, path)
     channel_first = _channel_first(member.shape)
     if channel_first:
         logger.info("'x' in %s looks channel-first %s; transposing to (N, H, W, C).", path, member.shape)
-    if member.nbytes > image_ram_limit():
+    if member.nbytes > ram_limit():
         return _large_images(archive, path, member)
     if channel_first and not member.fortran_order:
         n, c, h, w = member.shape
@@ -131,7 +131,7 @@ def check_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
 
 
 def load_npz(path: str | Path) -> ImageDataset:
-    """Load an .npz dataset with ``allow_pickle=False``; images past :func:`~flare_core.data.images.image_ram_limit` stay on disk
+    """Load an .npz dataset with ``allow_pickle=False``; images past :func:`~flare_core.large_arrays.ram_limit` stay on disk
     (memory-mapped from the file itself when stored uncompressed; see :mod:`.npy_member`)."""
     path = Path(path).absolute()
     with open_npz(path) as (archive, raw):

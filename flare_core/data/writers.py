@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from flare_core.atomic import atomic_dir, atomic_path, check_replaceable
-from flare_core.data.images import image_ram_limit
+from flare_core.large_arrays import ram_limit
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
 from flare_core.progress import ProgressCallback, ensure_progress
@@ -118,7 +118,7 @@ def _write_npz(dataset: ImageDataset, path: Path) -> None:
 
     Compressed, except images past ``FLARE_IMAGE_RAM_MB``: those are stored uncompressed, so that loading the file
     again maps them from it instead of reading them whole (:mod:`flare_core.data.npy_member`)."""
-    large = dataset.images.nbytes > image_ram_limit()
+    large = dataset.images.nbytes > ram_limit()
     if large:
         logger.info("Writing the %.1f GB of images uncompressed, so that they load again memory-mapped.",
                     dataset.images.nbytes / 2**30)

@@ -17,10 +17,14 @@ from flare_core.features.abnormal import (ChannelMoments, abnormality_from_const
 from flare_core.features.hooks import ActivationRecorder, unknown_name_error
 from flare_core.features.layers import feature_points
 from flare_core.features.view import ModelView, Point, model_view, module_device, unwrap
+from flare_core.large_arrays import sample_array
 from flare_core.models.loaded import LoadedModel
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
+
+# the per-sample outputs, by the names a log line or a full-disk message gives them
+PENULTIMATE, POOLED, LOGITS, PER_CHANNEL = "penultimate features", "pooled features", "logits", "per-channel features"
 
 
 @dataclass
@@ -128,6 +132,25 @@ def _join(values: list):
     return values[0]
 
 
+class _SampleRows:
+    """Outputs with one float32 row per sample, each allocated when its first batch gives its width: in memory, or
+    past :func:`~flare_core.large_arrays.ram_limit` in a memory-mapped temporary file, so a pass over N samples
+    holds each output once (not a list of batches and then their concatenation)."""
+
+    def __init__(self, n: int):
+        self.n, self.arrays = n, {}
+
+    def put(self, what: str, start: int, stop: int, block) -> None:
+        block = block.float().cpu().numpy() if isinstance(block, torch.Tensor) else block
+        block = block.reshape(len(block), -1)
+        if what not in self.arrays:
+            self.arrays[what] = sample_array((self.n, block.shape[1]), np.float32, what)
+        self.arrays[what][start:stop] = block
+
+    def get(self, what: str):
+        return self.arrays.get(what)
+
+
 def _data_statistics(view, model, images, points, batch_size, device, progress) -> dict:
     moments = {p.spec: ChannelMoments(p.channel_dim) for p in points if p.running_mean is None}
     specs = list(moments)
@@ -198,19 +221,18 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
 
     widths = [int(constants[spec][0].numel()) for spec in specs]
     values, tmp = _open_output(out, (len(dataset), len(points)))
-    per_channel = np.empty((len(dataset), sum(widths)), dtype=np.float32) if channels else None
-    pooled_parts, logit_parts = [], []
+    rows = _SampleRows(len(dataset))
     hooked = specs + ([pool_spec] if pool_point is not None else [])
     try:
         for item in _run(view, model, dataset.images, hooked, reduce, batch_size, dev, progress, "features",
                          keep_output=pool_point is not None):
             start, stop, scores = item[0], item[1], item[2][:len(specs)]
             if pool_point is not None:
-                pooled_parts.append(item[2][-1].cpu().numpy())
-                logit_parts.append(item[3].reshape(len(item[3]), -1).cpu().numpy())
+                rows.put(PENULTIMATE, start, stop, item[2][-1])
+                rows.put(LOGITS, start, stop, item[3])
             if channels:
                 values[start:stop] = torch.stack([s[:, 0] for s in scores], dim=1).float().cpu().numpy()
-                per_channel[start:stop] = torch.cat([s[:, 1:] for s in scores], dim=1).float().cpu().numpy()
+                rows.put(PER_CHANNEL, start, stop, torch.cat([s[:, 1:] for s in scores], dim=1))
             else:
                 values[start:stop] = torch.stack(scores, dim=1).float().cpu().numpy()
         if tmp is not None:
@@ -229,12 +251,12 @@ def extract_abnormality_features(model: LoadedModel, dataset: ImageDataset, *, b
     channel_layer = np.repeat(np.arange(len(points)), widths) if channels else None
     lat = None
     if pool_point is not None:
-        lat = _latent_features(np.concatenate(pooled_parts), np.concatenate(logit_parts), pool_point.name, 0.0)
+        lat = _latent_features(rows.get(PENULTIMATE), rows.get(LOGITS), pool_point.name, 0.0)
     elif latent:  # the pooled layer is one of the abnormality layers: a pass of its own
         lat = extract_latent_features(model, dataset, latent_layer, batch_size=batch_size, device=device,
                                       progress=progress)
     return FeatureMatrix(values, [p.name for p in points], [p.kind for p in points], source, seconds,
-                         os.fspath(out) if out is not None else None, per_channel, channel_layer, lat)
+                         os.fspath(out) if out is not None else None, rows.get(PER_CHANNEL), channel_layer, lat)
 
 
 def _latent_features(pooled: np.ndarray, logits: np.ndarray, layer: str, seconds: float) -> "LatentFeatures":
@@ -289,19 +311,17 @@ def _pooled_pass(model: LoadedModel, dataset: ImageDataset, layer: Optional[str]
     view, dev = _prepare(model, dataset, device)
     point = _pooling_point(view, layer)
     spec = point.target if point.kind == "module" else point.spec
-    chunks, outputs = [], []
+    rows = _SampleRows(len(dataset))
 
     def reduce(_spec, act):
         return _pool(act, point.channel_dim)
 
     for item in _run(view, model, dataset.images, [spec], reduce, batch_size, dev, progress, "pooled-features",
                      keep_output=keep_output):
-        chunks.append(item[2][0].cpu().numpy())
+        rows.put(POOLED, item[0], item[1], item[2][0])
         if keep_output:
-            outputs.append(item[3].reshape(len(item[3]), -1).cpu().numpy())
-    pooled = np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
-    logits = np.concatenate(outputs, axis=0).astype(np.float32, copy=False) if keep_output else None
-    return pooled, logits, point.name
+            rows.put(LOGITS, item[0], item[1], item[3])
+    return rows.get(POOLED), rows.get(LOGITS), point.name
 
 
 def extract_pooled_features(model: LoadedModel, dataset: ImageDataset, layer: Optional[str] = None, *,
