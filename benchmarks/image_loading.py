@@ -6,7 +6,11 @@ re-read, such as a memory-mapped image array). The peak of each is reported, wit
 ``VmHWM`` (their sum). Stages: ``load`` (``flare_core.data.load_dataset``), then ``features`` (FLARE's
 abnormality features with the penultimate features and logits in one pass, ``extract_abnormality_features(
 latent=True)``, as ``flare purify`` runs it, written to a memory-mapped .npy) with an untrained narrow ResNet
-(the pass costs the same whatever the weights).
+(the pass costs the same whatever the weights), or ``--arch``: a name of the project's registry (``resnet18-cifar``:
+512 penultimate features, 4,800 BatchNorm channels), or ``wide-head``, a memory probe defined here (two small
+convolutions with BatchNorm, then 512 penultimate features as ResNet-18 has: the outputs of a pass at a million
+samples, for a few minutes of compute); ``--channels`` also takes the per-channel view (FLARE default's opt-in
+``use_channels``).
 
 Datasets: the JPEG CIFAR-10 training folder (``--cifar``), a synthetic ImageFolder of N RGB JPEGs of
 ``--side`` pixels (default 64; ``--synthetic N``, made once under ~/.cache/flare-data), and a synthetic ``.npz``
@@ -16,8 +20,8 @@ benchmarks/results/image_loading.json; each row carries the commit it ran on, so
 change sit side by side.
 
     python3 -m benchmarks.image_loading [--cifar DIR] [--synthetic 100000] [--npz 100000] [--stages load,features]
-        [--side 64] [--mixed] [--npz-compressed] [--channel-first] [--image-ram-mb MB] [--memory-limit-mb MB]
-        [--label TEXT]
+        [--side 64] [--mixed] [--npz-compressed] [--channel-first] [--arch NAME] [--channels] [--image-ram-mb MB]
+        [--memory-limit-mb MB] [--label TEXT]
 
 ``--memory-limit-mb`` runs the measured process in a cgroup-v1 memory group of that size (root only): a load
 that needs more memory than that is killed by the kernel, which the row then records.
@@ -129,7 +133,17 @@ class PeakSampler:
         return {f"peak_{k.lower()}_mb": round(v / 1024, 1) for k, v in self.peak.items()}
 
 
-def child(path: str, stages: list, scratch: str) -> dict:
+def wide_head(num_classes: int, in_channels: int, width: int = 512):
+    """The ``wide-head`` memory probe: little compute, and a penultimate layer as wide as ResNet-18's."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+def child(path: str, stages: list, scratch: str, arch: str = "narrow-resnet", channels: bool = False) -> dict:
     """Run the stages in this process and report time and memory (called with --child)."""
     import numpy as np
     import torch
@@ -151,15 +165,19 @@ def child(path: str, stages: list, scratch: str) -> dict:
         from flare_core.models.loaded import LoadedModel
 
         torch.manual_seed(0)
-        module = build_model("narrow-resnet", ds.num_classes, ds.image_shape[2]).eval()
+        module = (wide_head(ds.num_classes, ds.image_shape[2]) if arch == "wide-head"
+                  else build_model(arch, ds.num_classes, ds.image_shape[2])).eval()
         model = LoadedModel(module=module, kind="module", num_classes=ds.num_classes)
         with PeakSampler() as s:
             t0 = time.perf_counter()
-            f = extract_abnormality_features(model, ds, batch_size=256, latent=True,
+            f = extract_abnormality_features(model, ds, batch_size=256, latent=True, channels=channels,
                                              out=str(Path(scratch) / "features.npy"))
             record["features_s"] = round(time.perf_counter() - t0, 2)
         record.update({f"features_{k}": v for k, v in s.peak_mb().items()})
         record["layers"] = len(f.layer_names)
+        outputs = {"penultimate": f.latent.pooled, "logits": f.latent.logits, "per_channel": f.channels}
+        record["outputs"] = {k: {"shape": list(v.shape), "mb": round(v.nbytes / 2**20, 1),
+                                 "on_disk": isinstance(v, np.memmap)} for k, v in outputs.items() if v is not None}
     record["vm_hwm_mb"] = round(_status_kb()["VmHWM"] / 1024, 1)
     return record
 
@@ -194,7 +212,8 @@ class MemoryCgroup:
         self.path.rmdir()
 
 
-def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=None) -> dict:
+def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=None, arch: str = "narrow-resnet",
+             channels: bool = False) -> dict:
     import contextlib
     import tempfile
 
@@ -205,7 +224,8 @@ def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=
     with tempfile.TemporaryDirectory() as scratch, (group or contextlib.nullcontext()):
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "benchmarks.image_loading", "--child", str(path),
-                               "--stages", ",".join(stages), "--scratch", scratch],
+                               "--stages", ",".join(stages), "--scratch", scratch, "--arch", arch]
+                              + (["--channels"] if channels else []),
                               cwd=REPO, env=env, capture_output=True, text=True,
                               preexec_fn=group.enter if group else None)
         wall = round(time.perf_counter() - t0, 1)
@@ -222,7 +242,7 @@ def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
                            cwd=REPO, capture_output=True, text=True).stdout.strip()  # the rows it writes do not count
-    record.update(dataset=name, path=str(path), stages=stages, image_ram_mb=image_ram_mb,
+    record.update(dataset=name, path=str(path), stages=stages, image_ram_mb=image_ram_mb, arch=arch, channels=channels,
                   commit=commit.stdout.strip() + ("+changes" if dirty else ""),
                   load_average=[round(x, 2) for x in os.getloadavg()])
     return record
@@ -238,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--npz-compressed", action="store_true", help="the .npz saved with numpy.savez_compressed")
     ap.add_argument("--channel-first", action="store_true", help="the .npz's images stored (N, 3, H, W)")
     ap.add_argument("--stages", default="load,features")
+    ap.add_argument("--arch", default="narrow-resnet", help="the (untrained) model of the features stage")
+    ap.add_argument("--channels", action="store_true", help="the features stage also takes the per-channel view")
     ap.add_argument("--image-ram-mb", type=int, default=None, help="FLARE_IMAGE_RAM_MB for the measured process")
     ap.add_argument("--memory-limit-mb", type=int, default=None,
                     help="run the measured process in a memory cgroup of this many MB (needs cgroup v1, as root)")
@@ -247,7 +269,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     if args.child:
-        print(json.dumps(child(args.child, stages, args.scratch)))
+        print(json.dumps(child(args.child, stages, args.scratch, args.arch, args.channels)))
         return 0
     cases = []
     if args.cifar:
@@ -266,7 +288,7 @@ def main(argv=None) -> int:
         ap.error("give --cifar DIR, --synthetic N and/or --npz N")
     results = read_json(OUT, {"rows": []})
     for name, path in cases:
-        record = run_case(name, path, stages, args.image_ram_mb, args.memory_limit_mb)
+        record = run_case(name, path, stages, args.image_ram_mb, args.memory_limit_mb, args.arch, args.channels)
         record["label"] = args.label
         given = argv if argv is not None else sys.argv[1:]
         record["command"] = "python3 -m benchmarks.image_loading " + shlex.join(given)

@@ -535,3 +535,8 @@ def test_image_loading_measures_a_load_and_a_feature_pass_in_a_fresh_process(tmp
     assert on_disk["features_s"] > 0 and on_disk["layers"] == 20 and "features_s" not in in_ram
     assert on_disk["load_peak_rssanon_mb"] >= on_disk["baseline_rss_anon_mb"] > 0
     assert on_disk["commit"] and on_disk["memory_limit_mb"] is None
+    assert on_disk["outputs"]["penultimate"]["on_disk"] and on_disk["outputs"]["logits"]["shape"] == [24, 3]
+    probe = image_loading.run_case("tiny", tmp_path / "d", ["load", "features"], image_ram_mb=None, arch="wide-head",
+                                   channels=True)
+    assert probe["layers"] == 2 and probe["outputs"]["penultimate"]["shape"] == [24, 512]
+    assert probe["outputs"]["per_channel"]["shape"] == [24, 48] and not probe["outputs"]["per_channel"]["on_disk"]
