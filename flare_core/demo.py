@@ -128,7 +128,7 @@ def prepare_demo(progress: Optional[ProgressCallback] = None, size: Optional[str
     data_dir = cache_dir() / "demo" / source / size
     progress("demo-data", 0, 1)
     if not all((data_dir / f).exists() for f in (lab.TRAIN_NPZ, lab.GROUND_TRUTH, lab.TEST_CLEAN, lab.TEST_POISONED)):
-        paths = make_demo_data(source, data_dir, size=size)
+        make_demo_data(source, data_dir, size=size)
     progress("demo-data", 1, 1)
     model_path = ASSETS / source / "model.pt"
     if not model_path.exists():

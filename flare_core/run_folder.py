@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from flare_core.atomic import atomic_dir, write_json, write_npy
+from flare_core.atomic import atomic_dir, write_json
 from flare_core.errors import FlareError
 
 
