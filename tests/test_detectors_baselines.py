@@ -50,6 +50,20 @@ def test_ac_ica_default_finds_poison_in_target_class():
     assert np.array_equal(ac.flagged_[y == 0], poison[y == 0])
 
 
+def test_ac_ica_ignores_dead_units():
+    """A unit that never fires in a class (a dead ReLU, common in real penultimate layers) used to make FastICA's
+    whitening divide by zero (sklearn signs its components by the first feature's loading, zero here) and AC failed
+    on the NaN; a feature constant within the class carries nothing to split on and is left out of the reduction."""
+    X, y, poison = relu_features()
+    X = np.hstack([np.zeros((len(X), 1)), X])  # the first unit is dead in every class
+    before = X.copy()
+    ac = ActivationClustering().fit(X, y)
+    assert np.array_equal(X, before) and np.isfinite(ac.scores_).all()
+    assert np.array_equal(ac.flagged_[y == 0], poison[y == 0])
+    pca = ActivationClustering(reduction="pca").fit(X, y)
+    np.testing.assert_array_equal(pca.flagged_, ActivationClustering(reduction="pca").fit(X[:, 1:], y).flagged_)
+
+
 def test_ss_removes_top_fraction_and_ranks_poison_first():
     X, y, poison = shifted()
     ss = SpectralSignatures(eps=0.1).fit(X, y)

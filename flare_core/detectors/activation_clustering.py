@@ -72,9 +72,13 @@ class ActivationClustering(BaseEstimator):
         per_class: dict[str, Any] = {}
         for c, idx in iter_classes(y, "activation-clustering", progress):
             Xc = X[idx]
-            if len(idx) < 4 or np.ptp(Xc, axis=0).max() == 0:
+            varies = np.ptp(Xc, axis=0) > 0
+            if len(idx) < 4 or not varies.any():
                 per_class[str(c)] = {"n": len(idx), "skipped": "fewer than 4 samples or constant features"}
                 continue
+            # units constant in the class (dead ReLUs) carry nothing to split on, and FastICA signs its components
+            # by the first feature's loading: a dead first unit zeroed them all and the split was noise
+            Xc = Xc[:, varies]
             R = _reduce(Xc, self.reduction, self.n_components, self.random_state)
             km = KMeans(n_clusters=2, n_init=self.n_init, random_state=self.random_state).fit(R)
             sizes = np.bincount(km.labels_, minlength=2)
@@ -91,7 +95,8 @@ class ActivationClustering(BaseEstimator):
             if sizes.min() > 0:
                 sil = float(silhouette_score(R, km.labels_, sample_size=min(SILHOUETTE_SAMPLE, len(idx)),
                                              random_state=self.random_state))
-            per_class[str(c)] = {"n": len(idx), "smaller_cluster_size": int(sizes[small]), "relative_size": rel,
+            per_class[str(c)] = {"n": len(idx), "constant_units": int((~varies).sum()),
+                                 "smaller_cluster_size": int(sizes[small]), "relative_size": rel,
                                  "flagged": bool(hit), "silhouette": sil}
             logger.debug("AC class %s: smaller cluster %.1f%% -> %s", c, 100 * rel, "flagged" if hit else "kept")
         self.flagged_ = flagged
