@@ -885,7 +885,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "disk (memory-mapped)" if r["images_on_disk"] else "RAM"), r.get("load_s", "-"),
                  _over(r, "load_peak_rssanon_mb"), r.get("load_peak_rssfile_mb", "-"), r.get("features_s", "-"),
                  _over(r, "features_peak_rssanon_mb"), r.get("vm_hwm_mb", "-"), r.get("group_peak_mb") or "-",
-                 f"`{r['command']}`"] for r in il["rows"]]
+                 f"`{r['command']}`"] for r in il["rows"] if "outputs" not in r]
         parts += ["## Loading image-file and .npz datasets: memory and time (2-core CPU)",
                   "Each row is one fresh process (`benchmarks/image_loading.py`), sampling its own `/proc/self/status` "
                   "every 10 ms. *Anonymous* memory (RssAnon) is what only RAM or swap can hold; *file-backed* "
@@ -906,6 +906,31 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   md_table(["dataset", "code", "commit", "memory limit MB", "outcome", "images held in", "load s",
                             "load: peak anonymous MB over start", "load: peak file-backed MB", "features s",
                             "features: peak anonymous MB over start", "VmHWM MB", "group peak MB", "command"], rows)]
+
+        def _held(r: dict) -> str:
+            return "; ".join(f"{k} {v['mb']:,} MB in {'a temporary file' if v['on_disk'] else 'RAM'}"
+                             for k, v in r["outputs"].items() if v["mb"] >= 1) or "-"
+
+        rows = [[r["dataset"], r.get("arch", "narrow-resnet") + (" + per-channel" if r.get("channels") else ""),
+                 r.get("label") or "-", f"`{r['commit']}`", r.get("image_ram_mb") if r.get("image_ram_mb") is not None
+                 else "default", r.get("memory_limit_mb") or "-", r.get("outcome", "ok"),
+                 _held(r) if "outputs" in r else "-", r.get("features_s", "-"), _over(r, "features_peak_rssanon_mb"),
+                 r.get("features_peak_rssfile_mb", "-"), r.get("group_peak_mb") or "-", f"`{r['command']}`"]
+                for r in il["rows"] if "outputs" in r or r.get("arch", "narrow-resnet") != "narrow-resnet"]
+        if rows:
+            parts += ["### The feature pass's own outputs",
+                      "The same measurement of the `features` stage, for the arrays the pass itself returns: the "
+                      "penultimate features and logits (and, with `--channels`, the per-channel view). Until `8833242` "
+                      "they were gathered as a list of batches and joined at the end; since then each is one array "
+                      "written a batch at a time, in RAM or, past the limit on one array in memory "
+                      "(`FLARE_IMAGE_RAM_MB`, default as above), in a memory-mapped temporary file. `wide-head` is "
+                      "a memory probe defined in the script: two small convolutions, then 512 penultimate features as "
+                      "ResNet-18 has, so 500,000 samples return the 977 MB of penultimate features ResNet-18 would, in "
+                      "seconds of compute instead of hours on this CPU. Rows whose label says another process ran beside them have memory "
+                      "columns that hold, and times that do not; the *timing run* rows ran alone.",
+                      md_table(["dataset", "model", "code", "commit", "FLARE_IMAGE_RAM_MB", "memory limit MB",
+                                "outcome", "outputs held", "features s", "features: peak anonymous MB over start",
+                                "features: peak file-backed MB", "group peak MB", "command"], rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())
