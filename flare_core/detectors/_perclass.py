@@ -11,7 +11,7 @@ from flare_core.progress import ProgressCallback, ensure_progress
 
 def check_features_labels(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     """A finite N x D float matrix and N integer labels (per-class baselines need both)."""
-    X = V.check_matrix(X, "X (penultimate features)", min_rows=2)
+    X = V.check_matrix(X, "X (penultimate features)", min_rows=2, keep_float32=True)  # read with V.class_rows
     if y is None:
         from flare_core.errors import FlareError
 

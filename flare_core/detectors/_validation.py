@@ -9,20 +9,38 @@ import numpy as np
 from flare_core.errors import FlareError
 
 
-def check_matrix(X: Any, name: str = "X", min_rows: int = 2) -> np.ndarray:
-    """A finite 2-D float64 array (a new array when conversion is needed; the input is never written)."""
+#: Rows of a matrix checked for NaN at a time (so the check of a large matrix holds a small mask, not an N x D one).
+FINITE_CHECK_ROWS = 65536
+
+
+def check_matrix(X: Any, name: str = "X", min_rows: int = 2, keep_float32: bool = False) -> np.ndarray:
+    """A finite 2-D float64 array (a new array when conversion is needed; the input is never written).
+
+    ``keep_float32``: a float32 array (a memory-mapped one too) is returned as it is, not copied to float64
+    (half the memory of the copy; for the penultimate features, which the callers read a class at a time and
+    convert to float64 with :func:`class_rows`, so every number is the same as from a float64 copy)."""
     try:
-        arr = np.asarray(X, dtype=np.float64)
+        if keep_float32 and isinstance(X, np.ndarray) and X.dtype == np.float32:
+            arr = X
+        else:
+            arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise FlareError(f"{name} must be a numeric matrix (samples x columns); it could not be read as numbers ({exc}).") from None
     if arr.ndim != 2:
         raise FlareError(f"{name} must be a 2-D matrix (samples x columns), got an array with {arr.ndim} dimension(s).")
     if arr.shape[0] < min_rows or arr.shape[1] < 1:
         raise FlareError(f"{name} has shape {arr.shape}; at least {min_rows} samples and 1 column are needed.")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+    bad = sum(int((~np.isfinite(arr[start:start + FINITE_CHECK_ROWS])).any(axis=1).sum())
+              for start in range(0, len(arr), FINITE_CHECK_ROWS))
+    if bad:
         raise FlareError(f"{name} contains NaN or infinite values in {bad} sample(s); recompute or drop those samples first.")
     return arr
+
+
+def class_rows(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The rows ``idx`` of ``X`` as a new float64 array (one class of a matrix kept float32 by
+    :func:`check_matrix`)."""
+    return np.asarray(X[idx], dtype=np.float64)
 
 
 def check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:

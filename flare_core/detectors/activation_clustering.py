@@ -71,7 +71,7 @@ class ActivationClustering(BaseEstimator):
         clusters = np.full(n, -1, dtype=np.int64)
         per_class: dict[str, Any] = {}
         for c, idx in iter_classes(y, "activation-clustering", progress):
-            Xc = X[idx]
+            Xc = V.class_rows(X, idx)
             varies = np.ptp(Xc, axis=0) > 0
             if len(idx) < 4 or not varies.any():
                 per_class[str(c)] = {"n": len(idx), "skipped": "fewer than 4 samples or constant features"}

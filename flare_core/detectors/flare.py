@@ -528,7 +528,7 @@ def _channel_matrix(channels: Any, channel_layer: Any, n: int, L: int) -> tuple:
 
 
 def _latent_inputs(latent: Any, logits: Any, y: Optional[np.ndarray], n: int) -> tuple:
-    P = V.check_matrix(latent, "latent", min_rows=2)
+    P = V.check_matrix(latent, "latent", min_rows=2, keep_float32=True)  # its readers convert a class at a time
     if len(P) != n:
         raise FlareError(f"latent has {len(P)} rows but X has {n}; pass the penultimate features of the same samples.")
     if logits is None:

@@ -78,7 +78,7 @@ def class_minority_modes(features: Any, labels: Any, *, max_weight: float = MAX_
     (float N) is the posterior of the minority component in a class that holds one and 0 elsewhere;
     ``evidence`` maps each class to its statistics and whether it ``holds`` a minority mode (or why it was
     not tested).  Inputs are not modified."""
-    features = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)  # float32 stays float32: top_direction_projection converts a class at a time
     labels = np.asarray(labels)
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError(f"features must be (N, D) with one label per row; got features of shape "

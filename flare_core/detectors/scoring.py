@@ -60,7 +60,7 @@ def class_atypicality(features: np.ndarray, labels: np.ndarray, sd_floor: float 
     """
     from flare_core.detectors.preprocess import robust_standardize
 
-    features = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)  # float32 stays float32: robust_standardize converts a class at a time
     labels = np.asarray(labels)
     out = np.zeros(len(features))
     for c in np.unique(labels):

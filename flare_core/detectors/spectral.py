@@ -52,7 +52,7 @@ class SpectralSignatures(BaseEstimator):
             if len(idx) < 2:
                 per_class[str(c)] = {"n": len(idx), "skipped": "fewer than 2 samples"}
                 continue
-            s = spectral_scores(X[idx])
+            s = spectral_scores(V.class_rows(X, idx))
             n_remove = int(round(self.removal_factor * self.eps * len(idx)))
             flagged[idx] = top_fraction_mask(s, n_remove)
             scores[idx] = normalise_by_median(s)

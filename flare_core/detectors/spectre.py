@@ -78,7 +78,8 @@ class Spectre(BaseEstimator):
         per_class: dict[str, Any] = {}
         support = max(0.5, 1.0 - self.removal_factor * self.eps)
         for c, idx in iter_classes(y, "spectre", progress):
-            Xc = X[idx] - X[idx].mean(axis=0)
+            Xc = V.class_rows(X, idx)
+            Xc -= Xc.mean(axis=0)
             k = int(min(self.n_components, Xc.shape[1], len(idx) // 4))
             if k < 1 or np.ptp(Xc, axis=0).max() == 0:
                 per_class[str(c)] = {"n": len(idx), "skipped": "too few samples or constant features"}

@@ -419,7 +419,7 @@ def tail_group_detect(P: np.ndarray, y: np.ndarray, atypicality: np.ndarray, *, 
     """The stage over every class: (flagged (N,), group id per sample within its class (-1 = none),
     evidence per class: the candidates' statistics, the kept groups and how many samples joined).
     ``logits`` (N, K): the model's outputs, which enable the relabelled rule."""
-    P = np.asarray(P, dtype=np.float64)
+    P = np.asarray(P)  # float32 stays float32: tail_groups_in_class converts a class at a time
     y = np.asarray(y)
     atypicality = np.asarray(atypicality, dtype=np.float64)
     other = misfit = None

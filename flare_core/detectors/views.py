@@ -49,7 +49,7 @@ class ClassView:
 def _class_view(X: np.ndarray, idx: np.ndarray, flagged: np.ndarray, n_total: int, n_neighbors: int,
                 min_cluster_size: Optional[int], random_state: Optional[int], n_epochs: int) -> ClassView:
     n = len(idx)
-    emb, method = umap_2d(X[idx], n_neighbors=n_neighbors, min_dist=0.0, random_state=random_state,
+    emb, method = umap_2d(V.class_rows(X, idx), n_neighbors=n_neighbors, min_dist=0.0, random_state=random_state,
                           n_epochs=n_epochs)
     if method != "umap" or n < MIN_UMAP_SAMPLES:
         clusters = np.zeros(n, dtype=np.int64)
@@ -75,7 +75,7 @@ def class_views(X: Any, y: Any, *, flagged: Any = None, n_neighbors: int = 15, m
     ``random_state=None`` lets UMAP use all cores (faster, not reproducible); ``n_epochs`` trades
     picture quality for speed (a 6,000-sample class takes roughly 5-10 s single-threaded).
     """
-    X = V.check_matrix(X, "X", min_rows=1)
+    X = V.check_matrix(X, "X", min_rows=1, keep_float32=True)  # one class at a time as float64 (_class_view)
     y = V.check_labels(y, len(X))
     V.check_int(n_neighbors, "n_neighbors", 2)
     V.check_int(min_cluster_size, "min_cluster_size", 2, allow_none=True)
