@@ -540,3 +540,15 @@ def test_image_loading_measures_a_load_and_a_feature_pass_in_a_fresh_process(tmp
                                    channels=True)
     assert probe["layers"] == 2 and probe["outputs"]["penultimate"]["shape"] == [24, 512]
     assert probe["outputs"]["per_channel"]["shape"] == [24, 48] and not probe["outputs"]["per_channel"]["on_disk"]
+
+
+def test_detector_memory_measures_detectors_on_mapped_float32_features(tmp_path, monkeypatch):
+    from benchmarks import detector_memory
+
+    monkeypatch.setattr(detector_memory, "SYNTHETIC_ROOT", tmp_path)
+    folder = detector_memory.make_features(600, 16)
+    assert np.load(folder / "pooled.npy", mmap_mode="r").dtype == np.float32
+    for case in ("ss", "latent"):
+        row = detector_memory.run_case(folder, case)
+        assert row["case"] == case and row["seconds"] > 0 and row["input_mb"] == round(600 * 16 * 4 / 2**20, 1)
+        assert row["peak_rss_anon_mb"] >= row["baseline_rss_anon_mb"] > 0 and row["commit"]
