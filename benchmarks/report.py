@@ -931,6 +931,22 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       md_table(["dataset", "model", "code", "commit", "FLARE_IMAGE_RAM_MB", "memory limit MB",
                                 "outcome", "outputs held", "features s", "features: peak anonymous MB over start",
                                 "features: peak file-backed MB", "group peak MB", "command"], rows)]
+    # ---- the detectors' memory on float32 features (benchmarks/detector_memory.py)
+    dm = read_json(Path(results) / "detector_memory.json", None)
+    if dm and dm.get("rows"):
+        rows = [[r["case"], f"{r['n']:,} x {r['d']}", r["input_mb"], r.get("label") or "-", f"`{r['commit']}`",
+                 r["seconds"], r["peak_over_start_mb"], f"`{r['command']}`"] for r in dm["rows"]]
+        parts += ["## The detectors' memory on the penultimate features (2-core CPU)",
+                  "Each row is one fresh process (`benchmarks/detector_memory.py`) that opens synthetic float32 "
+                  "features memory-mapped, as the feature pass returns them past the limit on one array in memory, "
+                  "runs one detector (or one of FLARE default's readers of the features: `atypicality`, `minority`, "
+                  "`latent`) and samples its own RssAnon every 10 ms; the peak is given above the process's start "
+                  "(which is before the detector's imports: scikit-learn, hdbscan and the rest are in it, the same "
+                  "in every row). Until `d954167` each converted the whole matrix to a float64 copy first; since "
+                  "then they convert one class at a time. The *before* rows ran this script in a git worktree of "
+                  "the commit shown. Raw: `benchmarks/results/detector_memory.json`.",
+                  md_table(["detector", "features", "input MB", "code", "commit", "seconds",
+                            "peak anonymous MB over start", "command"], rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())
