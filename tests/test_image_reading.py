@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flare_core import large_arrays
 from flare_core.data import export_subset, load_dataset
 from flare_core.data import images as images_mod
-from flare_core import large_arrays
 from flare_core.data.images import read_images
-from flare_core.large_arrays import ram_limit
 from flare_core.errors import DataError
+from flare_core.large_arrays import ram_limit
 from test_data_helpers import make_imagefolder, tree_hashes, write_image
 
 

@@ -12,10 +12,10 @@ from typing import Iterator
 
 import numpy as np
 
-from flare_core.large_arrays import disk_array, ram_limit
 from flare_core.data.npy_member import NpyMember, map_member, npy_member, stream_member
 from flare_core.dataset import ImageDataset, numbered_class_names
 from flare_core.errors import DataError
+from flare_core.large_arrays import disk_array, ram_limit
 
 logger = logging.getLogger(__name__)
 

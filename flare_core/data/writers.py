@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from flare_core.atomic import atomic_dir, atomic_path, check_replaceable
-from flare_core.large_arrays import ram_limit
 from flare_core.dataset import ImageDataset
 from flare_core.errors import DataError
+from flare_core.large_arrays import ram_limit
 from flare_core.progress import ProgressCallback, ensure_progress
 
 logger = logging.getLogger(__name__)
