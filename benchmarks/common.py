@@ -43,6 +43,15 @@ def machine() -> dict:
     }
 
 
+def code_commit() -> str:
+    """The short commit of the code a row is measured on, with ``+changes`` when tracked files differ from it (the
+    rows under ``benchmarks/results`` that a benchmark writes do not count)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return commit.stdout.strip() + ("+changes" if dirty else "")
+
+
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (temp file in the same folder, then os.replace), readable as a plain write is."""
     from flare_core.atomic import write_text

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import read_json, write_json  # noqa: E402
+from benchmarks.common import code_commit, read_json, write_json  # noqa: E402
 from benchmarks.image_loading import SYNTHETIC_ROOT, PeakSampler, _status_kb  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "detector_memory.json"
@@ -101,10 +101,7 @@ def run_case(folder: Path, case: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{case}: the measuring process failed:\n{proc.stderr[-3000:]}")
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
-                           cwd=REPO, capture_output=True, text=True).stdout.strip()
-    record.update(case=case, commit=commit.stdout.strip() + ("+changes" if dirty else ""),
+    record.update(case=case, commit=code_commit(),
                   load_average=[round(x, 2) for x in os.getloadavg()])
     return record
 

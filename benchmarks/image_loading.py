@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import read_json, write_json  # noqa: E402
+from benchmarks.common import code_commit, read_json, write_json  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "image_loading.json"
 SYNTHETIC_ROOT = Path.home() / ".cache" / "flare-data"
@@ -239,11 +239,8 @@ def run_case(name: str, path: Path, stages: list, image_ram_mb, memory_limit_mb=
         record = json.loads(proc.stdout.strip().splitlines()[-1])
         record["outcome"] = "ok"
     record.update(memory_limit_mb=memory_limit_mb, group_peak_mb=group_peak)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
-                           cwd=REPO, capture_output=True, text=True).stdout.strip()  # the rows it writes do not count
     record.update(dataset=name, path=str(path), stages=stages, image_ram_mb=image_ram_mb, arch=arch, channels=channels,
-                  commit=commit.stdout.strip() + ("+changes" if dirty else ""),
+                  commit=code_commit(),
                   load_average=[round(x, 2) for x in os.getloadavg()])
     return record
 
