@@ -8,30 +8,7 @@ from torch import nn
 from flare_core.dataset import ImageDataset
 from flare_core.detectors import FlareDetector
 from flare_core.detectors.decision import benign_overlap, heldout_separation, label_share, tail_excess
-from flare_core.detectors.flare import _extend, _sample
 from flare_core.errors import FlareError
-
-
-def test_sample_is_stratified_sorted_and_deterministic():
-    y = np.repeat([0, 1, 2], [600, 300, 100])
-    idx = np.arange(len(y))
-    a, b = _sample(idx, y, 200, 0), _sample(idx, y, 200, 0)
-    assert np.array_equal(a, b) and np.all(np.diff(a) > 0)
-    counts = np.bincount(y[a], minlength=3)
-    assert counts.tolist() == [120, 60, 20]
-    assert np.array_equal(_sample(idx, y, None, 0), idx) and np.array_equal(_sample(idx, y, 5000, 0), idx)
-
-
-def test_extend_places_rows_by_their_nearest_clustered_neighbours():
-    rng = np.random.default_rng(0)
-    Z = np.vstack([rng.normal(0, 0.1, (50, 3)), rng.normal(5, 0.1, (50, 3))])
-    sampled = np.arange(0, 100, 2)
-    groups_s = (Z[sampled, 0] > 2.5).astype(np.int64)
-    emb_s = np.c_[groups_s * 10.0, np.zeros(len(sampled))]
-    emb, groups = _extend(Z, sampled, emb_s, groups_s)
-    assert np.array_equal(groups, (Z[:, 0] > 2.5).astype(np.int64))
-    assert np.allclose(emb[1::2, 0], groups[1::2] * 10.0)
-    assert np.array_equal(emb[sampled], emb_s)
 
 
 def test_planted_cluster_found_when_only_a_sample_is_clustered():

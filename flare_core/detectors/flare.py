@@ -143,6 +143,7 @@ from flare_core.detectors import execution
 from flare_core.detectors.clustering import run_hdbscan
 from flare_core.detectors.decision import Decision, decide_default, decide_faithful
 from flare_core.detectors.embedding import pca_2d, umap_2d
+from flare_core.detectors.placement import place_by_neighbours, stratified_sample
 from flare_core.detectors.preprocess import robust_standardize
 from flare_core.detectors.provenance import package_versions
 from flare_core.detectors.scoring import (benign_distance_scores, class_atypicality, rank_flagged_first,
@@ -206,8 +207,6 @@ JOIN_CHOICES = ("auto", "neighbours", "off")
 #: ``minority_modes``: 'auto' = rank a class's minority mode first and flag it where the model fits it far
 #: better or its mean image difference acts as a trigger (:mod:`.minority_mode`); 'rank' = rank only; 'off'.
 MINORITY_CHOICES = ("auto", "rank", "off")
-#: Neighbours (in the clustered feature space) that place a sample left out of the clustered sample.
-EXTEND_NEIGHBOURS = 10
 
 
 @dataclass
@@ -302,52 +301,13 @@ def _timed(seconds: dict[str, float], phase: str):
         seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
-def _sample(index: np.ndarray, y: Optional[np.ndarray], size: Optional[int], seed: Optional[int]) -> np.ndarray:
-    """Sorted positions (into ``index``) of at most ``size`` rows, stratified by ``y`` when given."""
-    n = len(index)
-    if size is None or n <= size:
-        return np.arange(n)
-    rng = np.random.default_rng(0 if seed is None else seed)
-    if y is None:
-        return np.sort(rng.choice(n, size, replace=False))
-    labels = y[index]
-    picked = []
-    for c in np.unique(labels):
-        pos = np.flatnonzero(labels == c)
-        k = max(1, int(round(size * len(pos) / n)))
-        picked.append(rng.choice(pos, min(k, len(pos)), replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def _extend(Z: np.ndarray, sampled: np.ndarray, emb_s: np.ndarray, groups_s: np.ndarray) -> tuple:
-    """Embedding and group of every row of ``Z`` from the clustered rows ``sampled``: a left-out row takes
-    the majority group of its nearest clustered rows in ``Z`` and the mean of their coordinates."""
-    n = len(Z)
-    emb = np.zeros((n, 2))
-    groups = np.zeros(n, dtype=np.int64)
-    emb[sampled], groups[sampled] = emb_s, groups_s
-    rest = np.setdiff1d(np.arange(n), sampled)
-    if len(rest) == 0:
-        return emb, groups
-    from scipy.spatial import cKDTree
-
-    k = int(min(EXTEND_NEIGHBOURS, len(sampled)))
-    _, nb = cKDTree(Z[sampled]).query(Z[rest], k=k)
-    nb = np.asarray(nb).reshape(len(rest), k)
-    emb[rest] = emb_s[nb].mean(axis=1)
-    votes = groups_s[nb]
-    n_groups = int(groups_s.max()) + 1
-    counts = np.stack([(votes == g).sum(axis=1) for g in range(n_groups)], axis=1)
-    groups[rest] = counts.argmax(axis=1)
-    return emb, groups
-
-
 @dataclass
 class _Unit:
     """One unit of the search (all samples, or one class) and its clustered sample, the same for every prefix."""
     label: Optional[int]
     index: np.ndarray  #: the unit's sample indices
-    sampled: np.ndarray  #: positions (into ``index``) of the samples it clusters (:func:`_sample`)
+    #: positions (into ``index``) of the samples it clusters (:func:`.placement.stratified_sample`)
+    sampled: np.ndarray
 
     @property
     def rows(self) -> np.ndarray:
@@ -358,7 +318,8 @@ def _plan_units(n: int, y: Optional[np.ndarray], p: dict[str, Any]) -> list[_Uni
     """The units of ``p['scope']`` with their clustered samples: faithful mode clusters all; default mode at
     most ``sample_size`` per unit, stratified by class."""
     size = None if p["mode"] == "faithful" else p["sample_size"]
-    return [_Unit(label, idx, _sample(idx, y, size, p["random_state"])) for label, idx in _units(n, y, p["scope"])]
+    return [_Unit(label, idx, stratified_sample(idx, y, size, p["random_state"]))
+            for label, idx in _units(n, y, p["scope"])]
 
 
 def _cluster_unit(Zr: np.ndarray, yr: Optional[np.ndarray], label: Optional[int], n_unit: int, n_total: int,
@@ -404,9 +365,9 @@ def _run_unit(Z: np.ndarray, unit: _Unit, n_total: int, p: dict[str, Any], progr
     """Embed, cluster and decide for the samples of ``unit`` (all, or one class) in ``Z`` (N rows).
 
     Default mode clusters at most ``sample_size`` of them (stratified by class) and places the rest by
-    their nearest clustered neighbours in ``Z`` (:func:`_extend`); faithful mode clusters all.  With
-    ``place=False`` the placement is left pending (:func:`_place`): the subspace search discards most
-    runs, and placing 30k samples cost ~6 s a prefix on CIFAR-10.
+    their nearest clustered neighbours in ``Z`` (:func:`.placement.place_by_neighbours`); faithful mode clusters
+    all.  With ``place=False`` the placement is left pending (:func:`_place`): the subspace search discards
+    most runs, and placing 30k samples cost ~6 s a prefix on CIFAR-10.
     """
     rows = unit.rows
     seconds = {} if seconds is None else seconds
@@ -416,16 +377,16 @@ def _run_unit(Z: np.ndarray, unit: _Unit, n_total: int, p: dict[str, Any], progr
 
 
 def _place(run: _UnitRun, Z: np.ndarray, seconds: Optional[dict[str, float]] = None) -> _UnitRun:
-    """Give every sample of the unit its group and coordinates from the clustered sample (:func:`_extend`,
-    in ``Z``: all samples' rows) when that is still pending; the unit's flags are the flagged groups of the
-    sample."""
+    """Give every sample of the unit its group and coordinates from the clustered sample
+    (:func:`.placement.place_by_neighbours`, in ``Z``: all samples' rows) when that is still pending; the unit's
+    flags are the flagged groups of the sample."""
     if run.pending is None:
         return run
     sampled = run.pending
     decision = run.decision
     with _timed({} if seconds is None else seconds, "placing"):
         flagged_groups = np.unique(decision.clusters[decision.flagged])
-        emb, clusters = _extend(Z[run.index], sampled, run.embedding, decision.clusters)
+        emb, clusters = place_by_neighbours(Z[run.index], sampled, run.embedding, decision.clusters)
         flagged = np.isin(clusters, flagged_groups)
     run.decision = Decision(clusters, flagged, ~flagged, decision.found,
                             {**decision.evidence, "clustered_sample": int(len(sampled)),
