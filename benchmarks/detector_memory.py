@@ -7,12 +7,14 @@ synthetic: N samples of D non-negative features (ReLU-like) in 10 classes, 1 % o
 low loss) moved off the rest, saved
 once under ~/.cache/flare-data. Cases: the baselines (``ac``, ``ss``, ``spectre``) and FLARE default's readers of the
 penultimate features that run over every class (``atypicality``: ``scoring.class_atypicality``; ``minority``:
-``minority_mode.class_minority_modes``; ``latent``: ``latent.latent_detect`` with a per-sample loss). Written to
+``minority_mode.class_minority_modes``; ``latent``: ``latent.latent_detect`` with a per-sample loss) and the per-class
+views (``views``: ``views.class_views``, with how well class 0's view keeps the moved 1 % as a cluster of its own;
+``--classes 2`` makes classes of N/2 rows, past the views' embedded sample). Written to
 benchmarks/results/detector_memory.json; each row carries the commit it ran on, so rows from before and after a change
 sit side by side (run the *before* rows from a git worktree of the older commit).
 
     python3 -m benchmarks.detector_memory [--n 200000] [--d 512] [--cases ss,ac,spectre,atypicality,minority,latent]
-        [--label TEXT]
+        [--classes 10] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -32,14 +34,14 @@ from benchmarks.common import code_commit, read_json, write_json  # noqa: E402
 from benchmarks.image_loading import SYNTHETIC_ROOT, PeakSampler, _status_kb  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "detector_memory.json"
-CASES = ("ss", "ac", "spectre", "atypicality", "minority", "latent")
+CASES = ("ss", "ac", "spectre", "atypicality", "minority", "latent", "views")
 
 
 def make_features(n: int, d: int, classes: int = 10, seed: int = 0) -> Path:
     """A folder with ``pooled.npy`` (N x D float32), ``y.npy`` and ``loss.npy``, made once and reused."""
     import numpy as np
 
-    root = SYNTHETIC_ROOT / f"features-{n}-{d}"
+    root = SYNTHETIC_ROOT / (f"features-{n}-{d}" + ("" if classes == 10 else f"-c{classes}"))
     if (root / ".complete").is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -87,12 +89,32 @@ def child(folder: str, case: str) -> dict:
             from flare_core.detectors.latent import latent_detect
 
             latent_detect(P, y, loss)
+        elif case == "views":
+            from flare_core.detectors.views import class_views
+
+            views = class_views(P, y, random_state=0)
+            record.update(_planted_cluster(views[0], np.flatnonzero(y == 0)[: max(1, len(y) // 100)]))
         record["seconds"] = round(time.perf_counter() - t0, 2)
     peak = s.peak_mb()
     record.update(peak_rss_anon_mb=peak["peak_rssanon_mb"],
                   peak_over_start_mb=round(peak["peak_rssanon_mb"] - record["baseline_rss_anon_mb"], 1),
                   input_mb=round(P.nbytes / 2**20, 1))
     return record
+
+
+def _planted_cluster(view, planted) -> dict:
+    """How class 0's view keeps the moved rows: the cluster holding most of them, its share of them (recall)
+    and their share of it (precision), and how many of the class's rows the embedding was computed on."""
+    import numpy as np
+
+    member = np.isin(view.indices, planted)
+    ids, counts = np.unique(view.clusters[member], return_counts=True)
+    best = int(ids[np.argmax(counts)])
+    in_best = view.clusters == best
+    return {"view_class0_rows": int(len(view.indices)),
+            "view_class0_embedded": int(getattr(view, "embedded", np.ones(len(view.indices), bool)).sum()),
+            "planted_cluster": best, "planted_recall": round(float((in_best & member).sum() / member.sum()), 4),
+            "planted_precision": round(float((in_best & member).sum() / max(1, in_best.sum())), 4)}
 
 
 def run_case(folder: Path, case: str) -> dict:
@@ -111,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--label", default="")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -122,12 +145,12 @@ def main(argv=None) -> int:
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         ap.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    folder = make_features(args.n, args.d)
+    folder = make_features(args.n, args.d, args.classes)
     results = read_json(OUT, {"rows": []})
     given = argv if argv is not None else sys.argv[1:]
     for case in cases:
         record = run_case(folder, case)
-        record.update(n=args.n, d=args.d, label=args.label,
+        record.update(n=args.n, d=args.d, classes=args.classes, label=args.label,
                       command="python3 -m benchmarks.detector_memory " + shlex.join(given))
         print(json.dumps(record), flush=True)
         results["rows"].append(record)

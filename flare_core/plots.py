@@ -13,6 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from flare_core.sampling import sample_keeping
+
 #: Above this many points a scatter plot is downsampled (flagged samples always kept).
 MAX_POINTS = 20_000
 NOISE_COLOR = "#b0b0b0"
@@ -34,16 +36,7 @@ def downsample_indices(n: int, max_points: int, keep: Optional[np.ndarray] = Non
     """
     if max_points <= 0:
         raise ValueError("max_points must be positive.")
-    if n <= max_points:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
-    kept = np.flatnonzero(keep)
-    if len(kept) >= max_points:
-        return np.sort(rng.choice(kept, size=max_points, replace=False))
-    rest = np.flatnonzero(~keep)
-    extra = rng.choice(rest, size=max_points - len(kept), replace=False)
-    return np.sort(np.concatenate([kept, extra]))
+    return sample_keeping(n, max_points, keep, seed)
 
 
 def _scatter_cls(webgl: bool):

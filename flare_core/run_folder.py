@@ -11,7 +11,8 @@ Layout (written atomically by :func:`write_run`; only ``decisions.json`` changes
     RUN/features.npy      N x L abnormality matrix (the expensive pass), float32
     RUN/pooled.npy        N x D pooled penultimate features (when computed)
     RUN/embedding.npy     N x 2 global UMAP embedding of the detector
-    RUN/views/class_<k>.npz   per-class view: indices, embedding (n,2), clusters (n,), cluster_ids, stability
+    RUN/views/class_<k>.npz   per-class view: indices, embedding (n,2), clusters (n,), cluster_ids, stability,
+                              embedded (n,) (rows UMAP embedded; the rest placed by neighbours)
     RUN/decisions.json    the analyst's keep/remove overrides, saved on every change
     RUN/purified/         the kept samples in the input's own layout (after export)
 """
@@ -50,6 +51,16 @@ class ClassViewData:
     embedding: np.ndarray
     clusters: np.ndarray
     stability: dict
+    #: True for the rows UMAP embedded, False for those placed by their nearest embedded rows; None in runs
+    #: written before views were sampled (every row embedded).
+    embedded: Optional[np.ndarray] = None
+
+    def sampling_note(self) -> str:
+        """'' when UMAP embedded every row, else a note to append to the plot's title (how many it embedded)."""
+        if self.embedded is None or self.embedded.all():
+            return ""
+        return (f" (UMAP on {int(self.embedded.sum()):,} of {len(self.embedded):,} samples, "
+                f"the rest placed by their nearest neighbours)")
 
 
 def detector_report(run) -> dict:
@@ -137,7 +148,8 @@ class RunFolder:
         try:
             with np.load(p, allow_pickle=False) as z:
                 stability = dict(zip(z["cluster_ids"].tolist(), z["stability"].tolist()))
-                return ClassViewData(int(label), z["indices"], z["embedding"], z["clusters"], stability)
+                embedded = z["embedded"] if "embedded" in z.files else None
+                return ClassViewData(int(label), z["indices"], z["embedding"], z["clusters"], stability, embedded)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise self._damaged(f"views/{p.name}", e) from e
 
@@ -256,7 +268,7 @@ def write_run(
     """Write a complete run folder atomically (temp folder renamed at the end) and open it.
 
     ``views`` maps class label -> an object with ``indices, embedding, clusters`` and ``cluster_stability``
-    (dict id -> stability). ``extra_files`` maps a name inside the run folder -> a file to move there
+    (dict id -> stability), and optionally ``embedded`` (which rows UMAP embedded). ``extra_files`` maps a name inside the run folder -> a file to move there
     (e.g. a features memmap written beside the output while it was computed). ``before_commit(tmp)`` runs
     last inside the temporary folder (e.g. to export the purified data) before ``run.json`` is written and
     the folder is renamed into place.
@@ -286,6 +298,8 @@ def write_run(
                     clusters=np.asarray(v.clusters, dtype=np.int64),
                     cluster_ids=ids,
                     stability=np.array([float(stab[i]) for i in ids], dtype=np.float64),
+                    **({"embedded": np.asarray(v.embedded, dtype=bool)} if getattr(v, "embedded", None) is not None
+                       else {}),
                 )
         if before_commit is not None:
             before_commit(tmp)

@@ -130,6 +130,24 @@ def test_make_run_is_a_valid_run_folder(tmp_path):
     assert len(make_dataset(run)) == 60
 
 
+
+def test_a_views_embedded_rows_round_trip_and_the_title_says_how_many(tmp_path):
+    from flare_core.detectors.views import ClassView
+
+    base = make_run(tmp_path / "base")
+    idx = np.flatnonzero(base.manifest["label"].to_numpy() == 1)
+    embedded = np.zeros(len(idx), bool)
+    embedded[::2] = True
+    view = ClassView(idx, np.zeros((len(idx), 2)), np.zeros(len(idx), int), {0: 1.0}, {0: len(idx)},
+                     np.zeros(len(idx), bool), "umap", embedded)
+    run = write_run(tmp_path / "run", meta=dict(base.meta), manifest=base.manifest, features=np.array(base.features()),
+                    embedding=base.embedding(), views={1: view})
+    v = run.class_view(1)
+    assert np.array_equal(v.embedded, embedded)
+    assert v.sampling_note() == " (UMAP on 10 of 20 samples, the rest placed by their nearest neighbours)"
+    old = base.class_view(1)  # a run written before views were sampled: every row embedded
+    assert old.embedded is None and old.sampling_note() == ""
+
 # ---- a damaged run folder: one sentence that says which file, never a raw error ---------------------------------------
 @pytest.mark.parametrize("damage, file", [
     (lambda d: (d / "run.json").write_text("[]"), "run.json"),

@@ -552,3 +552,6 @@ def test_detector_memory_measures_detectors_on_mapped_float32_features(tmp_path,
         row = detector_memory.run_case(folder, case)
         assert row["case"] == case and row["seconds"] > 0 and row["input_mb"] == round(600 * 16 * 4 / 2**20, 1)
         assert row["peak_rss_anon_mb"] >= row["baseline_rss_anon_mb"] > 0 and row["commit"]
+    views = detector_memory.run_case(detector_memory.make_features(600, 16, classes=2), "views")
+    assert views["view_class0_rows"] == 300 and views["view_class0_embedded"] == 300  # under the sample size
+    assert 0 < views["planted_recall"] <= 1 and 0 < views["planted_precision"] <= 1

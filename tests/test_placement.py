@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from flare_core.detectors.placement import nearest_rows, place_by_neighbours, stratified_sample
+from flare_core.detectors.placement import nearest_rows, place_by_neighbours
+from flare_core.sampling import sample_keeping, stratified_sample
 
 
 def test_sample_is_stratified_sorted_and_deterministic():

@@ -143,7 +143,7 @@ from flare_core.detectors import execution
 from flare_core.detectors.clustering import run_hdbscan
 from flare_core.detectors.decision import Decision, decide_default, decide_faithful
 from flare_core.detectors.embedding import pca_2d, umap_2d
-from flare_core.detectors.placement import place_by_neighbours, stratified_sample
+from flare_core.detectors.placement import place_by_neighbours
 from flare_core.detectors.preprocess import robust_standardize
 from flare_core.detectors.provenance import package_versions
 from flare_core.detectors.scoring import (benign_distance_scores, class_atypicality, rank_flagged_first,
@@ -151,6 +151,7 @@ from flare_core.detectors.scoring import (benign_distance_scores, class_atypical
 from flare_core.detectors.sizes import auto_min_cluster_size
 from flare_core.errors import FlareError
 from flare_core.progress import ProgressCallback, ensure_progress
+from flare_core.sampling import stratified_sample
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ class _Unit:
     """One unit of the search (all samples, or one class) and its clustered sample, the same for every prefix."""
     label: Optional[int]
     index: np.ndarray  #: the unit's sample indices
-    #: positions (into ``index``) of the samples it clusters (:func:`.placement.stratified_sample`)
+    #: positions (into ``index``) of the samples it clusters (:func:`flare_core.sampling.stratified_sample`)
     sampled: np.ndarray
 
     @property

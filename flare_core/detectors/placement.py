@@ -1,46 +1,21 @@
-"""Embed a sample, place the rest: the clustered sample and the nearest-neighbour placement of every other row.
+"""Place the rows left out of an embedded sample by their nearest embedded rows.
 
 UMAP and HDBSCAN cost grows faster than the number of rows, so FLARE default and the per-class views embed
-and cluster at most a fixed number of rows (:func:`stratified_sample`) and give every other row the mean
+and cluster at most a fixed number of rows (:mod:`flare_core.sampling`) and give every other row the mean
 coordinates and the majority group of its nearest embedded rows in the feature space
 (:func:`place_by_neighbours`).
 
 The neighbour search is scikit-learn's brute-force search (matrix products, in chunks of scikit-learn's
 ``working_memory``): its cost does not grow with the number of columns the way a k-d tree's does.  Placing
-80,000 rows by 20,000 took 118 s with ``scipy.spatial.cKDTree`` at 20 columns and 1,550 s at 512, against
-4.6 s and 34 s brute force (random data, 2-core machine; ``benchmarks/results/placement.json`` has the
-measured runs on real features).
+80,000 random rows by 20,000 took 118 s with ``scipy.spatial.cKDTree`` at 20 columns and 1,550 s at 512,
+against 4.6 s and 34 s brute force (2-core machine).
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import numpy as np
 
 #: Embedded rows that place a row left out of the embedded sample.
 PLACE_NEIGHBOURS = 10
-
-
-def stratified_sample(index: np.ndarray, y: Optional[np.ndarray], size: Optional[int],
-                      seed: Optional[int]) -> np.ndarray:
-    """Sorted positions (into ``index``) of at most ``size`` rows, stratified by ``y[index]`` when ``y`` is given.
-
-    Every stratum keeps its share of ``size`` (at least one row). ``size=None`` or ``len(index) <= size``
-    keeps every row.  Deterministic for a seed (``None`` is seed 0).
-    """
-    n = len(index)
-    if size is None or n <= size:
-        return np.arange(n)
-    rng = np.random.default_rng(0 if seed is None else seed)
-    if y is None:
-        return np.sort(rng.choice(n, size, replace=False))
-    labels = y[index]
-    picked = []
-    for c in np.unique(labels):
-        pos = np.flatnonzero(labels == c)
-        k = max(1, int(round(size * len(pos) / n)))
-        picked.append(rng.choice(pos, min(k, len(pos)), replace=False))
-    return np.sort(np.concatenate(picked))
 
 
 def nearest_rows(reference: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
