@@ -935,7 +935,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
     dm = read_json(Path(results) / "detector_memory.json", None)
     if dm and dm.get("rows"):
         rows = [[r["case"], f"{r['n']:,} x {r['d']}", r["input_mb"], r.get("label") or "-", f"`{r['commit']}`",
-                 r["seconds"], r["peak_over_start_mb"], f"`{r['command']}`"] for r in dm["rows"]]
+                 r["seconds"], r["peak_over_start_mb"], f"`{r['command']}`"] for r in dm["rows"] if r["case"] != "views"]
         parts += ["## The detectors' memory on the penultimate features (2-core CPU)",
                   "Each row is one fresh process (`benchmarks/detector_memory.py`) that opens synthetic float32 "
                   "features memory-mapped, as the feature pass returns them past the limit on one array in memory, "
@@ -947,6 +947,25 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                   "the commit shown. Raw: `benchmarks/results/detector_memory.json`.",
                   md_table(["detector", "features", "input MB", "code", "commit", "seconds",
                             "peak anonymous MB over start", "command"], rows)]
+        views = [r for r in dm["rows"] if r["case"] == "views"]
+        if views:
+            rows = [[f"{r['n']:,} x {r['d']}", r.get("classes", 10), f"{r['view_class0_rows']:,}",
+                     f"{r['view_class0_embedded']:,}", r.get("label") or "-", f"`{r['commit']}`", r["seconds"],
+                     r["peak_over_start_mb"], fmt_pct(r["planted_recall"], 1),
+                     fmt_pct(r["planted_precision"], 1), f"`{r['command']}`"] for r in views]
+            parts += ["## The per-class views of large classes (2-core CPU)",
+                      "`benchmarks/detector_memory.py --cases views`: the dashboard's per-class views "
+                      "(`class_views`, UMAP + HDBSCAN of each class) on the same synthetic float32 features, "
+                      "memory-mapped, in classes of N / classes rows; 1 % of all rows, in class 0, are moved off "
+                      "the rest. Since `8618309` a class of more than 20,000 rows is embedded on 20,000 of them and "
+                      "the others are placed by their 10 nearest embedded rows; before, every row was embedded. "
+                      "*Planted recall / precision*: of class 0's view, the cluster holding most of the moved rows, "
+                      "its share of them and their share of it (no flags are given, so the moved rows are sampled "
+                      "like any other). Seconds and memory are for all classes' views. The *before* rows ran in a git "
+                      "worktree of the commit shown with this script copied in (hence `+changes`).",
+                      md_table(["features", "classes", "class 0 rows", "embedded", "code", "commit", "seconds",
+                                "peak anonymous MB over start", "planted recall %", "planted precision %", "command"],
+                               rows)]
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())
