@@ -63,6 +63,8 @@ def test_run_folder_contents_and_export_round_trip(lab, tmp_path):
     assert run.features().shape[0] == n
     assert run.meta["dataset"]["n_samples"] == n and run.meta["model"]["arch"] == "small-cnn"
     assert len(run.meta["features"]["layers"]) == run.features().shape[1]
+    view = run.class_view(0)  # the views say which rows UMAP embedded: every one, in a class this small
+    assert view.embedded is not None and view.embedded.all() and view.sampling_note() == ""
     # purified + flagged == source, files byte-identical, source untouched
     purified = run.path / "purified"
     kept = {str(p.relative_to(purified)) for p in purified.rglob("*.png")}
