@@ -9,7 +9,9 @@ once under ~/.cache/flare-data. Cases: the baselines (``ac``, ``ss``, ``spectre`
 penultimate features that run over every class (``atypicality``: ``scoring.class_atypicality``; ``minority``:
 ``minority_mode.class_minority_modes``; ``latent``: ``latent.latent_detect`` with a per-sample loss) and the per-class
 views (``views``: ``views.class_views``, with how well class 0's view keeps the moved 1 % as a cluster of its own;
-``--classes 2`` makes classes of N/2 rows, past the views' embedded sample). Written to
+``--classes 2`` makes classes of N/2 rows, past the views' embedded sample) and the preparation of FLARE default's
+opt-in per-channel stage (``channels``: the features taken as a per-channel view, N x sum C, log-scaled and
+robust-standardised; ``--d 4800`` is ResNet-18's channel count). Written to
 benchmarks/results/detector_memory.json; each row carries the commit it ran on, so rows from before and after a change
 sit side by side (run the *before* rows from a git worktree of the older commit).
 
@@ -34,7 +36,7 @@ from benchmarks.common import code_commit, read_json, write_json  # noqa: E402
 from benchmarks.image_loading import SYNTHETIC_ROOT, PeakSampler, _status_kb  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "detector_memory.json"
-CASES = ("ss", "ac", "spectre", "atypicality", "minority", "latent", "views")
+CASES = ("ss", "ac", "spectre", "atypicality", "minority", "latent", "views", "channels")
 
 
 def make_features(n: int, d: int, classes: int = 10, seed: int = 0) -> Path:
@@ -89,6 +91,10 @@ def child(folder: str, case: str) -> dict:
             from flare_core.detectors.latent import latent_detect
 
             latent_detect(P, y, loss)
+        elif case == "channels":  # FLARE default's per-channel stage (opt-in): the features as a per-channel view
+            from flare_core.detectors.flare import _channel_matrix
+
+            _channel_matrix(P, np.arange(P.shape[1]) % 4, len(P), 4)
         elif case == "views":
             from flare_core.detectors.views import class_views
 

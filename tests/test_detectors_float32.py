@@ -107,3 +107,26 @@ def test_a_baseline_holds_one_class_in_float64_not_the_whole_matrix():
     finally:
         tracemalloc.stop()
     assert peak < 0.5 * n * d * 8  # a float64 copy of X was 1x this; one class is a tenth of it
+
+
+def test_the_per_channel_view_is_standardised_a_block_at_a_time_with_the_same_numbers(tmp_path):
+    from flare_core.detectors import flare as F
+    from flare_core.detectors.preprocess import robust_standardize
+
+    rng = np.random.default_rng(4)
+    n, c = 2000, 12 * F.CHANNEL_BLOCK + 17  # many blocks, the last one short
+    C = np.abs(rng.standard_cauchy(size=(n, c))).astype(np.float32)
+    C[:, 5] = 0.0  # a constant column
+    C[: n // 2, 9] = 2.0  # a column whose MAD is 0
+    layer = np.arange(c) % 4
+    whole, _, _ = robust_standardize(np.log(np.maximum(C.astype(np.float64), 0.0) + 1e-3))  # the old way
+    mapped = _mapped(tmp_path, "channels", C)
+    tracemalloc.start()
+    try:
+        Zc, got_layer = F._channel_matrix(mapped, layer, n, 4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(Zc, whole)
+    np.testing.assert_array_equal(got_layer, layer)
+    assert peak < 2 * Zc.nbytes  # the output and one block's temporaries (the whole matrix at once: 4x)
