@@ -52,5 +52,10 @@ def sample_keeping(n: int, size: int, keep: Optional[np.ndarray] = None, seed: O
         kept = np.sort(rng.choice(kept, size=cap, replace=False))
     if len(kept) >= size:
         return kept
-    extra = rng.choice(np.flatnonzero(~keep), size=size - len(kept), replace=False)
+    need, others = size - len(kept), np.flatnonzero(~keep)
+    if len(others) >= need:
+        extra = rng.choice(others, size=need, replace=False)
+    else:  # too few other rows to fill the sample: all of them, and more of the kept rows
+        spare = np.setdiff1d(np.flatnonzero(keep), kept)
+        extra = np.concatenate([others, rng.choice(spare, size=need - len(others), replace=False)])
     return np.sort(np.concatenate([kept, extra]))

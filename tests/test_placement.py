@@ -64,3 +64,17 @@ def test_placement_reads_float32_on_disk_and_changes_nothing(tmp_path):
     ref_emb, ref_groups = place_by_neighbours(before.astype(np.float64), sampled, emb_s, groups_s)
     assert np.array_equal(groups, ref_groups) and np.allclose(emb, ref_emb)
     assert np.array_equal(np.asarray(Z), before)
+
+
+def test_sample_keeping_caps_the_kept_rows_and_still_fills_the_sample():
+    keep = np.zeros(1000, bool)
+    keep[:50] = True
+    a = sample_keeping(1000, 300, keep, seed=1, keep_share=0.5)
+    assert len(a) == 300 and np.all(np.diff(a) > 0) and keep[a].sum() == 50  # under the cap: all kept rows
+    keep[:800] = True
+    b = sample_keeping(1000, 300, keep, seed=1, keep_share=0.5)
+    assert len(b) == 300 and keep[b].sum() == 150  # capped at half
+    every = sample_keeping(1000, 300, np.ones(1000, bool), seed=1, keep_share=0.5)
+    assert len(every) == 300 and len(np.unique(every)) == 300  # nothing else to fill with: more kept rows
+    assert np.array_equal(sample_keeping(1000, 300, keep, seed=1, keep_share=0.5), b)
+    assert np.array_equal(sample_keeping(10, 300, keep[:10]), np.arange(10))
