@@ -268,8 +268,9 @@ def write_run(
     """Write a complete run folder atomically (temp folder renamed at the end) and open it.
 
     ``views`` maps class label -> an object with ``indices, embedding, clusters`` and ``cluster_stability``
-    (dict id -> stability), and optionally ``embedded`` (which rows UMAP embedded). ``extra_files`` maps a name inside the run folder -> a file to move there
-    (e.g. a features memmap written beside the output while it was computed). ``before_commit(tmp)`` runs
+    (dict id -> stability), and optionally ``embedded`` (which rows UMAP embedded). ``extra_files`` maps a
+    name inside the run folder -> a file to move there (e.g. a features memmap written beside the output
+    while it was computed). ``before_commit(tmp)`` runs
     last inside the temporary folder (e.g. to export the purified data) before ``run.json`` is written and
     the folder is renamed into place.
     """
