@@ -73,11 +73,17 @@ def _legend_flagged(scatter, label: str):
     )
 
 
+def _with_notes(title: str, notes: Sequence[str]) -> str:
+    """The title, and its notes (how the points were embedded or drawn) in small type on a second line."""
+    notes = [x for x in notes if x]
+    return f"{title}<br><sup>{'; '.join(notes)}</sup>" if notes else title
+
+
 def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left"),
         height=height,
-        margin=dict(l=60, r=10, t=50, b=50),
+        margin=dict(l=60, r=10, t=70 if "<br>" in title else 50, b=50),
         dragmode="lasso",
         legend=dict(itemsizing="constant", orientation="v"),
         xaxis=dict(title="UMAP 1", showgrid=False, zeroline=False, automargin=True),
@@ -99,6 +105,7 @@ def class_scatter(
     sources: Optional[Sequence[str]] = None,
     stability: Optional[Mapping[int, float]] = None,
     title: str = "",
+    note: str = "",
     detector_label: str = "flagged",
     max_points: int = MAX_POINTS,
     webgl: bool = True,
@@ -106,6 +113,7 @@ def class_scatter(
     height: int = 540,
 ) -> go.Figure:
     """One class's 2-D embedding coloured by HDBSCAN cluster; flagged samples drawn as ✕ in their cluster's colour.
+    ``note`` (how the class was embedded) and the downsampling, when any, are a second line under the title.
 
     All arrays are per point of the class (same length). Each cluster has a trace of unflagged points and, when
     any, a trace of flagged ones (same legend group). ``customdata`` per point is the numeric row
@@ -153,9 +161,8 @@ def class_scatter(
             first = False
     if flagged.any():
         fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
-    if len(shown) < n:
-        title = f"{title} — showing {len(shown):,} of {n:,} points (all flagged kept)"
-    return _base_layout(fig, title, height)
+    drawn = f"showing {len(shown):,} of {n:,} points (all flagged kept)" if len(shown) < n else ""
+    return _base_layout(fig, _with_notes(title, [note, drawn]), height)
 
 
 def global_scatter(
@@ -206,9 +213,8 @@ def global_scatter(
             first = False
     if flagged.any():
         fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
-    if len(shown) < n:
-        title = f"{title} — showing {len(shown):,} of {n:,} points (all flagged kept)"
-    return _base_layout(fig, title, height)
+    drawn = f"showing {len(shown):,} of {n:,} points (all flagged kept)" if len(shown) < n else ""
+    return _base_layout(fig, _with_notes(title, [drawn]), height)
 
 
 #: Above this many points (or classes) in all, Explore switches classes on the server instead (see class_menu).

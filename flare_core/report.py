@@ -682,7 +682,7 @@ def _scatter_html(run: RunFolder, detector_label: str) -> str:
         name = run.class_name(label)
         fig = plots.class_scatter(v.embedding, v.clusters, v.indices, flagged[v.indices], scores=scores[v.indices],
                                   sources=sources[v.indices], stability=v.stability,
-                                  title=f"Class {label}: {name}{v.sampling_note()}",
+                                  title=f"Class {label}: {name}", note=v.sampling_note(),
                                   detector_label=detector_label, webgl=False, max_points=REPORT_MAX_POINTS, height=420)
         parts.append(_fig_html(fig))
     return "".join(parts) or "<p class='muted'>This run has no 2-D views.</p>"

@@ -56,11 +56,11 @@ class ClassViewData:
     embedded: Optional[np.ndarray] = None
 
     def sampling_note(self) -> str:
-        """'' when UMAP embedded every row, else a note to append to the plot's title (how many it embedded)."""
+        """'' when UMAP embedded every row, else a note for the plot (how many rows it embedded)."""
         if self.embedded is None or self.embedded.all():
             return ""
-        return (f" (UMAP on {int(self.embedded.sum()):,} of {len(self.embedded):,} samples, "
-                f"the rest placed by their nearest neighbours)")
+        return (f"UMAP on {int(self.embedded.sum()):,} of {len(self.embedded):,} samples, "
+                f"the rest placed by their nearest neighbours")
 
 
 def detector_report(run) -> dict:

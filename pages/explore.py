@@ -43,7 +43,8 @@ def _build_class_figure(run_, label: int):
     return plots.class_scatter(
         v.embedding, v.clusters, v.indices, run_.flagged()[v.indices], scores=run_.scores()[v.indices],
         sources=run_.manifest["source"].to_numpy()[v.indices], stability=v.stability,
-        title=f"Class {label}: {shared.class_name(run_, label)} — UMAP coloured by HDBSCAN cluster{v.sampling_note()}",
+        title=f"Class {label}: {shared.class_name(run_, label)} — UMAP coloured by HDBSCAN cluster",
+        note=v.sampling_note(),
         detector_label=f"flagged by {shared.detector_label(run_.detectors()[0])}",
     )
 

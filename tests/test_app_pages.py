@@ -343,7 +343,7 @@ def test_explore_title_says_when_a_class_was_embedded_on_a_sample(env, run):
     no_errors(at)
     fig = json.loads(at.get("plotly_chart")[1].proto.spec)
     assert fig["layout"]["title"]["text"].endswith(
-        "(UMAP on 15 of 20 samples, the rest placed by their nearest neighbours)")
+        "<br><sup>UMAP on 15 of 20 samples, the rest placed by their nearest neighbours</sup>")
     buttons = fig["layout"]["updatemenus"][0]["buttons"]
     assert "placed" not in buttons[1]["args"][1]["title.text"]  # class 1 was embedded whole
 

@@ -144,7 +144,7 @@ def test_a_views_embedded_rows_round_trip_and_the_title_says_how_many(tmp_path):
                     embedding=base.embedding(), views={1: view})
     v = run.class_view(1)
     assert np.array_equal(v.embedded, embedded)
-    assert v.sampling_note() == " (UMAP on 10 of 20 samples, the rest placed by their nearest neighbours)"
+    assert v.sampling_note() == "UMAP on 10 of 20 samples, the rest placed by their nearest neighbours"
     old = base.class_view(1)  # a run written before views were sampled: every row embedded
     assert old.embedded is None and old.sampling_note() == ""
 

@@ -91,6 +91,17 @@ def test_class_scatter_downsamples_large_views(rng):
     assert "showing 500 of 3,000" in fig.layout.title.text
 
 
+def test_class_scatter_notes_go_on_a_second_line_under_the_title(rng):
+    emb, clusters, indices, flagged = _class_data(rng, n=3000)
+    fig = plots.class_scatter(emb, clusters, indices, flagged, title="Class 0", note="UMAP on 2,000 of 3,000",
+                              max_points=500)
+    assert fig.layout.title.text == ("Class 0<br><sup>UMAP on 2,000 of 3,000; "
+                                     "showing 500 of 3,000 points (all flagged kept)</sup>")
+    assert fig.layout.margin.t == 70  # room for the second line
+    plain = plots.class_scatter(emb, clusters, indices, flagged, title="Class 0")
+    assert plain.layout.title.text == "Class 0" and plain.layout.margin.t == 50
+
+
 def test_class_scatter_svg_mode(rng):
     emb, clusters, indices, flagged = _class_data(rng, n=50)
     fig = plots.class_scatter(emb, clusters, indices, flagged, webgl=False)
