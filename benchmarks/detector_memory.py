@@ -15,8 +15,8 @@ robust-standardised; ``--d 4800`` is ResNet-18's channel count). Written to
 benchmarks/results/detector_memory.json; each row carries the commit it ran on, so rows from before and after a change
 sit side by side (run the *before* rows from a git worktree of the older commit).
 
-    python3 -m benchmarks.detector_memory [--n 200000] [--d 512] [--cases ss,ac,spectre,atypicality,minority,latent]
-        [--classes 10] [--label TEXT]
+    python3 -m benchmarks.detector_memory [--n 200000] [--d 512]
+        [--cases ss,ac,spectre,atypicality,minority,latent,views,channels] [--classes 10] [--label TEXT]
 """
 from __future__ import annotations
 

@@ -332,7 +332,6 @@ def test_explore_switches_class_on_the_server_past_the_browser_limit(env, run, m
     assert "Class 2: two" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
 
 
-
 def test_explore_title_says_when_a_class_was_embedded_on_a_sample(env, run):
     p = run.path / "views" / "class_0.npz"
     with np.load(p) as z:
@@ -346,6 +345,7 @@ def test_explore_title_says_when_a_class_was_embedded_on_a_sample(env, run):
         "<br><sup>UMAP on 15 of 20 samples, the rest placed by their nearest neighbours</sup>")
     buttons = fig["layout"]["updatemenus"][0]["buttons"]
     assert "placed" not in buttons[1]["args"][1]["title.text"]  # class 1 was embedded whole
+
 
 def test_explore_global_view(env, run):
     at = app("explore", run_path=str(run.path))

@@ -148,6 +148,7 @@ def test_a_views_embedded_rows_round_trip_and_the_title_says_how_many(tmp_path):
     old = base.class_view(1)  # a run written before views were sampled: every row embedded
     assert old.embedded is None and old.sampling_note() == ""
 
+
 # ---- a damaged run folder: one sentence that says which file, never a raw error ---------------------------------------
 @pytest.mark.parametrize("damage, file", [
     (lambda d: (d / "run.json").write_text("[]"), "run.json"),

@@ -97,4 +97,3 @@ def test_flagged_rows_take_at_most_half_of_the_embedded_sample():
     assert v.embedded[flagged].sum() == 150 and v.embedded[~flagged].sum() == 150
     w = class_views(X, y, flagged=flagged, sample_size=300)[0]  # deterministic for the seed
     assert np.array_equal(v.embedded, w.embedded) and np.array_equal(v.embedding, w.embedding)
-
