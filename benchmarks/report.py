@@ -288,6 +288,43 @@ def _trigger_summary(rows: list) -> str:
     return out
 
 
+SCALE_STAGES = ("load", "features", "shortcut", "mode_trigger", "detector", "flag_trigger", "views", "export")
+
+
+def scale_run_section(data: Optional[dict]) -> list:
+    """RESULTS' section for benchmarks/scale_run.py: the whole pipeline at a large N, time and memory by stage."""
+    if not data or not data.get("rows"):
+        return []
+    rows, memory = [], []
+    for r in data["rows"]:
+        t = r.get("timings", {})
+        other = t.get("total", 0) - sum(t.get(k, 0) for k in SCALE_STAGES)
+        peaks = r.get("peak_anon_over_start_mb", {})
+        rows.append([f"{r['n']:,}", r.get("label") or "-", f"`{r['commit']}`", r.get("image_limit_env") or "default",
+                     *[fmt_num(t.get(k), 1) if k in t else "-" for k in SCALE_STAGES], fmt_num(other, 1),
+                     fmt_num(t.get("total"), 1), r.get("peak_rss_mb"), max(peaks.values(), default=None),
+                     r.get("data_mb"), r.get("run_folder_mb"), f"{r['n_flagged']:,}", fmt_pct(r.get("tpr")),
+                     fmt_pct(r.get("fpr")), f"`{r['command']}`"])
+        memory.append([f"{r['n']:,}", r.get("label") or "-",
+                       ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items() if k != "start")])
+    return ["## The whole pipeline at a large N (2-core CPU)",
+            "`benchmarks/scale_run.py`: one `run_analysis` (what `flare purify` runs: FLARE default with its trigger "
+            "tests, per-class views, export, run folder) in a fresh process, over N samples of Fashion-MNIST: "
+            "copies of the 60,000 training images, each copy after the first shifted by up to 2 pixels per image "
+            "and lightly noised, then the lab's BadNets poisoning of the whole set (10 %, all-to-one, target 0), "
+            "an uncompressed `.npz`. The model is the zoo's `fmnist-badnets-10` small CNN, trained on the 60,000. "
+            "Seconds by stage are the run's own (`run.json` `timings`); *other* is the rest of the total (building "
+            "the manifest, the run folder's files). *Peak RSS* is the process's `ru_maxrss`; *peak anonymous over "
+            "start* is its largest RssAnon above the process's start (after the interpreter, before imports), "
+            "sampled every 50 ms. Raw: `benchmarks/results/scale_run.json`.",
+            md_table(["N", "code", "commit", "FLARE_IMAGE_RAM_MB", *[f"{k} s" for k in SCALE_STAGES], "other s",
+                      "total s", "peak RSS MB", "peak anonymous MB over start", "data MB", "run folder MB",
+                      "flagged", "TPR %", "FPR %", "command"], rows),
+            "Peak anonymous memory (MB over the process's start) by the progress stage the pipeline was in, in the "
+            "order they ran (a stage's peak includes what earlier stages still hold):",
+            md_table(["N", "code", "peak anonymous MB over start, by stage"], memory)]
+
+
 def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path = PLOTS, zoo: Path = ZOO) -> Path:
     """Write the Markdown report from ``results`` (plots into ``plots``, linked relative to ``out``)."""
     results, out, plots = Path(results), Path(out), Path(plots)
@@ -968,6 +1005,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                       md_table(["features", "classes", "class 0 rows", "embedded", "code", "commit", "seconds",
                                 "peak anonymous MB over start", "planted recall %", "planted precision %", "command"],
                                rows)]
+    parts += scale_run_section(read_json(Path(results) / "scale_run.json", None))
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())

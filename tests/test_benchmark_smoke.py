@@ -555,3 +555,46 @@ def test_detector_memory_measures_detectors_on_mapped_float32_features(tmp_path,
     views = detector_memory.run_case(detector_memory.make_features(600, 16, classes=2), "views")
     assert views["view_class0_rows"] == 300 and views["view_class0_embedded"] == 300  # under the sample size
     assert 0 < views["planted_recall"] <= 1 and 0 < views["planted_precision"] <= 1
+
+
+def test_scale_run_moves_each_image_by_its_own_small_offset():
+    from benchmarks import scale_run
+
+    images = np.zeros((400, 28, 28, 1), dtype=np.uint8)
+    images[:, 10, 12] = 200
+    out = scale_run.shifted(images, np.random.default_rng(0))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    where = [np.argwhere(o[..., 0]) for o in out]
+    assert all(len(w) == 1 and out[i][tuple(w[0])][0] == 200 for i, w in enumerate(where))
+    offsets = {(int(w[0][0]) - 10, int(w[0][1]) - 12) for w in where}
+    assert offsets == {(a, b) for a in range(-2, 3) for b in range(-2, 3)}
+    assert images.sum() == 400 * 200  # the input is not written to
+    np.testing.assert_array_equal(scale_run.augmented_copy(images, 0), images)
+    first, again = scale_run.augmented_copy(images, 1), scale_run.augmented_copy(images, 1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, images) and not np.array_equal(first, scale_run.augmented_copy(images, 2))
+
+
+def test_scale_run_measures_the_whole_pipeline_by_stage(tmp_path, monkeypatch):
+    from benchmarks import scale_run
+
+    monkeypatch.setattr(scale_run, "SYNTHETIC_ROOT", tmp_path / "data")
+    monkeypatch.setattr(scale_run, "OUT", tmp_path / "scale_run.json")
+    assert scale_run.main(["--n", "1500", "--no-views"]) == 0
+    folder = tmp_path / "data" / "scale-fmnist-badnets-1500"
+    with np.load(folder / "train.npz") as z:
+        assert sorted(z.files) == ["classes", "x", "y"] and z["x"].shape == (1500, 28, 28, 1)
+    truth = json.loads((folder / "ground_truth.json").read_text())
+    assert truth["n_total"] == 1500 and len(truth["poisoned_indices"]) == 150 and truth["target"] == 0
+    before = _sha(folder / "train.npz")
+    row = json.loads((tmp_path / "scale_run.json").read_text())["rows"][0]
+    assert row["n"] == 1500 and not row["views"] and row["export"] and row["commit"]
+    assert {"load", "features", "detector", "export", "total"} <= set(row["timings"])
+    assert "views" not in row["timings"] and row["peak_anon_over_start_mb"]["features"] > 0
+    assert 0 <= row["tpr"] <= 1 and 0 <= row["fpr"] <= 1 and row["n_flagged"] == sum(row["flagged_per_class"])
+    assert row["run_folder_mb"] > row["data_mb"] * 0.5  # the purified copy is in the run folder
+    # made once: a second run reuses the data set, which no run writes to
+    assert scale_run.make_dataset(1500) == folder and _sha(folder / "train.npz") == before
+    section = "\n".join(__import__("benchmarks.report", fromlist=["x"]).scale_run_section(
+        json.loads((tmp_path / "scale_run.json").read_text())))
+    assert "| 1,500 |" in section and "python3 -m benchmarks.scale_run --n 1500 --no-views" in section
