@@ -325,6 +325,28 @@ def scale_run_section(data: Optional[dict]) -> list:
             md_table(["N", "code", "peak anonymous MB over start, by stage"], memory)]
 
 
+def dashboard_pages_section(data: Optional[dict]) -> list:
+    """RESULTS' section for benchmarks/dashboard_pages.py: every page of the dashboard on a large run."""
+    if not data or not data.get("runs"):
+        return []
+    rows = []
+    for r in data["runs"]:
+        by = {(x["page"], x["visit"]): x for x in r["rows"]}
+        for page in dict.fromkeys(x["page"] for x in r["rows"]):
+            first, again = by.get((page, 1), {}), by.get((page, 2), {})
+            errors = sorted(set(first.get("errors", []) + again.get("errors", [])))
+            rows.append([f"{r['n_samples']:,}", r.get("label") or "-", f"`{r['commit']}`", page,
+                         first.get("seconds", "-"), again.get("seconds", "-"), "; ".join(errors) or "none",
+                         f"`{r['command']}`"])
+    return ["## Every dashboard page on a large run (headless Chromium, 2-core CPU)",
+            "`benchmarks/dashboard_pages.py`: the app started on a run folder (`FLARE_OPEN_RUN`), each page opened "
+            "in turn in one browser session and timed from the navigation to an idle page (no script running, no "
+            "spinner, every plot drawn), twice: the first visit reads the run (and on Inspect loads the model and "
+            "the dataset), the second is going back to a page. *Errors*: any exception or error box the page "
+            "showed. Raw: `benchmarks/results/dashboard_pages.json`.",
+            md_table(["N", "code", "commit", "page", "first visit s", "second visit s", "errors", "command"], rows)]
+
+
 def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path = PLOTS, zoo: Path = ZOO) -> Path:
     """Write the Markdown report from ``results`` (plots into ``plots``, linked relative to ``out``)."""
     results, out, plots = Path(results), Path(out), Path(plots)
@@ -1006,6 +1028,7 @@ def build(results: Path = RESULTS, out: Path = BENCH / "RESULTS.md", plots: Path
                                 "peak anonymous MB over start", "planted recall %", "planted precision %", "command"],
                                rows)]
     parts += scale_run_section(read_json(Path(results) / "scale_run.json", None))
+    parts += dashboard_pages_section(read_json(Path(results) / "dashboard_pages.json", None))
     extra = BENCH / "NOTES.md"
     if extra.is_file():
         parts.append(extra.read_text())

@@ -29,14 +29,29 @@ def cluster_color(cluster_id: int) -> str:
     return NOISE_COLOR if cluster_id < 0 else CLUSTER_COLORS[int(cluster_id) % len(CLUSTER_COLORS)]
 
 
-def downsample_indices(n: int, max_points: int, keep: Optional[np.ndarray] = None, seed: int = 0) -> np.ndarray:
-    """Sorted positions of at most ``max_points`` of ``n`` points, all ``keep`` points first, the rest at random.
+#: When the flagged points alone would fill more than this share of a downsampled plot, a random subset of them
+#: is drawn, so the unflagged points they stand out from are drawn too (a 10 % all-to-one attack's target class is
+#: half poison: keeping every flagged point first drew none of its genuine samples).
+DRAWN_FLAGGED_SHARE = 0.5
 
-    When ``keep`` alone exceeds ``max_points`` a random subset of it is taken. Deterministic for a seed.
+
+def downsample_indices(n: int, max_points: int, keep: Optional[np.ndarray] = None, seed: int = 0) -> np.ndarray:
+    """Sorted positions of at most ``max_points`` of ``n`` points: every ``keep`` point while they fill at most
+    ``DRAWN_FLAGGED_SHARE`` of them (a random subset of them past it), the rest at random. Deterministic for a seed.
     """
     if max_points <= 0:
         raise ValueError("max_points must be positive.")
-    return sample_keeping(n, max_points, keep, seed)
+    return sample_keeping(n, max_points, keep, seed, keep_share=DRAWN_FLAGGED_SHARE)
+
+
+def drawn_note(shown: np.ndarray, n: int, flagged: np.ndarray) -> str:
+    """"showing 20,000 of 199,981 points (10,000 of the 100,078 flagged)", or "" when every point is drawn."""
+    if len(shown) >= n:
+        return ""
+    total, drawn = int(flagged.sum()), int(flagged[shown].sum())
+    which = ("" if total == 0 else " (every flagged one)" if drawn == total
+             else f" ({drawn:,} of the {total:,} flagged)")
+    return f"showing {len(shown):,} of {n:,} points{which}"
 
 
 def _scatter_cls(webgl: bool):
@@ -151,7 +166,7 @@ def class_scatter(
             fig.add_trace(
                 scatter(
                     x=emb[sel, 0], y=emb[sel, 1], mode="markers", customdata=custom, text=hover_src[sel],
-                    name=f"{name} ({total}{extra})",
+                    name=f"{name} ({total:,}{extra})",
                     legendgroup=name, showlegend=first,
                     marker=_marker(color, size, is_flagged, 0.8),
                     hovertemplate="index %{customdata[0]}<br>%{text}<br>" + name + "<br>score %{customdata[2]:.3f}"
@@ -160,9 +175,8 @@ def class_scatter(
             )
             first = False
     if flagged.any():
-        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
-    drawn = f"showing {len(shown):,} of {n:,} points (all flagged kept)" if len(shown) < n else ""
-    return _base_layout(fig, _with_notes(title, [note, drawn]), height)
+        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum()):,})"))
+    return _base_layout(fig, _with_notes(title, [note, drawn_note(shown, n, flagged)]), height)
 
 
 def global_scatter(
@@ -212,9 +226,8 @@ def global_scatter(
             )
             first = False
     if flagged.any():
-        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum())})"))
-    drawn = f"showing {len(shown):,} of {n:,} points (all flagged kept)" if len(shown) < n else ""
-    return _base_layout(fig, _with_notes(title, [drawn]), height)
+        fig.add_trace(_legend_flagged(scatter, f"✕ {detector_label} ({int(flagged.sum()):,})"))
+    return _base_layout(fig, _with_notes(title, [drawn_note(shown, n, flagged)]), height)
 
 
 #: Above this many points (or classes) in all, Explore switches classes on the server instead (see class_menu).

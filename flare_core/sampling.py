@@ -38,9 +38,9 @@ def sample_keeping(n: int, size: int, keep: Optional[np.ndarray] = None, seed: O
     """Sorted positions of at most ``size`` of ``n`` rows: the ``keep`` rows first, up to ``keep_share`` of
     ``size`` (a random subset of them past it), the rest at random.  Deterministic for a seed.
 
-    ``keep_share=1`` is the scatter plots' downsampling (every flagged point drawn while they fit); the views
-    embed with ``keep_share=0.5``, so the flagged rows are embedded, not placed, and still have as many
-    others around them.
+    ``keep_share=1`` keeps every ``keep`` row while they fit.  The views embed with ``keep_share=0.5``, so the
+    flagged rows are embedded, not placed, and still have as many others around them; the scatter plots draw
+    with the same share, so a class that is half poison still shows its genuine points.
     """
     if n <= size:
         return np.arange(n)

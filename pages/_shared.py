@@ -409,7 +409,8 @@ def sidebar() -> None:
             n_rem = int(run.removal_mask().sum())
             st.markdown(f"**{Path(str(run.meta.get('dataset', {}).get('path', run.path))).name}**  \n"
                         f"{run.n_samples:,} samples · {len(run.classes)} classes")
-            c1, c2 = st.columns(2)
+            # side by side while the numbers fit the narrow columns (up to 9,999); one above the other past that
+            c1, c2 = st.columns(2) if max(n_flag, n_rem) < 10_000 else (st.container(), st.container())
             c1.metric("flagged", f"{n_flag:,}")
             c2.metric("to remove", f"{n_rem:,}")
             st.caption(f"Run folder: `{run.path}`  \nDecisions are saved there at once.")

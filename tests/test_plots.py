@@ -36,6 +36,17 @@ def test_downsample_small_input_untouched_and_too_many_kept():
     assert len(plots.downsample_indices(500, 50, keep)) == 50
 
 
+def test_downsample_draws_unflagged_points_when_the_flagged_would_fill_the_plot():
+    """A class that is half poison (a 10 % all-to-one target class): half the drawn points are unflagged."""
+    keep = np.zeros(2000, bool)
+    keep[::2] = True
+    shown = plots.downsample_indices(2000, 100, keep)
+    assert len(shown) == 100 and keep[shown].sum() == 50 == (~keep[shown]).sum()
+    flagged = np.zeros(2000, bool)
+    flagged[:30] = True  # fewer than half: every one is drawn
+    assert flagged[plots.downsample_indices(2000, 100, flagged)].sum() == 30
+
+
 def test_downsample_rejects_nonpositive():
     with pytest.raises(ValueError):
         plots.downsample_indices(10, 0)
@@ -91,12 +102,21 @@ def test_class_scatter_downsamples_large_views(rng):
     assert "showing 500 of 3,000" in fig.layout.title.text
 
 
+def test_drawn_note_says_how_many_flagged_points_are_drawn():
+    flagged = np.zeros(1000, bool)
+    flagged[:10] = True
+    assert plots.drawn_note(np.arange(1000), 1000, flagged) == ""
+    assert plots.drawn_note(np.arange(100), 1000, flagged) == "showing 100 of 1,000 points (every flagged one)"
+    assert plots.drawn_note(np.arange(5, 105), 1000, flagged) == "showing 100 of 1,000 points (5 of the 10 flagged)"
+    assert plots.drawn_note(np.arange(100), 1000, np.zeros(1000, bool)) == "showing 100 of 1,000 points"
+
+
 def test_class_scatter_notes_go_on_a_second_line_under_the_title(rng):
     emb, clusters, indices, flagged = _class_data(rng, n=3000)
     fig = plots.class_scatter(emb, clusters, indices, flagged, title="Class 0", note="UMAP on 2,000 of 3,000",
                               max_points=500)
     assert fig.layout.title.text == ("Class 0<br><sup>UMAP on 2,000 of 3,000; "
-                                     "showing 500 of 3,000 points (all flagged kept)</sup>")
+                                     f"showing 500 of 3,000 points (250 of the {flagged.sum():,} flagged)</sup>")
     assert fig.layout.margin.t == 70  # room for the second line
     plain = plots.class_scatter(emb, clusters, indices, flagged, title="Class 0")
     assert plain.layout.title.text == "Class 0" and plain.layout.margin.t == 50
