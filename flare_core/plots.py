@@ -317,9 +317,9 @@ def flagged_bar(
     fig = go.Figure(
         go.Bar(
             x=names, y=flagged_counts, name=detector_label, marker_color=FLAGGED_COLOR,
-            text=[str(v) for v in flagged_counts], textposition="outside", cliponaxis=False,
+            text=[f"{int(v):,}" for v in flagged_counts], textposition="outside", cliponaxis=False,
             customdata=np.stack([counts, np.round(pct, 1)], axis=1),
-            hovertemplate="%{x}<br>%{y} of %{customdata[0]} samples (%{customdata[1]} %)<extra>" + detector_label + "</extra>",
+            hovertemplate="%{x}<br>%{y:,} of %{customdata[0]:,} samples (%{customdata[1]} %)<extra>" + detector_label + "</extra>",
         )
     )
     if removal_counts is not None:

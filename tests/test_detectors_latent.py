@@ -103,6 +103,21 @@ def test_join_takes_unflagged_members_of_a_flagged_blob_and_nothing_else():
     assert not LT.join_neighbours(Z, np.zeros(600, bool)).any()
 
 
+def test_join_on_a_sampled_reference_takes_the_same_rows():
+    """A class past the sample size looks for neighbours among a sample: the same left-behind members join."""
+    rng = np.random.default_rng(15)
+    Z = np.vstack([cloud(rng, 1500), cloud(rng, 1500, shift=10.0)])
+    flagged = np.zeros(3000, bool)
+    flagged[1500:] = True
+    flagged[[1510, 1750, 2420]] = False
+    before = flagged.copy()
+    joined = LT.join_neighbours(Z, flagged, sample_size=500)
+    np.testing.assert_array_equal(np.flatnonzero(joined), [1510, 1750, 2420])
+    np.testing.assert_array_equal(flagged, before)
+    np.testing.assert_array_equal(LT.join_neighbours(Z, flagged, sample_size=500), joined)  # seeded
+    np.testing.assert_array_equal(LT.join_neighbours(Z, flagged, sample_size=3000), LT.join_neighbours(Z, flagged))
+
+
 # ----------------------------------------------------------------------------- one class
 
 def test_planted_half_of_a_class_is_found_by_its_loss():
@@ -851,3 +866,50 @@ def test_confirm_default_refuses_a_genuine_easy_group_fitted_15x_better():
     assert not kept.any() and 10 < records[0]["loss_ratio"] < 25 and records[0]["kept_by"] is None
     assert LT.confirm_groups(P, y, flagged, groups, loss=loss, loss_ratio=10.0)[0][600:].all()
     assert LT.DEFAULT_CONFIRM_LOSS_RATIO == 100.0 and FlareDetector().get_params()["latent_confirm_loss"] == 100.0
+
+
+# ----------------------------------------------------------------------------- a class past the sample size
+
+def _flag_mask(res, n):
+    mask = np.zeros(n, bool)
+    for i in res.flagged_leaves:
+        mask[res.leaves[i]] = True
+    return mask
+
+
+def test_a_large_class_is_split_on_a_sample_and_every_row_placed():
+    rng = np.random.default_rng(21)
+    P = np.vstack([cloud(rng, 2700), cloud(rng, 300, shift=12.0)]).astype(np.float32)
+    loss = np.concatenate([losses(rng, 2700, 1e-2), losses(rng, 300, 1e-4)])
+    P_before = P.copy()
+    res = LT.split_class(P, loss, 0, sample_size=1000)
+    np.testing.assert_array_equal(P, P_before)
+    flagged = _flag_mask(res, 3000)
+    assert flagged[2700:].all() and not flagged[:2700].any()  # the planted 10 % is found, nothing invented
+    assert sorted(np.concatenate(res.leaves).tolist()) == list(range(3000))  # every row in exactly one leaf
+    ev = res.evidence
+    assert ev["n"] == 3000 and ev["sampled"] == {"rows": 1000, "of": 3000} and ev["n_flagged"] == 300
+    assert sum(leaf["size"] for leaf in ev["leaves"]) == 3000 and "sample of 1,000 of its 3,000 rows" in ev["reason"]
+    assert res.scores[2700:].min() > res.scores[:2700].max()
+    # the sampled rows score exactly as in the sample's own split
+    sample = np.sort(np.random.default_rng([0, 0, LT._SAMPLE_STREAM]).choice(3000, 1000, replace=False))
+    alone = LT.split_class(P[sample], loss[sample], 0, sample_size=None)
+    np.testing.assert_allclose(res.scores[sample], alone.scores, rtol=1e-10, atol=1e-12)
+    again = LT.split_class(P, loss, 0, sample_size=1000)
+    np.testing.assert_array_equal(_flag_mask(again, 3000), flagged)
+
+
+def test_a_large_clean_class_is_not_flagged_on_a_sample():
+    rng = np.random.default_rng(22)
+    P = cloud(rng, 3000)
+    res = LT.split_class(P, losses(rng, 3000, 1e-2), 0, sample_size=1000)
+    assert res.flagged_leaves == [] and not res.scores.any() and res.evidence["n_flagged"] == 0
+
+
+def test_a_class_within_the_sample_size_is_split_exactly_as_before():
+    rng = np.random.default_rng(23)
+    P = np.vstack([cloud(rng, 900), cloud(rng, 100, shift=12.0)])
+    loss = np.concatenate([losses(rng, 900, 1e-2), losses(rng, 100, 1e-4)])
+    whole, capped = LT.split_class(P, loss, 0, sample_size=None), LT.split_class(P, loss, 0, sample_size=1000)
+    assert "sampled" not in capped.evidence and capped.evidence == whole.evidence
+    np.testing.assert_array_equal(capped.scores, whole.scores)

@@ -155,6 +155,7 @@ def test_global_scatter_colours_by_class_and_serialises(rng):
 def test_flagged_bar_values_and_validation():
     fig = plots.flagged_bar(["a", "b"], [100, 50], [5, 0], removal_counts=[4, 1])
     assert list(fig.data[0].y) == [5, 0] and list(fig.data[1].y) == [4, 1]
+    assert list(plots.flagged_bar(["a"], [200_000], [100_033]).data[0].text) == ["100,033"]
     with pytest.raises(ValueError):
         plots.flagged_bar(["a"], [1, 2], [0, 0])
 

@@ -67,6 +67,13 @@ Per class (pure functions, no state):
    (:func:`flare_core.detectors.flare.flare_detect`), since the stages that look for small groups where the
    others flagged little would otherwise flag the same parts.
 
+Large classes.  A class of more than ``LATENT_SAMPLE_SIZE`` (20,000) rows is split on that many of its rows drawn
+at random, and every other row joins the part most of its nearest sampled rows are in; the join steps look for
+neighbours among as many rows.  A random sample keeps each part's share of the class, so a poison set is as
+visible in it as in the class; a part needs about 40 rows in the sample for a held-out d' (``MIN_HALF_ROWS`` on
+each side of both halves), so under about 0.2 % of a sampled class it is not found here (the tail-group stage
+looks for small groups).
+
 Calibration (benchmarks/results/latent_calibration.json, ``python3 -m benchmarks.latent_calibration``):
 on nine Fashion-MNIST small-CNN models (clean, seven attacks, BadNets 0.5 %), the first split of every
 class made of genuine samples only (64 classes) had held-out d' <= 6.07 -- the bag class, two real
@@ -138,6 +145,16 @@ DEFAULT_MAX_DEPTH = 3
 MIN_SPLIT_ROWS = 200
 #: Each side of a split needs this many rows in each random half for the held-out d'.
 MIN_HALF_ROWS = 20
+#: A class of more rows than this is split on this many of them, drawn at random (seeded), and every other row
+#: joins the part most of its ``JOIN_NEIGHBOURS`` nearest sampled rows fell in (:func:`split_class`); the join
+#: steps look for neighbours among as many rows.  The bisection's k-means, Gaussian mixtures and held-out d'
+#: grow with the rows and the neighbour search with their square: on a million Fashion-MNIST samples (classes
+#: of 100,000-190,000 rows) the stage took 739 s and FLARE's final join 155 s (``benchmarks/scale_run.py``).
+#: A random sample keeps every part's share of its class, and 20,000 rows hold more of a part than the whole
+#: class does on the benchmark's data sets, whose largest class (the target of a 10 % attack on Fashion-MNIST)
+#: has 12,000 rows: no class there is sampled, so none of their numbers depends on it.
+LATENT_SAMPLE_SIZE = 20000
+_SAMPLE_STREAM = 0x1A7E
 
 
 @dataclass
@@ -429,15 +446,34 @@ def peel(Z: np.ndarray, rows: np.ndarray, loss: np.ndarray, *, peel_separation: 
 
 
 def join_neighbours(Z: np.ndarray, flagged: np.ndarray, k: int = JOIN_NEIGHBOURS,
-                    max_rounds: int = JOIN_ROUNDS) -> np.ndarray:
+                    max_rounds: int = JOIN_ROUNDS, sample_size: Optional[int] = None,
+                    random_state: Optional[int] = 0) -> np.ndarray:
     """Step 5: the rows of ``Z`` that join the flagged ones because most of their ``k`` nearest rows are
-    flagged, repeated until stable (bool mask of the newly joined rows; ``flagged`` is not modified)."""
-    from sklearn.neighbors import NearestNeighbors
+    flagged, repeated until stable (bool mask of the newly joined rows; ``flagged`` is not modified).
 
+    With ``sample_size`` and more rows than that, the neighbours are looked for among a random sample of
+    ``sample_size`` rows (seeded; a sampled row is not its own neighbour): the same vote, on a bounded search."""
     fl = np.asarray(flagged, dtype=bool).copy()
     if not fl.any() or fl.all() or len(Z) <= k:
         return np.zeros(len(Z), dtype=bool)
-    nb = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)[:, 1:]
+    if sample_size is not None and len(Z) > sample_size:
+        from flare_core.detectors.placement import nearest_rows
+
+        rng = np.random.default_rng([0 if random_state is None else int(random_state), _SAMPLE_STREAM])
+        ref = np.sort(rng.choice(len(Z), size=int(sample_size), replace=False))
+        near = nearest_rows(Z[ref], Z, k + 1)  # positions in ref
+        own = np.zeros(len(Z), dtype=bool)
+        own[ref] = True
+        # a sampled row's nearest reference row is itself (unless an exact copy came first): drop it; others drop
+        # their (k + 1)-th
+        self_at = np.where(own, np.argmax(ref[near] == np.arange(len(Z))[:, None], axis=1), k)
+        keep = np.ones(near.shape, dtype=bool)
+        keep[np.arange(len(Z)), self_at] = False
+        nb = ref[near[keep].reshape(len(Z), k)]
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        nb = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)[:, 1:]
     for _ in range(max_rounds):
         new = ~fl & (fl[nb].mean(axis=1) > 0.5)
         if not new.any():
@@ -479,10 +515,21 @@ def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: 
                 max_depth: int = DEFAULT_MAX_DEPTH, n_components: int = DEFAULT_COMPONENTS,
                 random_state: Optional[int] = 0, max_clusters: int = DEFAULT_MAX_CLUSTERS,
                 loss_separation: Optional[float] = DEFAULT_LOSS_SEPARATION, keep_rows: bool = False,
-                first_minority_separation: Optional[float] = None) -> ClassSplit:
+                first_minority_separation: Optional[float] = None,
+                sample_size: Optional[int] = LATENT_SAMPLE_SIZE) -> ClassSplit:
     """The latent stage for one class: ``P`` its (n, D) penultimate features, ``loss`` its per-sample loss.
     ``loss_separation``: see :func:`bisect_class` (None: splits stand on ``min_separation`` alone).
-    ``keep_rows``: each record in ``splits`` also holds its two sides (row positions; for the calibration)."""
+    ``keep_rows``: each record in ``splits`` also holds its two sides (row positions; for the calibration).
+
+    A class of more than ``sample_size`` rows (:data:`LATENT_SAMPLE_SIZE`; None: never) is split on a random
+    sample of that many (:func:`_split_sampled`): every step above runs on the sample, then every other row
+    joins the part most of its nearest sampled rows are in."""
+    if sample_size is not None and len(P) > sample_size:
+        return _split_sampled(P, loss, label, int(sample_size), min_separation=min_separation, minority=minority,
+                              loss_ratio=loss_ratio, peel_separation=peel_separation, max_depth=max_depth,
+                              n_components=n_components, random_state=random_state, max_clusters=max_clusters,
+                              loss_separation=loss_separation, keep_rows=keep_rows,
+                              first_minority_separation=first_minority_separation)
     Z = _robust_standardize(np.asarray(P, dtype=np.float64))
     leaves, splits = bisect_class(Z, min_separation=min_separation, max_depth=max_depth,
                                   n_components=n_components, random_state=random_state, max_clusters=max_clusters,
@@ -527,6 +574,77 @@ def split_class(P: np.ndarray, loss: np.ndarray, label: int, *, min_separation: 
                             "reference": i == ref} for i, (s, l_) in enumerate(zip(sizes, losses))],
                 "reason": reason, "n_flagged": int(sum(sizes[i] for i in flagged))}
     return ClassSplit(int(label), leaves, flagged, splits, losses, reason, scores, evidence)
+
+
+def _standardized_rows(P: np.ndarray, center: np.ndarray, scale: np.ndarray, block: int = 65536):
+    """``(P - center) / scale`` in float64, ``block`` rows at a time (``P`` may be float32 or memory-mapped)."""
+    for start in range(0, len(P), block):
+        yield start, (np.asarray(P[start:start + block], dtype=np.float64) - center) / scale
+
+
+def _split_sampled(P: np.ndarray, loss: np.ndarray, label: int, sample_size: int, *,
+                   random_state: Optional[int] = 0, n_components: int = DEFAULT_COMPONENTS,
+                   keep_rows: bool = False, **params: Any) -> ClassSplit:
+    """:func:`split_class` of a class larger than ``sample_size``: the split of a random sample of its rows
+    (seeded by ``random_state`` and the class), extended to every row.
+
+    Each row outside the sample takes the part (leaf) most of its ``JOIN_NEIGHBOURS`` nearest sampled rows are
+    in (ties: the lowest leaf), searched in the sample's first ``n_components`` principal components of the
+    class's robust-standardised features (the space the first split is made in).  The leaves' sizes and median
+    losses are then those of every row; the split records (``splits``, ``peel``) stay those of the sample.
+    Scores use the sample's Fisher direction from the reference part to the flagged ones (:func:`_leaf_scores`),
+    so a sampled row scores exactly as in the sample's own split."""
+    from sklearn.decomposition import PCA
+
+    from flare_core.detectors.placement import place_by_neighbours
+    from flare_core.detectors.preprocess import robust_standardize
+
+    n = len(P)
+    seed = 0 if random_state is None else int(random_state)
+    rng = np.random.default_rng([seed, int(label), _SAMPLE_STREAM])
+    sample = np.sort(rng.choice(n, size=sample_size, replace=False))
+    part = split_class(P[sample], loss[sample], label, random_state=random_state, n_components=n_components,
+                       keep_rows=keep_rows, sample_size=None, **params)
+    Zs, center, scale = robust_standardize(np.asarray(P[sample], dtype=np.float64))
+    leaf_of_sample = np.zeros(sample_size, dtype=np.int64)
+    for i, leaf in enumerate(part.leaves):
+        leaf_of_sample[leaf] = i
+    k = int(min(n_components, Zs.shape[1], sample_size - 1))
+    pca = PCA(k, random_state=seed).fit(Zs)
+    F = np.empty((n, k))
+    for start, Zb in _standardized_rows(P, center, scale):
+        F[start:start + len(Zb)] = pca.transform(Zb)
+    _, leaf_of = place_by_neighbours(F, sample, np.zeros((sample_size, 2)), leaf_of_sample, k=JOIN_NEIGHBOURS)
+    del F
+    leaves = [np.flatnonzero(leaf_of == i) for i in range(len(part.leaves))]
+    sizes = [int(len(leaf)) for leaf in leaves]
+    losses = [float(np.median(loss[leaf])) if len(leaf) else float("nan") for leaf in leaves]
+    scores = np.zeros(n)
+    if part.flagged_leaves:
+        ref = next(i for i, e in enumerate(part.evidence["leaves"]) if e["reference"])
+        ref_s = np.zeros(sample_size, dtype=bool)
+        ref_s[part.leaves[ref]] = True
+        fl_s = np.zeros(sample_size, dtype=bool)
+        fl_s[np.concatenate([part.leaves[i] for i in part.flagged_leaves])] = True
+        w = _fisher(Zs, fl_s, ref_s)
+        proj = Zs[ref_s] @ w
+        med = np.median(proj)
+        mad = 1.4826 * np.median(np.abs(proj - med))
+        spread = mad if mad > 0 else (proj.std() or 1.0)
+        for start, Zb in _standardized_rows(P, center, scale):
+            scores[start:start + len(Zb)] = np.abs(Zb @ w - med) / spread
+    splits = part.splits
+    if keep_rows:  # the sides as positions in the class, not in the sample
+        splits = [{**r, "sides": tuple(sample[side] for side in r["sides"])} if "sides" in r else r for r in splits]
+    note = (f"split on a sample of {sample_size:,} of its {n:,} rows; the others joined the part most of their "
+            f"{JOIN_NEIGHBOURS} nearest sampled rows are in")
+    evidence = {**part.evidence, "n": int(n), "sampled": {"rows": int(sample_size), "of": int(n)},
+                "leaves": [{**e, "size": s, "median_loss": float(f"{l_:.4g}") if np.isfinite(l_) else None}
+                           for e, s, l_ in zip(part.evidence["leaves"], sizes, losses)],
+                "reason": part.evidence["reason"] + "; " + note,
+                "n_flagged": int(sum(sizes[i] for i in part.flagged_leaves))}
+    return ClassSplit(part.label, leaves, list(part.flagged_leaves), splits, losses, part.reason + "; " + note,
+                      scores, evidence)
 
 
 def next_class(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -775,7 +893,8 @@ def _main_part_ratio(loss: np.ndarray, y: np.ndarray, members: np.ndarray) -> Op
 
 def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss: np.ndarray, *,
                          loss_ratio: float = DEFAULT_LOSS_RATIO, k: int = JOIN_NEIGHBOURS, linear: bool = True,
-                         random_state: Optional[int] = 0) -> tuple[np.ndarray, list]:
+                         random_state: Optional[int] = 0,
+                         sample_size: Optional[int] = LATENT_SAMPLE_SIZE) -> tuple[np.ndarray, list]:
     """The join step (5) over FLARE default's final flags, whichever stage made them.
 
     In every class whose flagged samples carry the backdoor's loss signature (their median loss at least
@@ -786,7 +905,8 @@ def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss
     (CIFAR-10 WaNet, 12 epochs: 71.8 % -> 97.7 % of the poison, FPR 0.47 -> 0.55 %).  With ``linear``,
     a sample an out-of-fold linear classifier puts on the flagged side of the class joins too
     (:func:`join_linear`, after the neighbour rule; WaNet 10 %: 97.7 -> 98.5 % on CIFAR-10, 97.9 -> 98.6 %
-    on Fashion-MNIST).  Classes without the signature are left alone.  Returns (newly joined rows (N,)
+    on Fashion-MNIST).  Classes without the signature are left alone.  In a class of more than ``sample_size``
+    rows the neighbours are looked for among that many of them (:func:`join_neighbours`).  Returns (newly joined rows (N,)
     bool, one record per class with flags: ``joined`` = ``joined_neighbours`` + ``joined_linear``); inputs
     are not modified.
     """
@@ -803,7 +923,8 @@ def join_flagged_classes(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, loss
         signature = bool(ratio >= loss_ratio and m.sum() > k and (~m).sum() > k)
         n_knn = n_linear = 0
         if signature:
-            j = join_neighbours(_robust_standardize(np.asarray(P[idx], dtype=np.float64)), m, k=k)
+            j = join_neighbours(_robust_standardize(np.asarray(P[idx], dtype=np.float64)), m, k=k,
+                                sample_size=sample_size, random_state=random_state)
             n_knn = int(j.sum())
             if linear:
                 j_lin = join_linear(P[idx], m | j, random_state=random_state)
