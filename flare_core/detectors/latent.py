@@ -407,9 +407,9 @@ def poisoned_leaves(sizes: list, losses: list, *, minority: float = DEFAULT_MINO
     return sorted(flagged), ref, reason
 
 
-def _leaf_scores(Zc: np.ndarray, ref_rows: np.ndarray, flagged_rows: np.ndarray) -> np.ndarray:
-    """Distance from the reference leaf along the Fisher direction reference -> flagged leaves, in units
-    of the reference leaf's robust spread along it (reference samples ~0-2, flagged ones ~d')."""
+def _leaf_axis(Zc: np.ndarray, ref_rows: np.ndarray, flagged_rows: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The Fisher direction reference -> flagged leaves, and the reference leaf's median and robust spread
+    along it: ``(w, median, spread)`` (:func:`_leaf_scores`)."""
     ref = np.zeros(len(Zc), dtype=bool)
     ref[ref_rows] = True
     fl = np.zeros(len(Zc), dtype=bool)
@@ -419,7 +419,14 @@ def _leaf_scores(Zc: np.ndarray, ref_rows: np.ndarray, flagged_rows: np.ndarray)
     med = np.median(proj[ref])
     mad = 1.4826 * np.median(np.abs(proj[ref] - med))
     spread = mad if mad > 0 else (proj[ref].std() or 1.0)
-    return np.abs(proj - med) / spread
+    return w, med, spread
+
+
+def _leaf_scores(Zc: np.ndarray, ref_rows: np.ndarray, flagged_rows: np.ndarray) -> np.ndarray:
+    """Distance from the reference leaf along the Fisher direction reference -> flagged leaves, in units
+    of the reference leaf's robust spread along it (reference samples ~0-2, flagged ones ~d')."""
+    w, med, spread = _leaf_axis(Zc, ref_rows, flagged_rows)
+    return np.abs(Zc @ w - med) / spread
 
 
 def peel(Z: np.ndarray, rows: np.ndarray, loss: np.ndarray, *, peel_separation: float = DEFAULT_PEEL_SEPARATION,
@@ -592,8 +599,8 @@ def _split_sampled(P: np.ndarray, loss: np.ndarray, label: int, sample_size: int
     in (ties: the lowest leaf), searched in the sample's first ``n_components`` principal components of the
     class's robust-standardised features (the space the first split is made in).  The leaves' sizes and median
     losses are then those of every row; the split records (``splits``, ``peel``) stay those of the sample.
-    Scores use the sample's Fisher direction from the reference part to the flagged ones (:func:`_leaf_scores`),
-    so a sampled row scores exactly as in the sample's own split."""
+    Scores use the sample's Fisher direction from the reference part to the flagged ones (:func:`_leaf_axis`),
+    so a sampled row scores as in the sample's own split (to rounding)."""
     from sklearn.decomposition import PCA
 
     from flare_core.detectors.placement import place_by_neighbours
@@ -622,15 +629,7 @@ def _split_sampled(P: np.ndarray, loss: np.ndarray, label: int, sample_size: int
     scores = np.zeros(n)
     if part.flagged_leaves:
         ref = next(i for i, e in enumerate(part.evidence["leaves"]) if e["reference"])
-        ref_s = np.zeros(sample_size, dtype=bool)
-        ref_s[part.leaves[ref]] = True
-        fl_s = np.zeros(sample_size, dtype=bool)
-        fl_s[np.concatenate([part.leaves[i] for i in part.flagged_leaves])] = True
-        w = _fisher(Zs, fl_s, ref_s)
-        proj = Zs[ref_s] @ w
-        med = np.median(proj)
-        mad = 1.4826 * np.median(np.abs(proj - med))
-        spread = mad if mad > 0 else (proj.std() or 1.0)
+        w, med, spread = _leaf_axis(Zs, part.leaves[ref], np.concatenate([part.leaves[i] for i in part.flagged_leaves]))
         for start, Zb in _standardized_rows(P, center, scale):
             scores[start:start + len(Zb)] = np.abs(Zb @ w - med) / spread
     splits = part.splits
