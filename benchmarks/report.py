@@ -304,7 +304,7 @@ def scale_run_section(data: Optional[dict]) -> list:
                      *[fmt_num(t.get(k), 1) if k in t else "-" for k in SCALE_STAGES], fmt_num(other, 1),
                      fmt_num(t.get("total"), 1), r.get("peak_rss_mb"), max(peaks.values(), default=None),
                      r.get("data_mb"), r.get("run_folder_mb"), f"{r['n_flagged']:,}", fmt_pct(r.get("tpr")),
-                     fmt_pct(r.get("fpr")), f"`{r['command']}`"])
+                     fmt_pct(r.get("fpr"), 3), f"`{r['command']}`"])
         memory.append([f"{r['n']:,}", r.get("label") or "-",
                        ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items() if k != "start")])
     return ["## The whole pipeline at a large N (2-core CPU)",
