@@ -12,6 +12,7 @@ from pages import _shared as shared
 shared.require_app_router()  # before anything else: never run as a legacy pages/ page
 
 ss = st.session_state
+DEFERRED_MANIFEST_ROWS = 200_000
 run = shared.require_run()
 st.title("Export")
 removal = run.removal_mask()
@@ -76,8 +77,11 @@ m1, m2 = st.columns(2)
 with m1:
     st.caption("One row per sample: index, source, label, flagged, score, cluster, the analyst's decision and "
                "whether it is removed.")
-    # made when the button is clicked (a callable), not on every visit: a million rows are 10 s and 120 MB of CSV
-    st.download_button("Download manifest.csv", lambda: manifest_with_decisions(run).to_csv(index=False).encode("utf-8"),
+    # A million rows are 10 s and 120 MB of CSV on every visit: past DEFERRED_MANIFEST_ROWS the CSV is made when the
+    # button is clicked (Streamlit's callable data). Not below: a click that lands just after a rerun can find the
+    # callable gone ("Deferred file not found", seen once in the browser test), while bytes are kept for a while.
+    manifest_csv = lambda: manifest_with_decisions(run).to_csv(index=False).encode("utf-8")  # noqa: E731
+    st.download_button("Download manifest.csv", manifest_csv if run.n_samples > DEFERRED_MANIFEST_ROWS else manifest_csv(),
                        file_name="manifest.csv", mime="text/csv", key="export_manifest", icon=":material/table:",
                        on_click="ignore")
 with m2:
